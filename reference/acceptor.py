@@ -1,0 +1,135 @@
+"""The acceptor: a listening socket that hands every new connection on.
+
+How this works
+--------------
+On each readable event the acceptor calls ``accept`` until it raises
+``BlockingIOError``, so one event drains every pending connection, and passes
+each new socket to its ``on_accept`` callback (which decides which loop will
+own the connection).
+
+Facts about the OS this relies on
+---------------------------------
+- When the process is out of descriptors (``EMFILE``) or the system is
+  (``ENFILE``), or the kernel is short of memory (``ENOBUFS``, ``ENOMEM``),
+  ``accept`` fails but the pending connection stays in the backlog, and the
+  listening socket stays readable. Retrying at once would spin at 100% CPU. So
+  the acceptor stops watching the socket and looks again after a short pause
+  (as asyncio does): the waiting clients are served as soon as descriptors
+  free up, and none is dropped.
+- ``ECONNABORTED`` (and ``EPROTO``) means that one pending connection was reset
+  before it was accepted; skip it and take the next one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+from collections.abc import Callable
+
+from reference.loop import EventLoop, TimerHandle
+
+__all__ = ["Acceptor", "RESOURCE_ERRNOS", "DEFAULT_RETRY_DELAY"]
+
+log = logging.getLogger(__name__)
+
+#: ``accept`` errors that mean "out of resources": pause, then try again.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: ``accept`` errors that concern one pending connection only: skip it.
+_SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+#: Seconds the acceptor waits before accepting again after running out of resources.
+DEFAULT_RETRY_DELAY = 0.1
+
+#: What the acceptor does with an accepted socket and its peer address.
+AcceptCallback = Callable[[socket.socket, object], None]
+
+
+class Acceptor:
+    """Accepts connections on a listening socket, on one loop.
+
+    Args:
+        loop: The loop that watches the listening socket.
+        sock: A bound, listening socket; it is made non-blocking.
+        on_accept: Called on the loop thread with each new socket and its peer.
+        retry_delay: Seconds to wait after an out-of-resources error.
+    """
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        on_accept: AcceptCallback,
+        *,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self._on_accept = on_accept
+        self._retry_delay = retry_delay
+        self._watching = False
+        self._retry: TimerHandle | None = None
+        self._starved = False  # out of resources since the last successful accept
+        self.resource_errors = 0
+        sock.setblocking(False)
+
+    def start(self) -> None:
+        """Start accepting. Loop thread only."""
+        self.loop.assert_in_loop_thread()
+        if not self._watching:
+            self.loop.register(self.sock, selectors.EVENT_READ, self._handle_read)
+            self._watching = True
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket. Loop thread only."""
+        self.loop.assert_in_loop_thread()
+        self._stop_watching()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self.sock.close()
+
+    def _stop_watching(self) -> None:
+        if self._watching:
+            self.loop.unregister(self.sock)
+            self._watching = False
+
+    def _handle_read(self, mask: int) -> None:
+        accept = self.sock.accept
+        on_accept = self._on_accept
+        while True:
+            try:
+                conn, peer = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _SKIP_ERRNOS:
+                    continue
+                if exc.errno in RESOURCE_ERRNOS:
+                    self._pause(exc)
+                    return
+                log.error("accept failed: %s; still listening", exc)
+                return
+            if self._starved:
+                self._starved = False
+                log.warning("accepting again after %d pauses", self.resource_errors)
+            on_accept(conn, peer)
+
+    def _pause(self, exc: OSError) -> None:
+        self.resource_errors += 1
+        # Warn once per shortage, not at every retry.
+        level = logging.DEBUG if self._starved else logging.WARNING
+        self._starved = True
+        log.log(
+            level,
+            "accept failed: %s; pausing accepts for %.1fs (pending clients wait in the backlog)",
+            exc.strerror,
+            self._retry_delay,
+        )
+        self._stop_watching()
+        self._retry = self.loop.call_later(self._retry_delay, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self.sock.fileno() != -1:
+            self.start()

@@ -1,0 +1,183 @@
+"""Command line of the reference servers: ``python -m reference MODEL [options]``.
+
+The same sub-commands serve ``reactor-conformance serve MODEL``: both fronts
+call :func:`add_model_parsers` and :func:`serve`, so an option is defined once.
+
+Every server prints ``listening on HOST:PORT`` as its first line on stdout,
+flushed, once it accepts connections, and stops cleanly (exit 0) on SIGINT or
+SIGTERM; a second signal stops at once. A bad host, a port in use or out of
+range: one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import NoReturn, Protocol
+
+from reference.handler import HANDLERS, HandlerFactory
+from reference.server import ConnectionOptions, ListenError, bind_listener, format_address
+from reference.single import SingleReactor
+
+__all__ = [
+    "ArgumentParser",
+    "Model",
+    "MODELS",
+    "add_model_parsers",
+    "build_parser",
+    "main",
+    "serve",
+]
+
+#: Exit code for bad usage and for an address the server cannot listen on.
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Running(Protocol):
+    """A model built and ready to serve."""
+
+    address: tuple[str, int]
+
+    def serve_forever(self) -> None: ...
+
+    def stop(self, grace: float = ...) -> None: ...
+
+
+@dataclass(frozen=True)
+class Model:
+    """One arrangement of the core, as the command line knows it."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    build: Callable[[argparse.Namespace, HandlerFactory, ConnectionOptions], Running]
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _build_single(
+    args: argparse.Namespace, factory: HandlerFactory, options: ConnectionOptions
+) -> Running:
+    return SingleReactor(args.listener, factory, options=options)
+
+
+MODELS: dict[str, Model] = {
+    "single": Model(
+        "single",
+        "One reactor thread accepts, reads, runs the handler and writes",
+        _no_arguments,
+        _build_single,
+    ),
+}
+
+
+def port_number(text: str) -> int:
+    """Parse a TCP port (0 to 65535) for argparse."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number of at least 1 for argparse."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_parsers(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+) -> None:
+    """Add one sub-command per model, each with the common server options."""
+    for model in MODELS.values():
+        parser = subparsers.add_parser(model.name, help=model.help, description=model.help)
+        parser.add_argument(
+            "--host", default="127.0.0.1", help="Address to listen on (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--port",
+            type=port_number,
+            default=0,
+            help="Port to listen on; 0 picks a free one (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--handler",
+            choices=sorted(HANDLERS),
+            default="echo",
+            help="Protocol to serve: echo (RFC 862) or discard (RFC 863) (default: %(default)s)",
+        )
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", help="Log debug messages to stderr"
+        )
+        model.add_arguments(parser)
+        parser.set_defaults(model=model.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m reference``."""
+    parser = ArgumentParser(
+        prog="python -m reference",
+        description="Run a reference Reactor-pattern TCP server.",
+        epilog="Example: python -m reference single --port 7000",
+    )
+    sub = parser.add_subparsers(title="models", metavar="MODEL", required=True)
+    add_model_parsers(sub)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server that ``args`` describe until SIGINT or SIGTERM.
+
+    Returns:
+        The exit code: 0 after a clean stop, 2 when it cannot listen.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.listener = bind_listener(args.host, args.port)
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    running = MODELS[args.model].build(args, HANDLERS[args.handler], ConnectionOptions())
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("%s received, stopping", signal.Signals(signum).name)
+        running.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    host, port = running.address
+    print(f"listening on {format_address(host, port)}", flush=True)
+    running.serve_forever()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m reference``."""
+    args = build_parser().parse_args(argv)
+    return serve(args)

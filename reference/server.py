@@ -1,0 +1,243 @@
+"""The server: a listening socket, an acceptor, and the connections it made.
+
+How this works
+--------------
+``Server`` ties the core together. Its *main loop* runs the
+:class:`~reference.acceptor.Acceptor`; every accepted socket becomes a
+:class:`~reference.connection.Connection` owned by the loop that
+:meth:`Server.pick_loop` chooses (the main loop itself in the single-reactor
+model). The server keeps, per loop, the set of connections that loop owns;
+each set is touched only on its own loop's thread.
+
+Stopping (:meth:`Server.stop`, safe from any thread or a signal handler):
+the acceptor closes, then every loop closes its own connections gracefully
+(flush, then close) and stops once they are all closed or the grace period
+is over, whichever comes first; what is still unsent then is dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reference.acceptor import Acceptor
+from reference.connection import (
+    DEFAULT_HIGH_WATER,
+    DEFAULT_LOW_WATER,
+    DEFAULT_READ_SIZE,
+    Connection,
+)
+from reference.handler import HandlerFactory
+from reference.loop import EventLoop
+
+__all__ = [
+    "ConnectionOptions",
+    "ListenError",
+    "Server",
+    "bind_listener",
+    "format_address",
+    "DEFAULT_GRACE",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a stopping server keeps flushing what it owes before it drops it.
+DEFAULT_GRACE = 2.0
+
+
+class ListenError(Exception):
+    """The server cannot listen where it was asked to; the message says why."""
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Flow-control settings given to every connection."""
+
+    high_water: int = DEFAULT_HIGH_WATER
+    low_water: int = DEFAULT_LOW_WATER
+    read_size: int = DEFAULT_READ_SIZE
+
+
+def format_address(host: str, port: int) -> str:
+    """Format an address as ``HOST:PORT``, with brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_listener(host: str, port: int, *, backlog: int = socket.SOMAXCONN) -> socket.socket:
+    """Create a non-blocking TCP socket listening on ``host:port``.
+
+    Args:
+        host: A host name or an IPv4/IPv6 address.
+        port: A port number; 0 lets the OS pick a free one.
+        backlog: Length of the queue of connections not yet accepted.
+
+    Returns:
+        The listening socket.
+
+    Raises:
+        ListenError: The host does not resolve, or the address cannot be bound.
+    """
+    where = format_address(host, port)
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {where}: unknown host ({exc.strerror})") from None
+    except UnicodeError:
+        raise ListenError(f"cannot listen on {where}: not a valid host name") from None
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        reason = {
+            errno.EADDRINUSE: "address already in use (is another server running there?)",
+            errno.EADDRNOTAVAIL: "address not available on this machine",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        raise ListenError(f"cannot listen on {where}: {reason}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """Accepts connections on the main loop and gives each to a loop.
+
+    Args:
+        loop: The main loop: it runs the acceptor.
+        listener: A bound, listening socket (see :func:`bind_listener`).
+        handler_factory: Makes the handler of each new connection.
+        options: Flow-control settings for every connection.
+        sub_loops: Loops that own connections instead of the main loop, each
+            run by its own thread by whoever created them. Empty: the main loop
+            owns every connection (the single-reactor model).
+    """
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        listener: socket.socket,
+        handler_factory: HandlerFactory,
+        *,
+        options: ConnectionOptions | None = None,
+        sub_loops: Sequence[EventLoop] = (),
+    ) -> None:
+        self.loop = loop
+        self.listener = listener
+        self.handler_factory = handler_factory
+        self.options = options or ConnectionOptions()
+        self.sub_loops = tuple(sub_loops)
+        self.acceptor = Acceptor(loop, listener, self._on_accept)
+        self._owners = self.sub_loops or (loop,)
+        self._next = 0
+        self._connections: dict[EventLoop, set[Connection]] = {lp: set() for lp in self._owners}
+        self._stopping: set[EventLoop] = set()
+        self._stop_requests = 0
+        host, port = listener.getsockname()[:2]
+        self.address: tuple[str, int] = (host, port)
+
+    # -- running -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start accepting. Call on the main loop's thread, before or while it runs."""
+        self.acceptor.start()
+
+    def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        """Stop accepting, flush every connection for up to ``grace`` seconds, stop the loops.
+
+        Any thread, or a signal handler, may call this. A second call stops at
+        once, dropping whatever is still unsent.
+        """
+        self._stop_requests += 1
+        if self._stop_requests > 1:
+            grace = 0.0
+        self.loop.call_soon_threadsafe(self._stop_in_main_loop, grace)
+
+    def pick_loop(self) -> EventLoop:
+        """Choose the loop that will own the next connection: round-robin."""
+        owners = self._owners
+        loop = owners[self._next % len(owners)]
+        self._next += 1
+        return loop
+
+    def connection_count(self, loop: EventLoop) -> int:
+        """How many connections ``loop`` owns now. Call on that loop's thread."""
+        return len(self._connections[loop])
+
+    # -- accepting -----------------------------------------------------------
+
+    def _on_accept(self, sock: socket.socket, peer: object) -> None:
+        loop = self.pick_loop()
+        if loop is self.loop:
+            self.adopt(loop, sock, peer)
+        else:
+            loop.call_soon_threadsafe(self.adopt, loop, sock, peer)
+
+    def adopt(self, loop: EventLoop, sock: socket.socket, peer: object) -> None:
+        """Make ``sock`` a connection owned by ``loop``. Run on ``loop``'s thread."""
+        if loop in self._stopping:
+            sock.close()
+            return
+        opts = self.options
+        conn = Connection(
+            loop,
+            sock,
+            self.handler_factory(),
+            peer=peer,
+            on_closed=self._on_closed,
+            high_water=opts.high_water,
+            low_water=opts.low_water,
+            read_size=opts.read_size,
+        )
+        self._connections[loop].add(conn)
+        log.debug("%r: accepted", conn)
+        conn.start()
+
+    def _on_closed(self, conn: Connection) -> None:
+        owned = self._connections[conn.loop]
+        owned.discard(conn)
+        if not owned and conn.loop in self._stopping:
+            conn.loop.stop()
+
+    # -- stopping --------------------------------------------------------------
+
+    def _stop_in_main_loop(self, grace: float) -> None:
+        if self.listener.fileno() != -1:
+            self.acceptor.close()
+            log.info("stopped accepting; closing connections (grace %.1fs)", grace)
+        for loop in self._owners:
+            if loop is self.loop:
+                self._drain(loop, grace)
+            else:
+                loop.call_soon_threadsafe(self._drain, loop, grace)
+        if self.loop not in self._owners:
+            self.loop.stop()
+
+    def _drain(self, loop: EventLoop, grace: float) -> None:
+        """Close ``loop``'s connections gracefully; stop ``loop`` when done. On ``loop``."""
+        self._stopping.add(loop)
+        owned = self._connections[loop]
+        for conn in list(owned):
+            if grace > 0:
+                conn.close_in_loop()
+            else:
+                conn.abort()
+        if not owned:
+            loop.stop()
+            return
+
+        def give_up() -> None:
+            if owned:
+                log.warning("%s: %d connections still flushing, dropped", loop.name, len(owned))
+                for conn in list(owned):
+                    conn.abort()
+            loop.stop()
+
+        loop.call_later(grace, give_up)
