@@ -3,15 +3,19 @@
 One core (:class:`EventLoop`, :class:`Connection`, :class:`Acceptor`,
 :class:`Server`) and the models that arrange it:
 
-- :class:`SingleReactor`: one loop accepts and serves every connection.
+- :class:`Reactor`: a main loop that accepts, with optional sub-reactor
+  threads (*multi*, thread mode) or a worker pool (*pool*); neither is *single*.
+- :class:`ProcessReactor`: the *multi* model with sub-reactor processes.
 """
 
 from reference.acceptor import Acceptor
 from reference.connection import Connection, ConnState
 from reference.handler import HANDLERS, DiscardHandler, EchoHandler, Handler, Transport
 from reference.loop import EventLoop
+from reference.multi import ProcessReactor
+from reference.reactor import LoopPool, Reactor
 from reference.server import ConnectionOptions, ListenError, Server, bind_listener
-from reference.single import SingleReactor
+from reference.workers import PooledHandler, Strand, WorkerPool
 
 __all__ = [
     "Acceptor",
@@ -25,7 +29,12 @@ __all__ = [
     "Handler",
     "ListenError",
     "Server",
-    "SingleReactor",
+    "LoopPool",
+    "PooledHandler",
+    "ProcessReactor",
+    "Reactor",
+    "Strand",
+    "WorkerPool",
     "Transport",
     "bind_listener",
 ]

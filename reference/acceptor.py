@@ -80,13 +80,22 @@ class Acceptor:
             self.loop.register(self.sock, selectors.EVENT_READ, self._handle_read)
             self._watching = True
 
-    def close(self) -> None:
-        """Stop accepting and close the listening socket. Loop thread only."""
+    def pause(self) -> None:
+        """Stop accepting until :meth:`resume`; clients wait in the backlog. Loop thread only."""
         self.loop.assert_in_loop_thread()
         self._stop_watching()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+
+    def resume(self) -> None:
+        """Accept again after :meth:`pause`. Loop thread only."""
+        if self.sock.fileno() != -1:
+            self.start()
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket. Loop thread only."""
+        self.pause()
         self.sock.close()
 
     def _stop_watching(self) -> None:
@@ -131,5 +140,4 @@ class Acceptor:
 
     def _resume(self) -> None:
         self._retry = None
-        if self.sock.fileno() != -1:
-            self.start()
+        self.resume()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -21,8 +22,9 @@ from types import FrameType
 from typing import NoReturn, Protocol
 
 from reference.handler import HANDLERS, HandlerFactory
+from reference.multi import ProcessReactor
+from reference.reactor import Reactor
 from reference.server import ConnectionOptions, ListenError, bind_listener, format_address
-from reference.single import SingleReactor
 
 __all__ = [
     "ArgumentParser",
@@ -65,14 +67,55 @@ class Model:
     build: Callable[[argparse.Namespace, HandlerFactory, ConnectionOptions], Running]
 
 
-def _no_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
 def _build_single(
     args: argparse.Namespace, factory: HandlerFactory, options: ConnectionOptions
 ) -> Running:
-    return SingleReactor(args.listener, factory, options=options)
+    return Reactor(args.listener, factory, options=options)
+
+
+def _pool_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=4,
+        help="Worker threads that run the handlers (default: %(default)s)",
+    )
+
+
+def _build_pool(
+    args: argparse.Namespace, factory: HandlerFactory, options: ConnectionOptions
+) -> Running:
+    return Reactor(args.listener, factory, options=options, workers=args.workers)
+
+
+def _multi_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sub-reactors",
+        type=positive_int,
+        default=os.cpu_count() or 2,
+        help="Sub-reactors that own the connections (default: the number of CPUs, %(default)s)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["thread", "process"],
+        default="thread",
+        help="Run each sub-reactor on a thread, or in a process of its own that receives "
+        "the accepted sockets and so uses a core of its own (default: %(default)s)",
+    )
+
+
+def _build_multi(
+    args: argparse.Namespace, factory: HandlerFactory, options: ConnectionOptions
+) -> Running:
+    if args.mode == "process":
+        return ProcessReactor(
+            args.listener, args.handler, sub_reactors=args.sub_reactors, verbose=args.verbose
+        )
+    return Reactor(args.listener, factory, options=options, sub_reactors=args.sub_reactors)
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
 
 
 MODELS: dict[str, Model] = {
@@ -81,6 +124,18 @@ MODELS: dict[str, Model] = {
         "One reactor thread accepts, reads, runs the handler and writes",
         _no_arguments,
         _build_single,
+    ),
+    "pool": Model(
+        "pool",
+        "One reactor thread does all I/O; handlers run on a worker pool, in order per connection",
+        _pool_arguments,
+        _build_pool,
+    ),
+    "multi": Model(
+        "multi",
+        "A main reactor accepts; sub-reactors (threads or processes) own the connections",
+        _multi_arguments,
+        _build_multi,
     ),
 }
 
@@ -140,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m reference",
         description="Run a reference Reactor-pattern TCP server.",
-        epilog="Example: python -m reference single --port 7000",
+        epilog="Examples: python -m reference single --port 7000; "
+        "python -m reference multi --sub-reactors 4 --mode process",
     )
     sub = parser.add_subparsers(title="models", metavar="MODEL", required=True)
     add_model_parsers(sub)

@@ -6,8 +6,10 @@ How this works
 :class:`~reference.acceptor.Acceptor`; every accepted socket becomes a
 :class:`~reference.connection.Connection` owned by the loop that
 :meth:`Server.pick_loop` chooses (the main loop itself in the single-reactor
-model). The server keeps, per loop, the set of connections that loop owns;
-each set is touched only on its own loop's thread.
+model, a sub-reactor in the multi-reactor model). A server without a listener
+only adopts sockets accepted elsewhere (a sub-reactor process). The server keeps,
+per loop, the set of connections that loop owns; each set is touched only on
+its own loop's thread.
 
 Stopping (:meth:`Server.stop`, safe from any thread or a signal handler):
 the acceptor closes, then every loop closes its own connections gracefully
@@ -108,12 +110,14 @@ def bind_listener(host: str, port: int, *, backlog: int = socket.SOMAXCONN) -> s
 
 
 class Server:
-    """Accepts connections on the main loop and gives each to a loop.
+    """Owns the connections of one or more loops; accepts them on the main loop.
 
     Args:
         loop: The main loop: it runs the acceptor.
-        listener: A bound, listening socket (see :func:`bind_listener`).
         handler_factory: Makes the handler of each new connection.
+        listener: A bound, listening socket (see :func:`bind_listener`); None
+            for a server that only adopts sockets accepted elsewhere (a
+            sub-reactor process).
         options: Flow-control settings for every connection.
         sub_loops: Loops that own connections instead of the main loop, each
             run by its own thread by whoever created them. Empty: the main loop
@@ -123,31 +127,37 @@ class Server:
     def __init__(
         self,
         loop: EventLoop,
-        listener: socket.socket,
         handler_factory: HandlerFactory,
         *,
+        listener: socket.socket | None = None,
         options: ConnectionOptions | None = None,
         sub_loops: Sequence[EventLoop] = (),
     ) -> None:
         self.loop = loop
-        self.listener = listener
         self.handler_factory = handler_factory
         self.options = options or ConnectionOptions()
         self.sub_loops = tuple(sub_loops)
-        self.acceptor = Acceptor(loop, listener, self._on_accept)
+        self.acceptor = None if listener is None else Acceptor(loop, listener, self._on_accept)
         self._owners = self.sub_loops or (loop,)
         self._next = 0
         self._connections: dict[EventLoop, set[Connection]] = {lp: set() for lp in self._owners}
         self._stopping: set[EventLoop] = set()
         self._stop_requests = 0
-        host, port = listener.getsockname()[:2]
-        self.address: tuple[str, int] = (host, port)
 
     # -- running -----------------------------------------------------------
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port the server listens on."""
+        if self.acceptor is None:
+            raise RuntimeError("this server adopts connections; it does not listen")
+        host, port = self.acceptor.sock.getsockname()[:2]
+        return host, port
+
     def start(self) -> None:
         """Start accepting. Call on the main loop's thread, before or while it runs."""
-        self.acceptor.start()
+        if self.acceptor is not None:
+            self.acceptor.start()
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Stop accepting, flush every connection for up to ``grace`` seconds, stop the loops.
@@ -209,9 +219,9 @@ class Server:
     # -- stopping --------------------------------------------------------------
 
     def _stop_in_main_loop(self, grace: float) -> None:
-        if self.listener.fileno() != -1:
+        if self.acceptor is not None and self.acceptor.sock.fileno() != -1:
             self.acceptor.close()
-            log.info("stopped accepting; closing connections (grace %.1fs)", grace)
+        log.info("closing connections (grace %.1fs)", grace)
         for loop in self._owners:
             if loop is self.loop:
                 self._drain(loop, grace)

@@ -11,6 +11,9 @@ from tests.helpers import ServerProcess
 #: The models as command lines after ``python -m reference``.
 MODELS: dict[str, list[str]] = {
     "single": ["single"],
+    "pool": ["pool", "--workers", "4"],
+    "multi-thread": ["multi", "--sub-reactors", "3", "--mode", "thread"],
+    "multi-process": ["multi", "--sub-reactors", "2", "--mode", "process"],
 }
 
 

@@ -134,18 +134,38 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def pids(self) -> list[int]:
+        """The server's PID and those of its child processes (Linux /proc)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [self.pid, *map(int, children.read_text().split())]
+        except OSError:
+            return [self.pid]
+
     def cpu_seconds(self) -> float:
-        """User plus system CPU time the server has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time the server and its children have used so far."""
+        total = 0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue  # Exited meanwhile.
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def peak_rss(self) -> int:
-        """The server's peak resident memory in bytes (VmHWM)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM in /proc status")
+        """The largest peak resident memory (VmHWM) of the server and its children, in bytes."""
+        peak = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        return peak
 
     def signal_and_wait(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Send ``signum`` and wait for the exit; return the exit code."""

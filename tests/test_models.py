@@ -89,7 +89,7 @@ def test_Server_survives_peer_reset_with_replies_queued(server: ServerProcess) -
     mark = len(server.stderr)
     sender = threading.Thread(target=_send_ignoring_errors, args=(victim, os.urandom(8 * MIB)))
     sender.start()
-    server.wait_for_log(r"pause reading", start=mark)
+    server.wait_for_log(r"pause reading, \d+ bytes buffered", start=mark)
     reset(victim)
     sender.join(10)
     server.wait_for_log(r"dropped: .*(reset|Broken pipe)", start=mark)
@@ -177,7 +177,7 @@ def test_Server_stops_within_its_grace_period_when_a_peer_never_reads(
         mark = len(server.stderr)
         sender = threading.Thread(target=_send_ignoring_errors, args=(stuck, os.urandom(8 * MIB)))
         sender.start()
-        server.wait_for_log(r"pause reading", start=mark)
+        server.wait_for_log(r"pause reading, \d+ bytes buffered", start=mark)
         assert server.signal_and_wait(signal.SIGTERM) == 0
         server.wait_for_log(r"still flushing, dropped", start=mark)
         stuck.close()
@@ -192,23 +192,43 @@ def test_Server_with_discard_handler_replies_nothing(model: list[str]) -> None:
 def test_Server_survives_running_out_of_descriptors(model: list[str]) -> None:
     limit = "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))"
     with ServerProcess(model, prefix=limit) as server:
-        clients = [connect(server.address) for _ in range(80)]
+        # More clients than the server (or each of its sub-reactor processes) has room for.
+        clients = [connect(server.address) for _ in range(150)]
         try:
-            server.wait_for_log(r"accept failed: Too many open files")
+            server.wait_for_log(r"accept failed: Too many open files|out of descriptors")
             # While descriptors are short, the server neither exits nor spins.
             before = server.cpu_seconds()
             threading.Event().wait(1.0)  # A measuring window, not a synchronisation.
             used = server.cpu_seconds() - before
             assert server.alive()
             assert used < 0.5, f"server used {used:.2f}s of CPU in 1s while out of descriptors"
-            # Free descriptors: the clients waiting in the backlog get served.
-            for sock in clients[:40]:
+            # Free descriptors: the clients that waited get served.
+            for sock in clients[:120]:
                 sock.close()
-            for i, sock in enumerate(clients[40:]):
+            for i, sock in enumerate(clients[120:]):
                 message = b"waited in the backlog %d" % i
                 sock.sendall(message)
                 assert recv_exactly(sock, len(message)) == message
-            server.wait_for_log(r"accepting again")
+            server.wait_for_log(r"accepting again|taking connections again")
         finally:
             for sock in clients:
                 sock.close()
+
+
+def test_Server_echoes_200_concurrent_connections_pipelining_bursts(
+    server: ServerProcess,
+) -> None:
+    socks = [connect(server.address, timeout=20) for _ in range(200)]
+    expected = [bytearray() for _ in socks]
+    try:
+        for round_ in range(4):  # Interleave the connections' bursts, no reads between.
+            for i, sock in enumerate(socks):
+                for burst in range(5):
+                    data = b"%d/%d/%d:" % (i, round_, burst) + bytes([i % 256]) * (i % 97)
+                    sock.sendall(data)
+                    expected[i] += data
+        for sock, wanted in zip(socks, expected, strict=True):
+            assert_same(bytes(wanted), recv_exactly(sock, len(wanted)))
+    finally:
+        for sock in socks:
+            sock.close()
