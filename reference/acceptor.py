@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import selectors
 import socket
 from collections.abc import Callable
 
-from reference.loop import EventLoop, TimerHandle
+from reference.loop import READ, EventLoop, TimerHandle
 
 __all__ = ["Acceptor", "RESOURCE_ERRNOS", "DEFAULT_RETRY_DELAY"]
 
@@ -77,7 +76,7 @@ class Acceptor:
         """Start accepting. Loop thread only."""
         self.loop.assert_in_loop_thread()
         if not self._watching:
-            self.loop.register(self.sock, selectors.EVENT_READ, self._handle_read)
+            self.loop.register(self.sock, READ, self._handle_read)
             self._watching = True
 
     def pause(self) -> None:

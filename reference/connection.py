@@ -37,12 +37,11 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-import selectors
 import socket
 from collections.abc import Callable
 
 from reference.handler import Handler
-from reference.loop import EventLoop
+from reference.loop import ERROR, READ, READ_BUFFER_SIZE, WRITE, EventLoop
 
 __all__ = [
     "ConnState",
@@ -60,10 +59,12 @@ DEFAULT_HIGH_WATER = 256 * 1024
 #: Resume reading once the waiting reply bytes are down to this.
 DEFAULT_LOW_WATER = 64 * 1024
 #: Largest single ``recv``.
-DEFAULT_READ_SIZE = 256 * 1024
+DEFAULT_READ_SIZE = READ_BUFFER_SIZE
 
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
+_READ = READ
+_WRITE = WRITE
+_READABLE = READ | ERROR
+_WRITABLE = WRITE | ERROR
 _ids = itertools.count(1)
 
 
@@ -140,6 +141,7 @@ class Connection:
         "_high_water",
         "_low_water",
         "_read_size",
+        "_read_view",
     )
 
     def __init__(
@@ -169,7 +171,8 @@ class Connection:
         self._paused_by_owner = False
         self._high_water = high_water
         self._low_water = low_water
-        self._read_size = read_size
+        self._read_size = min(read_size, len(loop.read_buffer))
+        self._read_view = memoryview(loop.read_buffer)
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -284,22 +287,27 @@ class Connection:
     # -- readiness ------------------------------------------------------------
 
     def _on_ready(self, mask: int) -> None:
-        if mask & _READ:
+        # ERROR (hang-up, error) comes whatever was asked for: let the I/O that
+        # is wanted now discover it.
+        if mask & _READABLE and self._events & _READ:
             self._handle_read()
-        if mask & _WRITE and self._out and self._state is not ConnState.CLOSED:
+        if mask & _WRITABLE and self._out and self._state is not ConnState.CLOSED:
             self._handle_write()
 
     def _handle_read(self) -> None:
+        # recv_into the loop's buffer, then copy out just what came: a fresh
+        # 256 KiB bytes object per read (plain recv) makes malloc map and unmap
+        # memory on every read.
         try:
-            data = self._sock.recv(self._read_size)
+            n = self._sock.recv_into(self._read_view, self._read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._lost(exc)
             return
         try:
-            if data:
-                self._handler.data_received(data)
+            if n:
+                self._handler.data_received(self._read_view[:n].tobytes())
             else:
                 self._on_peer_eof()
         except Exception as exc:

@@ -2,12 +2,14 @@
 
 How this works
 --------------
-An ``EventLoop`` owns one ``selectors`` selector and is run by exactly one
-thread (the *loop thread*), the one that calls :meth:`EventLoop.run`. Each
-registered file object carries a callback in its selector key; one turn of the
-loop is::
+An ``EventLoop`` owns one poller (``epoll`` on Linux, ``poll`` elsewhere) and is
+run by exactly one thread (the *loop thread*), the one that calls
+:meth:`EventLoop.run`. Each registered descriptor has a callback that receives
+the ready event mask (:data:`READ`, :data:`WRITE`, and :data:`ERROR` bits for a
+hang-up or an error, which the callback must treat as "try the I/O and see");
+one turn of the loop is::
 
-    select(timeout) -> run the callback of every ready key
+    poll(timeout) -> run the callback of every ready descriptor
                     -> run the timers that are due
                     -> run the callbacks queued by other threads
 
@@ -24,11 +26,19 @@ be called from any thread (and from a signal handler running on the loop
 thread). Every other method runs on the loop thread and says so with
 :meth:`assert_in_loop_thread` where a mistake would corrupt state.
 
+The poller is used directly rather than through ``selectors``: the hot path
+of a reactor is "poll, then call one function per ready descriptor", and the
+selector's key objects and event translation cost more than the rest of a
+small echo.
+
 Facts about the OS this relies on
 ---------------------------------
-- ``selectors.DefaultSelector`` is epoll on Linux, used level-triggered: a
-  socket with unread data is reported again on the next turn, so a callback
-  may read once and return without losing the rest.
+- epoll is used level-triggered: a socket with unread data is reported again
+  on the next turn, so a callback may read once and return without losing the
+  rest.
+- ``EPOLLIN``/``EPOLLOUT``/``EPOLLERR``/``EPOLLHUP`` have the same values as
+  ``POLLIN``/``POLLOUT``/``POLLERR``/``POLLHUP``, so one set of masks serves
+  both pollers. Hang-up and error are reported whatever was asked for.
 - Since PEP 475, ``select`` is retried after a signal handler runs, so a signal
   handler that wants the loop to notice something must write to the wakeup
   socket, which :meth:`stop` does.
@@ -39,7 +49,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import selectors
+import select
 import socket
 import threading
 import time
@@ -47,12 +57,22 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EventLoop", "TimerHandle", "ReadyCallback"]
+__all__ = ["EventLoop", "TimerHandle", "ReadyCallback", "READ", "WRITE", "ERROR"]
 
 log = logging.getLogger(__name__)
 
-#: What a registered file object's callback receives: the ready event mask.
+#: What a registered descriptor's callback receives: the ready event mask.
 ReadyCallback = Callable[[int], None]
+
+#: Readable (or, with :data:`ERROR`, a hang-up or error to discover by reading).
+READ = select.POLLIN
+#: Writable.
+WRITE = select.POLLOUT
+#: Hang-up or error: reported whatever was asked for.
+ERROR = select.POLLERR | select.POLLHUP
+
+#: Size of the buffer each loop lends its connections for ``recv_into``.
+READ_BUFFER_SIZE = 256 * 1024
 
 #: Longest ``select`` timeout while timers wait, whatever their deadline.
 _MAX_SELECT_TIMEOUT = 3600.0
@@ -85,7 +105,11 @@ class EventLoop:
 
     def __init__(self, name: str = "loop") -> None:
         self.name = name
-        self._selector = selectors.DefaultSelector()
+        self._poller = _Poller()
+        self._callbacks: dict[int, ReadyCallback] = {}
+        #: Scratch space for ``recv_into``: only ever used on the loop thread,
+        #: and copied out before a handler sees the bytes.
+        self.read_buffer = bytearray(READ_BUFFER_SIZE)
         self._pending: deque[Callable[[], None]] = deque()
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._timer_seq = itertools.count()
@@ -95,7 +119,7 @@ class EventLoop:
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
+        self.register(self._wakeup_r, READ, self._drain_wakeup)
 
     # -- thread rules ---------------------------------------------------
 
@@ -120,18 +144,24 @@ class EventLoop:
 
     def register(self, fileobj: socket.socket, events: int, callback: ReadyCallback) -> None:
         """Watch ``fileobj`` for ``events`` and call ``callback(mask)`` when ready."""
-        self._selector.register(fileobj, events, callback)
+        fd = fileobj.fileno()
+        self._poller.register(fd, events)
+        self._callbacks[fd] = callback
 
     def modify(self, fileobj: socket.socket, events: int, callback: ReadyCallback) -> None:
         """Change the events watched for a registered ``fileobj``."""
-        self._selector.modify(fileobj, events, callback)
+        fd = fileobj.fileno()
+        self._poller.modify(fd, events)
+        self._callbacks[fd] = callback
 
     def unregister(self, fileobj: socket.socket) -> None:
-        """Stop watching ``fileobj``; harmless if it is not registered."""
-        try:
-            self._selector.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
+        """Stop watching ``fileobj``; harmless if it is not registered or closed."""
+        fd = fileobj.fileno()
+        if self._callbacks.pop(fd, None) is not None:
+            try:
+                self._poller.unregister(fd)
+            except (KeyError, OSError):
+                pass  # Already gone from the poller.
 
     # -- callbacks and timers -------------------------------------------
 
@@ -176,24 +206,36 @@ class EventLoop:
             raise RuntimeError(f"{self.name}: run() on a closed loop")
         self._thread_id = threading.get_ident()
         log.debug("%s: running", self.name)
-        select = self._selector.select
+        poll = self._poller.poll
+        callbacks = self._callbacks
         pending = self._pending
         try:
             while not self._stopping:
-                events = select(self._select_timeout())
-                for key, mask in events:
+                if pending:
+                    timeout: float | None = 0.0
+                elif self._timers:
+                    timeout = min(
+                        _MAX_SELECT_TIMEOUT, max(0.0, self._timers[0][0] - time.monotonic())
+                    )
+                else:
+                    timeout = None
+                for fd, mask in poll(timeout):
+                    # A callback earlier in this batch may have unregistered fd.
+                    callback = callbacks.get(fd)
+                    if callback is None:
+                        continue
                     try:
-                        key.data(mask)
+                        callback(mask)
                     except Exception:
-                        log.exception("%s: callback for %r failed", self.name, key.fileobj)
+                        log.exception("%s: callback for fd %d failed", self.name, fd)
                 if self._timers:
                     self._run_due_timers()
                 for _ in range(len(pending)):
-                    callback = pending.popleft()
+                    callback_ = pending.popleft()
                     try:
-                        callback()
+                        callback_()
                     except Exception:
-                        log.exception("%s: callback %r failed", self.name, callback)
+                        log.exception("%s: callback %r failed", self.name, callback_)
         finally:
             log.debug("%s: stopped", self.name)
 
@@ -207,16 +249,9 @@ class EventLoop:
         if self._closed:
             return
         self._closed = True
-        self._selector.close()
+        self._poller.close()
         self._wakeup_r.close()
         self._wakeup_w.close()
-
-    def _select_timeout(self) -> float | None:
-        if self._pending:
-            return 0.0
-        if self._timers:
-            return min(_MAX_SELECT_TIMEOUT, max(0.0, self._timers[0][0] - time.monotonic()))
-        return None
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
@@ -229,3 +264,28 @@ class EventLoop:
                     handle.callback()
                 except Exception:
                     log.exception("%s: timer %r failed", self.name, handle.callback)
+
+
+class _Poller:
+    """``select.epoll`` where there is one, else ``select.poll``; timeouts in seconds."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._poll = None if self._epoll is not None else select.poll()
+        impl = self._epoll if self._epoll is not None else self._poll
+        assert impl is not None
+        self.register = impl.register
+        self.modify = impl.modify
+        self.unregister = impl.unregister
+        if self._epoll is not None:
+            self.poll: Callable[[float | None], list[tuple[int, int]]] = self._epoll.poll
+        else:
+            self.poll = self._poll_ms
+
+    def _poll_ms(self, timeout: float | None) -> list[tuple[int, int]]:
+        assert self._poll is not None
+        return self._poll.poll(None if timeout is None else timeout * 1000.0)
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()

@@ -49,7 +49,6 @@ import errno
 import logging
 import os
 import resource
-import selectors
 import signal
 import socket
 import subprocess
@@ -61,7 +60,7 @@ from types import FrameType
 
 from reference.acceptor import Acceptor
 from reference.handler import HANDLERS, HandlerFactory
-from reference.loop import EventLoop, TimerHandle
+from reference.loop import ERROR, READ, WRITE, EventLoop, TimerHandle
 from reference.server import DEFAULT_GRACE, ConnectionOptions, Server
 
 __all__ = ["ProcessReactor", "sub_reactor_main"]
@@ -175,7 +174,7 @@ class ProcessReactor:
             theirs.close()
         ours.setblocking(False)
         sub = _SubReactor(index, process, ours, lambda mask: self._on_channel(sub, mask))
-        self.loop.register(ours, selectors.EVENT_READ, sub.on_ready)
+        self.loop.register(ours, READ, sub.on_ready)
         log.info("sub-reactor %d: pid %d", index, process.pid)
         return sub
 
@@ -222,13 +221,13 @@ class ProcessReactor:
 
     def _watch_channels(self) -> None:
         """Watch the channels for write room (while sockets are held) and for death."""
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._held else 0)
+        events = READ | (WRITE if self._held else 0)
         for sub in self._subs:
             if sub.alive:
                 self.loop.modify(sub.channel, events, sub.on_ready)
 
     def _on_channel(self, sub: _SubReactor, mask: int) -> None:
-        if mask & selectors.EVENT_READ:
+        if mask & (READ | ERROR):
             try:
                 data = sub.channel.recv(1)
             except (BlockingIOError, InterruptedError):
@@ -238,7 +237,7 @@ class ProcessReactor:
             if not data:
                 self._lost(sub, "channel closed")
                 return
-        if mask & selectors.EVENT_WRITE:
+        if mask & WRITE and self._held:
             while self._held and self._hand_over(self._held[0]):
                 self._held.popleft()
             if not self._held:
@@ -285,7 +284,7 @@ class _Inbox:
 
     def start(self) -> None:
         if not self._receiving:
-            self.loop.register(self.channel, selectors.EVENT_READ, self._on_ready)
+            self.loop.register(self.channel, READ, self._on_ready)
             self._receiving = True
 
     def close(self) -> None:
