@@ -1,0 +1,149 @@
+"""The load generator: every byte verified, faults injected, bad servers caught."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from conformance.load import Faults, LoadSpec, run_load
+from tests.helpers import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def single() -> Iterator[ServerProcess]:
+    with ServerProcess(["single"]) as server:
+        yield server
+
+
+def test_Faults_parse_reads_percentages_and_counts() -> None:
+    faults = Faults.parse("reset=1%, half-close=0.5%,slow-reader=2%,connect-storm=300")
+    assert faults == Faults(reset=0.01, half_close=0.005, slow_reader=0.02, connect_storm=300)
+    assert Faults.parse("") == Faults()
+    assert not Faults().any
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("explode=1%", "unknown fault"),
+        ("reset=lots", "percentage"),
+        ("reset=150%", "between 0% and 100%"),
+        ("connect-storm=many", "count"),
+        ("reset=60%,half-close=60%", "more than 100%"),
+    ],
+)
+def test_Faults_parse_rejects_bad_input_with_a_reason(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Faults.parse(text)
+
+
+def test_LoadSpec_validate_names_the_bad_setting() -> None:
+    with pytest.raises(ValueError, match="connections"):
+        LoadSpec("127.0.0.1", 1, connections=0).validate()
+    with pytest.raises(ValueError, match="procs"):
+        LoadSpec("127.0.0.1", 1, connections=2, procs=3).validate()
+
+
+def test_run_load_pingpong_counts_verified_round_trips(single: ServerProcess) -> None:
+    host, port = single.address
+    result = run_load(LoadSpec(host, port, connections=20, size=100, rounds=50, duration=30))
+    assert result.ok, result.to_dict()
+    assert result.round_trips == 20 * 50
+    assert result.bytes_verified == 20 * 50 * 100
+    assert result.latency.count == result.round_trips
+    assert result.server_alive is True
+
+
+def test_run_load_stream_verifies_every_byte(single: ServerProcess) -> None:
+    host, port = single.address
+    result = run_load(LoadSpec(host, port, connections=8, mode="stream", duration=0.5))
+    assert result.ok, result.to_dict()
+    assert result.bytes_verified > 1_000_000
+
+
+def test_run_load_with_faults_keeps_the_others_exact(single: ServerProcess) -> None:
+    host, port = single.address
+    faults = Faults(reset=0.02, half_close=0.02, slow_reader=0.01, connect_storm=100)
+    result = run_load(LoadSpec(host, port, connections=50, duration=1.5, faults=faults))
+    assert result.ok, result.to_dict()
+    for kind in ("reset", "half-close", "slow-reader", "connect-storm"):
+        assert result.injected[kind] > 0, (kind, result.injected)
+    assert result.observed["half-close-echoed"] == result.injected["half-close"]
+    assert result.server_alive is True
+
+
+def test_run_load_in_several_processes_merges_their_results(single: ServerProcess) -> None:
+    host, port = single.address
+    result = run_load(LoadSpec(host, port, connections=30, rounds=20, duration=30, procs=2))
+    assert result.ok, result.to_dict()
+    assert result.round_trips == 30 * 20
+    assert result.connections_opened == 30
+
+
+class CorruptingEcho:
+    """An echo server on a thread that flips one byte at stream offset 5000."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    @staticmethod
+    def _serve(sock: socket.socket) -> None:
+        offset = 0
+        with sock:
+            while True:
+                try:
+                    data = bytearray(sock.recv(65536))
+                except OSError:
+                    return
+                if not data:
+                    return
+                if offset <= 5000 < offset + len(data):
+                    data[5000 - offset] ^= 0xFF
+                offset += len(data)
+                try:
+                    sock.sendall(data)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_run_load_reports_the_first_corrupted_byte() -> None:
+    server = CorruptingEcho()
+    try:
+        host, port = server.address
+        result = run_load(LoadSpec(host, port, connections=3, size=64, duration=0.5))
+    finally:
+        server.close()
+    assert not result.ok
+    assert result.errors["mismatch"] >= 1
+    assert result.first_error is not None
+    assert result.first_error["kind"] == "mismatch"
+    assert result.first_error["offset"] == 5000
+
+
+def test_run_load_reports_a_server_that_stops_answering() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # Accepts (backlog), never reads.
+        host, port = silent.getsockname()
+        result = run_load(
+            LoadSpec(host, port, connections=2, duration=0.3, drain_timeout=0.5, connect_timeout=2)
+        )
+    assert result.errors["stalled"] == 2, result.to_dict()
+    assert result.server_alive is False

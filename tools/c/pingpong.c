@@ -1,0 +1,88 @@
+/* A small C ping-pong load client: the yardstick for the Python load generator.
+ *
+ * Usage: pingpong HOST PORT CONNECTIONS SIZE SECONDS
+ * Every connection sends SIZE bytes, waits for all of them to come back (and
+ * compares them), and sends again: closed-loop ping-pong on one epoll thread.
+ * Prints one line of JSON: {"round_trips": N, "seconds": S, "rps": R, "errors": E}.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct conn {
+    int fd;
+    size_t got;
+    unsigned char *msg;
+};
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: pingpong HOST PORT CONNECTIONS SIZE SECONDS\n");
+        return 2;
+    }
+    const char *host = argv[1];
+    int port = atoi(argv[2]), nconn = atoi(argv[3]);
+    size_t size = (size_t)atol(argv[4]);
+    double seconds = atof(argv[5]);
+    int ep = epoll_create1(0), one = 1;
+    struct conn *conns = calloc((size_t)nconn, sizeof *conns);
+    unsigned char *buf = malloc(size > 65536 ? size : 65536);
+    long errors = 0, trips = 0;
+    for (int i = 0; i < nconn; i++) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        inet_pton(AF_INET, host, &a.sin_addr);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+            perror("connect");
+            return 3;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conns[i].fd = fd;
+        conns[i].msg = malloc(size);
+        for (size_t j = 0; j < size; j++) conns[i].msg[j] = (unsigned char)(i + j);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &conns[i]};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        if (send(fd, conns[i].msg, size, MSG_NOSIGNAL) != (ssize_t)size) errors++;
+    }
+    double start = now(), end = start + seconds;
+    struct epoll_event events[512];
+    while (now() < end) {
+        int n = epoll_wait(ep, events, 512, 100);
+        for (int i = 0; i < n; i++) {
+            struct conn *c = events[i].data.ptr;
+            ssize_t r = recv(c->fd, buf, size - c->got, 0);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                errors++;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                continue;
+            }
+            if (memcmp(buf, c->msg + c->got, (size_t)r) != 0) errors++;
+            c->got += (size_t)r;
+            if (c->got == size) {
+                c->got = 0;
+                trips++;
+                if (send(c->fd, c->msg, size, MSG_NOSIGNAL) != (ssize_t)size) errors++;
+            }
+        }
+    }
+    double took = now() - start;
+    printf("{\"round_trips\": %ld, \"seconds\": %.3f, \"rps\": %.1f, \"errors\": %ld}\n", trips,
+           took, trips / took, errors);
+    return errors ? 1 : 0;
+}
