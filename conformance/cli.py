@@ -2,19 +2,79 @@
 
 Sub-commands:
 
-- ``serve MODEL``: run one of the reference servers (the options of
+- ``run``: run the catalogue against a target. A thin front over the pytest
+  plugin: it checks the options, starts the target once, builds the pytest
+  arguments, runs pytest in-process (``-n N`` for xdist), then prints its own
+  summary: one line per check and the bug report of each failure.
+- ``list``: the catalogue (ID, level, category, spec reference, title).
+- ``serve MODEL``: run a reference server (the options of
   ``python -m reference``, defined once in :mod:`reference.cli`).
+
+Exit codes of ``run``: 0 every MUST passed (and every SHOULD under
+``--strict``), 1 a check failed, 2 usage error, 3 target unreachable or never
+listening. Every error is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from conformance import __version__
+from conformance.catalogue import CATALOGUE, CATEGORIES, select
+from conformance.checks import Check
+from conformance.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    TargetError,
+    UsageError,
+)
+from conformance.oracle import load_oracle
+from conformance.target import REFERENCE_MODELS, TargetSpec, start_target
 from reference.cli import ArgumentParser, add_model_parsers, serve
 
 __all__ = ["build_parser", "main"]
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """The options that name the server under test (at most one of them)."""
+    group = parser.add_argument_group("target (default: the reference single-reactor server)")
+    group.add_argument("--target", metavar="HOST:PORT", help="Test the server listening there")
+    group.add_argument(
+        "--spawn",
+        metavar="CMD",
+        help="Start CMD and test it: {port} is replaced by a free port, or CMD prints "
+        "'listening on HOST:PORT'; it is stopped at the end",
+    )
+    group.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help=f"Test a reference server: {', '.join(REFERENCE_MODELS)}",
+    )
+    parser.add_argument(
+        "--oracle",
+        default="echo",
+        metavar="SPEC",
+        help="What the server should answer: echo, discard or package.module:Class "
+        "(default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,10 +82,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="reactor-conformance",
         description="Reference Reactor-pattern TCP servers and a conformance suite.",
-        epilog="Example: reactor-conformance serve single --port 7000",
+        epilog="Example: reactor-conformance run --spawn 'my-server --port {port}'",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    run_parser = commands.add_parser(
+        "run",
+        help="Run the conformance checks against a server",
+        description="Run the conformance checks against a server and report each one.",
+    )
+    add_target_options(run_parser)
+    run_parser.add_argument("--checks", metavar="ID,...", help="Run only these checks")
+    run_parser.add_argument(
+        "--category", metavar="NAME,...", help=f"Run only these: {', '.join(CATEGORIES)}"
+    )
+    run_parser.add_argument(
+        "--strict", action="store_true", help="A failed SHOULD or MAY fails the run"
+    )
+    run_parser.add_argument(
+        "-n",
+        "--workers",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="Run checks in N processes (pytest-xdist); 0 runs them here (default: 0)",
+    )
+    run_parser.add_argument(
+        "--junitxml", metavar="PATH", help="Also write a JUnit XML report to PATH"
+    )
+    run_parser.set_defaults(command=run)
+
+    list_parser = commands.add_parser(
+        "list", help="List the checks", description="List the checks of the catalogue."
+    )
+    list_parser.set_defaults(command=list_checks)
+
     serve_parser = commands.add_parser(
         "serve",
         help="Run a reference server",
@@ -35,6 +127,155 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parsers(models)
     serve_parser.set_defaults(command=serve)
     return parser
+
+
+def list_checks(args: argparse.Namespace) -> int:
+    """Print the catalogue, one check a line."""
+    width = max(len(c.id) for c in CATALOGUE)
+    for check in CATALOGUE:
+        print(
+            f"{check.id:<{width}}  {check.level.value:<6}  {check.category:<13}  "
+            f"{check.spec}: {check.title}"
+        )
+    return EXIT_OK
+
+
+@dataclass
+class _Result:
+    check: str
+    outcome: str
+    duration: float
+    report: str = ""
+
+
+@dataclass(eq=False)
+class _Collector:
+    """A pytest plugin object, in this process only: keeps each check's report."""
+
+    results: dict[str, _Result] = field(default_factory=dict)
+
+    def pytest_runtest_logreport(self, report: object) -> None:
+        import pytest
+
+        from conformance.plugin import REPORT, nonstrict_report
+
+        assert isinstance(report, pytest.TestReport)
+        props = dict(report.user_properties)
+        check_id = str(props.get("conformance_check", report.nodeid))
+        if report.when == "call" or report.failed:
+            outcome = "FAIL" if report.failed else "PASS"
+            text = str(props.get(REPORT, report.longreprtext)) if report.failed else ""
+            nonstrict = nonstrict_report(report)
+            if nonstrict is not None:
+                outcome, text = "NON-STRICT", nonstrict
+            previous = self.results.get(check_id)
+            if previous is None or previous.outcome == "PASS":
+                self.results[check_id] = _Result(check_id, outcome, report.duration, text)
+
+
+def _replay_prefix(spec: TargetSpec, oracle: str, strict: bool) -> str:
+    words = ["reactor-conformance", "run", *spec.options()]
+    if oracle != "echo":
+        words += ["--oracle", oracle]
+    if strict:
+        words.append("--strict")
+    return shlex.join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``reactor-conformance run``: check the options, start the target, run pytest."""
+    try:
+        spec = TargetSpec.from_options(args.target, args.spawn, args.reference)
+        ids = [i for i in (args.checks or "").split(",") if i.strip()]
+        cats = [c for c in (args.category or "").split(",") if c.strip()]
+        checks = select(ids, cats)
+        load_oracle(args.oracle)
+    except UsageError as exc:
+        print(f"reactor-conformance: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not checks:
+        print("reactor-conformance: error: no check selected", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        running = start_target(spec)
+    except TargetError as exc:
+        print(f"reactor-conformance: target unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        return _run_pytest(args, spec, running.address, running.pid, checks)
+    finally:
+        running.stop()
+
+
+def _run_pytest(
+    args: argparse.Namespace,
+    spec: TargetSpec,
+    address: object,
+    pid: int | None,
+    checks: list[Check],
+) -> int:
+    import pytest
+
+    replay = _replay_prefix(spec, args.oracle, args.strict)
+    argv = [
+        "-p", "conformance.plugin",
+        "-p", "no:cacheprovider",
+        # pytest-benchmark, where installed, warns under xdist; nothing here is a benchmark.
+        "-p", "no:benchmark",
+        "-c", os.devnull,
+        "--rootdir", os.getcwd(),
+        "--pyargs", "conformance",
+        "--target", str(address),
+        "--oracle", args.oracle,
+        "--checks", ",".join(c.id for c in checks),
+        "--conformance-replay", replay,
+        "-q", "--no-header", "--tb=no", "-rN",
+        # The suite is imported already (this command); nothing in it relies on assert rewriting.
+        "--assert=plain",
+    ]  # fmt: skip
+    if pid is not None:
+        argv += ["--conformance-server-pid", str(pid)]
+    if args.strict:
+        argv.append("--conformance-strict")
+    if args.workers:
+        argv += ["-n", str(args.workers), "--dist", "loadgroup"]
+    if args.junitxml:
+        argv += ["--junitxml", args.junitxml]
+    collector = _Collector()
+    print(f"reactor-conformance: {len(checks)} checks against {spec.describe()} at {address}")
+    start = time.monotonic()
+    code = pytest.main(argv, plugins=[collector])
+    elapsed = time.monotonic() - start
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or not collector.results:
+        print(f"reactor-conformance: error: pytest ended with {code!r}", file=sys.stderr)
+        return EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED
+    return _summarise(collector, checks, elapsed, args.strict)
+
+
+def _summarise(collector: _Collector, checks: list[Check], elapsed: float, strict: bool) -> int:
+    print()
+    failing = False
+    for check in checks:
+        result = collector.results.get(check.id)
+        outcome = result.outcome if result else "NOT RUN"
+        duration = f"{result.duration:6.2f}s" if result else "      -"
+        print(f"{outcome:<10}  {check.id:<17} {check.level.value:<6} {duration}  {check.title}")
+        if outcome in ("FAIL", "NOT RUN"):
+            failing = True
+    reports = [r for r in collector.results.values() if r.report]
+    for result in reports:
+        print()
+        print(result.report)
+    counts = {
+        word: sum(1 for r in collector.results.values() if r.outcome == word)
+        for word in ("PASS", "FAIL", "NON-STRICT")
+    }
+    print()
+    print(
+        f"reactor-conformance: {counts['PASS']} passed, {counts['FAIL']} failed, "
+        f"{counts['NON-STRICT']} non-strict in {elapsed:.1f}s" + (" (strict)" if strict else "")
+    )
+    return EXIT_FAILED if failing else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,404 @@
+"""The catalogue: every check, as data, with the scenario it runs.
+
+How this works
+--------------
+Each scenario below is an async function over a
+:class:`~conformance.harness.Harness`; :data:`CATALOGUE` pairs each with its
+ID, title, category, level and spec reference. IDs are stable: a check that
+changes meaning gets a new ID. Payloads are deterministic (seeded), so a
+replay sends the same bytes.
+
+The scenarios speak only of bytes sent and bytes owed; the oracle decides
+what is owed (echo: everything; discard: nothing), so every check runs
+against any oracle.
+
+Sizes are chosen so that the whole catalogue runs in well under a minute
+against the reference servers on two cores, while staying large enough to
+matter: 16 MiB exceeds every default socket buffer; a storm of thousands of
+connections exceeds the usual 1024-descriptor limit of a server that leaks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+import trio
+
+from conformance.checks import Check, Level
+from conformance.errors import UsageError
+from conformance.harness import CheckFailure, Connection, Harness
+
+__all__ = ["CATALOGUE", "CATEGORIES", "by_id", "select"]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+RFC862 = "RFC 862"
+RFC9293_CLOSE = "RFC 9293 §3.6 (closing a connection)"
+RFC9293_RESET = "RFC 9293 §3.5.2 (reset processing)"
+RFC9293_FLOW = "RFC 9293 §3.8.6 (window management)"
+
+
+def payload(size: int, seed: int) -> bytes:
+    """``size`` deterministic pseudo-random bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+# -- basic -------------------------------------------------------------------
+
+
+async def basic_short(h: Harness) -> None:
+    conn = await h.connect("c1")
+    await conn.send(b"Hello, echo!\r\n")
+    await conn.settle()
+
+
+async def basic_empty(h: Harness) -> None:
+    for i in range(20):
+        conn = await h.connect(f"empty{i}")
+        if i % 2:
+            conn.reset()
+        else:
+            conn.close()
+
+
+async def basic_byte_values(h: Harness) -> None:
+    conn = await h.connect("c1")
+    await conn.exchange(bytes(range(256)) + bytes(reversed(range(256))) * 3)
+
+
+async def basic_nul(h: Harness) -> None:
+    conn = await h.connect("c1")
+    for message in (b"\0", b"\0" * 4096, b"a\0b\0\0c" * 500, b"\0\r\n\0\n\r\0", b"end\0"):
+        await conn.exchange(message)
+
+
+async def sizes_small_to_large(h: Harness) -> None:
+    conn = await h.connect("c1")
+    sizes = [1, 2, 3, 255, 256, 1460, 4095, 4096, 4097, 65535, 65536, 65537, MIB + 1]
+    for seed, size in enumerate(sizes):
+        await conn.exchange(payload(size, seed))
+
+
+async def sizes_16mib(h: Harness) -> None:
+    conn = await h.connect("c1")
+    await conn.exchange(payload(16 * MIB, 16), read_size=MIB, timeout=60.0)
+
+
+# -- partial writes ----------------------------------------------------------
+
+
+async def partial_small_writes(h: Harness) -> None:
+    conn = await h.connect("c1", nodelay=True)
+    await conn.exchange(
+        payload(20_000, 1),
+        chunks=[1, 2, 3, 5, 7, 11, 13],
+        send_pause=0.001,
+        send_pause_every=64,
+    )
+
+
+async def partial_small_reads(h: Harness) -> None:
+    conn = await h.connect("c1")
+    await conn.exchange(payload(MIB, 2), read_size=31, timeout=20.0)
+
+
+async def partial_server_short_sends(h: Harness) -> None:
+    conn = await h.connect("slow", rcvbuf=4096)
+    await conn.exchange(
+        payload(4 * MIB, 3),
+        read_size=4096,
+        read_pause=0.001,
+        read_pause_every=16,
+        timeout=30.0,
+    )
+
+
+# -- one connection, events at once --------------------------------------------
+
+
+async def pipelined_bursts(h: Harness) -> None:
+    conn = await h.connect("c1")
+    bursts = [f"burst {i:04d} ".encode() * 40 for i in range(100)]
+    for i, burst in enumerate(bursts):
+        await conn.send(burst, step=f"send burst {i} before reading anything")
+    await conn.settle(step="read the replies to 100 pipelined bursts")
+
+
+async def duplex(h: Harness) -> None:
+    conn = await h.connect("c1")
+    await conn.exchange(
+        payload(4 * MIB, 4), chunks=[65536, 1000, 7, 30000], read_size=8192, timeout=20.0
+    )
+
+
+# -- many connections ----------------------------------------------------------
+
+
+async def many_interleaved(h: Harness) -> None:
+    conns = [await h.connect(f"c{i}") for i in range(200)]
+
+    async def talk(i: int, conn: Connection) -> None:
+        for rnd in range(4):
+            await conn.send(f"[{i}:{rnd}]".encode() * (1 + (i * 7 + rnd) % 13))
+            await conn.send(f"<{i}>".encode())
+            await trio.lowlevel.checkpoint()  # Let other connections' steps interleave.
+            await conn.settle()
+
+    async with trio.open_nursery() as nursery:
+        order = list(enumerate(conns))
+        random.Random(5).shuffle(order)
+        for i, conn in order:
+            nursery.start_soon(talk, i, conn)
+
+
+async def idle_does_not_delay_busy(h: Harness) -> None:
+    idle = [await h.connect(f"idle{i}") for i in range(50)]
+    await idle[0].send(b"half a messa", step="send an incomplete message on idle0")
+    busy = await h.connect("busy")
+    with h.step("200 round trips on busy while 50 connections idle", busy, timeout=15.0):
+        for i in range(200):
+            await busy.send(b"ping %d\n" % i, timeout=2.0)
+            await busy.settle(step=f"round trip {i} on busy", timeout=2.0)
+
+
+async def slow_reader_does_not_delay_others(h: Harness) -> None:
+    slow = await h.connect("slow", rcvbuf=4096)
+    await slow.send_until_blocked(payload(16 * MIB, 6), step="fill the slow reader's window")
+    busy = await h.connect("busy")
+    for i in range(50):
+        await busy.send(b"are you there %d?\n" % i, timeout=2.0)
+        await busy.settle(step=f"round trip {i} on busy while slow does not read", timeout=2.0)
+    await slow.settle(step="read everything back on slow", timeout=30.0)
+
+
+# -- close and reset -----------------------------------------------------------
+
+
+async def half_close_flushes(h: Harness) -> None:
+    conn = await h.connect("c1")
+
+    async def send_then_fin() -> None:
+        await conn.send(payload(MIB, 7))
+        await conn.shutdown_write()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_then_fin)
+        ending = await conn.expect_eof(step="read everything owed, then the server's FIN")
+    if ending.name != "FIN":
+        raise CheckFailure(
+            f"after the client's FIN the server ended with {ending.value}, not FIN",
+            step="expect the server's FIN",
+            transcript=conn.transcript,
+        )
+
+
+async def half_close_empty(h: Harness) -> None:
+    conn = await h.connect("c1")
+    await conn.shutdown_write()
+    ending = await conn.expect_eof(step="the server closes after an empty half-closed stream")
+    if ending.name != "FIN":
+        raise CheckFailure(
+            f"the server ended with {ending.value}, not FIN",
+            step="expect the server's FIN",
+            transcript=conn.transcript,
+        )
+
+
+async def reset_mid_stream(h: Harness) -> None:
+    for i in range(5):
+        conn = await h.connect(f"victim{i}")
+        await conn.send(payload(64 * KIB, 10 + i))
+        with h.step(f"read the first reply byte on victim{i}", conn):
+            await conn.recv_some(1)
+        conn.reset()
+
+
+async def reset_with_data_queued(h: Harness) -> None:
+    bystander = await h.connect("bystander")
+    await bystander.send(b"before")
+    await bystander.settle()
+    victim = await h.connect("victim", rcvbuf=4096)
+    await victim.send_until_blocked(payload(16 * MIB, 11), step="fill the victim's window")
+    victim.reset()
+    await bystander.send(b"after the reset")
+    await bystander.settle(step="bystander still served after the victim's reset")
+
+
+async def close_without_reading(h: Harness) -> None:
+    bystander = await h.connect("bystander")
+    for i in range(3):
+        victim = await h.connect(f"victim{i}", rcvbuf=4096)
+        await victim.send_until_blocked(payload(2 * MIB, 20 + i), stall=0.2)
+        victim.close()  # Unread data: the kernel answers the server's writes with RST.
+        await bystander.send(b"still there %d?" % i)
+        await bystander.settle(step=f"bystander served after victim{i} left unread replies")
+
+
+# -- storms --------------------------------------------------------------------
+
+
+def open_descriptors(pid: int | None) -> int | None:
+    """How many descriptors process ``pid`` holds, or None if that cannot be seen."""
+    if pid is None:
+        return None
+    try:
+        return len(os.listdir(Path(f"/proc/{pid}/fd")))
+    except OSError:
+        return None
+
+
+async def storm(h: Harness, count: int, concurrency: int, send: int) -> None:
+    limiter = trio.CapacityLimiter(concurrency)
+    failures: list[CheckFailure] = []
+
+    async def one(i: int) -> None:
+        async with limiter:
+            try:
+                conn = await h.connect(f"storm{i}", record=False, timeout=10.0)
+            except CheckFailure as exc:
+                failures.append(exc)
+                return
+            try:
+                if send:
+                    await conn.send(payload(send, i % 7), timeout=5.0)
+            finally:
+                if i % 2:
+                    conn.reset()
+                else:
+                    conn.close()
+            h.connections.remove(conn)
+
+    with h.step(f"storm of {count} connections, {concurrency} at a time", timeout=100.0):
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(one, i)
+    if failures:
+        first = failures[0]
+        raise CheckFailure(
+            f"{len(failures)} of {count} connections failed during the storm; first: "
+            f"{first.message}",
+            step=first.step,
+        )
+
+
+async def wait_descriptors_back(h: Harness, before: int | None, slack: int = 32) -> None:
+    """Fail if the server holds many more descriptors than before the storm (a leak)."""
+    if before is None:
+        return
+    now = open_descriptors(h.server_pid)
+    with trio.move_on_after(5.0):
+        while now is not None and now > before + slack:
+            await trio.sleep(0.05)  # Closes are asynchronous; poll, bounded.
+            now = open_descriptors(h.server_pid)
+    if now is not None and now > before + slack:
+        raise CheckFailure(
+            f"descriptor leak: the server held {before} descriptors before the storm "
+            f"and still holds {now} after every connection closed",
+            step="count the server's descriptors after the storm",
+        )
+
+
+async def connect_close_storm(h: Harness) -> None:
+    before = open_descriptors(h.server_pid)
+    await storm(h, count=3000, concurrency=64, send=0)
+    await wait_descriptors_back(h, before)
+
+
+async def send_and_vanish_storm(h: Harness) -> None:
+    before = open_descriptors(h.server_pid)
+    await storm(h, count=500, concurrency=32, send=8 * KIB)
+    await wait_descriptors_back(h, before)
+
+
+# -- the catalogue -------------------------------------------------------------
+
+CATALOGUE: tuple[Check, ...] = (
+    Check("ECHO-BASIC-1", "A short message comes back unchanged", "basic", Level.MUST,
+          RFC862, basic_short),
+    Check("ECHO-BASIC-2", "Connections opened and closed (FIN or RST) without data leave "
+          "the server serving", "basic", Level.MUST, RFC9293_CLOSE, basic_empty, fault=True),
+    Check("ECHO-BASIC-3", "Every byte value 0..255 comes back unchanged", "basic",
+          Level.MUST, RFC862, basic_byte_values),
+    Check("ECHO-BASIC-4", "NUL-heavy payloads come back unchanged, nothing cut at a NUL",
+          "basic", Level.MUST, RFC862, basic_nul),
+    Check("ECHO-SIZE-1", "Messages of 1 byte to 1 MiB+1 on one connection come back whole",
+          "basic", Level.MUST, RFC862, sizes_small_to_large),
+    Check("ECHO-SIZE-2", "16 MiB sent in one write comes back whole, in order", "basic",
+          Level.MUST, RFC862, sizes_16mib, heavy=True, timeout=90.0),
+    Check("ECHO-PARTIAL-1", "One payload sent in thousands of tiny paced writes "
+          "(TCP_NODELAY) comes back in order", "partial-write", Level.MUST, RFC862,
+          partial_small_writes),
+    Check("ECHO-PARTIAL-2", "One 1 MiB write read back through 31-byte reads", "partial-write",
+          Level.MUST, RFC862, partial_small_reads),
+    Check("ECHO-PARTIAL-3", "A client with a tiny window that reads slowly (the server's send "
+          "returns short) still gets every byte in order", "partial-write", Level.MUST,
+          RFC9293_FLOW, partial_server_short_sends, heavy=True),
+    Check("ECHO-PIPELINE-1", "100 bursts sent before any read come back in order",
+          "concurrency", Level.MUST, RFC862, pipelined_bursts),
+    Check("ECHO-DUPLEX-1", "Sending and reading at the same time, 4 MiB both ways",
+          "concurrency", Level.MUST, RFC862, duplex),
+    Check("ECHO-MANY-1", "200 interleaved connections each get their own bytes in their own "
+          "order", "fairness", Level.MUST, RFC862, many_interleaved),
+    Check("ECHO-FAIR-1", "50 idle connections (one mid-message) do not delay a busy one",
+          "fairness", Level.MUST, RFC862, idle_does_not_delay_busy),
+    Check("ECHO-FAIR-2", "A client that does not read (the server's send would block) does "
+          "not delay the others, and later gets everything", "fairness", Level.MUST,
+          RFC9293_FLOW, slow_reader_does_not_delay_others, heavy=True),
+    Check("ECHO-HALFCLOSE-1", "After the client's FIN the server sends all it owes, then "
+          "closes", "close", Level.SHOULD, RFC9293_CLOSE, half_close_flushes),
+    Check("ECHO-HALFCLOSE-2", "After an empty half-closed stream the server closes without "
+          "sending", "close", Level.SHOULD, RFC9293_CLOSE, half_close_empty),
+    Check("ECHO-RESET-1", "Clients that reset mid-stream leave the server serving", "reset",
+          Level.MUST, RFC9293_RESET, reset_mid_stream, fault=True),
+    Check("ECHO-RESET-2", "A reset while the server has replies queued for that client "
+          "(ECONNRESET/EPIPE) leaves it serving the others", "reset", Level.MUST,
+          RFC9293_RESET, reset_with_data_queued, fault=True, heavy=True),
+    Check("ECHO-RESET-3", "Clients that close with replies unread (EPIPE, SIGPIPE) leave the "
+          "server serving", "reset", Level.MUST, RFC9293_RESET, close_without_reading,
+          fault=True, heavy=True),
+    Check("ECHO-STORM-1", "3000 connect-and-close connections (FIN and RST) leak no "
+          "descriptor and leave the server serving", "storm", Level.MUST, RFC9293_CLOSE,
+          connect_close_storm, fault=True, heavy=True, timeout=120.0),
+    Check("ECHO-STORM-2", "500 clients that send 8 KiB and vanish without reading leave the "
+          "server serving", "storm", Level.MUST, RFC9293_RESET, send_and_vanish_storm,
+          fault=True, heavy=True, timeout=120.0),
+)  # fmt: skip
+
+#: Every category, in catalogue order.
+CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(c.category for c in CATALOGUE))
+
+_BY_ID = {check.id: check for check in CATALOGUE}
+
+
+def by_id(check_id: str) -> Check:
+    """The check with this ID.
+
+    Raises:
+        UsageError: No check has it.
+    """
+    try:
+        return _BY_ID[check_id.strip().upper()]
+    except KeyError:
+        raise UsageError(
+            f"unknown check {check_id!r}: see 'reactor-conformance list' for the IDs"
+        ) from None
+
+
+def select(ids: Iterable[str] = (), categories: Iterable[str] = ()) -> list[Check]:
+    """The checks named by ID or category, in catalogue order; all of them when none is named.
+
+    Raises:
+        UsageError: An unknown ID or category.
+    """
+    wanted = {by_id(i).id for i in ids if i.strip()}
+    cats = {c.strip() for c in categories if c.strip()}
+    for cat in cats:
+        if cat not in CATEGORIES:
+            raise UsageError(f"unknown category {cat!r}: choose among {', '.join(CATEGORIES)}")
+    if not wanted and not cats:
+        return list(CATALOGUE)
+    return [c for c in CATALOGUE if c.id in wanted or c.category in cats]

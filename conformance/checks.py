@@ -1,0 +1,189 @@
+"""What a check is, and how one runs against a target.
+
+How this works
+--------------
+A :class:`Check` is data: a stable ID, a title, a category, a requirement
+level (:class:`Level`, RFC 2119), the spec text it rests on, and a body, an
+async function that drives a :class:`~conformance.harness.Harness`. The body
+returns when the server behaved, and raises
+:class:`~conformance.harness.CheckFailure` (a timeout, a wrong byte, a reset)
+when it did not.
+
+:func:`run_check` runs one body under the check's own deadline in a fresh
+``trio.run``; for a *fault* check (one that hurts the server: resets, storms)
+it then runs the liveness step: a fresh connection must still be served. It
+returns an :class:`Outcome` whose report, for a failure, is a bug report
+(:mod:`conformance.report`).
+
+The catalogue itself is in :mod:`conformance.catalogue`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from conformance.harness import CheckFailure, Harness, StepTimeout
+from conformance.oracle import EchoOracle, OracleFactory, Status
+from conformance.report import render_failure
+from conformance.target import Address
+
+__all__ = ["Check", "CheckBody", "Level", "Outcome", "Setup", "liveness", "run_check"]
+
+
+class Level(enum.Enum):
+    """Requirement levels, as in RFC 2119."""
+
+    MUST = "MUST"
+    SHOULD = "SHOULD"
+    MAY = "MAY"
+
+
+#: The body of a check: drives the harness, raises CheckFailure on a failure.
+CheckBody = Callable[[Harness], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One entry of the catalogue.
+
+    Attributes:
+        id: Stable identifier, ``ECHO-BASIC-1`` style.
+        title: What a passing server does, in one line.
+        category: A group of related checks (``--category``).
+        level: MUST, SHOULD or MAY. Only MUST fails a run unless ``--strict``.
+        spec: The text it rests on, for example ``RFC 862``.
+        body: The scenario.
+        fault: The check hurts the server; liveness is checked after it.
+        heavy: Large or many connections; heavy checks do not run at once
+            under xdist (one ``xdist_group``).
+        timeout: Seconds for the whole check, liveness included.
+    """
+
+    id: str
+    title: str
+    category: str
+    level: Level
+    spec: str
+    body: CheckBody
+    fault: bool = False
+    heavy: bool = False
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every check of a run is run against.
+
+    Attributes:
+        address: The target.
+        oracle: Makes one oracle per connection.
+        server_pid: The target's process when the suite started it, else None.
+        replay: The command that reruns a check, without ``--checks``;
+            default: ``reactor-conformance run --target ADDRESS``.
+    """
+
+    address: Address
+    oracle: OracleFactory = EchoOracle
+    server_pid: int | None = None
+    replay: str | None = None
+
+    def replay_command(self, check: Check) -> str:
+        """The command that reruns just ``check`` against the same target."""
+        prefix = self.replay or f"reactor-conformance run --target {self.address}"
+        return f"{prefix} --checks {check.id}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one check.
+
+    Attributes:
+        check: The check.
+        status: PASS or FAIL.
+        report: Empty for a pass; the bug report for a failure.
+        duration: Seconds it took.
+    """
+
+    check: Check
+    status: Status
+    report: str
+    duration: float
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+    def fails_run(self, strict: bool) -> bool:
+        """Whether this outcome fails the run: a failed MUST, or any failure when strict."""
+        return not self.passed and (strict or self.check.level is Level.MUST)
+
+
+LIVENESS_PAYLOAD = b"still alive?\x00\xff\r\n"
+
+
+async def liveness(h: Harness, step: str = "liveness") -> None:
+    """A fresh connection is still served: a short message comes back, promptly."""
+    conn = await h.connect(step, timeout=5.0)
+    await conn.send(LIVENESS_PAYLOAD, step=f"{step}: send a short message", timeout=5.0)
+    await conn.settle(step=f"{step}: read its reply", timeout=5.0)
+    conn.close()
+
+
+def run_check(check: Check, setup: Setup) -> Outcome:
+    """Run one check against ``setup``, under the check's deadline.
+
+    Returns:
+        PASS, or FAIL with a bug report.
+    """
+    harness = Harness(setup.address, setup.oracle, server_pid=setup.server_pid)
+    start = time.monotonic()
+    failure: CheckFailure | None = None
+    try:
+        trio.run(_main, check, harness)
+    except BaseException as exc:  # An exception group from a nursery, or one failure.
+        failure = _first_failure(exc)
+        if failure is None:
+            raise
+    duration = time.monotonic() - start
+    if failure is None:
+        return Outcome(check, Status.PASS, "", duration)
+    report = render_failure(
+        check_line=f"{check.id} ({check.level.value}, {check.category}; {check.spec}): "
+        f"{check.title}",
+        failure=failure,
+        transcripts=harness.transcripts,
+        replay=setup.replay_command(check),
+    )
+    return Outcome(check, Status.FAIL, report, duration)
+
+
+async def _main(check: Check, harness: Harness) -> None:
+    try:
+        with trio.fail_after(check.timeout):
+            await check.body(harness)
+            if check.fault:
+                await liveness(harness, "liveness after the fault")
+    except trio.TooSlowError:
+        raise StepTimeout(
+            f"the whole check did not complete within {check.timeout:g}s",
+            step=harness.current_step,
+        ) from None
+    finally:
+        harness.close_all()
+
+
+def _first_failure(exc: BaseException) -> CheckFailure | None:
+    """The first CheckFailure in ``exc``, looking inside exception groups."""
+    if isinstance(exc, CheckFailure):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_failure(inner)
+            if found is not None:
+                return found
+    return None

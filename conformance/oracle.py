@@ -1,0 +1,239 @@
+"""Protocol oracles: given what was sent and what came back, is it right?
+
+How this works
+--------------
+An oracle is sans-I/O: no sockets, no trio, no clock. The harness feeds it the
+bytes of one connection as they go out (:meth:`Oracle.sent`) and come in
+(:meth:`Oracle.received`), tells it when the exchange is over
+(:meth:`Oracle.finish`: nothing more will be sent, and the peer's bytes are
+all in), and asks for a :class:`Verdict` whenever it likes:
+
+- ``PASS``: what came back is right, so far and (after ``finish``) in all;
+- ``FAIL``: it is wrong; ``offset`` is the first byte, in the received
+  stream, where it stopped being right;
+- ``PENDING``: nothing wrong yet, but the server still owes bytes.
+
+The harness records a chunk as sent *before* it hands it to the socket and
+then sends all of it, so a correct echo never receives more than was sent.
+
+A user's oracle is any class with these four methods and a constructor that
+takes no argument (``--oracle package.module:Class``)::
+
+    o = EchoOracle(); o.sent(b"ab"); o.received(b"a"); assert o.verdict().pending
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from conformance.errors import UsageError
+
+__all__ = [
+    "DiscardOracle",
+    "EchoOracle",
+    "Oracle",
+    "OracleFactory",
+    "ORACLES",
+    "Status",
+    "Verdict",
+    "first_difference",
+    "load_oracle",
+]
+
+
+class Status(enum.Enum):
+    """The three answers an oracle gives."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    PENDING = "PENDING"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An oracle's answer.
+
+    Attributes:
+        status: PASS, FAIL or PENDING.
+        offset: For FAIL, the first divergent byte offset in the received
+            stream; for PENDING, the first byte still owed, if the oracle knows.
+        reason: One line saying why (for FAIL and PENDING).
+    """
+
+    status: Status
+    offset: int | None = None
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+    @property
+    def failed(self) -> bool:
+        return self.status is Status.FAIL
+
+    @property
+    def pending(self) -> bool:
+        return self.status is Status.PENDING
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """Judges one connection's byte streams; see the module docstring."""
+
+    def sent(self, data: bytes) -> None: ...
+
+    def received(self, data: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def verdict(self) -> Verdict: ...
+
+
+#: Makes one oracle per connection.
+OracleFactory = Callable[[], Oracle]
+
+_BLOCK = 4096
+
+
+def first_difference(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> int:
+    """The first offset where ``a`` and ``b`` differ, or ``min(len(a), len(b))``.
+
+    Compares in blocks so that a 16 MiB stream costs no Python loop per byte.
+    """
+    va, vb = memoryview(a), memoryview(b)
+    end = min(len(va), len(vb))
+    start = 0
+    while start < end:
+        stop = min(start + _BLOCK, end)
+        if va[start:stop] != vb[start:stop]:
+            for i in range(start, stop):
+                if va[i] != vb[i]:
+                    return i
+        start = stop
+    return end
+
+
+class EchoOracle:
+    """RFC 862: every byte sent comes back, in order, and nothing else."""
+
+    def __init__(self) -> None:
+        self._sent = bytearray()
+        self._received = bytearray()
+        self._checked = 0
+        self._finished = False
+        self._failure: Verdict | None = None
+
+    def sent(self, data: bytes) -> None:
+        self._sent += data
+        self._compare()
+
+    def received(self, data: bytes) -> None:
+        self._received += data
+        self._compare()
+
+    def finish(self) -> None:
+        self._finished = True
+
+    def _compare(self) -> None:
+        if self._failure is not None:
+            return
+        end = min(len(self._sent), len(self._received))
+        if end > self._checked:
+            offset = self._checked + first_difference(
+                memoryview(self._sent)[self._checked : end],
+                memoryview(self._received)[self._checked : end],
+            )
+            if offset < end:
+                self._failure = Verdict(
+                    Status.FAIL,
+                    offset,
+                    f"byte {offset} differs: sent 0x{self._sent[offset]:02x}, "
+                    f"received 0x{self._received[offset]:02x}",
+                )
+                return
+            self._checked = end
+        if len(self._received) > len(self._sent):
+            self._failure = Verdict(
+                Status.FAIL,
+                len(self._sent),
+                f"received {len(self._received) - len(self._sent)} bytes more than were sent",
+            )
+
+    def verdict(self) -> Verdict:
+        if self._failure is not None:
+            return self._failure
+        missing = len(self._sent) - len(self._received)
+        if missing == 0:
+            return Verdict(Status.PASS)
+        if self._finished:
+            return Verdict(
+                Status.FAIL,
+                len(self._received),
+                f"the exchange ended with {missing} of {len(self._sent)} bytes never echoed",
+            )
+        return Verdict(
+            Status.PENDING,
+            len(self._received),
+            f"{missing} of {len(self._sent)} bytes not echoed yet",
+        )
+
+
+class DiscardOracle:
+    """RFC 863: the server reads everything and sends nothing back."""
+
+    def __init__(self) -> None:
+        self._received = 0
+
+    def sent(self, data: bytes) -> None:
+        pass
+
+    def received(self, data: bytes) -> None:
+        self._received += len(data)
+
+    def finish(self) -> None:
+        pass
+
+    def verdict(self) -> Verdict:
+        if self._received:
+            return Verdict(Status.FAIL, 0, f"a discard server sent {self._received} bytes back")
+        return Verdict(Status.PASS)
+
+
+#: The built-in oracles, by name.
+ORACLES: dict[str, OracleFactory] = {"echo": EchoOracle, "discard": DiscardOracle}
+
+
+def load_oracle(spec: str) -> OracleFactory:
+    """Resolve ``echo``, ``discard`` or ``package.module:Class`` to an oracle factory.
+
+    Raises:
+        UsageError: The module cannot be imported, the class is missing, or its
+            instances lack the oracle's methods.
+    """
+    if spec in ORACLES:
+        return ORACLES[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"bad oracle {spec!r}: give echo, discard or package.module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"bad oracle {spec!r}: cannot import {module_name} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UsageError(f"bad oracle {spec!r}: {module_name} has no class {attr}")
+    try:
+        instance = factory()
+    except Exception as exc:  # A user's constructor: any failure is a usage error.
+        raise UsageError(f"bad oracle {spec!r}: {attr}() failed: {exc}") from None
+    if not isinstance(instance, Oracle):
+        raise UsageError(
+            f"bad oracle {spec!r}: {attr} needs methods sent, received, finish and verdict"
+        )
+    result: OracleFactory = factory
+    return result

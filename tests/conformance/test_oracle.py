@@ -1,0 +1,151 @@
+"""Oracles, without a network: fed bytes, they say PASS, FAIL with an offset, or PENDING."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conformance.errors import UsageError
+from conformance.oracle import (
+    DiscardOracle,
+    EchoOracle,
+    Oracle,
+    Status,
+    first_difference,
+    load_oracle,
+)
+
+
+def test_EchoOracle_is_pending_until_everything_came_back() -> None:
+    o = EchoOracle()
+    o.sent(b"ab")
+    o.received(b"a")
+    verdict = o.verdict()
+    assert verdict.pending
+    assert verdict.offset == 1
+    o.received(b"b")
+    assert o.verdict().passed
+
+
+def test_EchoOracle_passes_an_empty_exchange() -> None:
+    o = EchoOracle()
+    o.finish()
+    assert o.verdict().passed
+
+
+def test_EchoOracle_fails_at_the_first_wrong_byte() -> None:
+    o = EchoOracle()
+    o.sent(b"hello\0world")
+    o.received(b"hello")
+    o.received(b"\0wXrld")
+    verdict = o.verdict()
+    assert verdict.status is Status.FAIL
+    assert verdict.offset == 7
+    assert "0x6f" in verdict.reason
+    assert "0x58" in verdict.reason
+
+
+def test_EchoOracle_failure_sticks_even_if_more_bytes_come() -> None:
+    o = EchoOracle()
+    o.sent(b"abc")
+    o.received(b"x")
+    o.received(b"bc")
+    assert o.verdict().offset == 0
+    assert o.verdict().failed
+
+
+def test_EchoOracle_fails_on_extra_bytes() -> None:
+    o = EchoOracle()
+    o.sent(b"abc")
+    o.received(b"abcd")
+    verdict = o.verdict()
+    assert verdict.failed
+    assert verdict.offset == 3
+    assert "more than were sent" in verdict.reason
+
+
+def test_EchoOracle_turns_pending_into_failure_when_finished() -> None:
+    o = EchoOracle()
+    o.sent(b"abcdef")
+    o.received(b"abc")
+    assert o.verdict().pending
+    o.finish()
+    verdict = o.verdict()
+    assert verdict.failed
+    assert verdict.offset == 3
+    assert "3 of 6 bytes never echoed" in verdict.reason
+
+
+def test_EchoOracle_compares_large_streams_chunk_by_chunk() -> None:
+    data = bytes(range(256)) * 8192  # 2 MiB
+    o = EchoOracle()
+    o.sent(data)
+    for i in range(0, len(data), 65536):
+        o.received(data[i : i + 65536])
+    assert o.verdict().passed
+    o.received(b"\0")
+    assert o.verdict().offset == len(data)
+
+
+def test_DiscardOracle_passes_silence_and_fails_any_reply() -> None:
+    o = DiscardOracle()
+    o.sent(b"x" * 100)
+    assert o.verdict().passed
+    o.received(b"y")
+    verdict = o.verdict()
+    assert verdict.failed
+    assert verdict.offset == 0
+
+
+@given(
+    prefix=st.binary(max_size=10_000),
+    a=st.binary(max_size=50),
+    b=st.binary(max_size=50),
+)
+def test_first_difference_finds_the_first_differing_offset(
+    prefix: bytes, a: bytes, b: bytes
+) -> None:
+    left, right = prefix + a, prefix + b
+    expected = next(
+        (i for i, (x, y) in enumerate(zip(left, right, strict=False)) if x != y),
+        min(len(left), len(right)),
+    )
+    assert first_difference(left, right) == expected
+
+
+@given(data=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 2000), max_size=10))
+def test_EchoOracle_passes_any_split_of_a_correct_echo(data: bytes, cuts: list[int]) -> None:
+    o = EchoOracle()
+    o.sent(data)
+    edges = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    for start, stop in zip(edges, edges[1:], strict=False):
+        o.received(data[start:stop])
+        assert not o.verdict().failed
+    o.finish()
+    assert o.verdict().passed
+
+
+def test_load_oracle_resolves_builtins_and_a_user_class() -> None:
+    assert load_oracle("echo") is EchoOracle
+    assert load_oracle("discard") is DiscardOracle
+    factory = load_oracle("conformance.oracle:EchoOracle")
+    assert isinstance(factory(), Oracle)
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("nonsense", "package.module:Class"),
+        ("no_such_module_xyz:Oracle", "cannot import"),
+        ("conformance.oracle:Nothing", "has no class"),
+        ("conformance.oracle:Verdict", "failed"),
+        ("conformance.errors:UsageError", "needs methods"),
+    ],
+)
+def test_load_oracle_rejects_bad_specs_with_one_line(spec: str, needle: str) -> None:
+    with pytest.raises(UsageError) as info:
+        load_oracle(spec)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message

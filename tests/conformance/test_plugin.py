@@ -1,0 +1,110 @@
+"""The pytest plugin: nothing for ordinary runs; one item per check; xdist groups."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from conformance.catalogue import CATALOGUE
+from conformance.target import RunningTarget, TargetSpec, free_port
+from tests.conformance.support import broken_spawn, run_pytest, serving
+
+
+@pytest.fixture(scope="module")
+def reference_single() -> Iterator[RunningTarget]:
+    with serving(TargetSpec.default()) as running:
+        yield running
+
+
+def test_plugin_adds_nothing_to_an_ordinary_run() -> None:
+    plain = run_pytest("tests/conformance/test_oracle.py", "--collect-only", "-q", "-p", "no:xdist")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "conformance/__init__.py" not in plain.stdout
+    assert "ECHO-" not in plain.stdout
+    collected = [line for line in plain.stdout.splitlines() if "::" in line]
+    assert collected
+    assert all(line.startswith("tests/conformance/test_oracle.py::") for line in collected)
+
+
+def test_plugin_refuses_a_target_without_the_suite() -> None:
+    result = run_pytest("tests/conformance/test_oracle.py", "--target", "127.0.0.1:9")
+    assert result.returncode == 4
+    assert "add --pyargs conformance" in result.stderr
+
+
+def test_plugin_collects_one_item_per_selected_check(reference_single: RunningTarget) -> None:
+    result = run_pytest(
+        "--pyargs",
+        "conformance",
+        "--target",
+        str(reference_single.address),
+        "--collect-only",
+        "-q",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    items = re.findall(r"::(ECHO-[A-Z]+-\d+)", result.stdout)
+    assert items == [c.id for c in CATALOGUE]
+
+
+def test_plugin_never_runs_heavy_checks_at_once_under_xdist(
+    reference_single: RunningTarget, tmp_path: Path
+) -> None:
+    heavy = [c.id for c in CATALOGUE if c.heavy][:4]
+    light = [c.id for c in CATALOGUE if not c.heavy][:4]
+    junit = tmp_path / "junit.xml"
+    result = run_pytest(
+        "--pyargs",
+        "conformance",
+        "--target",
+        str(reference_single.address),
+        "--checks",
+        ",".join(heavy + light),
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        f"--junitxml={junit}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    spans: dict[str, tuple[float, float]] = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        spans[str(props["conformance_check"])] = (
+            float(str(props["conformance_started"])),
+            float(str(props["conformance_finished"])),
+        )
+    assert sorted(spans) == sorted(heavy + light)
+    runs = sorted(spans[c] for c in heavy)
+    for (_, end), (start, _) in zip(runs, runs[1:], strict=False):
+        assert end <= start + 0.05, runs  # Each heavy check starts after the last ended.
+
+
+def test_plugin_unreachable_target_exits_3() -> None:
+    result = run_pytest("--pyargs", "conformance", "--target", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 3
+    assert "target unreachable" in result.stderr
+
+
+def test_plugin_reports_a_failed_should_as_non_strict_unless_strict() -> None:
+    args = [
+        "--pyargs",
+        "conformance",
+        "--spawn",
+        broken_spawn("ignores_half_close"),
+        "--checks",
+        "ECHO-HALFCLOSE-2,ECHO-BASIC-1",
+        "-p",
+        "no:xdist",
+    ]
+    lenient = run_pytest(*args)
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    assert "1 passed, 1 non-strict" in lenient.stdout
+    assert "failed SHOULD and MAY checks (non-strict)" in lenient.stdout
+    assert "replay: pytest --pyargs conformance --spawn" in lenient.stdout
+    strict = run_pytest(*args, "--conformance-strict")
+    assert strict.returncode == 1
+    assert "FAILED ECHO-HALFCLOSE-2 (SHOULD" in strict.stdout
