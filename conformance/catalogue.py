@@ -30,6 +30,7 @@ import trio
 from conformance.checks import Check, Level
 from conformance.errors import UsageError
 from conformance.harness import CheckFailure, Connection, Harness
+from conformance.load_checks import LOAD_CHECKS
 
 __all__ = ["CATALOGUE", "CATEGORIES", "by_id", "select"]
 
@@ -316,7 +317,7 @@ async def send_and_vanish_storm(h: Harness) -> None:
 
 # -- the catalogue -------------------------------------------------------------
 
-CATALOGUE: tuple[Check, ...] = (
+CORE_CHECKS: tuple[Check, ...] = (
     Check("ECHO-BASIC-1", "A short message comes back unchanged", "basic", Level.MUST,
           RFC862, basic_short),
     Check("ECHO-BASIC-2", "Connections opened and closed (FIN or RST) without data leave "
@@ -367,6 +368,9 @@ CATALOGUE: tuple[Check, ...] = (
           "server serving", "storm", Level.MUST, RFC9293_RESET, send_and_vanish_storm,
           fault=True, heavy=True, timeout=120.0),
 )  # fmt: skip
+
+#: Every check: the scenarios above, then the sections kept in modules of their own.
+CATALOGUE: tuple[Check, ...] = CORE_CHECKS + LOAD_CHECKS
 
 #: Every category, in catalogue order.
 CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(c.category for c in CATALOGUE))

@@ -7,6 +7,8 @@ Sub-commands:
   arguments, runs pytest in-process (``-n N`` for xdist), then prints its own
   summary: one line per check and the bug report of each failure.
 - ``list``: the catalogue (ID, level, category, spec reference, title).
+- ``load``: put load on a target with :mod:`conformance.load` (every byte
+  verified, faults on demand) and report throughput, latency and errors.
 - ``serve MODEL``: run a reference server (the options of
   ``python -m reference``, defined once in :mod:`reference.cli`).
 
@@ -24,6 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from conformance import __version__
 from conformance.catalogue import CATALOGUE, CATEGORIES, select
@@ -36,6 +39,7 @@ from conformance.errors import (
     TargetError,
     UsageError,
 )
+from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
 from conformance.oracle import load_oracle
 from conformance.target import REFERENCE_MODELS, TargetSpec, start_target
 from reference.cli import ArgumentParser, add_model_parsers, serve
@@ -53,7 +57,14 @@ def _count(text: str) -> int:
     return value
 
 
-def add_target_options(parser: argparse.ArgumentParser) -> None:
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, oracle: bool = True) -> None:
     """The options that name the server under test (at most one of them)."""
     group = parser.add_argument_group("target (default: the reference single-reactor server)")
     group.add_argument("--target", metavar="HOST:PORT", help="Test the server listening there")
@@ -68,6 +79,8 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help=f"Test a reference server: {', '.join(REFERENCE_MODELS)}",
     )
+    if not oracle:
+        return
     parser.add_argument(
         "--oracle",
         default="echo",
@@ -117,6 +130,56 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="List the checks", description="List the checks of the catalogue."
     )
     list_parser.set_defaults(command=list_checks)
+
+    load_parser = commands.add_parser(
+        "load",
+        help="Put load on a server, verifying every byte",
+        description="Put load on a server from many connections, verify every byte echoed, "
+        "and report round trips/s, MB/s, latency percentiles, errors and the server's "
+        "liveness at the end. Exit 0 when nothing went wrong, 1 otherwise.",
+        epilog="Examples: reactor-conformance load --reference single -c 200 --duration 10; "
+        "reactor-conformance load --target 127.0.0.1:7000 --faults reset=1%%,half-close=1%%,"
+        "slow-reader=1%%,connect-storm=500 --json",
+    )
+    add_target_options(load_parser, oracle=False)
+    load_parser.add_argument(
+        "-c", "--connections", type=_positive, default=50, help="Connections (default: %(default)s)"
+    )
+    load_parser.add_argument(
+        "--size", type=_positive, default=64, help="Ping-pong message size in bytes (default: 64)"
+    )
+    load_parser.add_argument(
+        "--mode",
+        choices=["pingpong", "stream"],
+        default="pingpong",
+        help="Closed-loop ping-pong, or streaming with a window in flight (default: %(default)s)",
+    )
+    load_parser.add_argument(
+        "--window",
+        type=_positive,
+        default=64 * 1024,
+        help="Stream mode: bytes in flight per connection (default: %(default)s)",
+    )
+    load_parser.add_argument(
+        "--duration", type=float, default=5.0, help="Seconds of load (default: %(default)s)"
+    )
+    load_parser.add_argument(
+        "--rounds",
+        type=_positive,
+        help="Ping-pong: stop each connection after N round trips (--duration still bounds it)",
+    )
+    load_parser.add_argument(
+        "--procs", type=_positive, default=1, help="Load processes (default: %(default)s)"
+    )
+    load_parser.add_argument(
+        "--faults",
+        default="",
+        metavar="SPEC",
+        help="Faults during the load: reset=P%%,half-close=P%%,slow-reader=P%%,connect-storm=N",
+    )
+    load_parser.add_argument("--seed", type=int, default=1, help="Seed of payloads and faults")
+    load_parser.add_argument("--json", action="store_true", help="Print the result as JSON")
+    load_parser.set_defaults(command=load)
 
     serve_parser = commands.add_parser(
         "serve",
@@ -278,8 +341,76 @@ def _summarise(collector: _Collector, checks: list[Check], elapsed: float, stric
     return EXIT_FAILED if failing else EXIT_OK
 
 
+def load(args: argparse.Namespace) -> int:
+    """``reactor-conformance load``: start the target, run the load, report."""
+    try:
+        spec = TargetSpec.from_options(args.target, args.spawn, args.reference)
+        faults = Faults.parse(args.faults)
+        LoadSpec("127.0.0.1", 1, **_load_settings(args, faults)).validate()
+    except (UsageError, ValueError) as exc:
+        print(f"reactor-conformance: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        running = start_target(spec)
+    except TargetError as exc:
+        print(f"reactor-conformance: target unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    address = running.address
+    tty = sys.stderr.isatty()
+
+    def progress(elapsed: float, trips: int, nbytes: int) -> None:
+        if tty:
+            rate = trips / elapsed if elapsed else 0.0
+            sys.stderr.write(
+                f"\r{elapsed:6.1f}s  {trips:,} round trips  {rate:,.0f}/s  "
+                f"{nbytes / 1e6:,.1f} MB verified "
+            )
+            sys.stderr.flush()
+
+    try:
+        if not args.json:
+            print(f"reactor-conformance: load on {spec.describe()} at {address}")
+        result = run_load(
+            LoadSpec(address.host, address.port, **_load_settings(args, faults)),
+            progress=progress,
+        )
+    except LoadError as exc:
+        print(f"reactor-conformance: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if tty:
+            sys.stderr.write("\n")
+        running.stop()
+    if args.json:
+        print(format_json(result))
+    else:
+        print(result.summary_line())
+        if result.first_error is not None:
+            print(f"first error: {result.first_error}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _load_settings(args: argparse.Namespace, faults: Faults) -> dict[str, Any]:
+    return {
+        "connections": args.connections,
+        "size": args.size,
+        "mode": args.mode,
+        "window": args.window,
+        "duration": args.duration,
+        "rounds": args.rounds,
+        "procs": args.procs,
+        "faults": faults,
+        "seed": args.seed,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``reactor-conformance``."""
     args = build_parser().parse_args(argv)
-    result: int = args.command(args)
+    try:
+        result: int = args.command(args)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     return result

@@ -130,6 +130,7 @@ class LoadSpec:
     seed: int = 1
     connect_timeout: float = 10.0
     drain_timeout: float = 10.0
+    stop_on_error: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -274,6 +275,7 @@ class _Share:
         self.result = LoadResult(spec)
         self.hist = self.result.latency
         self.draining = False
+        self.stopped = False  # an error with stop_on_error: end the run now
         self.stream = spec.mode == "stream"
         self.size = spec.size
         #: No faults and no round count: after a round trip, just send the next.
@@ -334,6 +336,8 @@ class _Share:
 
     def error(self, kind: str, client: _Client | None, detail: str, **extra: Any) -> None:
         self.result.errors[kind] += 1
+        if self.spec.stop_on_error:
+            self.stopped = True
         if self.result.first_error is None:
             self.result.first_error = {
                 "kind": kind,
@@ -454,6 +458,8 @@ class _Share:
             self.top_up(client)
             return
         if expect:
+            if client.state == _SLOW:
+                client.last_progress = time.monotonic()
             return
         # A round trip is complete.
         now_ns = time.monotonic_ns()
@@ -567,7 +573,7 @@ class _Share:
                     f"{len(client.expect)} bytes owed",
                     offset=client.verified,
                 )
-                self.replace(client, rst=True)
+                self.drop(client, rst=True)  # A new connection would most likely stall too.
         if self.storm_left > 0 and not self.draining:
             self.storm(now)
 
@@ -700,6 +706,10 @@ class _Share:
                         self.add_fast(fast_trips, fast_total, fast_max)
                         fast_trips = fast_total = fast_max = 0
                     drain_end = now + spec.drain_timeout
+            if self.stopped:
+                if not self.result.seconds:
+                    self.result.seconds = now - start
+                break
             if self.draining:
                 owed = [c for c in clients.values() if c.expect or c.out is not None]
                 if not owed:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
 from conformance.load import Faults, LoadSpec, run_load
-from tests.helpers import ServerProcess
+from tests.helpers import ROOT, ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,7 @@ def test_run_load_with_faults_keeps_the_others_exact(single: ServerProcess) -> N
     for kind in ("reset", "half-close", "slow-reader", "connect-storm"):
         assert result.injected[kind] > 0, (kind, result.injected)
     assert result.observed["half-close-echoed"] == result.injected["half-close"]
+    assert result.observed["slow-reader-served"] == result.injected["slow-reader"]
     assert result.server_alive is True
 
 
@@ -147,3 +152,51 @@ def test_run_load_reports_a_server_that_stops_answering() -> None:
         )
     assert result.errors["stalled"] == 2, result.to_dict()
     assert result.server_alive is False
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_cli_load_reports_json_and_exits_0_on_a_correct_server() -> None:
+    result = _cli("load", "--reference", "single", "-c", "10", "--rounds", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["round_trips"] == 300
+    assert report["server_alive"] is True
+    assert set(report["latency_us"]) == {"p50", "p90", "p99", "p99.9", "max"}
+
+
+def test_cli_load_exits_1_when_bytes_go_wrong() -> None:
+    broken = ROOT / "fixtures" / "servers" / "broken" / "truncates_at_nul.py"
+    result = _cli(
+        "load", "--spawn", f"{sys.executable} {broken} --port {{port}}", "-c", "2", "--duration",
+        "0.5", "--size", "300",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "first error:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--faults", "explode=1%"], "unknown fault"),
+        (["-c", "0"], "--connections"),
+        (["--target", "nowhere"], "malformed target"),
+    ],
+)
+def test_cli_load_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str) -> None:
+    result = _cli("load", *argv)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr

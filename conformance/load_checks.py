@@ -1,0 +1,112 @@
+"""Load checks: the catalogue's checks that put many connections on the server at once.
+
+Each runs :func:`conformance.load.run_load` (a raw-epoll load generator,
+every byte verified) on a worker thread, under the step's deadline, and fails
+with the first wrong byte, the count of errors by kind, and whether the server
+still answered at the end. They are heavy checks: never two at once.
+
+Sized to run in a few seconds against the reference servers on two cores;
+10,000 connections (C10K) live in ``tools/c10k.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import trio
+
+from conformance.checks import Check, Level
+from conformance.harness import CheckFailure, Harness
+from conformance.load import Faults, LoadResult, LoadSpec, run_load
+
+__all__ = ["LOAD_CHECKS"]
+
+RFC862 = "RFC 862"
+RFC9293_RESET = "RFC 9293 §3.5.2 (reset processing)"
+
+
+async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadResult:
+    # A check wants the first failure, promptly: stop at the first error, and call a
+    # connection stalled after the suite's usual step deadline.
+    spec = dataclasses.replace(spec, stop_on_error=True, drain_timeout=5.0)
+    with h.step(step, timeout=timeout):
+        # The load loop is bounded by its own duration and drain deadline.
+        result = await trio.to_thread.run_sync(run_load, spec)
+    if not result.ok:
+        first = result.first_error or {}
+        where = (
+            f" on connection {first.get('connection')} at byte offset {first.get('offset')}"
+            if first.get("offset") is not None
+            else ""
+        )
+        detail = first.get("detail", "")
+        extra = ""
+        if "expected" in first:
+            extra = f" (expected {first['expected']}, received {first['received']})"
+        alive = "" if result.server_alive else "; the server no longer answers a new connection"
+        raise CheckFailure(
+            f"errors under load: {dict(result.errors)}; first: {first.get('kind')}{where}: "
+            f"{detail}{extra}{alive}. Load: {result.summary_line()}",
+            step=step,
+        )
+    return result
+
+
+async def many_round_trips(h: Harness) -> None:
+    spec = LoadSpec(
+        h.address.host, h.address.port, connections=200, rounds=200, size=64, duration=60.0
+    )
+    result = await _load(h, "200 connections x 200 round trips, every byte checked", spec, 90)
+    if result.round_trips != 200 * 200:
+        raise CheckFailure(
+            f"only {result.round_trips} of {200 * 200} round trips completed",
+            step="count the round trips",
+        )
+
+
+async def thousand_connections(h: Harness) -> None:
+    spec = LoadSpec(
+        h.address.host,
+        h.address.port,
+        connections=1000,
+        rounds=5,
+        size=128,
+        duration=60.0,
+        connect_timeout=10.0,
+    )
+    result = await _load(h, "1000 concurrent connections x 5 round trips", spec, 90)
+    if result.round_trips != 1000 * 5:
+        raise CheckFailure(
+            f"only {result.round_trips} of {1000 * 5} round trips completed",
+            step="count the round trips",
+        )
+
+
+async def faults_under_load(h: Harness) -> None:
+    faults = Faults(reset=0.02, half_close=0.02, slow_reader=0.005, connect_storm=300)
+    spec = LoadSpec(
+        h.address.host, h.address.port, connections=100, size=256, duration=3.0, faults=faults
+    )
+    result = await _load(
+        h, "100 connections for 3s with resets, half-closes, slow readers, a storm", spec, 60
+    )
+    missing = [
+        kind for kind in ("reset", "half-close", "connect-storm") if not result.injected[kind]
+    ]
+    if missing:
+        raise CheckFailure(
+            f"the load never got to inject {', '.join(missing)} "
+            f"(only {result.round_trips} round trips in 3s)",
+            step="inject faults during the load",
+        )
+
+
+LOAD_CHECKS: tuple[Check, ...] = (
+    Check("ECHO-LOAD-1", "200 connections x 200 round trips under load, every byte exact",
+          "load", Level.MUST, RFC862, many_round_trips, heavy=True, timeout=120.0),
+    Check("ECHO-LOAD-2", "1,000 concurrent connections held and served, every byte exact",
+          "load", Level.SHOULD, RFC862, thousand_connections, heavy=True, timeout=120.0),
+    Check("ECHO-LOAD-3", "Resets, half-closes, slow readers and a connect storm during load "
+          "leave every other connection exact and the server serving", "load", Level.MUST,
+          RFC9293_RESET, faults_under_load, fault=True, heavy=True, timeout=90.0),
+)  # fmt: skip
