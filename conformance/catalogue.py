@@ -31,6 +31,8 @@ from conformance.checks import Check, Level
 from conformance.errors import UsageError
 from conformance.harness import CheckFailure, Connection, Harness
 from conformance.load_checks import LOAD_CHECKS
+from conformance.properties import PROPERTY_CHECKS
+from conformance.resource_checks import RESOURCE_CHECKS
 
 __all__ = ["CATALOGUE", "CATEGORIES", "by_id", "select"]
 
@@ -123,7 +125,8 @@ async def partial_server_short_sends(h: Harness) -> None:
 
 async def pipelined_bursts(h: Harness) -> None:
     conn = await h.connect("c1")
-    bursts = [f"burst {i:04d} ".encode() * 40 for i in range(100)]
+    bursts = [f"burst {i:04d} ".encode() * 40 for i in range(99)]
+    bursts.append(payload(16 * KIB, 9))  # A last burst larger than one small read.
     for i, burst in enumerate(bursts):
         await conn.send(burst, step=f"send burst {i} before reading anything")
     await conn.settle(step="read the replies to 100 pipelined bursts")
@@ -207,6 +210,17 @@ async def half_close_empty(h: Harness) -> None:
             step="expect the server's FIN",
             transcript=conn.transcript,
         )
+
+
+async def half_close_with_replies_queued(h: Harness) -> None:
+    conn = await h.connect("c1", rcvbuf=4096)
+    sent = await conn.send_until_blocked(
+        payload(8 * MIB, 8), step="send up to 8 MiB without reading, replies pile up"
+    )
+    await conn.shutdown_write()
+    await conn.expect_eof(
+        step=f"after the FIN, read back all {sent} bytes, then the server's end", timeout=30.0
+    )
 
 
 async def reset_mid_stream(h: Harness) -> None:
@@ -338,8 +352,8 @@ CORE_CHECKS: tuple[Check, ...] = (
     Check("ECHO-PARTIAL-3", "A client with a tiny window that reads slowly (the server's send "
           "returns short) still gets every byte in order", "partial-write", Level.MUST,
           RFC9293_FLOW, partial_server_short_sends, heavy=True),
-    Check("ECHO-PIPELINE-1", "100 bursts sent before any read come back in order",
-          "concurrency", Level.MUST, RFC862, pipelined_bursts),
+    Check("ECHO-PIPELINE-1", "100 bursts (the last of 16 KiB) sent before any read come back "
+          "in order", "concurrency", Level.MUST, RFC862, pipelined_bursts),
     Check("ECHO-DUPLEX-1", "Sending and reading at the same time, 4 MiB both ways",
           "concurrency", Level.MUST, RFC862, duplex),
     Check("ECHO-MANY-1", "200 interleaved connections each get their own bytes in their own "
@@ -353,6 +367,9 @@ CORE_CHECKS: tuple[Check, ...] = (
           "closes", "close", Level.SHOULD, RFC9293_CLOSE, half_close_flushes),
     Check("ECHO-HALFCLOSE-2", "After an empty half-closed stream the server closes without "
           "sending", "close", Level.SHOULD, RFC9293_CLOSE, half_close_empty),
+    Check("ECHO-HALFCLOSE-3", "A client that half-closes while its replies are still "
+          "queued in the server (it has not read them) then gets every byte", "close",
+          Level.MUST, RFC9293_CLOSE, half_close_with_replies_queued, heavy=True, timeout=45.0),
     Check("ECHO-RESET-1", "Clients that reset mid-stream leave the server serving", "reset",
           Level.MUST, RFC9293_RESET, reset_mid_stream, fault=True),
     Check("ECHO-RESET-2", "A reset while the server has replies queued for that client "
@@ -370,7 +387,7 @@ CORE_CHECKS: tuple[Check, ...] = (
 )  # fmt: skip
 
 #: Every check: the scenarios above, then the sections kept in modules of their own.
-CATALOGUE: tuple[Check, ...] = CORE_CHECKS + LOAD_CHECKS
+CATALOGUE: tuple[Check, ...] = CORE_CHECKS + RESOURCE_CHECKS + LOAD_CHECKS + PROPERTY_CHECKS
 
 #: Every category, in catalogue order.
 CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(c.category for c in CATALOGUE))

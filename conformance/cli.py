@@ -2,10 +2,14 @@
 
 Sub-commands:
 
-- ``run``: run the catalogue against a target. A thin front over the pytest
-  plugin: it checks the options, starts the target once, builds the pytest
-  arguments, runs pytest in-process (``-n N`` for xdist), then prints its own
-  summary: one line per check and the bug report of each failure.
+- ``run``: run the catalogue against one target or several side by side. A
+  thin front over the pytest plugin: it checks the options, starts each target
+  once, builds the pytest arguments, runs pytest in-process (``-n N`` or
+  ``-n auto`` for xdist) with pytest's own terminal output off, shows a
+  progress line (on a terminal), then prints its summary from the plugin's
+  results: the verdicts (a column per target), the bug report of each failure,
+  the counts, and the paths of the reports written (``--report-json``,
+  ``--report-html``, ``--junitxml``).
 - ``list``: the catalogue (ID, level, category, spec reference, title).
 - ``load``: put load on a target with :mod:`conformance.load` (every byte
   verified, faults on demand) and report throughput, latency and errors.
@@ -23,13 +27,12 @@ import argparse
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from conformance import __version__
-from conformance.catalogue import CATALOGUE, CATEGORIES, select
+from conformance.catalogue import CATALOGUE, CATEGORIES
 from conformance.checks import Check
 from conformance.errors import (
     EXIT_FAILED,
@@ -41,7 +44,17 @@ from conformance.errors import (
 )
 from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
 from conformance.oracle import load_oracle
-from conformance.target import REFERENCE_MODELS, TargetSpec, start_target
+from conformance.results import (
+    FAIL,
+    NON_STRICT,
+    RunResults,
+    format_counts,
+    format_table,
+    paint,
+    use_colour,
+)
+from conformance.selection import select_checks, split_list
+from conformance.target import REFERENCE_MODELS, RunningTarget, TargetSpec, start_target
 from reference.cli import ArgumentParser, add_model_parsers, serve
 
 __all__ = ["build_parser", "main"]
@@ -64,20 +77,46 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_target_options(parser: argparse.ArgumentParser, *, oracle: bool = True) -> None:
-    """The options that name the server under test (at most one of them)."""
-    group = parser.add_argument_group("target (default: the reference single-reactor server)")
-    group.add_argument("--target", metavar="HOST:PORT", help="Test the server listening there")
+def _workers(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        return str(_count(text))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or 'auto'") from None
+
+
+def add_target_options(
+    parser: argparse.ArgumentParser, *, oracle: bool = True, several: bool = False
+) -> None:
+    """The options that name the server under test: one, or with ``several``, any number."""
+    if several:
+        title = (
+            "targets (repeat any of these to test several side by side; default: reference single)"
+        )
+        action, again = "append", " (repeatable)"
+    else:
+        title = "target (default: the reference single-reactor server)"
+        action, again = "store", ""
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        "--target",
+        action=action,
+        metavar="HOST:PORT",
+        help=f"Test the server listening there{again}",
+    )
     group.add_argument(
         "--spawn",
+        action=action,
         metavar="CMD",
         help="Start CMD and test it: {port} is replaced by a free port, or CMD prints "
-        "'listening on HOST:PORT'; it is stopped at the end",
+        f"'listening on HOST:PORT'; it is stopped at the end{again}",
     )
     group.add_argument(
         "--reference",
+        action=action,
         metavar="MODEL",
-        help=f"Test a reference server: {', '.join(REFERENCE_MODELS)}",
+        help=f"Test a reference server: {', '.join(REFERENCE_MODELS)}{again}",
     )
     if not oracle:
         return
@@ -90,23 +129,54 @@ def add_target_options(parser: argparse.ArgumentParser, *, oracle: bool = True) 
     )
 
 
+_RUN_EXAMPLES = """\
+examples:
+  reactor-conformance run --spawn 'my-server --port {port}'
+  reactor-conformance run --target 127.0.0.1:7000 --checks 'ECHO-BASIC-*,ECHO-RESET-1'
+  reactor-conformance run -n auto --reference single --reference pool --reference multi
+  reactor-conformance run --spawn "socat TCP-LISTEN:{port},reuseaddr,fork EXEC:cat" \\
+      --report-json report.json --report-html report.html --junitxml junit.xml
+"""
+
+_MAIN_EXAMPLES = """\
+examples:
+  reactor-conformance list
+  reactor-conformance run --spawn 'my-server --port {port}'
+  reactor-conformance run -n auto --target 127.0.0.1:7000 --report-html report.html
+  reactor-conformance load --reference single -c 200 --duration 10
+  reactor-conformance serve pool --port 7000
+
+'reactor-conformance COMMAND --help' describes each command.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``reactor-conformance``."""
     parser = ArgumentParser(
         prog="reactor-conformance",
         description="Reference Reactor-pattern TCP servers and a conformance suite.",
-        epilog="Example: reactor-conformance run --spawn 'my-server --port {port}'",
+        epilog=_MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     run_parser = commands.add_parser(
         "run",
-        help="Run the conformance checks against a server",
-        description="Run the conformance checks against a server and report each one.",
+        help="Run the conformance checks against one server or several",
+        description="Run the conformance checks against one server, or several side by side, "
+        "and report each check: PASS, FAIL, NON-STRICT (a failed SHOULD or MAY) or SKIPPED. "
+        "Exit 0 when every target passed every MUST (every check under --strict), 1 when one "
+        "failed, 2 on a usage error, 3 when a target cannot be reached.",
+        epilog=_RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_target_options(run_parser)
-    run_parser.add_argument("--checks", metavar="ID,...", help="Run only these checks")
+    add_target_options(run_parser, several=True)
+    run_parser.add_argument(
+        "--checks",
+        metavar="ID,...",
+        help="Run only these checks: IDs or patterns such as ECHO-RESET-* (see 'list')",
+    )
     run_parser.add_argument(
         "--category", metavar="NAME,...", help=f"Run only these: {', '.join(CATEGORIES)}"
     )
@@ -114,20 +184,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="A failed SHOULD or MAY fails the run"
     )
     run_parser.add_argument(
-        "-n",
-        "--workers",
-        type=_count,
-        default=0,
-        metavar="N",
-        help="Run checks in N processes (pytest-xdist); 0 runs them here (default: 0)",
+        "--profile",
+        choices=["ci", "default", "thorough"],
+        default="default",
+        help="Size of the property checks' search: ci (few examples, derandomized), "
+        "default, thorough (many examples, payloads up to 8 MiB) (default: %(default)s)",
     )
     run_parser.add_argument(
-        "--junitxml", metavar="PATH", help="Also write a JUnit XML report to PATH"
+        "--scenario",
+        metavar="PATH",
+        help="Property checks replay this saved scenario (JSON) instead of searching",
+    )
+    run_parser.add_argument(
+        "-n",
+        "--workers",
+        type=_workers,
+        default="0",
+        metavar="N|auto",
+        help="Run checks in N processes, or one per CPU with 'auto' (pytest-xdist); "
+        "0 runs them here (default: 0)",
+    )
+    reports = run_parser.add_argument_group("reports")
+    reports.add_argument("--report-json", metavar="PATH", help="Write the JSON report to PATH")
+    reports.add_argument(
+        "--report-html", metavar="PATH", help="Write the self-contained HTML report to PATH"
+    )
+    reports.add_argument(
+        "--junitxml", metavar="PATH", help="Write a JUnit XML report to PATH (test name: check ID)"
     )
     run_parser.set_defaults(command=run)
 
     list_parser = commands.add_parser(
-        "list", help="List the checks", description="List the checks of the catalogue."
+        "list",
+        help="List the checks",
+        description="List the checks of the catalogue: ID, level, category, spec, title.",
     )
     list_parser.set_defaults(command=list_checks)
 
@@ -193,152 +283,218 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_checks(args: argparse.Namespace) -> int:
-    """Print the catalogue, one check a line."""
-    width = max(len(c.id) for c in CATALOGUE)
+    """Print the catalogue, one check a line, in aligned columns."""
+    widths = [
+        max(len(c.id) for c in CATALOGUE),
+        max(len(c.level.value) for c in CATALOGUE),
+        max(len(c.category) for c in CATALOGUE),
+    ]
     for check in CATALOGUE:
-        print(
-            f"{check.id:<{width}}  {check.level.value:<6}  {check.category:<13}  "
-            f"{check.spec}: {check.title}"
-        )
+        cells = (check.id, check.level.value, check.category)
+        row = "  ".join(f"{cell:<{w}}" for cell, w in zip(cells, widths, strict=True))
+        print(f"{row}  {check.spec}: {check.title}")
     return EXIT_OK
 
 
-@dataclass
-class _Result:
-    check: str
-    outcome: str
-    duration: float
-    report: str = ""
-
-
-@dataclass(eq=False)
-class _Collector:
-    """A pytest plugin object, in this process only: keeps each check's report."""
-
-    results: dict[str, _Result] = field(default_factory=dict)
-
-    def pytest_runtest_logreport(self, report: object) -> None:
-        import pytest
-
-        from conformance.plugin import REPORT, nonstrict_report
-
-        assert isinstance(report, pytest.TestReport)
-        props = dict(report.user_properties)
-        check_id = str(props.get("conformance_check", report.nodeid))
-        if report.when == "call" or report.failed:
-            outcome = "FAIL" if report.failed else "PASS"
-            text = str(props.get(REPORT, report.longreprtext)) if report.failed else ""
-            nonstrict = nonstrict_report(report)
-            if nonstrict is not None:
-                outcome, text = "NON-STRICT", nonstrict
-            previous = self.results.get(check_id)
-            if previous is None or previous.outcome == "PASS":
-                self.results[check_id] = _Result(check_id, outcome, report.duration, text)
-
-
-def _replay_prefix(spec: TargetSpec, oracle: str, strict: bool) -> str:
+def _replay_prefix(spec: TargetSpec, oracle: str, strict: bool, profile: str = "default") -> str:
     words = ["reactor-conformance", "run", *spec.options()]
     if oracle != "echo":
         words += ["--oracle", oracle]
     if strict:
         words.append("--strict")
+    if profile != "default":
+        words += ["--profile", profile]
     return shlex.join(words)
 
 
+def _error(message: str, code: int) -> int:
+    print(f"reactor-conformance: {message}", file=sys.stderr)
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
-    """``reactor-conformance run``: check the options, start the target, run pytest."""
+    """``reactor-conformance run``: check the options, start the targets, run pytest."""
+    from conformance.plugin import check_report_path, scenario_file, target_names, target_specs
+
     try:
-        spec = TargetSpec.from_options(args.target, args.spawn, args.reference)
-        ids = [i for i in (args.checks or "").split(",") if i.strip()]
-        cats = [c for c in (args.category or "").split(",") if c.strip()]
-        checks = select(ids, cats)
+        specs = target_specs(args.target, args.spawn, args.reference)
+        names = target_names(specs)
+        checks = select_checks(split_list(args.checks), split_list(args.category))
         load_oracle(args.oracle)
+        for option, path in (
+            ("--report-json", args.report_json),
+            ("--report-html", args.report_html),
+            ("--junitxml", args.junitxml),
+        ):
+            check_report_path(path, option)
+        scenario_file(args.scenario)
     except UsageError as exc:
-        print(f"reactor-conformance: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(f"error: {exc}", EXIT_USAGE)
     if not checks:
-        print("reactor-conformance: error: no check selected", file=sys.stderr)
-        return EXIT_USAGE
+        return _error("error: no check selected", EXIT_USAGE)
+    started: list[RunningTarget] = []
     try:
-        running = start_target(spec)
-    except TargetError as exc:
-        print(f"reactor-conformance: target unreachable: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    try:
-        return _run_pytest(args, spec, running.address, running.pid, checks)
+        for spec in specs:
+            try:
+                started.append(start_target(spec))
+            except TargetError as exc:
+                return _error(f"target unreachable: {exc}", EXIT_UNREACHABLE)
+        return _run_pytest(args, list(zip(names, started, strict=True)), checks)
     finally:
-        running.stop()
+        for running in started:
+            running.stop()
+
+
+@dataclass(eq=False)
+class _Front:
+    """A pytest plugin object, in this process only: the progress line, and the results."""
+
+    total: int
+    tty: bool
+    colour: bool
+    specs: dict[str, TargetSpec]
+    done: int = 0
+    failed: int = 0
+    config: Any = None
+    written: list[tuple[str, str]] = field(default_factory=list)
+
+    def pytest_configure(self, config: Any) -> None:
+        self.config = config
+
+    def pytest_sessionstart(self) -> None:
+        """Describe each target as the user named it, not by the address pytest was given."""
+        results = self.results()
+        if results is None:
+            return
+        for target in results.targets:
+            spec = self.specs.get(target.name)
+            if spec is not None:
+                target.kind, target.spec, target.description = (
+                    spec.kind,
+                    spec.value,
+                    spec.describe(),
+                )
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        props = dict(report.user_properties)
+        if "conformance_check" not in props or not (report.when == "call" or report.failed):
+            return
+        if report.when == "call":
+            self.done += 1
+        if report.failed:
+            self.failed += 1
+        if self.tty:
+            failed = paint(FAIL, f"{self.failed} failed", self.colour) if self.failed else ""
+            line = (
+                f"[{self.done}/{self.total}] {failed}  {props['conformance_check']} "
+                f"({props.get('conformance_target', '')})"
+            )
+            sys.stderr.write(f"\r\x1b[K{line}")
+            sys.stderr.flush()
+
+    def pytest_sessionfinish(self, session: Any) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+        recorder = session.config.pluginmanager.get_plugin("conformance-recorder")
+        if recorder is not None:
+            self.written = list(recorder.written)
+
+    def results(self) -> RunResults | None:
+        from conformance.plugin import run_results
+
+        return run_results(self.config) if self.config is not None else None
 
 
 def _run_pytest(
-    args: argparse.Namespace,
-    spec: TargetSpec,
-    address: object,
-    pid: int | None,
-    checks: list[Check],
+    args: argparse.Namespace, targets: list[tuple[str, RunningTarget]], checks: list[Check]
 ) -> int:
     import pytest
 
-    replay = _replay_prefix(spec, args.oracle, args.strict)
     argv = [
         "-p", "conformance.plugin",
         "-p", "no:cacheprovider",
         # pytest-benchmark, where installed, warns under xdist; nothing here is a benchmark.
         "-p", "no:benchmark",
+        # This command prints its own progress and summary.
+        "-p", "no:terminal",
         "-c", os.devnull,
         "--rootdir", os.getcwd(),
         "--pyargs", "conformance",
-        "--target", str(address),
         "--oracle", args.oracle,
         "--checks", ",".join(c.id for c in checks),
-        "--conformance-replay", replay,
-        "-q", "--no-header", "--tb=no", "-rN",
         # The suite is imported already (this command); nothing in it relies on assert rewriting.
         "--assert=plain",
     ]  # fmt: skip
-    if pid is not None:
-        argv += ["--conformance-server-pid", str(pid)]
+    for name, running in targets:
+        argv += [
+            "--target", str(running.address),
+            "--conformance-name", name,
+            "--conformance-replay",
+            _replay_prefix(running.spec, args.oracle, args.strict, args.profile),
+            "--conformance-server-pid", str(running.pid or 0),
+        ]  # fmt: skip
     if args.strict:
         argv.append("--conformance-strict")
-    if args.workers:
-        argv += ["-n", str(args.workers), "--dist", "loadgroup"]
-    if args.junitxml:
-        argv += ["--junitxml", args.junitxml]
-    collector = _Collector()
-    print(f"reactor-conformance: {len(checks)} checks against {spec.describe()} at {address}")
-    start = time.monotonic()
-    code = pytest.main(argv, plugins=[collector])
-    elapsed = time.monotonic() - start
-    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or not collector.results:
-        print(f"reactor-conformance: error: pytest ended with {code!r}", file=sys.stderr)
-        return EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED
-    return _summarise(collector, checks, elapsed, args.strict)
-
-
-def _summarise(collector: _Collector, checks: list[Check], elapsed: float, strict: bool) -> int:
-    print()
-    failing = False
-    for check in checks:
-        result = collector.results.get(check.id)
-        outcome = result.outcome if result else "NOT RUN"
-        duration = f"{result.duration:6.2f}s" if result else "      -"
-        print(f"{outcome:<10}  {check.id:<17} {check.level.value:<6} {duration}  {check.title}")
-        if outcome in ("FAIL", "NOT RUN"):
-            failing = True
-    reports = [r for r in collector.results.values() if r.report]
-    for result in reports:
-        print()
-        print(result.report)
-    counts = {
-        word: sum(1 for r in collector.results.values() if r.outcome == word)
-        for word in ("PASS", "FAIL", "NON-STRICT")
-    }
-    print()
-    print(
-        f"reactor-conformance: {counts['PASS']} passed, {counts['FAIL']} failed, "
-        f"{counts['NON-STRICT']} non-strict in {elapsed:.1f}s" + (" (strict)" if strict else "")
+    argv += ["--hypothesis-profile", args.profile]
+    if args.scenario:
+        argv += ["--scenario", args.scenario]
+    if args.workers != "0":
+        argv += ["-n", args.workers, "--dist", "loadgroup"]
+    for option in ("report_json", "report_html", "junitxml"):
+        path = getattr(args, option)
+        if path:
+            argv += [f"--{option.replace('_', '-')}", path]
+    colour = use_colour(sys.stdout, os.environ)
+    front = _Front(
+        len(checks) * len(targets),
+        sys.stderr.isatty(),
+        use_colour(sys.stderr, os.environ),
+        {name: running.spec for name, running in targets},
     )
-    return EXIT_FAILED if failing else EXIT_OK
+    for name, running in targets:
+        print(
+            f"reactor-conformance: {len(checks)} checks against {name} "
+            f"({running.spec.describe()}) at {running.address}"
+        )
+    sys.stdout.flush()
+    code = pytest.main(argv, plugins=[front])
+    results = front.results()
+    if code == EXIT_UNREACHABLE:
+        return _error("target unreachable: a target stopped accepting connections", code)
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or results is None:
+        return _error(
+            f"error: pytest ended with {code!r}",
+            EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED,
+        )
+    if args.junitxml:
+        front.written.append(("JUnit", args.junitxml))
+    return _summarise(results, front.written, colour)
+
+
+def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool) -> int:
+    print()
+    for line in format_table(results, colour=colour):
+        print(line)
+    for target in results.targets:
+        for check in results.checks:
+            result = target.result(check)
+            if result.verdict in (FAIL, NON_STRICT) and result.details:
+                print()
+                heading = f"[{target.name}] " if len(results.targets) > 1 else ""
+                print(heading + result.details)
+    print()
+    if len(results.targets) > 1:
+        for target in results.targets:
+            print(f"  {target.name}: {format_counts(target.counts(results.checks))}")
+    ok = results.ok()
+    counts = format_counts(results.totals())
+    strict = " (strict)" if results.strict else ""
+    line = f"reactor-conformance: {counts} in {results.duration:.1f}s{strict}"
+    print(paint("PASS" if ok else FAIL, line, colour))
+    for kind, path in written:
+        print(f"reactor-conformance: {kind.upper() if kind != 'JUnit' else kind} report: {path}")
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def load(args: argparse.Namespace) -> int:

@@ -19,11 +19,11 @@ def test_catalogue_ids_are_unique_and_well_formed() -> None:
     ids = [c.id for c in CATALOGUE]
     assert len(ids) == len(set(ids))
     for check in CATALOGUE:
-        assert re.fullmatch(r"ECHO-[A-Z]+-\d+", check.id), check.id
+        assert re.fullmatch(r"(ECHO|PROP)-[A-Z]+-\d+", check.id), check.id
         assert check.title[0].isupper() or check.title[0].isdigit(), check.id
         assert check.spec.startswith("RFC "), check.id
         assert check.category in CATEGORIES
-        assert 0 < check.timeout <= 120
+        assert 0 < check.timeout <= 240
 
 
 def test_catalogue_covers_the_required_ground() -> None:
@@ -41,6 +41,7 @@ def test_select_by_id_and_category_keeps_catalogue_order() -> None:
         "ECHO-BASIC-1",
         "ECHO-HALFCLOSE-1",
         "ECHO-HALFCLOSE-2",
+        "ECHO-HALFCLOSE-3",
         "ECHO-STORM-1",
     ]
     assert select() == list(CATALOGUE)

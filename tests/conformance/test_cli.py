@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 
 import pytest
 
+from conformance import __version__
 from conformance.catalogue import CATALOGUE
+from conformance.results import use_colour
+from conformance.selection import select_checks
 from conformance.target import free_port
 from tests.conformance.support import ASYNCIO_ECHO, broken_spawn, run_cli, spawn_command
 
@@ -23,7 +27,7 @@ def assert_one_line_error(
         assert needle in lines[0], lines[0]
 
 
-def test_list_names_every_check_with_level_and_spec() -> None:
+def test_list_names_every_check_with_level_and_spec_aligned() -> None:
     result = run_cli("list")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
@@ -31,19 +35,62 @@ def test_list_names_every_check_with_level_and_spec() -> None:
     for line, check in zip(lines, CATALOGUE, strict=True):
         assert line.split()[:2] == [check.id, check.level.value]
         assert check.spec in line
+    for column in ("level", "category", "spec"):
+        starts = set()
+        for line, check in zip(lines, CATALOGUE, strict=True):
+            cell = check.level.value if column == "level" else str(getattr(check, column))
+            starts.add(line.index(f" {cell}", len(check.id)))
+        assert len(starts) == 1, (column, starts)
+
+
+def test_help_has_examples_and_version_prints_it() -> None:
+    for argv in (["--help"], ["run", "--help"]):
+        result = run_cli(*argv)
+        assert result.returncode == 0
+        assert "examples:\n  reactor-conformance " in result.stdout
+    assert "--report-html PATH" in run_cli("run", "--help").stdout
+    version = run_cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"reactor-conformance {__version__}"
+
+
+def test_select_checks_takes_ids_and_patterns_in_catalogue_order() -> None:
+    resets = [c.id for c in CATALOGUE if c.id.startswith("ECHO-RESET-")]
+    assert len(resets) >= 2
+    chosen = select_checks(["echo-reset-*", "ECHO-BASIC-1", "ECHO-BASIC-1"])
+    assert [c.id for c in chosen] == ["ECHO-BASIC-1", *resets]
+    echo = [c.id for c in CATALOGUE if c.id.startswith("ECHO-")]
+    assert [c.id for c in select_checks(["ECHO-*"])] == echo
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_use_colour_only_on_a_terminal_without_no_color() -> None:
+    assert use_colour(_Stream(True), {"TERM": "xterm"})
+    assert not use_colour(_Stream(False), {"TERM": "xterm"})
+    assert not use_colour(_Stream(True), {"TERM": "xterm", "NO_COLOR": "1"})
+    assert not use_colour(_Stream(True), {"TERM": "dumb"})
 
 
 def test_run_with_no_target_passes_against_the_reference_single_server() -> None:
-    result = run_cli("run", "-n", "2")
+    result = run_cli("run", "-n", "2", "--profile", "ci")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(CATALOGUE)} passed, 0 failed, 0 non-strict" in result.stdout
     assert "reference single server" in result.stdout
 
 
 def test_run_passes_against_the_asyncio_echo_server() -> None:
-    result = run_cli("run", "--spawn", spawn_command(ASYNCIO_ECHO))
+    result = run_cli(
+        "run", "--spawn", spawn_command(ASYNCIO_ECHO), "-n", "auto", "--profile", "ci", "--strict"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{len(CATALOGUE)} passed, 0 failed" in result.stdout
+    assert re.search(r" passed, 0 failed, 0 non-strict, 0 skipped in ", result.stdout)
 
 
 def test_run_against_a_broken_server_exits_1_with_a_bug_report_and_a_replay() -> None:
@@ -104,7 +151,12 @@ def test_run_server_that_never_listens_exits_3_with_one_line() -> None:
         (["--target", "[::1]"], "malformed target"),
         (["--checks", "ECHO-NOPE-9"], "unknown check 'ECHO-NOPE-9'"),
         (["--category", "nope"], "unknown category 'nope'"),
-        (["--target", "127.0.0.1:1", "--reference", "single"], "name two targets"),
+        (["--checks", "ECHO-BASC-1"], "did you mean ECHO-BASIC-1"),
+        (["--checks", "NOPE-*"], "no check matches 'NOPE-*'"),
+        (["--target", "127.0.0.1:1", "--spawn", ""], "--spawn needs a command"),
+        (["--report-json", "/nonexistent-dir/report.json"], "does not exist"),
+        (["--report-html", "."], "a directory"),
+        (["-n", "many"], "or 'auto'"),
         (["--reference", "bogus"], "unknown reference model 'bogus'"),
         (["--oracle", "no_such_module_xyz:Oracle"], "cannot import"),
         (["-n", "-1"], "must be 0 or more"),

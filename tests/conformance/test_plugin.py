@@ -46,7 +46,7 @@ def test_plugin_collects_one_item_per_selected_check(reference_single: RunningTa
         "-q",
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    items = re.findall(r"::(ECHO-[A-Z]+-\d+)", result.stdout)
+    items = re.findall(r"::((?:ECHO|PROP)-[A-Z]+-\d+)", result.stdout)
     assert items == [c.id for c in CATALOGUE]
 
 
@@ -108,3 +108,50 @@ def test_plugin_reports_a_failed_should_as_non_strict_unless_strict() -> None:
     strict = run_pytest(*args, "--conformance-strict")
     assert strict.returncode == 1
     assert "FAILED ECHO-HALFCLOSE-2 (SHOULD" in strict.stdout
+
+
+def test_plugin_writes_reports_from_the_xdist_controller(
+    reference_single: RunningTarget, tmp_path: Path
+) -> None:
+    import json
+
+    import jsonschema
+
+    from conformance.report_json import load_schema
+
+    checks = [c.id for c in CATALOGUE if c.heavy][:1] + [c.id for c in CATALOGUE if not c.heavy][:2]
+    paths = {name: tmp_path / name for name in ("r.json", "r.html", "junit.xml")}
+    result = run_pytest(
+        "--pyargs",
+        "conformance",
+        "--target",
+        str(reference_single.address),
+        "--spawn",
+        broken_spawn("ignores_half_close"),
+        "--checks",
+        ",".join([*checks, "ECHO-HALFCLOSE-2"]),
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        f"--report-json={paths['r.json']}",
+        f"--report-html={paths['r.html']}",
+        f"--junitxml={paths['junit.xml']}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(paths["r.json"].read_text())
+    jsonschema.validate(report, load_schema())
+    names = [t["name"] for t in report["targets"]]
+    assert names == [str(reference_single.address), "ignores_half_close"]
+    verdicts = {(t["name"], r["id"]): r["verdict"] for t in report["targets"] for r in t["results"]}
+    assert len(verdicts) == 2 * 4
+    assert verdicts[("ignores_half_close", "ECHO-HALFCLOSE-2")] == "NON-STRICT"
+    assert verdicts[(names[0], "ECHO-HALFCLOSE-2")] == "PASS"
+    assert "conformance verdicts per target" in result.stdout
+    assert f"conformance json report: {paths['r.json']}" in result.stdout
+    assert paths["r.html"].read_text().startswith("<!DOCTYPE html>")
+    junit = ElementTree.parse(paths["junit.xml"]).getroot()
+    # Heavy checks are grouped by xdist (node ID "...@group"); JUnit still names them by ID.
+    assert sorted(str(c.get("name")) for c in junit.iter("testcase")) == sorted(
+        [*checks, "ECHO-HALFCLOSE-2"] * 2
+    )

@@ -1,0 +1,115 @@
+"""The JSON report of a run, and the schema it follows.
+
+The document (``report.schema.json`` beside this module describes it):
+
+- ``format``: ``reactor-conformance-report/1``;
+- ``suite`` (name, version), ``started``/``finished`` (ISO 8601, UTC),
+  ``duration``, ``host`` (name, platform, Python), ``strict``, ``oracle``;
+- ``ok`` and ``summary``: the verdict of the whole run and the counts;
+- ``checks``: the catalogue entries run (ID, title, level, category, spec);
+- ``targets``: per target its name, kind, spec, address, summary, and
+  ``results``: one object per check with its ID, title, level, category,
+  verdict, duration, details, replay command and, for a failure, ``failure``
+  (the step, the connection, the first divergence with hex excerpts).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from conformance import __version__
+from conformance.checks import Check
+from conformance.results import CheckResult, RunResults, TargetRun, host_info
+
+__all__ = ["FORMAT", "load_schema", "to_json", "write_json"]
+
+#: The value of the document's ``format`` field; changes when the shape does.
+FORMAT = "reactor-conformance-report/1"
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON schema of the report (package data)."""
+    text = resources.files("conformance").joinpath("report.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _summary(counts: dict[str, int]) -> dict[str, int]:
+    return {
+        "passed": counts["PASS"],
+        "failed": counts["FAIL"],
+        "non_strict": counts["NON-STRICT"],
+        "skipped": counts["SKIPPED"],
+    }
+
+
+def _check(check: Check) -> dict[str, Any]:
+    return {
+        "id": check.id,
+        "title": check.title,
+        "level": check.level.value,
+        "category": check.category,
+        "spec": check.spec,
+    }
+
+
+def _result(result: CheckResult) -> dict[str, Any]:
+    return {
+        **_check(result.check),
+        "verdict": result.verdict,
+        "duration": round(result.duration, 6),
+        "details": result.details,
+        "replay": result.replay,
+        "failure": result.failure(),
+    }
+
+
+def _target(target: TargetRun, checks: list[Check]) -> dict[str, Any]:
+    counts = target.counts(checks)
+    return {
+        "name": target.name,
+        "kind": target.kind,
+        "spec": target.spec,
+        "address": target.address,
+        "description": target.description,
+        "ok": counts["FAIL"] == 0,
+        "summary": _summary(counts),
+        "results": [_result(target.result(c)) for c in checks],
+    }
+
+
+def to_json(run: RunResults) -> dict[str, Any]:
+    """The report of ``run`` as a JSON-ready dict."""
+    finished = run.finished if run.finished is not None else run.started
+    return {
+        "format": FORMAT,
+        "suite": {"name": "reactor-conformance", "version": __version__},
+        "started": _iso(run.started),
+        "finished": _iso(finished),
+        "duration": round(max(0.0, finished - run.started), 3),
+        "host": host_info(),
+        "strict": run.strict,
+        "oracle": run.oracle,
+        "ok": run.ok(),
+        "summary": _summary(run.totals()),
+        "checks": [_check(c) for c in run.checks],
+        "targets": [_target(t, run.checks) for t in run.targets],
+    }
+
+
+def write_json(run: RunResults, path: str | Path) -> None:
+    """Write the report of ``run`` to ``path``.
+
+    Raises:
+        OSError: The file cannot be written.
+    """
+    text = json.dumps(to_json(run), indent=2, ensure_ascii=False)
+    Path(path).write_text(text + "\n", encoding="utf-8")

@@ -1,0 +1,260 @@
+"""Resource checks: what the server costs while it looks correct on the wire.
+
+How this works
+--------------
+A server can echo every byte right and still spin at 100% CPU, or hold every
+byte a non-reading client sends. These checks watch the server's process from
+outside, through ``/proc``:
+
+- The process is the one the suite started (``Harness.server_pid``), plus the
+  one that holds the server's end of the check's own connection, found by the
+  connection's addresses in ``/proc/net/tcp*`` and the socket's inode in
+  ``/proc/PID/fd`` (so a target given as ``HOST:PORT``, or a forking server
+  such as ``socat ... fork``, is watched too, when it runs on this machine
+  under a user whose ``/proc`` entries are readable).
+- When no process can be found, each check still judges what the wire shows,
+  and its title says so.
+
+Facts about ``/proc`` these rely on:
+
+- ``/proc/PID/stat``: after the command name in parentheses, field 14 and 15
+  (``utime``, ``stime``) are the CPU time of every thread, in clock ticks
+  (``SC_CLK_TCK``, 100 a second on Linux).
+- ``/proc/PID/status``: ``VmRSS`` is the resident memory in kB.
+- ``/proc/net/tcp``: addresses are hex, IPv4 in network order read as a
+  little-endian word (``0100007F:1F90`` is 127.0.0.1:8080); the tenth field is
+  the socket's inode, and ``/proc/PID/fd/N`` links to ``socket:[INODE]``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+from pathlib import Path
+
+import trio
+
+from conformance.checks import Check, Level
+from conformance.harness import CheckFailure, Connection, Harness
+
+__all__ = [
+    "RESOURCE_CHECKS",
+    "cpu_seconds",
+    "resident_bytes",
+    "server_processes",
+    "socket_owners",
+]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+RFC9293_CLOSE = "RFC 9293 §3.6 (closing a connection)"
+RFC9293_FLOW = "RFC 9293 §3.8.6 (window management)"
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- /proc ---------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) used by ``pid`` so far; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident memory of ``pid`` in bytes; None if it cannot be read."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _proc_address(host: str, port: int) -> str:
+    """An address as ``/proc/net/tcp*`` writes it."""
+    packed = ipaddress.ip_address(host).packed
+    words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
+    return f"{''.join(words)}:{port:04X}"
+
+
+def _socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The inode of the TCP socket bound to ``local`` and connected to ``remote``."""
+    family = "tcp6" if ":" in local[0] else "tcp"
+    want = (_proc_address(*local), _proc_address(*remote))
+    try:
+        lines = Path(f"/proc/net/{family}").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 9 and (fields[1], fields[2]) == want and fields[9] != "0":
+            return int(fields[9])
+    return None
+
+
+def socket_owners(inode: int, limit: int = 100_000) -> set[int]:
+    """The processes holding a descriptor on socket ``inode`` (looks at most at ``limit`` fds)."""
+    target = f"socket:[{inode}]"
+    owners: set[int] = set()
+    seen = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue  # Another user's process, or gone.
+        for fd in fds:
+            seen += 1
+            try:
+                if os.readlink(fd) == target:
+                    owners.add(int(proc.name))
+                    break
+            except OSError:
+                continue
+        if seen > limit:
+            break
+    return owners
+
+
+def server_processes(h: Harness, conn: Connection) -> set[int]:
+    """The server's processes: the one the suite started, and the owner of ``conn``'s far end."""
+    pids = {h.server_pid} if h.server_pid is not None else set()
+    try:
+        local = conn.sock.getsockname()[:2]
+        remote = conn.sock.getpeername()[:2]
+    except OSError:
+        return pids
+    inode = _socket_inode((remote[0], remote[1]), (local[0], local[1]))
+    if inode is not None:
+        pids |= socket_owners(inode)
+    return {pid for pid in pids if cpu_seconds(pid) is not None}
+
+
+def _total_cpu(pids: set[int]) -> float:
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
+
+
+# -- CPU after a half-close ----------------------------------------------------
+
+#: A window is idle when the server used less than this share of one core in it.
+IDLE_SHARE = 0.2
+WINDOW = 0.5
+#: How long the check looks for one idle window (the suite's other checks may
+#: keep a correct server busy for a while).
+CPU_PATIENCE = 10.0
+
+
+async def idle_after_half_close(h: Harness) -> None:
+    conn = await h.connect("c1")
+    await conn.send(b"about to half-close\n")
+    await conn.settle()
+    pids = server_processes(h, conn)
+    await conn.shutdown_write()
+    with trio.move_on_after(2.0):
+        # A correct server flushes and closes; either way the client stays connected.
+        await conn.expect_eof(step="read the server's FIN after the half-close")
+    if not pids:
+        if conn.transcript.ending.name != "FIN":
+            raise CheckFailure(
+                "the server's process cannot be watched from here, and it did not close "
+                "its side within 2s of the client's FIN",
+                step="read the server's FIN after the half-close",
+                transcript=conn.transcript,
+            )
+        return
+    shares: list[float] = []
+    with h.step(
+        f"watch the server's CPU (processes {sorted(pids)}) after the half-close",
+        conn,
+        timeout=CPU_PATIENCE + 5.0,
+    ):
+        start = trio.current_time()
+        while trio.current_time() - start < CPU_PATIENCE:
+            before, t0 = _total_cpu(pids), trio.current_time()
+            await trio.sleep(WINDOW)  # The measuring window itself, not a wait for an event.
+            used, spent = _total_cpu(pids) - before, trio.current_time() - t0
+            shares.append(used / spent)
+            if shares[-1] < IDLE_SHARE:
+                return
+    raise CheckFailure(
+        f"the server kept busy after the client's half-close: in each of {len(shares)} "
+        f"windows of {WINDOW:g}s over {CPU_PATIENCE:g}s it used at least "
+        f"{min(shares):.0%} of a core (most {max(shares):.0%}); an idle server uses ~0% "
+        "(a descriptor still watched for reading after EOF is readable forever)",
+        step="watch the server's CPU after the half-close",
+        transcript=conn.transcript,
+    )
+
+
+# -- memory under a client that does not read ------------------------------------
+
+#: What the client offers without reading a byte.
+HOG_OFFER = 96 * MIB
+#: The most the server may take meanwhile: every kernel buffer on the way
+#: (the client's send buffer, the server's receive and send buffers, up to
+#: ``tcp_wmem``/``tcp_rmem`` max, 4 + 32 + 4 MiB by default) and a modest
+#: application buffer fit in it.
+HOG_TAKEN_LIMIT = 64 * MIB
+#: The most the server's resident memory may grow meanwhile.
+HOG_RSS_LIMIT = 48 * MIB
+
+
+async def memory_bounded_under_non_reader(h: Harness) -> None:
+    hog = await h.connect("hog", rcvbuf=4096)
+    await hog.send(b"hello\n")
+    await hog.settle()
+    pids = server_processes(h, hog)
+    before = {pid: resident_bytes(pid) for pid in pids}
+    block = random.Random(30).randbytes(MIB)
+    taken = await hog.send_until_blocked(
+        block * (HOG_OFFER // MIB),
+        stall=1.0,
+        step=f"send up to {HOG_OFFER // MIB} MiB on hog without reading",
+        timeout=60.0,
+    )
+    grown = {
+        pid: (now - was)
+        for pid in pids
+        if (was := before[pid]) is not None and (now := resident_bytes(pid)) is not None
+    }
+    hog.reset()
+    if taken > HOG_TAKEN_LIMIT:
+        raise CheckFailure(
+            f"the server took {taken / MIB:.1f} MiB from a client that read none of its "
+            f"replies (limit {HOG_TAKEN_LIMIT // MIB} MiB, kernel buffers included): it "
+            "does not stop reading when its replies pile up",
+            step="send on hog without reading",
+            transcript=hog.transcript,
+        )
+    worst = max(grown.items(), key=lambda item: item[1], default=None)
+    if worst is not None and worst[1] > HOG_RSS_LIMIT:
+        raise CheckFailure(
+            f"the server's resident memory (process {worst[0]}) grew by "
+            f"{worst[1] / MIB:.1f} MiB while a client sent {taken / MIB:.1f} MiB without "
+            f"reading (limit {HOG_RSS_LIMIT // MIB} MiB)",
+            step="measure the server's memory",
+            transcript=hog.transcript,
+        )
+
+
+RESOURCE_CHECKS: tuple[Check, ...] = (
+    Check("ECHO-CPU-1", "After the client's half-close the server goes idle, no busy loop on "
+          "EOF (watches the server's CPU in /proc; a server not on this machine: only its FIN)",
+          "resources", Level.SHOULD, RFC9293_CLOSE, idle_after_half_close, heavy=True,
+          timeout=30.0),
+    Check("ECHO-MEM-1", "A client that sends 96 MiB without reading cannot make the server "
+          "take more than 64 MiB, nor grow by more than 48 MiB (memory: /proc, when on this "
+          "machine)", "resources", Level.SHOULD, RFC9293_FLOW, memory_bounded_under_non_reader,
+          fault=True, heavy=True, timeout=90.0),
+)  # fmt: skip

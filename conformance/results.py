@@ -1,0 +1,236 @@
+"""The results of a run: every check's verdict against every target.
+
+How this works
+--------------
+The pytest plugin fills a :class:`RunResults` from the test reports it sees
+on the controller (the only process, or xdist's controller, where every
+worker's reports arrive). Each report carries the check's ID, its target and,
+for a failure, the bug report, as user properties; :meth:`RunResults.record`
+turns it into a :class:`CheckResult`. The JSON and HTML reports, the plugin's
+terminal summary and the CLI's summary are all rendered from this one object.
+
+Verdicts: ``PASS``; ``FAIL`` (a MUST failed, or any check under strict);
+``NON-STRICT`` (a SHOULD or MAY failed, the run still passes); ``SKIPPED``
+(skipped, or never run: the run was stopped first).
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.checks import Check
+from conformance.report import parse_failure
+
+__all__ = [
+    "FAIL",
+    "NON_STRICT",
+    "PASS",
+    "SKIPPED",
+    "VERDICTS",
+    "CheckResult",
+    "RunResults",
+    "TargetRun",
+    "format_counts",
+    "format_table",
+    "host_info",
+    "paint",
+    "use_colour",
+]
+
+PASS = "PASS"
+FAIL = "FAIL"
+NON_STRICT = "NON-STRICT"
+SKIPPED = "SKIPPED"
+#: Every verdict, in the order summaries count them.
+VERDICTS = (PASS, FAIL, NON_STRICT, SKIPPED)
+
+_COUNT_WORDS = {PASS: "passed", FAIL: "failed", NON_STRICT: "non-strict", SKIPPED: "skipped"}
+_COLOURS = {PASS: "32", FAIL: "31;1", NON_STRICT: "33", SKIPPED: "36"}
+
+
+def use_colour(stream: Any, environ: dict[str, str] | Any) -> bool:
+    """Whether to colour what goes to ``stream``: a terminal, ``NO_COLOR`` unset, not dumb."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def paint(verdict: str, text: str, colour: bool) -> str:
+    """``text`` in the colour of ``verdict`` when ``colour``."""
+    code = _COLOURS.get(verdict)
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+@dataclass
+class CheckResult:
+    """One check against one target.
+
+    Attributes:
+        check: The check.
+        verdict: PASS, FAIL, NON-STRICT or SKIPPED.
+        duration: Seconds it ran.
+        details: The bug report (FAIL, NON-STRICT), the reason (SKIPPED), or empty.
+        replay: The command that reruns just this check against this target.
+    """
+
+    check: Check
+    verdict: str
+    duration: float = 0.0
+    details: str = ""
+    replay: str = ""
+
+    def failure(self) -> dict[str, Any] | None:
+        """The fields of the bug report (:func:`conformance.report.parse_failure`), if any."""
+        if self.verdict not in (FAIL, NON_STRICT) or not self.details.startswith("FAILED "):
+            return None
+        return parse_failure(self.details)
+
+
+@dataclass
+class TargetRun:
+    """The results against one target.
+
+    Attributes:
+        name: Short name, unique in the run (a column heading).
+        kind: ``address``, ``spawn`` or ``reference``.
+        spec: What the user wrote: the address, the command, the model.
+        address: Where it listened.
+        description: One line for people.
+        replay: The command that reruns the run against it, without ``--checks``.
+        results: Check ID -> result, for the checks that reported.
+    """
+
+    name: str
+    kind: str
+    spec: str
+    address: str
+    description: str
+    replay: str = ""
+    results: dict[str, CheckResult] = field(default_factory=dict)
+
+    def result(self, check: Check) -> CheckResult:
+        """The result of ``check``; SKIPPED (never run) when it did not report."""
+        found = self.results.get(check.id)
+        if found is not None:
+            return found
+        return CheckResult(check, SKIPPED, details="not run", replay=self.replay_of(check))
+
+    def replay_of(self, check: Check) -> str:
+        return f"{self.replay} --checks {check.id}" if self.replay else ""
+
+    def counts(self, checks: Sequence[Check]) -> dict[str, int]:
+        counts = dict.fromkeys(VERDICTS, 0)
+        for check in checks:
+            counts[self.result(check).verdict] += 1
+        return counts
+
+
+@dataclass
+class RunResults:
+    """A whole run: the checks, the targets, and each check's result against each.
+
+    Attributes:
+        checks: The selected checks, in catalogue order.
+        targets: The targets, in the order given.
+        strict: Whether a failed SHOULD or MAY failed the run.
+        oracle: The oracle's name.
+        started: When the run began (seconds since the epoch).
+        finished: When it ended, or None while it runs.
+    """
+
+    checks: list[Check]
+    targets: list[TargetRun]
+    strict: bool = False
+    oracle: str = "echo"
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def target(self, name: str) -> TargetRun | None:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        return None
+
+    def record(self, target: str, result: CheckResult) -> None:
+        """Keep ``result``; a later report of the same check wins unless it passed.
+
+        A check reports its call phase and, should its teardown fail, again:
+        the worse of the two is kept.
+        """
+        run = self.target(target)
+        if run is None:
+            return
+        previous = run.results.get(result.check.id)
+        if previous is None or previous.verdict == PASS or result.verdict == FAIL:
+            run.results[result.check.id] = result
+
+    def ok(self) -> bool:
+        """No target failed a check that fails the run, and every check ran."""
+        return all(
+            t.result(c).verdict != FAIL and t.result(c).details != "not run"
+            for t in self.targets
+            for c in self.checks
+        )
+
+    def totals(self) -> dict[str, int]:
+        totals = dict.fromkeys(VERDICTS, 0)
+        for target in self.targets:
+            for verdict, n in target.counts(self.checks).items():
+                totals[verdict] += n
+        return totals
+
+    @property
+    def duration(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+
+def host_info() -> dict[str, str]:
+    """The machine that ran the suite."""
+    return {
+        "name": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+    }
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """``N passed, N failed, N non-strict, N skipped``."""
+    return ", ".join(f"{counts[v]} {_COUNT_WORDS[v]}" for v in VERDICTS)
+
+
+def format_table(run: RunResults, *, colour: bool = False) -> list[str]:
+    """The verdicts as a table: one row per check, one column per target.
+
+    With one target, each row also has the check's duration.
+    """
+    id_width = max([len(c.id) for c in run.checks] + [5])
+    lines = []
+    if len(run.targets) == 1:
+        target = run.targets[0]
+        for check in run.checks:
+            result = target.result(check)
+            duration = f"{result.duration:6.2f}s" if result.details != "not run" else "      -"
+            word = paint(result.verdict, f"{result.verdict:<10}", colour)
+            lines.append(
+                f"{word}  {check.id:<{id_width}} {check.level.value:<6} {duration}  {check.title}"
+            )
+        return lines
+    widths = [max(len(t.name), len(NON_STRICT)) for t in run.targets]
+    head = "  ".join(f"{t.name:<{w}}" for t, w in zip(run.targets, widths, strict=True))
+    lines.append(f"{'check':<{id_width}}  {'level':<6}  {head}")
+    for check in run.checks:
+        cells = []
+        for target, width in zip(run.targets, widths, strict=True):
+            verdict = target.result(check).verdict
+            cells.append(paint(verdict, f"{verdict:<{width}}", colour))
+        lines.append(f"{check.id:<{id_width}}  {check.level.value:<6}  {'  '.join(cells)}")
+    return [line.rstrip() for line in lines]

@@ -1,0 +1,186 @@
+"""Hypothesis strategies for scenarios (plural nouns, keyword-only bounds).
+
+They shrink bottom-up: a failing scenario shrinks toward fewer connections,
+fewer steps, smaller payloads (a large payload is drawn as a size and a seed,
+so its size shrinks directly) and fewer, larger writes (an empty chunking is
+one write).
+
+:data:`LIMITS` sizes them per profile (``ci``, ``default``, ``thorough``);
+:func:`limits` gives the one in force.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from conformance.scenario import (
+    HalfClose,
+    Pause,
+    Read,
+    Reconnect,
+    Reset,
+    Scenario,
+    Script,
+    Send,
+    Step,
+    StopReading,
+)
+
+__all__ = [
+    "LIMITS",
+    "Limits",
+    "backpressure_scenarios",
+    "chunkings",
+    "concurrent_scenarios",
+    "payloads",
+    "scenarios",
+    "scripts",
+    "sends",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How big a generated scenario may get."""
+
+    max_payload: int
+    max_connections: int
+    max_steps: int
+
+
+LIMITS: dict[str, Limits] = {
+    "ci": Limits(max_payload=64 * 1024, max_connections=4, max_steps=6),
+    "default": Limits(max_payload=256 * 1024, max_connections=5, max_steps=8),
+    "thorough": Limits(max_payload=8 * 1024 * 1024, max_connections=8, max_steps=12),
+}
+
+_FRAGMENTS = [b"\0", b"\0\0\0\0", b"a", b"\r\n", b"\xff", b"\0\xff", b"\n"]
+
+
+def _seeded(size_and_seed: tuple[int, int]) -> bytes:
+    size, seed = size_and_seed
+    return random.Random(seed).randbytes(size)
+
+
+def payloads(*, min_size: int = 1, max_size: int = 4096) -> st.SearchStrategy[bytes]:
+    """Payloads: small arbitrary bytes, NUL-heavy ones, all 256 byte values, large ones."""
+    small_max = min(max_size, 512)
+    shapes = [
+        st.binary(min_size=min_size, max_size=small_max),
+        st.lists(st.sampled_from(_FRAGMENTS), min_size=max(1, min_size), max_size=small_max // 4)
+        .map(b"".join)
+        .filter(lambda b: min_size <= len(b) <= max_size),
+    ]
+    if max_size >= 256:
+        shapes.append(st.permutations(list(range(256))).map(bytes))
+    if max_size > small_max:
+        shapes.append(
+            st.tuples(st.integers(min_size, max_size), st.integers(0, 2**16)).map(_seeded)
+        )
+    return st.one_of(shapes)
+
+
+def chunkings(*, max_chunk: int = 4096, max_writes: int = 8) -> st.SearchStrategy[tuple[int, ...]]:
+    """Sizes of successive writes (cycled); the empty tuple is one write of everything."""
+    return st.lists(st.integers(1, max_chunk), max_size=max_writes).map(tuple)
+
+
+#: At most this many writes per send: a large payload in 1-byte writes would
+#: measure the client's speed, not the server's behaviour.
+MAX_WRITES = 512
+
+
+def _send(data: bytes, chunks: tuple[int, ...]) -> Send:
+    floor = -(-len(data) // MAX_WRITES)
+    return Send(data, tuple(max(c, floor) for c in chunks))
+
+
+def sends(*, max_payload: int = 4096) -> st.SearchStrategy[Send]:
+    """A send of one payload in some chunking (at most :data:`MAX_WRITES` writes)."""
+    return st.builds(_send, payloads(max_size=max_payload), chunkings())
+
+
+def _middle_steps(limits: Limits) -> st.SearchStrategy[Step]:
+    return st.one_of(
+        sends(max_payload=limits.max_payload),
+        st.integers(0, 30).map(lambda ms: Pause(ms / 1000)),
+        st.sampled_from([1, 7, 64, 1024, 65536]).map(Read),
+        st.integers(10, 300).map(lambda ms: StopReading(ms / 1000)),
+        st.just(Reconnect()),
+    )
+
+
+def scripts(
+    *, limits: Limits, half_close: bool = False, reset: bool = False
+) -> st.SearchStrategy[Script]:
+    """What one connection does; it may end in a half-close or a reset when allowed."""
+    endings: list[tuple[Step, ...]] = [()]
+    if half_close:
+        endings.append((HalfClose(),))
+    if reset:
+        endings.append((Reset(),))
+    return st.builds(
+        lambda middle, end, rcvbuf: Script(tuple(middle) + end, rcvbuf),
+        st.lists(_middle_steps(limits), max_size=limits.max_steps),
+        st.sampled_from(endings),
+        st.sampled_from([None, 4096]),
+    )
+
+
+def scenarios(
+    *, limits: Limits, half_close: bool = False, reset: bool = False
+) -> st.SearchStrategy[Scenario]:
+    """Scenarios of 1 to ``limits.max_connections`` connections at once."""
+    return (
+        st.lists(
+            scripts(limits=limits, half_close=half_close, reset=reset),
+            min_size=1,
+            max_size=limits.max_connections,
+        )
+        .map(tuple)
+        .map(Scenario)
+    )
+
+
+def concurrent_scenarios(*, limits: Limits) -> st.SearchStrategy[Scenario]:
+    """Several connections at once, each sending bursts in many small writes, no pauses.
+
+    Data is in flight both ways on every connection at once, and one send
+    reaches the server as several readiness events: the scenarios that break a
+    server that hands two chunks of one connection to two workers.
+    """
+    burst = st.builds(
+        _send,
+        payloads(min_size=64, max_size=max(64, limits.max_payload)),
+        st.lists(st.integers(1, 512), min_size=1, max_size=8).map(tuple),
+    )
+    script = st.lists(burst, min_size=1, max_size=limits.max_steps).map(
+        lambda steps: Script(tuple(steps))
+    )
+    return st.lists(script, min_size=2, max_size=max(2, limits.max_connections)).map(
+        lambda scripts: Scenario(tuple(scripts))
+    )
+
+
+def backpressure_scenarios(
+    *, min_bulk: int = 4 * 1024 * 1024, max_bulk: int = 8 * 1024 * 1024
+) -> st.SearchStrategy[Scenario]:
+    """A client with a tiny window stops reading while it sends more than socket buffers hold.
+
+    The server's ``send`` must return short (Linux grows a loopback send buffer
+    to about 4 MiB), so a server that ignores a short send loses bytes here.
+    """
+    bulk = st.tuples(st.integers(min_bulk, max_bulk), st.integers(0, 2**16)).map(_seeded)
+    script = st.builds(
+        lambda stop, data, chunks, read: Script(
+            (StopReading(stop / 1000), Send(data, chunks), Read(read)), rcvbuf=4096
+        ),
+        st.integers(100, 400),
+        bulk,
+        st.lists(st.integers(1024, 262144), max_size=3).map(tuple),
+        st.sampled_from([4096, 65536]),
+    )
+    return st.lists(script, min_size=1, max_size=2).map(lambda s: Scenario(tuple(s)))
