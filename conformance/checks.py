@@ -32,7 +32,16 @@ from conformance.oracle import EchoOracle, OracleFactory, Status
 from conformance.report import render_failure
 from conformance.target import Address
 
-__all__ = ["Check", "CheckBody", "Level", "Outcome", "Setup", "liveness", "run_check"]
+__all__ = [
+    "first_failure",
+    "Check",
+    "CheckBody",
+    "Level",
+    "Outcome",
+    "Setup",
+    "liveness",
+    "run_check",
+]
 
 
 class Level(enum.Enum):
@@ -146,7 +155,7 @@ def run_check(check: Check, setup: Setup) -> Outcome:
     try:
         trio.run(_main, check, harness)
     except BaseException as exc:  # An exception group from a nursery, or one failure.
-        failure = _first_failure(exc)
+        failure = first_failure(exc)
         if failure is None:
             raise
     duration = time.monotonic() - start
@@ -177,13 +186,13 @@ async def _main(check: Check, harness: Harness) -> None:
         harness.close_all()
 
 
-def _first_failure(exc: BaseException) -> CheckFailure | None:
+def first_failure(exc: BaseException) -> CheckFailure | None:
     """The first CheckFailure in ``exc``, looking inside exception groups."""
     if isinstance(exc, CheckFailure):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _first_failure(inner)
+            found = first_failure(inner)
             if found is not None:
                 return found
     return None

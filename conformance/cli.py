@@ -55,26 +55,13 @@ from conformance.results import (
 )
 from conformance.selection import select_checks, split_list
 from conformance.target import REFERENCE_MODELS, RunningTarget, TargetSpec, start_target
-from reference.cli import ArgumentParser, add_model_parsers, serve
+from reference.cli import ArgumentParser, add_model_parsers, at_least, serve
 
 __all__ = ["build_parser", "main"]
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_count = at_least(0)
+_positive = at_least(1)
 
 
 def _workers(text: str) -> str:

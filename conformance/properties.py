@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky, InvalidArgument
 
-from conformance.checks import Check, Level, liveness
+from conformance.checks import Check, Level, first_failure, liveness
 from conformance.harness import CheckFailure, Connection, Divergence, Harness
 from conformance.scenario import (
     HalfClose,
@@ -271,21 +271,10 @@ def _run_example(h: Harness, scenario: Scenario, check_liveness: bool) -> None:
     try:
         trio.run(main)
     except BaseExceptionGroup as group:
-        found = _first_failure(group)
+        found = first_failure(group)
         if found is None:
             raise
         raise found from None
-
-
-def _first_failure(exc: BaseException) -> CheckFailure | None:
-    if isinstance(exc, CheckFailure):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_failure(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _save(scenario: Scenario) -> Path:

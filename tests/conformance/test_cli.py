@@ -159,7 +159,7 @@ def test_run_server_that_never_listens_exits_3_with_one_line() -> None:
         (["-n", "many"], "or 'auto'"),
         (["--reference", "bogus"], "unknown reference model 'bogus'"),
         (["--oracle", "no_such_module_xyz:Oracle"], "cannot import"),
-        (["-n", "-1"], "must be 0 or more"),
+        (["-n", "-1"], "must be at least 0"),
     ],
 )
 def test_run_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:
