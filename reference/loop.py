@@ -115,6 +115,7 @@ class EventLoop:
         self._timer_seq = itertools.count()
         self._thread_id: int | None = None
         self._stopping = False
+        self._wakeup_armed = False  # a wakeup byte is on its way for this turn
         self._closed = False
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
@@ -171,7 +172,13 @@ class EventLoop:
             self._pending.append(lambda: callback(*args))
         else:
             self._pending.append(callback)
-        self._wakeup()
+        # Append first, then look at the flag: the loop clears the flag before
+        # it takes the callbacks, so either it takes this one in the turn it is
+        # in, or the flag is clear and this call wakes it. One wakeup byte per
+        # turn, not one per call.
+        if not self._wakeup_armed:
+            self._wakeup_armed = True
+            self._wakeup()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback()`` on the loop thread after ``delay`` seconds.
@@ -230,6 +237,7 @@ class EventLoop:
                         log.exception("%s: callback for fd %d failed", self.name, fd)
                 if self._timers:
                     self._run_due_timers()
+                self._wakeup_armed = False
                 for _ in range(len(pending)):
                     callback_ = pending.popleft()
                     try:

@@ -31,6 +31,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 from reference.connection import Connection
 from reference.handler import Handler, HandlerFactory, Transport
@@ -108,7 +109,7 @@ class Strand:
         on_idle: Called on the worker when the strand has run dry.
     """
 
-    __slots__ = ("_pool", "_on_idle", "_lock", "_tasks", "_scheduled")
+    __slots__ = ("_pool", "_on_idle", "_lock", "_tasks", "_scheduled", "_running")
 
     def __init__(self, pool: WorkerPool, on_idle: Task) -> None:
         self._pool = pool
@@ -116,6 +117,7 @@ class Strand:
         self._lock = threading.Lock()
         self._tasks: deque[Task] = deque()
         self._scheduled = False
+        self._running = 0  # 1 while a worker runs one of its tasks
 
     def post(self, task: Task) -> int:
         """Add ``task`` after the others. Any thread; never blocks.
@@ -135,21 +137,26 @@ class Strand:
     def waiting(self) -> int:
         """How many tasks are posted and not yet finished. Any thread."""
         with self._lock:
-            return len(self._tasks)  # The running task leaves the deque when it ends.
+            return len(self._tasks) + self._running
 
     def _run(self) -> None:
+        tasks = self._tasks
+        lock = self._lock
         for _ in range(_BATCH):
-            with self._lock:
-                if not self._tasks:
+            with lock:
+                if not tasks:
                     self._scheduled = False
+                    self._running = 0
                     break
-                task = self._tasks[0]
+                task = tasks.popleft()
+                self._running = 1
             try:
                 task()
-            finally:
-                with self._lock:
-                    self._tasks.popleft()
+            except Exception:  # The strand must go on with the next task.
+                log.exception("strand task failed")
         else:
+            with lock:
+                self._running = 0
             self._pool.submit(self._run)  # More to do: let other strands have a turn.
             return
         self._on_idle()
@@ -184,7 +191,7 @@ class PooledHandler:
         self._post(lambda: self._inner.connection_made(transport))
 
     def data_received(self, data: bytes) -> None:
-        waiting = self._post(lambda: self._inner.data_received(data))
+        waiting = self._strand.post(partial(self._run_data, data))
         if not self._paused and (
             waiting > self._max_waiting or self._pool.backlog() > self._pool.max_backlog
         ):
@@ -237,12 +244,23 @@ class PooledHandler:
             try:
                 call()
             except Exception as exc:
-                self._failed = True
-                log.exception("%r: handler failed, closing the connection", self._conn)
-                if self._conn is not None:
-                    self._conn.loop.call_soon_threadsafe(self._conn.abort, exc)
+                self._fail(exc)
 
         return self._strand.post(task)
+
+    def _run_data(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            self._inner.data_received(data)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self._failed = True
+        log.exception("%r: handler failed, closing the connection", self._conn)
+        if self._conn is not None:
+            self._conn.loop.call_soon_threadsafe(self._conn.abort, exc)
 
     def _run_eof(self) -> None:
         if not self._inner.eof_received():
