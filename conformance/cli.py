@@ -42,6 +42,7 @@ from conformance.errors import (
     TargetError,
     UsageError,
 )
+from conformance.invoke import run_pytest
 from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
 from conformance.oracle import load_oracle
 from conformance.results import (
@@ -399,14 +400,9 @@ def _run_pytest(
     import pytest
 
     argv = [
-        "-p", "conformance.plugin",
         "-p", "no:cacheprovider",
-        # pytest-benchmark, where installed, warns under xdist; nothing here is a benchmark.
-        "-p", "no:benchmark",
         # This command prints its own progress and summary.
         "-p", "no:terminal",
-        "-c", os.devnull,
-        "--rootdir", os.getcwd(),
         "--pyargs", "conformance",
         "--oracle", args.oracle,
         "--checks", ",".join(c.id for c in checks),
@@ -445,7 +441,7 @@ def _run_pytest(
             f"({running.spec.describe()}) at {running.address}"
         )
     sys.stdout.flush()
-    code = pytest.main(argv, plugins=[front])
+    code = run_pytest(argv, plugins=[front])
     results = front.results()
     if code == EXIT_UNREACHABLE:
         return _error("target unreachable: a target stopped accepting connections", code)
