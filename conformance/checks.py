@@ -24,12 +24,14 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from conformance.harness import CheckFailure, Harness, StepTimeout
-from conformance.oracle import EchoOracle, OracleFactory, Status
-from conformance.report import render_failure
+from conformance.oracle import EchoOracle, OracleFactory
+from conformance.profiles import DEFAULT, Profile
+from conformance.report import FailureReport
 from conformance.target import Address
 
 __all__ = [
@@ -94,12 +96,16 @@ class Setup:
         server_pid: The target's process when the suite started it, else None.
         replay: The command that reruns a check, without ``--checks``;
             default: ``reactor-conformance run --target ADDRESS``.
+        profile: How hard the property checks search.
+        scenario: A saved scenario the property checks replay instead.
     """
 
     address: Address
     oracle: OracleFactory = EchoOracle
     server_pid: int | None = None
     replay: str | None = None
+    profile: Profile = DEFAULT
+    scenario: Path | None = None
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
@@ -109,23 +115,26 @@ class Setup:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result of one check.
+    """The result of one check, before the run's strictness makes it a verdict.
 
     Attributes:
         check: The check.
-        status: PASS or FAIL.
-        report: Empty for a pass; the bug report for a failure.
+        failure: None when the server behaved; else the bug report.
         duration: Seconds it took.
     """
 
     check: Check
-    status: Status
-    report: str
+    failure: FailureReport | None
     duration: float
 
     @property
     def passed(self) -> bool:
-        return self.status is Status.PASS
+        return self.failure is None
+
+    @property
+    def report(self) -> str:
+        """The bug report as text; empty for a pass."""
+        return self.failure.render() if self.failure is not None else ""
 
     def fails_run(self, strict: bool) -> bool:
         """Whether this outcome fails the run: a failed MUST, or any failure when strict."""
@@ -149,7 +158,13 @@ def run_check(check: Check, setup: Setup) -> Outcome:
     Returns:
         PASS, or FAIL with a bug report.
     """
-    harness = Harness(setup.address, setup.oracle, server_pid=setup.server_pid)
+    harness = Harness(
+        setup.address,
+        setup.oracle,
+        server_pid=setup.server_pid,
+        profile=setup.profile,
+        scenario=setup.scenario,
+    )
     start = time.monotonic()
     failure: CheckFailure | None = None
     try:
@@ -160,15 +175,15 @@ def run_check(check: Check, setup: Setup) -> Outcome:
             raise
     duration = time.monotonic() - start
     if failure is None:
-        return Outcome(check, Status.PASS, "", duration)
-    report = render_failure(
+        return Outcome(check, None, duration)
+    report = FailureReport.build(
         check_line=f"{check.id} ({check.level.value}, {check.category}; {check.spec}): "
         f"{check.title}",
         failure=failure,
         transcripts=harness.transcripts,
         replay=setup.replay_command(check),
     )
-    return Outcome(check, Status.FAIL, report, duration)
+    return Outcome(check, report, duration)
 
 
 async def _main(check: Check, harness: Harness) -> None:

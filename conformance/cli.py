@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from conformance import __version__
-from conformance.catalogue import CATALOGUE, CATEGORIES
-from conformance.checks import Check
+from conformance.catalogue import CATALOGUE
 from conformance.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -44,18 +42,25 @@ from conformance.errors import (
 )
 from conformance.invoke import run_pytest
 from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
-from conformance.oracle import load_oracle
+from conformance.plugin import CHECK_PROPERTY, TARGET_PROPERTY
 from conformance.results import (
-    FAIL,
-    NON_STRICT,
     RunResults,
+    Verdict,
     format_counts,
     format_table,
     paint,
     use_colour,
 )
-from conformance.selection import select_checks, split_list
-from conformance.target import REFERENCE_MODELS, RunningTarget, TargetSpec, start_target
+from conformance.session import (
+    TARGET_DESTS,
+    Front,
+    PlannedRun,
+    Session,
+    add_options,
+    check_report_path,
+    plan_from_options,
+)
+from conformance.target import TargetSpec, start_target
 from reference.cli import ArgumentParser, add_model_parsers, at_least, serve
 
 __all__ = ["build_parser", "main"]
@@ -74,47 +79,10 @@ def _workers(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{exc}, or 'auto'") from None
 
 
-def add_target_options(
-    parser: argparse.ArgumentParser, *, oracle: bool = True, several: bool = False
-) -> None:
-    """The options that name the server under test: one, or with ``several``, any number."""
-    if several:
-        title = (
-            "targets (repeat any of these to test several side by side; default: reference single)"
-        )
-        action, again = "append", " (repeatable)"
-    else:
-        title = "target (default: the reference single-reactor server)"
-        action, again = "store", ""
-    group = parser.add_argument_group(title)
-    group.add_argument(
-        "--target",
-        action=action,
-        metavar="HOST:PORT",
-        help=f"Test the server listening there{again}",
-    )
-    group.add_argument(
-        "--spawn",
-        action=action,
-        metavar="CMD",
-        help="Start CMD and test it: {port} is replaced by a free port, or CMD prints "
-        f"'listening on HOST:PORT'; it is stopped at the end{again}",
-    )
-    group.add_argument(
-        "--reference",
-        action=action,
-        metavar="MODEL",
-        help=f"Test a reference server: {', '.join(REFERENCE_MODELS)}{again}",
-    )
-    if not oracle:
-        return
-    parser.add_argument(
-        "--oracle",
-        default="echo",
-        metavar="SPEC",
-        help="What the server should answer: echo, discard or package.module:Class "
-        "(default: %(default)s)",
-    )
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """The options that name the one server under test (``load``)."""
+    group = parser.add_argument_group("target (default: the reference single-reactor server)")
+    add_options(group.add_argument, Front.CLI, only=TARGET_DESTS, repeat=False)
 
 
 _RUN_EXAMPLES = """\
@@ -159,30 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_target_options(run_parser, several=True)
-    run_parser.add_argument(
-        "--checks",
-        metavar="ID,...",
-        help="Run only these checks: IDs or patterns such as ECHO-RESET-* (see 'list')",
+    targets = run_parser.add_argument_group(
+        "targets (repeat any of these to test several side by side; default: reference single)"
     )
-    run_parser.add_argument(
-        "--category", metavar="NAME,...", help=f"Run only these: {', '.join(CATEGORIES)}"
-    )
-    run_parser.add_argument(
-        "--strict", action="store_true", help="A failed SHOULD or MAY fails the run"
-    )
-    run_parser.add_argument(
-        "--profile",
-        choices=["ci", "default", "thorough"],
-        default="default",
-        help="Size of the property checks' search: ci (few examples, derandomized), "
-        "default, thorough (many examples, payloads up to 8 MiB) (default: %(default)s)",
-    )
-    run_parser.add_argument(
-        "--scenario",
-        metavar="PATH",
-        help="Property checks replay this saved scenario (JSON) instead of searching",
-    )
+    reports = run_parser.add_argument_group("reports")
+
+    def add(*flags: str, **settings: Any) -> None:
+        dest = settings["dest"]
+        group = targets if dest in TARGET_DESTS else reports if dest.startswith("report_") else None
+        (group or run_parser).add_argument(*flags, **settings)
+
+    add_options(add, Front.CLI)
     run_parser.add_argument(
         "-n",
         "--workers",
@@ -191,11 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|auto",
         help="Run checks in N processes, or one per CPU with 'auto' (pytest-xdist); "
         "0 runs them here (default: 0)",
-    )
-    reports = run_parser.add_argument_group("reports")
-    reports.add_argument("--report-json", metavar="PATH", help="Write the JSON report to PATH")
-    reports.add_argument(
-        "--report-html", metavar="PATH", help="Write the self-contained HTML report to PATH"
     )
     reports.add_argument(
         "--junitxml", metavar="PATH", help="Write a JUnit XML report to PATH (test name: check ID)"
@@ -219,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reactor-conformance load --target 127.0.0.1:7000 --faults reset=1%%,half-close=1%%,"
         "slow-reader=1%%,connect-storm=500 --json",
     )
-    add_target_options(load_parser, oracle=False)
+    add_target_options(load_parser)
     load_parser.add_argument(
         "-c", "--connections", type=_positive, default=50, help="Connections (default: %(default)s)"
     )
@@ -284,175 +234,95 @@ def list_checks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _replay_prefix(spec: TargetSpec, oracle: str, strict: bool, profile: str = "default") -> str:
-    words = ["reactor-conformance", "run", *spec.options()]
-    if oracle != "echo":
-        words += ["--oracle", oracle]
-    if strict:
-        words.append("--strict")
-    if profile != "default":
-        words += ["--profile", profile]
-    return shlex.join(words)
-
-
 def _error(message: str, code: int) -> int:
     print(f"reactor-conformance: {message}", file=sys.stderr)
     return code
 
 
 def run(args: argparse.Namespace) -> int:
-    """``reactor-conformance run``: check the options, start the targets, run pytest."""
-    from conformance.plugin import check_report_path, scenario_file, target_names, target_specs
-
+    """``reactor-conformance run``: the plan, its session, pytest, the summary."""
     try:
-        specs = target_specs(args.target, args.spawn, args.reference)
-        names = target_names(specs)
-        checks = select_checks(split_list(args.checks), split_list(args.category))
-        load_oracle(args.oracle)
-        for option, path in (
-            ("--report-json", args.report_json),
-            ("--report-html", args.report_html),
-            ("--junitxml", args.junitxml),
-        ):
-            check_report_path(path, option)
-        scenario_file(args.scenario)
+        plan = plan_from_options(args, Front.CLI)
+        check_report_path(args.junitxml, "--junitxml")
     except UsageError as exc:
         return _error(f"error: {exc}", EXIT_USAGE)
-    if not checks:
-        return _error("error: no check selected", EXIT_USAGE)
-    started: list[RunningTarget] = []
+    session = Session(plan)
     try:
-        for spec in specs:
-            try:
-                started.append(start_target(spec))
-            except TargetError as exc:
-                return _error(f"target unreachable: {exc}", EXIT_UNREACHABLE)
-        return _run_pytest(args, list(zip(names, started, strict=True)), checks)
+        session.start()
+    except TargetError as exc:
+        return _error(f"target unreachable: {exc}", EXIT_UNREACHABLE)
+    try:
+        return _run_pytest(args, session)
     finally:
-        for running in started:
-            running.stop()
+        session.stop()
 
 
 @dataclass(eq=False)
-class _Front:
-    """A pytest plugin object, in this process only: the progress line, and the results."""
+class _Progress:
+    """A pytest plugin object, in this process only: the progress line on a terminal."""
 
     total: int
-    tty: bool
     colour: bool
-    specs: dict[str, TargetSpec]
     done: int = 0
     failed: int = 0
-    config: Any = None
-    written: list[tuple[str, str]] = field(default_factory=list)
-
-    def pytest_configure(self, config: Any) -> None:
-        self.config = config
-
-    def pytest_sessionstart(self) -> None:
-        """Describe each target as the user named it, not by the address pytest was given."""
-        results = self.results()
-        if results is None:
-            return
-        for target in results.targets:
-            spec = self.specs.get(target.name)
-            if spec is not None:
-                target.kind, target.spec, target.description = (
-                    spec.kind,
-                    spec.value,
-                    spec.describe(),
-                )
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         props = dict(report.user_properties)
-        if "conformance_check" not in props or not (report.when == "call" or report.failed):
+        if CHECK_PROPERTY not in props or not (report.when == "call" or report.failed):
             return
         if report.when == "call":
             self.done += 1
         if report.failed:
             self.failed += 1
-        if self.tty:
-            failed = paint(FAIL, f"{self.failed} failed", self.colour) if self.failed else ""
-            line = (
-                f"[{self.done}/{self.total}] {failed}  {props['conformance_check']} "
-                f"({props.get('conformance_target', '')})"
-            )
-            sys.stderr.write(f"\r\x1b[K{line}")
-            sys.stderr.flush()
+        failed = paint(Verdict.FAIL, f"{self.failed} failed", self.colour) if self.failed else ""
+        line = (
+            f"[{self.done}/{self.total}] {failed}  {props[CHECK_PROPERTY]} "
+            f"({props.get(TARGET_PROPERTY, '')})"
+        )
+        sys.stderr.write(f"\r\x1b[K{line}")
+        sys.stderr.flush()
 
-    def pytest_sessionfinish(self, session: Any) -> None:
-        if self.tty:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-        recorder = session.config.pluginmanager.get_plugin("conformance-recorder")
-        if recorder is not None:
-            self.written = list(recorder.written)
-
-    def results(self) -> RunResults | None:
-        from conformance.plugin import run_results
-
-        return run_results(self.config) if self.config is not None else None
+    def pytest_sessionfinish(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
 
 
-def _run_pytest(
-    args: argparse.Namespace, targets: list[tuple[str, RunningTarget]], checks: list[Check]
-) -> int:
-    import pytest
-
+def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     argv = [
         "-p", "no:cacheprovider",
         # This command prints its own progress and summary.
         "-p", "no:terminal",
         "--pyargs", "conformance",
-        "--oracle", args.oracle,
-        "--checks", ",".join(c.id for c in checks),
         # The suite is imported already (this command); nothing in it relies on assert rewriting.
         "--assert=plain",
     ]  # fmt: skip
-    for name, running in targets:
-        argv += [
-            "--target", str(running.address),
-            "--conformance-name", name,
-            "--conformance-replay",
-            _replay_prefix(running.spec, args.oracle, args.strict, args.profile),
-            "--conformance-server-pid", str(running.pid or 0),
-        ]  # fmt: skip
-    if args.strict:
-        argv.append("--conformance-strict")
-    argv += ["--hypothesis-profile", args.profile]
-    if args.scenario:
-        argv += ["--scenario", args.scenario]
     if args.workers != "0":
         argv += ["-n", args.workers, "--dist", "loadgroup"]
-    for option in ("report_json", "report_html", "junitxml"):
-        path = getattr(args, option)
-        if path:
-            argv += [f"--{option.replace('_', '-')}", path]
-    colour = use_colour(sys.stdout, os.environ)
-    front = _Front(
-        len(checks) * len(targets),
-        sys.stderr.isatty(),
-        use_colour(sys.stderr, os.environ),
-        {name: running.spec for name, running in targets},
-    )
-    for name, running in targets:
+    if args.junitxml:
+        argv += ["--junitxml", args.junitxml]
+    plan = session.plan
+    plugins: list[object] = [PlannedRun(session)]
+    if sys.stderr.isatty():
+        plugins.append(
+            _Progress(len(plan.checks) * len(plan.targets), use_colour(sys.stderr, os.environ))
+        )
+    for target in session.targets:
         print(
-            f"reactor-conformance: {len(checks)} checks against {name} "
-            f"({running.spec.describe()}) at {running.address}"
+            f"reactor-conformance: {len(plan.checks)} checks against {target.name} "
+            f"({target.spec.describe()}) at {target.address}"
         )
     sys.stdout.flush()
-    code = run_pytest(argv, plugins=[front])
-    results = front.results()
-    if code == EXIT_UNREACHABLE:
-        return _error("target unreachable: a target stopped accepting connections", code)
-    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or results is None:
+    code = run_pytest(argv, plugins=plugins)
+    results = session.results
+    if code not in (EXIT_OK, EXIT_FAILED) or results is None:
         return _error(
-            f"error: pytest ended with {code!r}",
-            EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED,
+            f"error: pytest ended with exit code {code}",
+            EXIT_USAGE if code == EXIT_USAGE else EXIT_FAILED,
         )
+    written = list(session.written)
     if args.junitxml:
-        front.written.append(("JUnit", args.junitxml))
-    return _summarise(results, front.written, colour)
+        written.append(("JUnit", args.junitxml))
+    return _summarise(results, written, use_colour(sys.stdout, os.environ))
 
 
 def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool) -> int:
@@ -462,7 +332,7 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     for target in results.targets:
         for check in results.checks:
             result = target.result(check)
-            if result.verdict in (FAIL, NON_STRICT) and result.details:
+            if result.verdict in (Verdict.FAIL, Verdict.NON_STRICT) and result.details:
                 print()
                 heading = f"[{target.name}] " if len(results.targets) > 1 else ""
                 print(heading + result.details)
@@ -474,7 +344,7 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     counts = format_counts(results.totals())
     strict = " (strict)" if results.strict else ""
     line = f"reactor-conformance: {counts} in {results.duration:.1f}s{strict}"
-    print(paint("PASS" if ok else FAIL, line, colour))
+    print(paint(Verdict.PASS if ok else Verdict.FAIL, line, colour))
     for kind, path in written:
         print(f"reactor-conformance: {kind.upper() if kind != 'JUnit' else kind} report: {path}")
     return EXIT_OK if ok else EXIT_FAILED

@@ -33,10 +33,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
 from conformance.oracle import Oracle, OracleFactory, Verdict
+from conformance.profiles import DEFAULT, Profile
 from conformance.target import Address
 
 __all__ = [
@@ -140,6 +142,8 @@ class Harness:
         server_pid: The target's process, when the suite started it (for
             checks that look at its descriptors); None otherwise.
         step_timeout: Default deadline of a step, in seconds.
+        profile: How hard property checks search (:mod:`conformance.profiles`).
+        scenario: A saved scenario that property checks replay instead of searching.
     """
 
     def __init__(
@@ -149,11 +153,15 @@ class Harness:
         *,
         server_pid: int | None = None,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
+        profile: Profile = DEFAULT,
+        scenario: Path | None = None,
     ) -> None:
         self.address = address
         self.oracle_factory = oracle_factory
         self.server_pid = server_pid
         self.step_timeout = step_timeout
+        self.profile = profile
+        self.scenario = scenario
         self.transcripts: list[Transcript] = []
         self.connections: list[Connection] = []
         self.current_step: str | None = None

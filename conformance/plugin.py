@@ -10,13 +10,16 @@ collect, start and add nothing.
 
 When the suite is named:
 
-- ``pytest_configure`` (in the xdist controller, or the only process) starts
-  every target once (:func:`conformance.target.start_target`): ``--target``,
-  ``--spawn`` and ``--reference`` may each be repeated, and are tested side by
-  side. It stops them at the end; a target that cannot be reached ends the run
-  with exit code 3. Under xdist the workers get the targets' addresses from
-  the controller (``pytest_configure_node``), so a spawned server is started
-  once.
+- ``pytest_configure`` turns the options (defined once, in
+  :mod:`conformance.session`) into a run plan, or takes the plan the CLI
+  handed in (:class:`~conformance.session.PlannedRun`), and in the xdist
+  controller (or the only process) starts a
+  :class:`~conformance.session.Session`: it starts every target once
+  (``--target``, ``--spawn`` and ``--reference`` may each be repeated, and
+  are tested side by side) and stops them at the end; a target that cannot be
+  reached ends the run with exit code 3. Under xdist the workers get the plan
+  and the targets from the controller (``pytest_configure_node``), so a
+  spawned server is started once.
 - ``pytest_collect_file`` turns the package's ``__init__.py`` into a
   :class:`CatalogueFile` whose items are the selected checks (with several
   targets, one :class:`TargetNode` per target holds them, so an item's name is
@@ -26,7 +29,8 @@ When the suite is named:
   whatever the scheduler does (:func:`heavy_lock`).
 - A failed MUST (or any failure under ``--conformance-strict``) fails its
   item with the bug report as the failure text. A failed SHOULD or MAY
-  passes with a ``NON-STRICT`` status and its report in the summary.
+  passes with a ``NON-STRICT`` status and its report in the summary. The
+  report itself travels as data (a user property), never as text to parse.
 - The controller's :class:`Recorder` reads every test report as it arrives
   (``pytest_runtest_logreport``: a worker's reports arrive there with their
   user properties) into one :class:`~conformance.results.RunResults`, and at
@@ -39,55 +43,53 @@ When the suite is named:
 from __future__ import annotations
 
 import fcntl
-import functools
-import os
 import re
-import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import conformance
-from conformance.checks import Check, Setup, run_check
+from conformance.checks import Check, run_check
 from conformance.errors import EXIT_UNREACHABLE, TargetError, UsageError
-from conformance.oracle import load_oracle
+from conformance.report import FailureReport
 from conformance.report_html import write_html
 from conformance.report_json import write_json
 from conformance.results import (
-    FAIL,
-    NON_STRICT,
-    PASS,
-    SKIPPED,
     CheckResult,
     RunResults,
-    TargetRun,
+    Verdict,
     format_counts,
     format_table,
 )
-from conformance.selection import select_checks, split_list
-from conformance.target import Address, RunningTarget, TargetSpec, start_target
+from conformance.session import (
+    Front,
+    PlannedRun,
+    Session,
+    add_options,
+    plan_from_options,
+)
+from conformance.target import Address
 
 __all__ = [
+    "CHECK_PROPERTY",
     "HEAVY_GROUP",
     "NONSTRICT",
     "REPORT",
     "CatalogueFile",
     "CheckItem",
     "Recorder",
+    "TARGET_PROPERTY",
     "TargetNode",
-    "check_report_path",
     "heavy_lock",
     "nonstrict_report",
     "run_results",
-    "target_names",
-    "target_specs",
+    "run_session",
 ]
 
 #: The xdist group of checks that must not run at the same time.
@@ -101,105 +103,13 @@ CHECK_PROPERTY = "conformance_check"
 TARGET_PROPERTY = "conformance_target"
 
 _PACKAGE = Path(conformance.__file__).resolve().parent
-_STATE = pytest.StashKey["_State"]()
-_RUNNING = pytest.StashKey[list[dict[str, Any]]]()
-_RESULTS = pytest.StashKey[RunResults]()
-_WORKER_KEY = "conformance_targets"
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:-]+")
-
-
-@dataclass(frozen=True)
-class _State:
-    setups: dict[str, Setup]
-    checks: tuple[Check, ...]
-    strict: bool
+_SESSION = pytest.StashKey[Session]()
+_WORKER_KEY = "conformance_session"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "reactor-conformance (with --pyargs conformance)")
-    group.addoption(
-        "--target",
-        action="append",
-        metavar="HOST:PORT",
-        help="Test the server listening there (repeat to test several side by side)",
-    )
-    group.addoption(
-        "--spawn",
-        action="append",
-        metavar="CMD",
-        help="Start CMD and test it: {port} is replaced by a free port, or CMD prints "
-        "'listening on HOST:PORT' (repeatable)",
-    )
-    group.addoption(
-        "--reference",
-        action="append",
-        metavar="MODEL",
-        help="Test a reference server: single, pool or multi (repeatable; default: single)",
-    )
-    group.addoption(
-        "--oracle",
-        default="echo",
-        metavar="SPEC",
-        help="What the server should answer: echo, discard or package.module:Class "
-        "(default: %(default)s)",
-    )
-    group.addoption(
-        "--checks", metavar="ID,...", help="Run only these checks: IDs or patterns (ECHO-RESET-*)"
-    )
-    group.addoption("--category", metavar="NAME,...", help="Run only these categories")
-    group.addoption(
-        "--conformance-strict",
-        action="store_true",
-        help="A failed SHOULD or MAY fails its test",
-    )
-    group.addoption("--report-json", metavar="PATH", help="Write the JSON report to PATH")
-    group.addoption(
-        "--report-html", metavar="PATH", help="Write the self-contained HTML report to PATH"
-    )
-    group.addoption(
-        "--conformance-replay",
-        action="append",
-        metavar="CMD",
-        help="Command that reruns a check, without --checks, one per target in order "
-        "(reactor-conformance run sets it)",
-    )
-    group.addoption(
-        "--conformance-server-pid",
-        action="append",
-        type=int,
-        metavar="PID",
-        help="Process of each target (0: unknown), for the descriptor-leak check",
-    )
-    group.addoption(
-        "--scenario",
-        metavar="PATH",
-        help="Property checks replay this saved scenario (JSON) instead of searching",
-    )
-    group.addoption(
-        "--conformance-name",
-        action="append",
-        metavar="NAME",
-        help="Name of each target in the reports, in order (default: from the target)",
-    )
-
-
-def scenario_file(path: str | None) -> Path | None:
-    """The saved scenario at ``path``, checked; None when no path is given.
-
-    Raises:
-        UsageError: It cannot be read, or is not a scenario.
-    """
-    if path is None:
-        return None
-    from conformance.scenario import from_json
-
-    try:
-        from_json(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read scenario {path!r}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: {exc}") from None
-    return Path(path)
+    add_options(group.addoption, Front.PYTEST)
 
 
 def _names_suite(config: pytest.Config) -> bool:
@@ -217,85 +127,16 @@ def _names_suite(config: pytest.Config) -> bool:
     return False
 
 
-def target_specs(
-    targets: list[str] | None, spawns: list[str] | None, references: list[str] | None
-) -> list[TargetSpec]:
-    """The targets named by repeated options: addresses, then commands, then models.
-
-    Raises:
-        UsageError: One of them is malformed.
-    """
-    specs = [TargetSpec.from_options(t, None, None) for t in targets or []]
-    specs += [TargetSpec.from_options(None, s, None) for s in spawns or []]
-    specs += [TargetSpec.from_options(None, None, r) for r in references or []]
-    return specs or [TargetSpec.default()]
-
-
-def _short_name(spec: TargetSpec) -> str:
-    if spec.kind == "address":
-        return spec.value
-    if spec.kind == "reference":
-        return f"reference-{spec.value}"
-    words = shlex.split(spec.value)
-    scripts = [w for w in words[1:] if not w.startswith("-") and "." in os.path.basename(w)]
-    word = scripts[0] if scripts and os.path.basename(words[0]).startswith("python") else words[0]
-    return Path(word).stem or "spawned"
-
-
-def target_names(specs: list[TargetSpec], given: list[str] | None = None) -> list[str]:
-    """A short name per target, unique in the run, safe in a pytest node ID.
-
-    Args:
-        specs: The targets.
-        given: Names the user chose, one per target, or None.
-
-    Raises:
-        UsageError: ``given`` does not name every target once.
-    """
-    if given:
-        if len(given) != len(specs):
-            raise UsageError(
-                f"{len(given)} --conformance-name for {len(specs)} targets: give one per target"
-            )
-        raw = given
-    else:
-        raw = [_short_name(s) for s in specs]
-    names: list[str] = []
-    for name in raw:
-        clean = _NAME_CHARS.sub("_", name).strip("_") or "target"
-        unique, n = clean, 2
-        while unique in names:
-            unique, n = f"{clean}-{n}", n + 1
-        names.append(unique)
-    return names
-
-
-def _per_target(values: list[Any] | None, count: int, option: str) -> list[Any]:
-    if not values:
-        return [None] * count
-    if len(values) != count:
-        raise UsageError(f"{len(values)} {option} for {count} targets: give one per target")
-    return values
-
-
-def check_report_path(value: str | None, option: str) -> str | None:
-    """``value``, when it can name a report file to write.
-
-    Raises:
-        UsageError: Its directory does not exist, or it is a directory.
-    """
-    if value is None:
-        return None
-    parent = Path(value).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {value}: the directory {parent} does not exist")
-    if Path(value).is_dir():
-        raise UsageError(f"{option} {value}: a directory; give a file name")
-    return value
+def _planned(config: pytest.Config) -> PlannedRun | None:
+    for plugin in config.pluginmanager.get_plugins():
+        if isinstance(plugin, PlannedRun):
+            return plugin
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     opt = config.option
+    planned = _planned(config)
     if not _names_suite(config):
         if opt.target or opt.spawn or opt.reference or opt.report_json or opt.report_html:
             raise pytest.UsageError(
@@ -304,108 +145,55 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         return
     config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
-    from conformance import properties  # Hypothesis is imported only for the suite's runs.
+    from conformance import properties  # noqa: F401  Hypothesis' profiles, for the suite only.
 
-    try:
-        checks = tuple(select_checks(split_list(opt.checks), split_list(opt.category)))
-        oracle = load_oracle(opt.oracle)
-        specs = target_specs(opt.target, opt.spawn, opt.reference)
-        names = target_names(specs, opt.conformance_name)
-        replays = _per_target(opt.conformance_replay, len(specs), "--conformance-replay")
-        pids = _per_target(opt.conformance_server_pid, len(specs), "--conformance-server-pid")
-        check_report_path(opt.report_json, "--report-json")
-        check_report_path(opt.report_html, "--report-html")
-        properties.set_replay(scenario_file(opt.scenario))
-    except UsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    # Hypothesis' own option picks the size of the property checks' search too.
-    profile = getattr(opt, "hypothesis_profile", None)
-    if profile in properties.PROFILES:
-        properties.set_profile(profile)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
-        infos: list[dict[str, Any]] = workerinput[_WORKER_KEY]
+        config.stash[_SESSION] = Session.for_worker(workerinput[_WORKER_KEY])
+        return
+    if planned is not None:
+        session = planned.session
     else:
-        infos = []
-        for spec, name, replay, pid in zip(specs, names, replays, pids, strict=True):
-            try:
-                running = start_target(spec)
-            except TargetError as exc:
-                pytest.exit(f"target unreachable: {exc}", returncode=EXIT_UNREACHABLE)
-            config.add_cleanup(functools.partial(_stop, running))
-            info = _describe(running, spec, name, replay, opt.oracle)
-            info["pid"] = pid or running.pid
-            infos.append(info)
-        config.stash[_RUNNING] = infos
-        results = RunResults(
-            list(checks),
-            [
-                TargetRun(
-                    info["name"],
-                    info["kind"],
-                    info["spec"],
-                    f"{Address(info['host'], info['port'])}",
-                    info["description"],
-                    replay=info["replay"],
-                )
-                for info in infos
-            ],
-            strict=bool(opt.conformance_strict),
-            oracle=opt.oracle,
-        )
-        config.stash[_RESULTS] = results
-        config.pluginmanager.register(Recorder(config, results), "conformance-recorder")
-    setups = {
-        info["name"]: Setup(
-            Address(info["host"], info["port"]),
-            oracle,
-            server_pid=info["pid"],
-            replay=info["replay"],
-        )
-        for info in infos
-    }
-    config.stash[_STATE] = _State(setups, checks, bool(opt.conformance_strict))
+        try:
+            plan = plan_from_options(
+                opt, Front.PYTEST, hypothesis_profile=getattr(opt, "hypothesis_profile", None)
+            )
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        session = Session(plan)
+        try:
+            session.start()
+        except TargetError as exc:
+            pytest.exit(f"target unreachable: {exc}", returncode=EXIT_UNREACHABLE)
+        config.add_cleanup(session.stop)
+    config.stash[_SESSION] = session
+    assert session.results is not None
+    config.pluginmanager.register(Recorder(session, config), "conformance-recorder")
 
 
-def _describe(
-    running: RunningTarget, spec: TargetSpec, name: str, replay: str | None, oracle: str
-) -> dict[str, Any]:
-    if replay is None:
-        options = " ".join(shlex.quote(o) for o in spec.options())
-        extra = f" --oracle {shlex.quote(oracle)}" if oracle != "echo" else ""
-        replay = f"pytest --pyargs conformance {options}{extra}"
-    return {
-        "name": name,
-        "kind": spec.kind,
-        "spec": spec.value,
-        "description": spec.describe(),
-        "host": running.address.host,
-        "port": running.address.port,
-        "replay": replay,
-    }
-
-
-def _stop(running: RunningTarget) -> None:
-    running.stop()
+def run_session(config: pytest.Config) -> Session | None:
+    """The session of this run, or None (no suite)."""
+    return config.stash.get(_SESSION, None)
 
 
 def run_results(config: pytest.Config) -> RunResults | None:
     """The results the controller gathered in this run, or None (a worker, or no suite)."""
-    return config.stash.get(_RESULTS, None)
+    session = run_session(config)
+    return session.results if session is not None else None
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """xdist: hand the controller's targets to each worker."""
-    infos = node.config.stash.get(_RUNNING, None)
-    if infos is not None:
-        node.workerinput[_WORKER_KEY] = infos
+    session = run_session(node.config)
+    if session is not None:
+        node.workerinput[_WORKER_KEY] = session.to_worker()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.name != "__init__.py" or file_path.resolve().parent != _PACKAGE:
         return None
-    if _STATE not in parent.config.stash:
+    if _SESSION not in parent.config.stash:
         return None
     collector: CatalogueFile = CatalogueFile.from_parent(parent, path=file_path)
     return collector
@@ -447,22 +235,21 @@ class CatalogueFile(pytest.File):
     """The catalogue, as a pytest collector: one item per selected check and target."""
 
     def collect(self) -> Iterator[CheckItem | TargetNode]:
-        state = self.config.stash[_STATE]
-        if len(state.setups) == 1:
-            (name,) = state.setups
-            for check in state.checks:
-                yield CheckItem.from_parent(self, name=check.id, check=check, target=name)
+        session = self.config.stash[_SESSION]
+        if len(session.targets) == 1:
+            (target,) = session.targets
+            for check in session.plan.checks:
+                yield CheckItem.from_parent(self, name=check.id, check=check, target=target.name)
             return
-        for name in state.setups:
-            yield TargetNode.from_parent(self, name=name)
+        for target in session.targets:
+            yield TargetNode.from_parent(self, name=target.name)
 
 
 class TargetNode(pytest.Collector):
     """The checks against one target, when a run has several."""
 
     def collect(self) -> Iterator[CheckItem]:
-        state = self.config.stash[_STATE]
-        for check in state.checks:
+        for check in self.config.stash[_SESSION].plan.checks:
             yield CheckItem.from_parent(self, name=check.id, check=check, target=self.name)
 
 
@@ -484,18 +271,18 @@ class CheckItem(pytest.Item):
             self.add_marker(pytest.mark.xdist_group(HEAVY_GROUP))
 
     def runtest(self) -> None:
-        state = self.config.stash[_STATE]
-        setup = state.setups[self.target]
+        session = self.config.stash[_SESSION]
+        setup = session.setup(self.target)
         with heavy_lock(setup.address) if self.check.heavy else nullcontext():
             self.user_properties.append(("conformance_started", f"{time.time():.6f}"))
             outcome = run_check(self.check, setup)
             self.user_properties.append(("conformance_finished", f"{time.time():.6f}"))
-        if outcome.passed:
+        if outcome.failure is None:
             return
-        if outcome.fails_run(state.strict):
-            self.user_properties.append((REPORT, outcome.report))
+        if outcome.fails_run(session.plan.strict):
+            self.user_properties.append((REPORT, outcome.failure.to_data()))
             raise CheckFailed(outcome.report)
-        self.user_properties.append((NONSTRICT, outcome.report))
+        self.user_properties.append((NONSTRICT, outcome.failure.to_data()))
 
     def repr_failure(
         self,
@@ -511,11 +298,11 @@ class CheckItem(pytest.Item):
         return self.path, None, f"{self.check.id} [{level}] {self.check.title}"
 
 
-def nonstrict_report(report: pytest.TestReport) -> str | None:
-    """The report of a failed SHOULD or MAY that did not fail the run, if any."""
+def nonstrict_report(report: pytest.TestReport) -> FailureReport | None:
+    """The bug report of a SHOULD or MAY that failed without failing the run, if any."""
     for key, value in report.user_properties:
         if key == NONSTRICT:
-            return str(value)
+            return FailureReport.from_data(value)
     return None
 
 
@@ -529,11 +316,13 @@ def _skip_reason(report: pytest.TestReport) -> str:
 class Recorder:
     """On the controller: turns each check's reports into results, and writes the reports."""
 
-    def __init__(self, config: pytest.Config, results: RunResults) -> None:
+    def __init__(self, session: Session, config: pytest.Config) -> None:
+        assert session.results is not None
+        self.session = session
         self.config = config
-        self.results = results
-        self.checks = {c.id: c for c in results.checks}
-        self.written: list[tuple[str, str]] = []
+        self.results: RunResults = session.results
+        self.checks = {c.id: c for c in self.results.checks}
+        self.written = session.written
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -547,24 +336,30 @@ class Recorder:
         target = str(props.get(TARGET_PROPERTY, ""))
         run = self.results.target(target)
         replay = run.replay_of(check) if run is not None else ""
+        failure: FailureReport | None = None
+        reason = ""
         if report.when == "call" and report.passed:
-            nonstrict = nonstrict_report(report)
-            verdict, details = (NON_STRICT, nonstrict) if nonstrict is not None else (PASS, "")
+            failure = nonstrict_report(report)
+            verdict = Verdict.NON_STRICT if failure is not None else Verdict.PASS
         elif report.failed:
-            verdict, details = FAIL, str(props.get(REPORT, report.longreprtext))
+            verdict = Verdict.FAIL
+            if REPORT in props:
+                failure = FailureReport.from_data(props[REPORT])
+            else:
+                reason = report.longreprtext  # Not the server's doing: the suite's own error.
         elif report.skipped:
-            verdict, details = SKIPPED, _skip_reason(report)
+            verdict, reason = Verdict.SKIPPED, _skip_reason(report)
         else:
             return  # A setup or teardown that passed.
-        result = CheckResult(check, verdict, report.duration, details, replay)
+        result = CheckResult(check, verdict, report.duration, failure, reason, replay)
         self.results.record(target, result)
 
     def pytest_sessionfinish(self) -> None:
         self.results.finished = time.time()
-        opt = self.config.option
+        plan = self.session.plan
         for kind, path, write in (
-            ("json", opt.report_json, write_json),
-            ("html", opt.report_html, write_html),
+            ("json", plan.report_json, write_json),
+            ("html", plan.report_html, write_html),
         ):
             if path is None:
                 continue
@@ -608,4 +403,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     terminalreporter.section("failed SHOULD and MAY checks (non-strict)", sep="=")
     for report in reports:
-        terminalreporter.write_line(nonstrict_report(report) or "")
+        failure = nonstrict_report(report)
+        if failure is not None:
+            terminalreporter.write_line(failure.render())

@@ -15,10 +15,10 @@ check replays exactly that scenario when ``--scenario FILE`` is given.
 The search runs on a worker thread with its own ``trio.run`` per example,
 since the check itself already runs inside trio.
 
-Profiles size the search: ``ci`` (derandomized, few examples, small
-payloads), ``default`` and ``thorough`` (many more examples, payloads up to 8
-MiB). :func:`set_profile` picks one; the plugin calls it for
-``--hypothesis-profile`` and the CLI for ``--profile``.
+The run's :class:`~conformance.profiles.Profile` sizes the search, and a
+scenario saved by an earlier run (``--scenario FILE``) replaces it; both come
+with the harness the check runs in (``Harness.profile``,
+``Harness.scenario``), from the run plan.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from hypothesis.errors import Flaky, InvalidArgument
 
 from conformance.checks import Check, Level, first_failure, liveness
 from conformance.harness import CheckFailure, Connection, Divergence, Harness
+from conformance.profiles import PROFILES, Limits
 from conformance.scenario import (
     HalfClose,
     Pause,
@@ -54,67 +55,15 @@ from conformance.scenario import (
     to_json,
 )
 from conformance.strategies import (
-    LIMITS,
-    Limits,
     backpressure_scenarios,
     concurrent_scenarios,
     scenarios,
 )
 
 __all__ = [
-    "PROFILES",
     "PROPERTY_CHECKS",
     "interpret",
-    "limits",
-    "profile",
-    "replay_file",
-    "set_profile",
-    "set_replay",
 ]
-
-#: Hypothesis settings of each profile (besides what every search uses).
-PROFILES: dict[str, dict[str, Any]] = {
-    "ci": {"max_examples": 20, "derandomize": True},
-    "default": {"max_examples": 60},
-    "thorough": {"max_examples": 400},
-}
-
-#: Per profile: the deadline of each step of a scenario, and how long shrinking
-#: may go on before the smallest failing scenario found so far is reported.
-_STEP_TIMEOUT = {"ci": 2.0, "default": 3.0, "thorough": 10.0}
-_SHRINK_SECONDS = {"ci": 30.0, "default": 60.0, "thorough": 150.0}
-
-_state: dict[str, Any] = {"profile": "default", "replay": None}
-
-
-def set_profile(name: str) -> None:
-    """Use profile ``name`` for the searches from now on.
-
-    Raises:
-        ValueError: No such profile.
-    """
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}: choose among {', '.join(PROFILES)}")
-    _state["profile"] = name
-
-
-def profile() -> str:
-    """The profile in force."""
-    return str(_state["profile"])
-
-
-def limits() -> Limits:
-    """The scenario size limits of the profile in force."""
-    return LIMITS[profile()]
-
-
-def set_replay(path: Path | None) -> None:
-    """Replay the scenario saved at ``path`` instead of searching (None: search)."""
-    _state["replay"] = path
-
-
-def replay_file() -> Path | None:
-    return _state["replay"]  # type: ignore[no-any-return]
 
 
 def _register_profiles() -> None:
@@ -123,7 +72,7 @@ def _register_profiles() -> None:
         try:
             settings.get_profile(name)
         except InvalidArgument:
-            settings.register_profile(name, **PROFILES[name])
+            settings.register_profile(name, **PROFILES[name].hypothesis_settings())
 
 
 _register_profiles()
@@ -249,7 +198,8 @@ def _fresh(template: Harness) -> Harness:
         template.address,
         template.oracle_factory,
         server_pid=template.server_pid,
-        step_timeout=_STEP_TIMEOUT[profile()],
+        step_timeout=template.profile.step_timeout,
+        profile=template.profile,
     )
 
 
@@ -318,7 +268,8 @@ def _search(
 
     ``max_examples`` caps the profile's number of examples (for costly scenarios).
     """
-    saved = replay_file()
+    saved = outer.scenario
+    profile = outer.profile
     if saved is not None:
         scenario = from_json(Path(saved).read_text())
         example = _fresh(outer)
@@ -338,8 +289,8 @@ def _search(
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
         **{
-            **PROFILES[profile()],
-            "max_examples": min(PROFILES[profile()]["max_examples"], max_examples or 10**6),
+            **profile.hypothesis_settings(),
+            "max_examples": min(profile.max_examples, max_examples or 10**6),
         },
     )
     @given(strategy)
@@ -356,7 +307,7 @@ def _search(
         except CheckFailure as failure:
             failures.append((scenario, failure, example))
             if not shrink_until:
-                shrink_until.append(time.monotonic() + _SHRINK_SECONDS[profile()])
+                shrink_until.append(time.monotonic() + profile.shrink_seconds)
             raise
 
     try:
@@ -376,8 +327,8 @@ def _search(
             )
         elif not blob and shrink_until and time.monotonic() > shrink_until[0]:
             blob = (
-                f"shrinking stopped after {_SHRINK_SECONDS[profile()]:g}s (profile "
-                f"{profile()}): this is the smallest failing scenario found by then; "
+                f"shrinking stopped after {profile.shrink_seconds:g}s (profile "
+                f"{profile.name}): this is the smallest failing scenario found by then; "
                 "the saved scenario replays it exactly"
             )
         raise _failure_report(minimal, first, blob, outer, where) from None
@@ -403,7 +354,7 @@ def _property(
             await run_sync(
                 _search,
                 h,
-                strategy(limits()),
+                strategy(h.profile.limits),
                 check_liveness,
                 stop,
                 max_examples,

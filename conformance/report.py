@@ -1,195 +1,265 @@
-"""Failure reports a person can act on.
+"""Failure reports a person can act on, built once as data.
 
-A report names the check and the step that failed, and for the connection it
-failed on: what was sent (size and a hex excerpt around the divergence), what
-came back, the first divergent offset, how the connection ended, its last
-events, and the command that replays just that check against the same target.
+A :class:`FailureReport` names the check and the step that failed, and for the
+connection it failed on: what was sent (size and a hex excerpt around the
+divergence), what came back, the first divergent offset, how the connection
+ended, its last events, and the command that replays just that check against
+the same target.
 
-The text is what crosses process boundaries (a pytest report property under
-xdist); :func:`parse_failure` reads it back into the fields the JSON and HTML
-reports show. The two functions are kept side by side so that they agree.
+It is built once, where the failure happens (:meth:`FailureReport.build`),
+and travels as plain data (:meth:`FailureReport.to_data`: an xdist worker's
+test report carries it to the controller as a user property). Each report
+renders it: the terminal and JUnit as text (:meth:`FailureReport.render`),
+JSON as fields (:meth:`FailureReport.fields`), HTML from the fields and the
+hex cells. Nothing reads the text back.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from conformance.harness import CheckFailure, Transcript
 
-__all__ = ["hex_excerpt", "parse_excerpt", "parse_failure", "render_failure"]
+__all__ = ["ByteDivergence", "Excerpt", "FailureReport", "hex_excerpt"]
 
 #: Bytes shown on each side of a divergence.
 CONTEXT = 16
+#: Other connections listed by name in a report.
+OTHERS_SHOWN = 4
+#: Events of the failing connection listed.
+EVENTS_SHOWN = 6
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """Bytes of one side of a connection around an offset.
+
+    Attributes:
+        size: How many bytes that side had in all.
+        start: The offset of the first cell.
+        cells: Each byte in hex (``"61"``), and ``"end"`` where the data stops
+            before the offset.
+        marked: The index of the cell at the offset, if any.
+    """
+
+    size: int
+    start: int
+    cells: tuple[str, ...]
+    marked: int | None
+
+    @classmethod
+    def around(cls, data: bytes | bytearray, offset: int, context: int = CONTEXT) -> Excerpt:
+        """The bytes of ``data`` within ``context`` of ``offset``."""
+        start = max(0, offset - context)
+        stop = min(len(data), offset + context)
+        cells = [f"{data[i]:02x}" for i in range(start, stop)]
+        marked = offset - start if offset < len(data) else None
+        if offset >= len(data):
+            marked = len(cells)
+            cells.append("end")
+        return cls(len(data), start, tuple(cells), marked)
+
+    def text(self) -> str:
+        """For example ``@0x10: 61 62 [63] 64``."""
+        words = [f"[{c}]" if i == self.marked else c for i, c in enumerate(self.cells)]
+        return f"@0x{self.start:x}: " + " ".join(words)
 
 
 def hex_excerpt(data: bytes | bytearray, offset: int, context: int = CONTEXT) -> str:
     """Hex of ``data`` around ``offset``, the byte at ``offset`` in brackets.
 
     Returns:
-        For example ``@0x10: 61 62 [63] 64``; ``(end)`` where ``data`` stops
+        For example ``@0x10: 61 62 [63] 64``; ``[end]`` where ``data`` stops
         before ``offset``.
     """
-    start = max(0, offset - context)
-    stop = min(len(data), offset + context)
-    parts = []
-    for i in range(start, stop):
-        text = f"{data[i]:02x}"
-        parts.append(f"[{text}]" if i == offset else text)
-    if offset >= len(data):
-        parts.append("[end]")
-    return f"@0x{start:x}: " + " ".join(parts)
+    return Excerpt.around(data, offset, context).text()
+
+
+@dataclass(frozen=True)
+class ByteDivergence:
+    """Where what came back first differs from what the oracle expects.
+
+    Attributes:
+        what: ``first divergent offset`` (a wrong byte) or ``first byte still
+            owed`` (a missing one).
+        offset: The offset, in the connection's stream.
+        reason: The oracle's words.
+        sent: What was sent around the offset.
+        received: What came back around the offset.
+    """
+
+    what: str
+    offset: int
+    reason: str
+    sent: Excerpt
+    received: Excerpt
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """The bug report of one failed check.
+
+    Attributes:
+        check_line: The check: ID, level, category, spec, title.
+        kind: What went wrong (``Divergence``, ``StepTimeout``, ...).
+        step: The step that failed, if known.
+        message: How it went wrong.
+        connection: A summary of the connection it failed on, if any.
+        divergence: The first wrong or missing byte, if the oracle found one.
+        bytes_seen: Without a divergence: the start of what was sent and the
+            end of what came back, one line each.
+        events: The connection's last events, if any.
+        others: Summaries of the check's other connections.
+        more: How many other connections are not listed.
+        replay: The command that reruns just this check.
+    """
+
+    check_line: str
+    kind: str
+    message: str
+    replay: str
+    step: str | None = None
+    connection: str | None = None
+    divergence: ByteDivergence | None = None
+    bytes_seen: tuple[str, ...] = ()
+    events: str | None = None
+    others: tuple[str, ...] = ()
+    more: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        check_line: str,
+        failure: CheckFailure,
+        transcripts: Sequence[Transcript],
+        replay: str,
+    ) -> FailureReport:
+        """The report of ``failure``.
+
+        Args:
+            check_line: The check: ID, level, category, spec, title.
+            failure: What went wrong.
+            transcripts: Every recorded connection of the check.
+            replay: The command that reruns just this check.
+        """
+        transcript = failure.transcript
+        connection = divergence = events = None
+        bytes_seen: tuple[str, ...] = ()
+        if transcript is not None:
+            connection = transcript.summary()
+            verdict = failure.verdict
+            if verdict is not None and verdict.offset is not None:
+                offset = verdict.offset
+                divergence = ByteDivergence(
+                    "first divergent offset" if verdict.failed else "first byte still owed",
+                    offset,
+                    verdict.reason,
+                    Excerpt.around(transcript.sent, offset),
+                    Excerpt.around(transcript.received, offset),
+                )
+            elif transcript.sent or transcript.received:
+                bytes_seen = (
+                    f"sent     {len(transcript.sent)} bytes, "
+                    f"starting {_printable(transcript.sent[:24])}",
+                    f"received {len(transcript.received)} bytes, "
+                    f"ending {_printable(transcript.received[-24:])}",
+                )
+            tail = transcript.events[-EVENTS_SHOWN:]
+            if tail:
+                events = ", ".join(
+                    f"{e.at:.3f}s {e.action}" + (f" {e.size}" if e.size else "") for e in tail
+                )
+        others = [t for t in transcripts if t is not transcript]
+        return cls(
+            check_line=check_line,
+            kind=type(failure).__name__,
+            message=failure.message,
+            replay=replay,
+            step=failure.step,
+            connection=connection,
+            divergence=divergence,
+            bytes_seen=bytes_seen,
+            events=events,
+            others=tuple(t.summary() for t in others[:OTHERS_SHOWN]),
+            more=max(0, len(others) - OTHERS_SHOWN),
+        )
+
+    def headline(self) -> str:
+        """What went wrong, where: ``Divergence at step 'x': byte 2 differs``."""
+        where = f" at step {self.step!r}" if self.step else ""
+        return f"{self.kind}{where}: {self.message}"
+
+    def render(self) -> str:
+        """The report as text, several lines."""
+        lines = [f"FAILED {self.check_line}", f"  {self.headline()}"]
+        if self.connection is not None:
+            lines.append(f"  {self.connection}")
+        if self.divergence is not None:
+            d = self.divergence
+            lines.append(f"  {d.what}: {d.offset} ({d.reason})")
+            lines.append(f"  sent     ({d.sent.size} bytes) {d.sent.text()}")
+            lines.append(f"  received ({d.received.size} bytes) {d.received.text()}")
+        lines += [f"  {line}" for line in self.bytes_seen]
+        if self.events:
+            lines.append(f"  last events: {self.events}")
+        lines += [f"  also {other}" for other in self.others]
+        if self.more:
+            lines.append(f"  ... and {self.more} more connections")
+        lines.append(f"  replay: {self.replay}")
+        return "\n".join(lines)
+
+    def fields(self) -> dict[str, Any]:
+        """The fields the JSON report shows (``conformance/report.schema.json``)."""
+        divergence = None
+        if self.divergence is not None:
+            d = self.divergence
+            divergence = {
+                "what": d.what,
+                "offset": d.offset,
+                "reason": d.reason,
+                "sent": {"size": d.sent.size, "excerpt": d.sent.text()},
+                "received": {"size": d.received.size, "excerpt": d.received.text()},
+            }
+        others = list(self.others)
+        if self.more:
+            others.append(f"... and {self.more} more connections")
+        return {
+            "kind": self.kind,
+            "step": self.step,
+            "message": self.message,
+            "connection": self.connection,
+            "divergence": divergence,
+            "events": self.events,
+            "other_connections": others,
+            "replay": self.replay,
+        }
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data (dicts, lists, strings, numbers) that :meth:`from_data` reads."""
+        return asdict(self)
+
+    @classmethod
+    def from_data(cls, data: Any) -> FailureReport:
+        """The report that :meth:`to_data` gave ``data`` for."""
+        values = dict(data)
+        d = values.pop("divergence")
+        divergence = None
+        if d is not None:
+            divergence = ByteDivergence(
+                d["what"], d["offset"], d["reason"], _excerpt(d["sent"]), _excerpt(d["received"])
+            )
+        values["bytes_seen"] = tuple(values["bytes_seen"])
+        values["others"] = tuple(values["others"])
+        return cls(divergence=divergence, **values)
+
+
+def _excerpt(data: dict[str, Any]) -> Excerpt:
+    return Excerpt(data["size"], data["start"], tuple(data["cells"]), data["marked"])
 
 
 def _printable(data: bytes | bytearray) -> str:
     return repr(bytes(data))
-
-
-def render_failure(
-    *,
-    check_line: str,
-    failure: CheckFailure,
-    transcripts: Sequence[Transcript],
-    replay: str,
-) -> str:
-    """The bug report of one failed check.
-
-    Args:
-        check_line: The check: ID, level, category, spec, title.
-        failure: What went wrong.
-        transcripts: Every recorded connection of the check.
-        replay: The command that reruns just this check.
-
-    Returns:
-        Several lines of text.
-    """
-    lines = [f"FAILED {check_line}"]
-    kind = type(failure).__name__
-    where = f" at step {failure.step!r}" if failure.step else ""
-    lines.append(f"  {kind}{where}: {failure.message}")
-    transcript = failure.transcript
-    if transcript is not None:
-        lines.append(f"  {transcript.summary()}")
-        verdict = failure.verdict
-        if verdict is not None and verdict.offset is not None:
-            offset = verdict.offset
-            what = "first divergent offset" if verdict.failed else "first byte still owed"
-            lines.append(f"  {what}: {offset} ({verdict.reason})")
-            lines.append(
-                f"  sent     ({len(transcript.sent)} bytes) {hex_excerpt(transcript.sent, offset)}"
-            )
-            lines.append(
-                f"  received ({len(transcript.received)} bytes) "
-                f"{hex_excerpt(transcript.received, offset)}"
-            )
-        elif transcript.sent or transcript.received:
-            lines.append(
-                f"  sent     {len(transcript.sent)} bytes, "
-                f"starting {_printable(transcript.sent[:24])}"
-            )
-            lines.append(
-                f"  received {len(transcript.received)} bytes, "
-                f"ending {_printable(transcript.received[-24:])}"
-            )
-        tail = transcript.events[-6:]
-        if tail:
-            events = ", ".join(
-                f"{e.at:.3f}s {e.action}" + (f" {e.size}" if e.size else "") for e in tail
-            )
-            lines.append(f"  last events: {events}")
-    others = [t for t in transcripts if t is not transcript]
-    if others:
-        shown = others[:4]
-        for other in shown:
-            lines.append(f"  also {other.summary()}")
-        if len(others) > len(shown):
-            lines.append(f"  ... and {len(others) - len(shown)} more connections")
-    lines.append(f"  replay: {replay}")
-    return "\n".join(lines)
-
-
-_HEADLINE = re.compile(
-    r"^  (?P<kind>[A-Za-z_]\w*)"
-    r"(?: at step (?P<step>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"))?: (?P<message>.*)$"
-)
-_OFFSET = re.compile(
-    r"^  (?P<what>first divergent offset|first byte still owed): (?P<offset>\d+)"
-    r"(?: \((?P<reason>.*)\))?$"
-)
-_EXCERPT = re.compile(r"^  (?P<side>sent|received) +\((?P<size>\d+) bytes\) (?P<excerpt>@0x.*)$")
-
-
-def parse_excerpt(excerpt: str) -> tuple[int, list[str], int | None]:
-    """Split a :func:`hex_excerpt` into its start, its byte cells and the marked cell.
-
-    Returns:
-        The offset of the first cell, the cells (``"61"``, or ``"end"`` past the
-        data), and the index of the bracketed cell, or None.
-    """
-    head, _, body = excerpt.partition(": ")
-    start = int(head.removeprefix("@0x") or "0", 16)
-    cells: list[str] = []
-    marked: int | None = None
-    for word in body.split():
-        if word.startswith("[") and word.endswith("]"):
-            marked = len(cells)
-            word = word[1:-1]
-        cells.append(word)
-    return start, cells, marked
-
-
-def parse_failure(report: str) -> dict[str, Any]:
-    """Read a report made by :func:`render_failure` back into its fields.
-
-    Args:
-        report: The text of one bug report.
-
-    Returns:
-        ``kind``, ``step``, ``message``, ``connection`` (the summary of the
-        connection it failed on), ``divergence`` (``what``, ``offset``,
-        ``reason``, ``sent`` and ``received``, each with ``size`` and
-        ``excerpt``; or None), ``events``, ``other_connections`` and
-        ``replay``. A field the report lacks is None (a list: empty).
-    """
-    fields: dict[str, Any] = {
-        "kind": None,
-        "step": None,
-        "message": None,
-        "connection": None,
-        "divergence": None,
-        "events": None,
-        "other_connections": [],
-        "replay": None,
-    }
-    divergence: dict[str, Any] = {}
-    for line in report.splitlines()[1:]:
-        if fields["kind"] is None and (match := _HEADLINE.match(line)):
-            fields["kind"] = match["kind"]
-            fields["message"] = match["message"]
-            if match["step"]:
-                try:
-                    fields["step"] = str(ast.literal_eval(match["step"]))
-                except (ValueError, SyntaxError):
-                    fields["step"] = match["step"]
-        elif line.startswith("  connection ") and fields["connection"] is None:
-            fields["connection"] = line.strip()
-        elif match := _OFFSET.match(line):
-            divergence["what"] = match["what"]
-            divergence["offset"] = int(match["offset"])
-            divergence["reason"] = match["reason"] or ""
-        elif match := _EXCERPT.match(line):
-            divergence[match["side"]] = {"size": int(match["size"]), "excerpt": match["excerpt"]}
-        elif line.startswith("  last events: "):
-            fields["events"] = line.removeprefix("  last events: ")
-        elif line.startswith("  also ") or line.startswith("  ... and "):
-            fields["other_connections"].append(line.strip().removeprefix("also "))
-        elif line.startswith("  replay: "):
-            fields["replay"] = line.removeprefix("  replay: ")
-    if "offset" in divergence and "sent" in divergence and "received" in divergence:
-        fields["divergence"] = {
-            key: divergence[key] for key in ("what", "offset", "reason", "sent", "received")
-        }
-    return fields

@@ -22,20 +22,19 @@ import datetime
 import html
 import re
 from pathlib import Path
-from typing import Any
 
 from conformance import __version__
-from conformance.report import parse_excerpt
+from conformance.report import ByteDivergence, Excerpt
 from conformance.results import (
-    FAIL,
-    NON_STRICT,
-    VERDICTS,
     CheckResult,
     RunResults,
     TargetRun,
+    Verdict,
     format_counts,
     host_info,
 )
+
+_FAILED = (Verdict.FAIL, Verdict.NON_STRICT)
 
 __all__ = ["render_html", "write_html"]
 
@@ -108,9 +107,9 @@ def _summary(run: RunResults) -> str:
     for target in run.targets:
         counts = target.counts(run.checks)
         segments = "".join(
-            f'<span class="{v}" style="width:{100 * counts[v] / total:.3f}%" '
-            f'title="{counts[v]} {v}"></span>'
-            for v in VERDICTS
+            f'<span class="{v.value}" style="width:{100 * counts[v] / total:.3f}%" '
+            f'title="{counts[v]} {v.value}"></span>'
+            for v in Verdict
             if counts[v]
         )
         parts.append(
@@ -124,7 +123,7 @@ def _summary(run: RunResults) -> str:
 
 
 def _filters(run: RunResults) -> str:
-    verdicts = "".join(f'<option value="{v}">{v}</option>' for v in VERDICTS)
+    verdicts = "".join(f'<option value="{v.value}">{v.value}</option>' for v in Verdict)
     categories = "".join(
         f'<option value="{_e(c)}">{_e(c)}</option>'
         for c in dict.fromkeys(check.category for check in run.checks)
@@ -150,11 +149,11 @@ def _table(run: RunResults) -> str:
         verdicts = []
         for target in run.targets:
             result = target.result(check)
-            verdicts.append(result.verdict)
-            text = f"{result.verdict}<br><small>{result.duration:.2f}s</small>"
-            if result.verdict in (FAIL, NON_STRICT):
+            verdicts.append(result.verdict.value)
+            text = f"{result.verdict.value}<br><small>{result.duration:.2f}s</small>"
+            if result.verdict in _FAILED:
                 text = f'<a href="#{_anchor(target, result)}">{text}</a>'
-            cells.append(f'<td class="verdict {result.verdict}">{text}</td>')
+            cells.append(f'<td class="verdict {result.verdict.value}">{text}</td>')
         rows.append(
             f'<tr id="c-{_e(check.id)}" data-category="{_e(check.category)}" '
             f'data-verdicts="{_e(" ".join(dict.fromkeys(verdicts)))}">'
@@ -168,24 +167,23 @@ def _table(run: RunResults) -> str:
     )
 
 
-def _hex_rows(label: str, side: dict[str, Any]) -> str:
-    start, cells, marked = parse_excerpt(str(side["excerpt"]))
+def _hex_rows(label: str, side: Excerpt) -> str:
     tds = "".join(
-        f'<td class="mark">{_e(c)}</td>' if i == marked else f"<td>{_e(c)}</td>"
-        for i, c in enumerate(cells)
+        f'<td class="mark">{_e(c)}</td>' if i == side.marked else f"<td>{_e(c)}</td>"
+        for i, c in enumerate(side.cells)
     )
-    return f"<tr><th>{_e(label)} ({side['size']} bytes) @0x{start:x}</th>{tds}</tr>"
+    return f"<tr><th>{_e(label)} ({side.size} bytes) @0x{side.start:x}</th>{tds}</tr>"
 
 
-def _hex(divergence: dict[str, Any]) -> str:
-    offset = int(divergence["offset"])
+def _hex(divergence: ByteDivergence) -> str:
+    offset = divergence.offset
     return (
-        f"<p>{_e(divergence['what'])}: <b>{offset}</b> (0x{offset:x})"
-        + (f" &mdash; {_e(divergence['reason'])}" if divergence["reason"] else "")
+        f"<p>{_e(divergence.what)}: <b>{offset}</b> (0x{offset:x})"
+        + (f" &mdash; {_e(divergence.reason)}" if divergence.reason else "")
         + "</p>"
         '<table class="hex">'
-        + _hex_rows("expected (sent)", divergence["sent"])
-        + _hex_rows("received", divergence["received"])
+        + _hex_rows("expected (sent)", divergence.sent)
+        + _hex_rows("received", divergence.received)
         + "</table>"
     )
 
@@ -195,20 +193,21 @@ def _failures(run: RunResults) -> str:
     for target in run.targets:
         for check in run.checks:
             result = target.result(check)
-            if result.verdict not in (FAIL, NON_STRICT):
+            if result.verdict not in _FAILED:
                 continue
-            failure = result.failure() or {}
+            failure = result.failure
+            verdict = result.verdict.value
             parts = [
-                f'<div class="failure {result.verdict}-box" id="{_anchor(target, result)}">',
+                f'<div class="failure {verdict}-box" id="{_anchor(target, result)}">',
                 f"<h3><code>{_e(check.id)}</code> against {_e(target.name)}: "
-                f"{result.verdict} ({check.level.value})</h3>",
+                f"{verdict} ({check.level.value})</h3>",
                 f"<p>{_e(check.title)} <small>({_e(check.spec)})</small></p>",
             ]
-            if failure.get("kind"):
-                step = f" at step <i>{_e(failure['step'])}</i>" if failure.get("step") else ""
-                parts.append(f"<p><b>{_e(failure['kind'])}</b>{step}: {_e(failure['message'])}</p>")
-            if failure.get("divergence"):
-                parts.append(_hex(failure["divergence"]))
+            if failure is not None:
+                step = f" at step <i>{_e(failure.step)}</i>" if failure.step else ""
+                parts.append(f"<p><b>{_e(failure.kind)}</b>{step}: {_e(failure.message)}</p>")
+                if failure.divergence is not None:
+                    parts.append(_hex(failure.divergence))
             parts.append(f"<pre>{_e(result.details)}</pre>")
             if result.replay:
                 parts.append(f'<p class="replay">Replay: <code>{_e(result.replay)}</code></p>')

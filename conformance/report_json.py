@@ -23,7 +23,7 @@ from typing import Any
 
 from conformance import __version__
 from conformance.checks import Check
-from conformance.results import CheckResult, RunResults, TargetRun, host_info
+from conformance.results import CheckResult, RunResults, TargetRun, Verdict, host_info
 
 __all__ = ["FORMAT", "load_schema", "to_json", "write_json"]
 
@@ -42,12 +42,12 @@ def _iso(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
 
 
-def _summary(counts: dict[str, int]) -> dict[str, int]:
+def _summary(counts: dict[Verdict, int]) -> dict[str, int]:
     return {
-        "passed": counts["PASS"],
-        "failed": counts["FAIL"],
-        "non_strict": counts["NON-STRICT"],
-        "skipped": counts["SKIPPED"],
+        "passed": counts[Verdict.PASS],
+        "failed": counts[Verdict.FAIL],
+        "non_strict": counts[Verdict.NON_STRICT],
+        "skipped": counts[Verdict.SKIPPED],
     }
 
 
@@ -64,11 +64,11 @@ def _check(check: Check) -> dict[str, Any]:
 def _result(result: CheckResult) -> dict[str, Any]:
     return {
         **_check(result.check),
-        "verdict": result.verdict,
+        "verdict": result.verdict.value,
         "duration": round(result.duration, 6),
         "details": result.details,
         "replay": result.replay,
-        "failure": result.failure(),
+        "failure": result.failure.fields() if result.failure is not None else None,
     }
 
 
@@ -80,7 +80,7 @@ def _target(target: TargetRun, checks: list[Check]) -> dict[str, Any]:
         "spec": target.spec,
         "address": target.address,
         "description": target.description,
-        "ok": counts["FAIL"] == 0,
+        "ok": counts[Verdict.FAIL] == 0,
         "summary": _summary(counts),
         "results": [_result(target.result(c)) for c in checks],
     }

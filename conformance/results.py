@@ -9,13 +9,15 @@ for a failure, the bug report, as user properties; :meth:`RunResults.record`
 turns it into a :class:`CheckResult`. The JSON and HTML reports, the plugin's
 terminal summary and the CLI's summary are all rendered from this one object.
 
-Verdicts: ``PASS``; ``FAIL`` (a MUST failed, or any check under strict);
-``NON-STRICT`` (a SHOULD or MAY failed, the run still passes); ``SKIPPED``
-(skipped, or never run: the run was stopped first).
+Verdicts (:class:`Verdict`): ``PASS``; ``FAIL`` (a MUST failed, or any
+check under strict); ``NON-STRICT`` (a SHOULD or MAY failed, the run still
+passes); ``SKIPPED`` (skipped with a reason, or never run: the run was stopped
+first).
 """
 
 from __future__ import annotations
 
+import enum
 import platform
 import socket
 import sys
@@ -25,17 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.checks import Check
-from conformance.report import parse_failure
+from conformance.report import FailureReport
 
 __all__ = [
-    "FAIL",
-    "NON_STRICT",
-    "PASS",
-    "SKIPPED",
-    "VERDICTS",
+    "NOT_RUN",
     "CheckResult",
     "RunResults",
     "TargetRun",
+    "Verdict",
     "format_counts",
     "format_table",
     "host_info",
@@ -43,15 +42,36 @@ __all__ = [
     "use_colour",
 ]
 
-PASS = "PASS"
-FAIL = "FAIL"
-NON_STRICT = "NON-STRICT"
-SKIPPED = "SKIPPED"
-#: Every verdict, in the order summaries count them.
-VERDICTS = (PASS, FAIL, NON_STRICT, SKIPPED)
 
-_COUNT_WORDS = {PASS: "passed", FAIL: "failed", NON_STRICT: "non-strict", SKIPPED: "skipped"}
-_COLOURS = {PASS: "32", FAIL: "31;1", NON_STRICT: "33", SKIPPED: "36"}
+class Verdict(enum.Enum):
+    """What a check's result means for the run; the value is the word the reports show."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    NON_STRICT = "NON-STRICT"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def count_word(self) -> str:
+        """The word of the summary's count: ``N passed``, ``N failed``..."""
+        return _COUNT_WORDS[self]
+
+
+#: The reason of a SKIPPED result whose check never ran (the run stopped first).
+NOT_RUN = "not run"
+
+_COUNT_WORDS = {
+    Verdict.PASS: "passed",
+    Verdict.FAIL: "failed",
+    Verdict.NON_STRICT: "non-strict",
+    Verdict.SKIPPED: "skipped",
+}
+_COLOURS = {
+    Verdict.PASS: "32",
+    Verdict.FAIL: "31;1",
+    Verdict.NON_STRICT: "33",
+    Verdict.SKIPPED: "36",
+}
 
 
 def use_colour(stream: Any, environ: dict[str, str] | Any) -> bool:
@@ -64,7 +84,7 @@ def use_colour(stream: Any, environ: dict[str, str] | Any) -> bool:
     return bool(isatty is not None and isatty())
 
 
-def paint(verdict: str, text: str, colour: bool) -> str:
+def paint(verdict: Verdict, text: str, colour: bool) -> str:
     """``text`` in the colour of ``verdict`` when ``colour``."""
     code = _COLOURS.get(verdict)
     return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
@@ -78,21 +98,28 @@ class CheckResult:
         check: The check.
         verdict: PASS, FAIL, NON-STRICT or SKIPPED.
         duration: Seconds it ran.
-        details: The bug report (FAIL, NON-STRICT), the reason (SKIPPED), or empty.
+        failure: The bug report of a FAIL or NON-STRICT, when the check made one.
+        reason: Why it was SKIPPED, or what failed when the check made no bug
+            report (an error in the suite itself).
         replay: The command that reruns just this check against this target.
     """
 
     check: Check
-    verdict: str
+    verdict: Verdict
     duration: float = 0.0
-    details: str = ""
+    failure: FailureReport | None = None
+    reason: str = ""
     replay: str = ""
 
-    def failure(self) -> dict[str, Any] | None:
-        """The fields of the bug report (:func:`conformance.report.parse_failure`), if any."""
-        if self.verdict not in (FAIL, NON_STRICT) or not self.details.startswith("FAILED "):
-            return None
-        return parse_failure(self.details)
+    @property
+    def details(self) -> str:
+        """The bug report as text (FAIL, NON-STRICT), else the reason, or empty."""
+        return self.failure.render() if self.failure is not None else self.reason
+
+    @property
+    def ran(self) -> bool:
+        """Whether the check ran (a result that never reported did not)."""
+        return not (self.verdict is Verdict.SKIPPED and self.reason == NOT_RUN)
 
 
 @dataclass
@@ -122,13 +149,13 @@ class TargetRun:
         found = self.results.get(check.id)
         if found is not None:
             return found
-        return CheckResult(check, SKIPPED, details="not run", replay=self.replay_of(check))
+        return CheckResult(check, Verdict.SKIPPED, reason=NOT_RUN, replay=self.replay_of(check))
 
     def replay_of(self, check: Check) -> str:
         return f"{self.replay} --checks {check.id}" if self.replay else ""
 
-    def counts(self, checks: Sequence[Check]) -> dict[str, int]:
-        counts = dict.fromkeys(VERDICTS, 0)
+    def counts(self, checks: Sequence[Check]) -> dict[Verdict, int]:
+        counts = dict.fromkeys(Verdict, 0)
         for check in checks:
             counts[self.result(check).verdict] += 1
         return counts
@@ -170,19 +197,19 @@ class RunResults:
         if run is None:
             return
         previous = run.results.get(result.check.id)
-        if previous is None or previous.verdict == PASS or result.verdict == FAIL:
+        if previous is None or previous.verdict is Verdict.PASS or result.verdict is Verdict.FAIL:
             run.results[result.check.id] = result
 
     def ok(self) -> bool:
         """No target failed a check that fails the run, and every check ran."""
         return all(
-            t.result(c).verdict != FAIL and t.result(c).details != "not run"
+            t.result(c).verdict is not Verdict.FAIL and t.result(c).ran
             for t in self.targets
             for c in self.checks
         )
 
-    def totals(self) -> dict[str, int]:
-        totals = dict.fromkeys(VERDICTS, 0)
+    def totals(self) -> dict[Verdict, int]:
+        totals = dict.fromkeys(Verdict, 0)
         for target in self.targets:
             for verdict, n in target.counts(self.checks).items():
                 totals[verdict] += n
@@ -202,9 +229,9 @@ def host_info() -> dict[str, str]:
     }
 
 
-def format_counts(counts: dict[str, int]) -> str:
+def format_counts(counts: dict[Verdict, int]) -> str:
     """``N passed, N failed, N non-strict, N skipped``."""
-    return ", ".join(f"{counts[v]} {_COUNT_WORDS[v]}" for v in VERDICTS)
+    return ", ".join(f"{counts[v]} {v.count_word}" for v in Verdict)
 
 
 def format_table(run: RunResults, *, colour: bool = False) -> list[str]:
@@ -218,19 +245,19 @@ def format_table(run: RunResults, *, colour: bool = False) -> list[str]:
         target = run.targets[0]
         for check in run.checks:
             result = target.result(check)
-            duration = f"{result.duration:6.2f}s" if result.details != "not run" else "      -"
-            word = paint(result.verdict, f"{result.verdict:<10}", colour)
+            duration = f"{result.duration:6.2f}s" if result.ran else "      -"
+            word = paint(result.verdict, f"{result.verdict.value:<10}", colour)
             lines.append(
                 f"{word}  {check.id:<{id_width}} {check.level.value:<6} {duration}  {check.title}"
             )
         return lines
-    widths = [max(len(t.name), len(NON_STRICT)) for t in run.targets]
+    widths = [max(len(t.name), len(Verdict.NON_STRICT.value)) for t in run.targets]
     head = "  ".join(f"{t.name:<{w}}" for t, w in zip(run.targets, widths, strict=True))
     lines.append(f"{'check':<{id_width}}  {'level':<6}  {head}")
     for check in run.checks:
         cells = []
         for target, width in zip(run.targets, widths, strict=True):
             verdict = target.result(check).verdict
-            cells.append(paint(verdict, f"{verdict:<{width}}", colour))
+            cells.append(paint(verdict, f"{verdict.value:<{width}}", colour))
         lines.append(f"{check.id:<{id_width}}  {check.level.value:<6}  {'  '.join(cells)}")
     return [line.rstrip() for line in lines]

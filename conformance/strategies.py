@@ -5,17 +5,17 @@ fewer steps, smaller payloads (a large payload is drawn as a size and a seed,
 so its size shrinks directly) and fewer, larger writes (an empty chunking is
 one write).
 
-:data:`LIMITS` sizes them per profile (``ci``, ``default``, ``thorough``);
-:func:`limits` gives the one in force.
+Their sizes come from a :class:`~conformance.profiles.Limits` (each profile
+of :mod:`conformance.profiles` has one).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
+from conformance.profiles import Limits
 from conformance.scenario import (
     HalfClose,
     Pause,
@@ -30,8 +30,6 @@ from conformance.scenario import (
 )
 
 __all__ = [
-    "LIMITS",
-    "Limits",
     "backpressure_scenarios",
     "chunkings",
     "concurrent_scenarios",
@@ -41,21 +39,6 @@ __all__ = [
     "sends",
 ]
 
-
-@dataclass(frozen=True)
-class Limits:
-    """How big a generated scenario may get."""
-
-    max_payload: int
-    max_connections: int
-    max_steps: int
-
-
-LIMITS: dict[str, Limits] = {
-    "ci": Limits(max_payload=64 * 1024, max_connections=4, max_steps=6),
-    "default": Limits(max_payload=256 * 1024, max_connections=5, max_steps=8),
-    "thorough": Limits(max_payload=8 * 1024 * 1024, max_connections=8, max_steps=12),
-}
 
 _FRAGMENTS = [b"\0", b"\0\0\0\0", b"a", b"\r\n", b"\xff", b"\0\xff", b"\n"]
 

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance import properties  # noqa: E402
 from conformance.catalogue import CATALOGUE, by_id  # noqa: E402
 from conformance.checks import Check, Outcome, Setup, run_check  # noqa: E402
 from conformance.errors import TargetError  # noqa: E402
+from conformance.profiles import PROFILES  # noqa: E402
 from conformance.target import TargetSpec, start_target  # noqa: E402
 
 __all__ = [
@@ -106,12 +106,12 @@ def run_against(spec: TargetSpec, check: Check, start_timeout: float = 20.0) -> 
     """
     # Property checks search with the ci profile: derandomized, so every run of
     # the matrix draws the same scenarios.
-    properties.set_profile("ci")
     with start_target(spec, start_timeout=start_timeout) as running:
         setup = Setup(
             running.address,
             server_pid=running.pid,
             replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}",
+            profile=PROFILES["ci"],
         )
         return run_check(check, setup)
 
@@ -146,14 +146,13 @@ def _cell(server: BrokenServer, check_id: str) -> Cell:
         outcome = catches(server, check)
     except TargetError as exc:
         return Cell(server.name, check.id, check.id in server.caught_by, False, 0.0, str(exc))
-    first = outcome.report.splitlines()[1:2] if outcome.report else []
     return Cell(
         server.name,
         check.id,
         check.id in server.caught_by,
         not outcome.passed,
         time.monotonic() - start,
-        first[0].strip() if first else "",
+        outcome.failure.headline().split("\n", 1)[0] if outcome.failure is not None else "",
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, find, given, settings
 
 from conformance import properties
 from conformance.checks import Setup, run_check
-from conformance.oracle import Status
+from conformance.profiles import PROFILES, profile_named
 from conformance.scenario import (
     HalfClose,
     Pause,
@@ -26,20 +26,11 @@ from conformance.scenario import (
     from_json,
     to_json,
 )
-from conformance.strategies import LIMITS, scenarios
+from conformance.strategies import scenarios
 from conformance.target import TargetSpec
 from tests.conformance.support import broken_spawn, serving
 
-CI = LIMITS["ci"]
-
-
-@pytest.fixture(autouse=True)
-def ci_profile() -> Iterator[None]:
-    before = properties.profile()
-    properties.set_profile("ci")
-    yield
-    properties.set_profile(before)
-    properties.set_replay(None)
+CI = PROFILES["ci"]
 
 
 def test_scenario_round_trips_through_json_and_prints_as_steps() -> None:
@@ -63,22 +54,22 @@ def test_from_json_rejects_what_is_not_a_scenario() -> None:
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios(limits=CI, half_close=True, reset=True))
+@given(scenarios(limits=CI.limits, half_close=True, reset=True))
 def test_scenarios_respect_their_limits(scenario: Scenario) -> None:
-    assert 1 <= len(scenario.connections) <= CI.max_connections
+    assert 1 <= len(scenario.connections) <= CI.limits.max_connections
     for script in scenario.connections:
-        assert len(script.steps) <= CI.max_steps + 1
+        assert len(script.steps) <= CI.limits.max_steps + 1
         for step in script.steps[:-1]:
             assert not isinstance(step, HalfClose | Reset), "only the last step may end it"
         for step in script.steps:
             if isinstance(step, Send):
-                assert 1 <= len(step.data) <= CI.max_payload
+                assert 1 <= len(step.data) <= CI.limits.max_payload
     assert from_json(to_json(scenario)) == scenario
 
 
 def test_scenarios_shrink_to_one_connection_and_one_small_send() -> None:
     found = find(
-        scenarios(limits=CI),
+        scenarios(limits=CI.limits),
         lambda s: s.bytes_sent >= 1000,
         settings=settings(max_examples=500, database=None, derandomize=True),
     )
@@ -89,25 +80,25 @@ def test_scenarios_shrink_to_one_connection_and_one_small_send() -> None:
     assert found.connections[0].steps == (sends[0],)
 
 
-def test_set_profile_rejects_an_unknown_profile() -> None:
+def test_profile_named_rejects_an_unknown_profile() -> None:
     with pytest.raises(ValueError, match="unknown profile"):
-        properties.set_profile("quick")
+        profile_named("quick")
 
 
 def test_property_checks_pass_on_the_reference_server() -> None:
     with serving(TargetSpec.from_options(None, None, "pool")) as running:
-        setup = Setup(running.address, server_pid=running.pid)
+        setup = Setup(running.address, server_pid=running.pid, profile=CI)
         for check in properties.PROPERTY_CHECKS:
             outcome = run_check(check, setup)
-            assert outcome.status is Status.PASS, outcome.report
+            assert outcome.passed, outcome.report
 
 
 def test_property_check_shrinks_a_nul_truncation_and_replays_it() -> None:
     check = next(c for c in properties.PROPERTY_CHECKS if c.id == "PROP-ECHO-1")
     with serving(TargetSpec.from_options(None, broken_spawn("truncates_at_nul"), None)) as running:
-        setup = Setup(running.address, server_pid=running.pid)
+        setup = Setup(running.address, server_pid=running.pid, profile=CI)
         outcome = run_check(check, setup)
-        assert outcome.status is Status.FAIL
+        assert not outcome.passed
         # How far it shrinks depends on timing (a truncation shows as a wrong
         # byte or as a missing one), so only the shape of the report is fixed.
         assert re.search(r"minimal scenario \(\d+ connections, \d+ steps", outcome.report)
@@ -118,9 +109,8 @@ def test_property_check_shrinks_a_nul_truncation_and_replays_it() -> None:
         saved = Path(outcome.report.split("saved as ", 1)[1].split(";", 1)[0])
         scenario = from_json(saved.read_text())
         assert any(b"\0" in s.data for s in scenario.connections[0].steps if isinstance(s, Send))
-        properties.set_replay(saved)
-        replayed = run_check(check, setup)
+        replayed = run_check(check, replace(setup, scenario=saved))
     # A timing-dependent failure may need more than one replay.
-    assert replayed.status is Status.FAIL or "depends on timing" in outcome.report
-    if replayed.status is Status.FAIL:
+    assert not replayed.passed or "depends on timing" in outcome.report
+    if not replayed.passed:
         assert describe(scenario) in replayed.report

@@ -10,18 +10,35 @@ from pathlib import Path
 import pytest
 
 from conformance.catalogue import CATALOGUE
+from conformance.report import ByteDivergence, Excerpt, FailureReport
 from conformance.report_html import render_html
-from conformance.results import FAIL, NON_STRICT, PASS, SKIPPED, CheckResult, RunResults, TargetRun
+from conformance.results import CheckResult, RunResults, TargetRun, Verdict
+
+PASS, FAIL, NON_STRICT, SKIPPED = (
+    Verdict.PASS,
+    Verdict.FAIL,
+    Verdict.NON_STRICT,
+    Verdict.SKIPPED,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 
-REPORT = """FAILED ECHO-BASIC-4 (MUST, basic; RFC 862): NUL-heavy payloads come back unchanged
-  Divergence at step 'exchange 1 on c1': the echo stopped
-  connection c1: sent 4 bytes, received 1 bytes, 2 events over 0.010s, ended: FIN from the server
-  first divergent offset: 1 (missing bytes)
-  sent     (4 bytes) @0x0: 61 [00] 62 63
-  received (1 bytes) @0x0: 61 [end]
-  replay: reactor-conformance run --target 127.0.0.1:9 --checks ECHO-BASIC-4"""
+REPORT = FailureReport(
+    check_line="ECHO-BASIC-4 (MUST, basic; RFC 862): NUL-heavy payloads come back unchanged",
+    kind="Divergence",
+    message="the echo stopped",
+    replay="reactor-conformance run --target 127.0.0.1:9 --checks ECHO-BASIC-4",
+    step="exchange 1 on c1",
+    connection="connection c1: sent 4 bytes, received 1 bytes, 2 events over 0.010s, "
+    "ended: FIN from the server",
+    divergence=ByteDivergence(
+        "first divergent offset",
+        1,
+        "missing bytes",
+        Excerpt(4, 0, ("61", "00", "62", "63"), 1),
+        Excerpt(1, 0, ("61", "end"), 1),
+    ),
+)
 
 
 class PageParser(HTMLParser):
@@ -102,9 +119,9 @@ def sample_run() -> RunResults:
     two = TargetRun("beta<&>", "reference", "single", "127.0.0.1:10", "reference single server")
     verdicts = [(PASS, PASS), (NON_STRICT, PASS), (SKIPPED, PASS), (FAIL, PASS)]
     for check, (first, second) in zip(checks, verdicts, strict=True):
-        details = REPORT if first in (FAIL, NON_STRICT) else ""
-        one.results[check.id] = CheckResult(check, first, 0.5, details, one.replay_of(check))
-        two.results[check.id] = CheckResult(check, second, 0.25, "", "")
+        failure = REPORT if first in (FAIL, NON_STRICT) else None
+        one.results[check.id] = CheckResult(check, first, 0.5, failure, replay=one.replay_of(check))
+        two.results[check.id] = CheckResult(check, second, 0.25)
     return RunResults(checks, [one, two], started=1_700_000_000.0, finished=1_700_000_003.0)
 
 
@@ -118,7 +135,7 @@ def test_render_html_is_self_contained_with_summary_table_and_filters() -> None:
     assert "beta<&>" in summary  # Escaped in the page, read back as text.
     assert page.headings[4:] == ["alpha", "beta<&>"]
     assert page.row_ids == [f"c-{c.id}" for c in run.checks]
-    assert page.selects["filter-verdict"] == ["", PASS, FAIL, NON_STRICT, SKIPPED]
+    assert page.selects["filter-verdict"] == ["", *(v.value for v in Verdict)]
     assert page.selects["filter-category"][0] == ""
     assert set(page.selects["filter-category"][1:]) == {c.category for c in run.checks}
 

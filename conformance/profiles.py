@@ -1,0 +1,76 @@
+"""Profiles: how hard the property checks search, in one table.
+
+A :class:`Profile` is carried in the run plan (:mod:`conformance.session`)
+and, through each check's :class:`~conformance.checks.Setup`, reaches the
+harness the property checks run in; nothing about it is global. ``ci`` is
+derandomized and small (the property section in a few seconds), ``default``
+searches more, ``thorough`` draws payloads up to 8 MiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DEFAULT", "PROFILES", "Limits", "Profile", "profile_named"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How big a generated scenario may get."""
+
+    max_payload: int
+    max_connections: int
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The size of a property search.
+
+    Attributes:
+        name: ``ci``, ``default`` or ``thorough``.
+        max_examples: Scenarios tried per property check (Hypothesis).
+        derandomize: The same scenarios on every run.
+        step_timeout: Seconds for each step of a scenario.
+        shrink_seconds: How long shrinking may go on before the smallest
+            failing scenario found so far is reported.
+        limits: How big a scenario may get.
+    """
+
+    name: str
+    max_examples: int
+    derandomize: bool
+    step_timeout: float
+    shrink_seconds: float
+    limits: Limits
+
+    def hypothesis_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``hypothesis.settings`` this profile sets."""
+        found: dict[str, Any] = {"max_examples": self.max_examples}
+        if self.derandomize:
+            found["derandomize"] = True
+        return found
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("ci", 20, True, 2.0, 30.0, Limits(64 * 1024, 4, 6)),
+        Profile("default", 60, False, 3.0, 60.0, Limits(256 * 1024, 5, 8)),
+        Profile("thorough", 400, False, 10.0, 150.0, Limits(8 * 1024 * 1024, 8, 12)),
+    )
+}
+DEFAULT = PROFILES["default"]
+
+
+def profile_named(name: str) -> Profile:
+    """The profile called ``name``.
+
+    Raises:
+        ValueError: No such profile.
+    """
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}: choose among {', '.join(PROFILES)}") from None
