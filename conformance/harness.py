@@ -173,9 +173,23 @@ class Harness:
 
     @contextmanager
     def step(
-        self, name: str, conn: Connection | None = None, timeout: float | None = None
-    ) -> Iterator[None]:
+        self,
+        name: str,
+        conn: Connection | None = None,
+        timeout: float | None = None,
+        *,
+        idle: bool = False,
+    ) -> Iterator[trio.CancelScope]:
         """Run the body of the ``with`` as step ``name`` under a deadline.
+
+        Args:
+            name: What the step does, for the report.
+            conn: The connection it runs on, if any.
+            timeout: Seconds; default: the harness's step timeout.
+            idle: The deadline is on progress: the body pushes it back by
+                ``timeout`` each time a byte arrives (``yield``-ed scope's
+                deadline), so a slow transfer that keeps moving is not a hang.
+                The check's own deadline still bounds the whole.
 
         Raises:
             StepTimeout: The deadline passed; the connection's ending is TIMEOUT.
@@ -183,8 +197,8 @@ class Harness:
         seconds = self.step_timeout if timeout is None else timeout
         self.current_step = name
         try:
-            with trio.fail_after(seconds):
-                yield
+            with trio.fail_after(seconds) as scope:
+                yield scope
         except trio.TooSlowError:
             where = ""
             if conn is not None:
@@ -193,8 +207,13 @@ class Harness:
                     f" on connection {conn.name} ({len(conn.transcript.sent)} bytes sent, "
                     f"{len(conn.transcript.received)} received)"
                 )
+            what = (
+                f"nothing arrived for {seconds:g}s"
+                if idle
+                else f"did not complete within {seconds:g}s"
+            )
             raise StepTimeout(
-                f"did not complete within {seconds:g}s{where}",
+                f"{what}{where}",
                 step=name,
                 transcript=conn.transcript if conn is not None else None,
                 verdict=conn.oracle.verdict() if conn is not None else None,
@@ -391,8 +410,12 @@ class Connection:
         pause_every: int = 0,
         step: str | None = None,
         timeout: float | None = None,
+        idle: bool = False,
     ) -> None:
         """Read until the oracle has no pending bytes, as one step.
+
+        With ``idle``, ``timeout`` bounds the wait for each next byte instead
+        of the whole read (see :meth:`Harness.step`).
 
         Raises:
             Divergence: A wrong or extra byte, or the server closed while it
@@ -401,12 +424,15 @@ class Connection:
         """
         name = step or f"read the reply on {self.name}"
         reads = 0
-        with self.harness.step(name, self, timeout):
+        seconds = self.harness.step_timeout if timeout is None else timeout
+        with self.harness.step(name, self, seconds, idle=idle) as scope:
             while self._judge(name).pending:
                 if not await self.recv_some(read_size):
                     self.oracle.finish()
                     self._judge(name)
                     return
+                if idle:
+                    scope.deadline = trio.current_time() + seconds
                 reads += 1
                 if pause and pause_every and reads % pause_every == 0:
                     await trio.sleep(pause)

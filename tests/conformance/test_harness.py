@@ -49,6 +49,14 @@ async def flips_byte_3(stream: trio.SocketStream) -> None:
         await stream.send_all(bytes(reply))
 
 
+async def trickles(stream: trio.SocketStream) -> None:
+    """Echoes one byte every 50 ms: slow, but never stalled."""
+    async for data in stream:
+        for i in range(len(data)):
+            await trio.sleep(0.05)  # The server's behaviour under test: a slow sender.
+            await stream.send_all(data[i : i + 1])
+
+
 def with_server(handler: Handler, body: Callable[[Harness], Awaitable[None]]) -> Harness:
     """Serve ``handler`` on 127.0.0.1, run ``body`` with a harness for it; return the harness.
 
@@ -120,6 +128,28 @@ def test_Harness_step_that_hangs_fails_naming_the_step_and_connection() -> None:
     assert failure.transcript.ending is Ending.TIMEOUT
     assert failure.verdict is not None
     assert failure.verdict.pending
+
+
+def test_Connection_settle_idle_deadline_is_on_progress_not_on_the_whole() -> None:
+    payload = bytes(range(20))  # 1 s of trickle against a 0.5 s step timeout.
+
+    async def whole(h: Harness) -> None:
+        conn = await h.connect("c1")
+        await conn.send(payload)
+        await conn.settle(step="read it all")
+
+    async def idle(h: Harness) -> None:
+        conn = await h.connect("c1")
+        await conn.send(payload)
+        await conn.settle(step="read it all", idle=True)
+
+    with pytest.raises(StepTimeout, match="did not complete within 0.5s"):
+        with_server(trickles, whole)
+    (transcript,) = with_server(trickles, idle).transcripts
+    assert bytes(transcript.received) == payload
+    with pytest.raises(StepTimeout, match="nothing arrived for 0.5s") as caught:
+        with_server(silent, idle)
+    assert caught.value.step == "read it all"
 
 
 def test_Harness_sees_the_servers_RST_and_judges_what_is_missing() -> None:
