@@ -42,6 +42,13 @@ from conformance.errors import (
 )
 from conformance.invoke import run_pytest
 from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
+from conformance.plan import (
+    TARGET_DESTS,
+    Front,
+    add_options,
+    check_report_path,
+    plan_from_options,
+)
 from conformance.plugin import CHECK_PROPERTY, TARGET_PROPERTY
 from conformance.results import (
     RunResults,
@@ -51,15 +58,7 @@ from conformance.results import (
     paint,
     use_colour,
 )
-from conformance.session import (
-    TARGET_DESTS,
-    Front,
-    PlannedRun,
-    Session,
-    add_options,
-    check_report_path,
-    plan_from_options,
-)
+from conformance.session import PlannedRun, Session
 from conformance.target import TargetSpec, start_target
 from reference.cli import ArgumentParser, add_model_parsers, at_least, serve
 

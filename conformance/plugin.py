@@ -57,6 +57,11 @@ import pytest
 import conformance
 from conformance.checks import Check, run_check
 from conformance.errors import EXIT_UNREACHABLE, TargetError, UsageError
+from conformance.plan import (
+    Front,
+    add_options,
+    plan_from_options,
+)
 from conformance.report import FailureReport
 from conformance.report_html import write_html
 from conformance.report_json import write_json
@@ -67,13 +72,7 @@ from conformance.results import (
     format_counts,
     format_table,
 )
-from conformance.session import (
-    Front,
-    PlannedRun,
-    Session,
-    add_options,
-    plan_from_options,
-)
+from conformance.session import PlannedRun, Session
 from conformance.target import Address
 
 __all__ = [

@@ -208,6 +208,15 @@ class RunResults:
             for c in self.checks
         )
 
+    def failed(self) -> list[CheckResult]:
+        """Every result that fails the run (FAIL), target by target."""
+        return [
+            t.result(c)
+            for t in self.targets
+            for c in self.checks
+            if t.result(c).verdict is Verdict.FAIL
+        ]
+
     def totals(self) -> dict[Verdict, int]:
         totals = dict.fromkeys(Verdict, 0)
         for target in self.targets:

@@ -2,24 +2,16 @@
 
 How this works
 --------------
-Both fronts take their options from one table (:data:`OPTIONS`): the pytest
-plugin adds them to pytest's parser, the CLI to its ``run`` sub-command, with
-the same names (the CLI also accepts the short ``--strict`` and
-``--profile``). Whatever the front, the values become one validated
-:class:`RunPlan` (:func:`plan_from_options`): the targets, the checks, the
-oracle, the strictness, the profile, the saved scenario, the report paths, and
-the front, which names the replay commands.
-
-A :class:`Session` runs a plan. In the process that owns the run (the only
-one, or xdist's controller) it starts each target once and stops it at the
-end (:meth:`Session.start`, :meth:`Session.stop`), gathers every check's
-result into a :class:`~conformance.results.RunResults`, and builds every
-replay command (:meth:`Session.replay_command`). xdist's workers get the plan
-and the running targets as plain data (:meth:`Session.to_worker`,
-:meth:`Session.for_worker`), so a spawned server is started once, and every
-check runs against a :class:`~conformance.checks.Setup` the session made
-(:meth:`Session.setup`). What happens to a target during the run belongs
-here, in one place.
+A :class:`Session` runs a :class:`~conformance.plan.RunPlan`. In the process
+that owns the run (the only one, or xdist's controller) it starts each target
+once and stops it at the end (:meth:`Session.start`, :meth:`Session.stop`),
+gathers every check's result into a :class:`~conformance.results.RunResults`,
+and builds every replay command (:meth:`Session.replay_command`). xdist's
+workers get the plan and the running targets as plain data
+(:meth:`Session.to_worker`, :meth:`Session.for_worker`), so a spawned server
+is started once, and every check runs against a
+:class:`~conformance.checks.Setup` the session made (:meth:`Session.setup`).
+What happens to a target during the run belongs here, in one place.
 
 The CLI builds the plan from its own arguments, starts the session (so an
 unreachable target is one line and exit 3 before pytest starts) and hands it
@@ -29,373 +21,17 @@ as text between the two fronts.
 
 from __future__ import annotations
 
-import enum
-import os
-import re
-import shlex
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from conformance.catalogue import CATALOGUE, CATEGORIES
-from conformance.checks import Check, Setup
-from conformance.errors import UsageError
+from conformance.checks import Check, Setup, run_check
 from conformance.oracle import load_oracle
-from conformance.profiles import DEFAULT, PROFILES, Profile
-from conformance.results import RunResults, TargetRun
-from conformance.selection import select_checks, split_list
-from conformance.target import (
-    REFERENCE_MODELS,
-    Address,
-    RunningTarget,
-    TargetSpec,
-    start_target,
-)
+from conformance.plan import RunPlan
+from conformance.results import CheckResult, RunResults, TargetRun, Verdict
+from conformance.target import Address, RunningTarget, TargetSpec, start_target
 
-__all__ = [
-    "OPTIONS",
-    "TARGET_DESTS",
-    "Front",
-    "LiveTarget",
-    "Option",
-    "PlannedRun",
-    "RunPlan",
-    "Session",
-    "add_options",
-    "check_report_path",
-    "plan_from_options",
-    "scenario_file",
-    "target_names",
-    "target_specs",
-]
-
-
-class Front(enum.Enum):
-    """What runs the session; its value is the start of a replay command."""
-
-    CLI = "reactor-conformance run"
-    PYTEST = "pytest --pyargs conformance"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a conformance run, as both fronts define it.
-
-    Attributes:
-        flag: The long option, the same in both fronts.
-        dest: The attribute it sets.
-        help: Its help text.
-        short: A shorter name the CLI also accepts (pytest owns ``--strict``).
-        settings: The rest of ``add_argument``'s keywords (action, metavar...).
-    """
-
-    flag: str
-    dest: str
-    help: str
-    short: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def flags(self, front: Front) -> list[str]:
-        """The names it has in ``front``."""
-        if front is Front.CLI and self.short is not None:
-            return [self.short, self.flag]
-        return [self.flag]
-
-    def name(self, front: Front) -> str:
-        """The name a replay command uses in ``front``."""
-        return self.flags(front)[0]
-
-
-_TARGET_HELP = " (repeat to test several side by side)"
-
-#: The options of a run. Targets default to the reference single server.
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "--target",
-        "target",
-        "Test the server listening there" + _TARGET_HELP,
-        settings={"action": "append", "metavar": "HOST:PORT"},
-    ),
-    Option(
-        "--spawn",
-        "spawn",
-        "Start CMD and test it: {port} is replaced by a free port, or CMD prints "
-        "'listening on HOST:PORT'; it is stopped at the end" + _TARGET_HELP,
-        settings={"action": "append", "metavar": "CMD"},
-    ),
-    Option(
-        "--reference",
-        "reference",
-        f"Test a reference server: {', '.join(REFERENCE_MODELS)}" + _TARGET_HELP,
-        settings={"action": "append", "metavar": "MODEL"},
-    ),
-    Option(
-        "--oracle",
-        "oracle",
-        "What the server should answer: echo, discard or package.module:Class "
-        "(default: %(default)s)",
-        settings={"default": "echo", "metavar": "SPEC"},
-    ),
-    Option(
-        "--checks",
-        "checks",
-        "Run only these checks: IDs or patterns such as ECHO-RESET-* (see 'list')",
-        settings={"metavar": "ID,..."},
-    ),
-    Option(
-        "--category",
-        "category",
-        f"Run only these: {', '.join(CATEGORIES)}",
-        settings={"metavar": "NAME,..."},
-    ),
-    Option(
-        "--conformance-strict",
-        "strict",
-        "A failed SHOULD or MAY fails the run",
-        short="--strict",
-        settings={"action": "store_true"},
-    ),
-    Option(
-        "--conformance-profile",
-        "profile",
-        "Size of the property checks' search: ci (few examples, derandomized), default, "
-        "thorough (many examples, payloads up to 8 MiB) (default: default, or "
-        "--hypothesis-profile when it names one of them)",
-        short="--profile",
-        settings={"choices": list(PROFILES)},
-    ),
-    Option(
-        "--scenario",
-        "scenario",
-        "Property checks replay this saved scenario (JSON) instead of searching",
-        settings={"metavar": "PATH"},
-    ),
-    Option(
-        "--report-json",
-        "report_json",
-        "Write the JSON report to PATH",
-        settings={"metavar": "PATH"},
-    ),
-    Option(
-        "--report-html",
-        "report_html",
-        "Write the self-contained HTML report to PATH",
-        settings={"metavar": "PATH"},
-    ),
-)
-
-_BY_DEST = {option.dest: option for option in OPTIONS}
-#: The options that name targets.
-TARGET_DESTS = frozenset({"target", "spawn", "reference"})
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:-]+")
-
-
-def add_options(
-    add: Callable[..., Any],
-    front: Front,
-    *,
-    only: frozenset[str] | None = None,
-    repeat: bool = True,
-) -> None:
-    """Define the options of :data:`OPTIONS` with ``add`` (``add_argument`` or ``addoption``).
-
-    Args:
-        add: Defines one option.
-        front: Whose names to use.
-        only: The ``dest`` of the options to define; default: all.
-        repeat: False: a target option names one target (``load``), not several.
-    """
-    for option in OPTIONS:
-        if only is not None and option.dest not in only:
-            continue
-        settings = dict(option.settings)
-        text = option.help
-        if not repeat and settings.get("action") == "append":
-            del settings["action"]
-            text = text.removesuffix(_TARGET_HELP)
-        add(*option.flags(front), dest=option.dest, help=text, **settings)
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """A validated run: what to check, against what, judged how.
-
-    Attributes:
-        targets: The targets, in the order given.
-        names: A short name per target, unique in the run.
-        checks: The selected checks, in catalogue order.
-        oracle: The oracle's spec (``echo``, ``discard``, ``module:Class``).
-        strict: A failed SHOULD or MAY fails the run.
-        profile: How hard the property checks search.
-        scenario: A saved scenario the property checks replay.
-        report_json: Where to write the JSON report, if anywhere.
-        report_html: Where to write the HTML report, if anywhere.
-        front: What runs it (names the replay commands).
-    """
-
-    targets: tuple[TargetSpec, ...]
-    names: tuple[str, ...]
-    checks: tuple[Check, ...]
-    oracle: str = "echo"
-    strict: bool = False
-    profile: Profile = DEFAULT
-    scenario: Path | None = None
-    report_json: str | None = None
-    report_html: str | None = None
-    front: Front = Front.CLI
-
-    def replay_prefix(self, spec: TargetSpec) -> str:
-        """The command that reruns this run against ``spec``, without ``--checks``."""
-        words = [*shlex.split(self.front.value), *spec.options()]
-        if self.oracle != "echo":
-            words += [_BY_DEST["oracle"].name(self.front), self.oracle]
-        if self.strict:
-            words.append(_BY_DEST["strict"].name(self.front))
-        if self.profile is not DEFAULT:
-            words += [_BY_DEST["profile"].name(self.front), self.profile.name]
-        return shlex.join(words)
-
-    def to_data(self) -> dict[str, Any]:
-        """Plain data that :meth:`from_data` reads (for xdist's workers)."""
-        return {
-            "targets": [[spec.kind, spec.value] for spec in self.targets],
-            "names": list(self.names),
-            "checks": [check.id for check in self.checks],
-            "oracle": self.oracle,
-            "strict": self.strict,
-            "profile": self.profile.name,
-            "scenario": str(self.scenario) if self.scenario is not None else None,
-            "report_json": self.report_json,
-            "report_html": self.report_html,
-            "front": self.front.name,
-        }
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> RunPlan:
-        by_id = {check.id: check for check in CATALOGUE}
-        return cls(
-            targets=tuple(TargetSpec(kind, value) for kind, value in data["targets"]),
-            names=tuple(data["names"]),
-            checks=tuple(by_id[i] for i in data["checks"]),
-            oracle=data["oracle"],
-            strict=data["strict"],
-            profile=PROFILES[data["profile"]],
-            scenario=Path(data["scenario"]) if data["scenario"] is not None else None,
-            report_json=data["report_json"],
-            report_html=data["report_html"],
-            front=Front[data["front"]],
-        )
-
-
-def plan_from_options(
-    values: Any, front: Front, *, hypothesis_profile: str | None = None
-) -> RunPlan:
-    """The plan of the options in ``values`` (an argparse namespace or pytest's options).
-
-    Args:
-        values: Has an attribute per :data:`OPTIONS` entry.
-        front: What runs the plan.
-        hypothesis_profile: Hypothesis' own ``--hypothesis-profile``; it picks
-            the profile when it names one and ``--conformance-profile`` is not given.
-
-    Raises:
-        UsageError: An option is malformed, names nothing, or selects no check.
-    """
-    specs = target_specs(values.target, values.spawn, values.reference)
-    checks = tuple(select_checks(split_list(values.checks), split_list(values.category)))
-    if not checks:
-        raise UsageError("no check selected")
-    load_oracle(values.oracle)
-    check_report_path(values.report_json, "--report-json")
-    check_report_path(values.report_html, "--report-html")
-    name = values.profile
-    if name is None:
-        name = hypothesis_profile if hypothesis_profile in PROFILES else DEFAULT.name
-    return RunPlan(
-        targets=tuple(specs),
-        names=tuple(target_names(specs)),
-        checks=checks,
-        oracle=values.oracle,
-        strict=bool(values.strict),
-        profile=PROFILES[name],
-        scenario=scenario_file(values.scenario),
-        report_json=values.report_json,
-        report_html=values.report_html,
-        front=front,
-    )
-
-
-def target_specs(
-    targets: list[str] | None, spawns: list[str] | None, references: list[str] | None
-) -> list[TargetSpec]:
-    """The targets named by repeated options: addresses, then commands, then models.
-
-    Raises:
-        UsageError: One of them is malformed.
-    """
-    specs = [TargetSpec.from_options(t, None, None) for t in targets or []]
-    specs += [TargetSpec.from_options(None, s, None) for s in spawns or []]
-    specs += [TargetSpec.from_options(None, None, r) for r in references or []]
-    return specs or [TargetSpec.default()]
-
-
-def _short_name(spec: TargetSpec) -> str:
-    if spec.kind == "address":
-        return spec.value
-    if spec.kind == "reference":
-        return f"reference-{spec.value}"
-    words = shlex.split(spec.value)
-    scripts = [w for w in words[1:] if not w.startswith("-") and "." in os.path.basename(w)]
-    word = scripts[0] if scripts and os.path.basename(words[0]).startswith("python") else words[0]
-    return Path(word).stem or "spawned"
-
-
-def target_names(specs: Sequence[TargetSpec]) -> list[str]:
-    """A short name per target, unique in the run, safe in a pytest node ID."""
-    names: list[str] = []
-    for spec in specs:
-        clean = _NAME_CHARS.sub("_", _short_name(spec)).strip("_") or "target"
-        unique, n = clean, 2
-        while unique in names:
-            unique, n = f"{clean}-{n}", n + 1
-        names.append(unique)
-    return names
-
-
-def check_report_path(value: str | None, option: str) -> str | None:
-    """``value``, when it can name a report file to write.
-
-    Raises:
-        UsageError: Its directory does not exist, or it is a directory.
-    """
-    if value is None:
-        return None
-    parent = Path(value).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {value}: the directory {parent} does not exist")
-    if Path(value).is_dir():
-        raise UsageError(f"{option} {value}: a directory; give a file name")
-    return value
-
-
-def scenario_file(path: str | None) -> Path | None:
-    """The saved scenario at ``path``, checked; None when no path is given.
-
-    Raises:
-        UsageError: It cannot be read, or is not a scenario.
-    """
-    if path is None:
-        return None
-    from conformance.scenario import from_json
-
-    try:
-        from_json(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read scenario {path!r}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: {exc}") from None
-    return Path(path)
+__all__ = ["LiveTarget", "PlannedRun", "Session"]
 
 
 @dataclass(frozen=True)
@@ -507,6 +143,27 @@ class Session:
             profile=self.plan.profile,
             scenario=self.plan.scenario,
         )
+
+    def run(self, name: str, check: Check) -> CheckResult:
+        """Run ``check`` against the target called ``name`` here, and record its result.
+
+        The pytest plugin runs checks as test items instead (so xdist spreads
+        them); this is the same engine without pytest (:func:`conformance.check_server`).
+        """
+        outcome = run_check(check, self.setup(name))
+        verdict = Verdict.PASS
+        if outcome.failure is not None:
+            verdict = Verdict.FAIL if outcome.fails_run(self.plan.strict) else Verdict.NON_STRICT
+        result = CheckResult(
+            check,
+            verdict,
+            outcome.duration,
+            outcome.failure,
+            replay=self.replay_command(name, check),
+        )
+        if self.results is not None:
+            self.results.record(name, result)
+        return result
 
     def replay_command(self, name: str, check: Check) -> str:
         """The command that reruns just ``check`` against the target called ``name``."""

@@ -1,0 +1,96 @@
+"""``check_server``: the suite as a function, for another project's own tests.
+
+Like ``trio.testing.check_two_way_stream``, it runs the conformance checks
+against a server from inside any test suite, and returns typed results
+instead of printing. It runs the same engine as ``reactor-conformance run``
+(:class:`~conformance.session.Session`), checks one after the other in this
+process, without pytest's collection or xdist.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from conformance.errors import UsageError
+from conformance.plan import Front, RunPlan, target_names
+from conformance.profiles import PROFILES, Profile
+from conformance.results import RunResults
+from conformance.selection import select_checks
+from conformance.session import Session
+from conformance.target import REFERENCE_MODELS, TargetSpec, parse_address
+
+__all__ = ["check_server"]
+
+
+def _spec(target: str | TargetSpec) -> TargetSpec:
+    if isinstance(target, TargetSpec):
+        return target
+    if target in REFERENCE_MODELS:
+        return TargetSpec.from_options(None, None, target)
+    try:
+        parse_address(target)
+    except UsageError:
+        return TargetSpec.from_options(None, target, None)
+    return TargetSpec.from_options(target, None, None)
+
+
+def check_server(
+    target: str | TargetSpec,
+    *,
+    checks: Iterable[str] = (),
+    oracle: str = "echo",
+    profile: str | Profile = "ci",
+    strict: bool = False,
+) -> RunResults:
+    """Run conformance checks against one server and return every verdict.
+
+    Args:
+        target: ``HOST:PORT`` of a running server; a command to start, with
+            ``{port}`` for a free port (or printing ``listening on
+            HOST:PORT``), stopped at the end; a reference model name
+            (``single``, ``pool``, ``multi``); or a
+            :class:`~conformance.target.TargetSpec`.
+        checks: IDs or patterns (``ECHO-RESET-*``); default: every check.
+        oracle: ``echo``, ``discard`` or ``package.module:Class``.
+        profile: How hard the property checks search; default ``ci``
+            (derandomized: the same scenarios on every run, as a test suite wants).
+        strict: A failed SHOULD or MAY fails too.
+
+    Returns:
+        The results: ``ok()`` is true when every MUST passed (every check,
+        when strict); ``failed()`` lists the failures, each with its
+        :class:`~conformance.report.FailureReport`.
+
+    Raises:
+        UsageError: An unknown check, oracle or profile, or a malformed target.
+        TargetError: The target cannot be reached, or never listens.
+    """
+    spec = _spec(target)
+    selected = tuple(select_checks(list(checks)))
+    if not selected:
+        raise UsageError("no check selected")
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise UsageError(f"unknown profile {profile!r}: choose among {', '.join(PROFILES)}")
+        profile = PROFILES[profile]
+    plan = RunPlan(
+        targets=(spec,),
+        names=tuple(target_names([spec])),
+        checks=selected,
+        oracle=oracle,
+        strict=strict,
+        profile=profile,
+        front=Front.CLI,
+    )
+    session = Session(plan)
+    session.start()
+    try:
+        (live,) = session.targets
+        for check in selected:
+            session.run(live.name, check)
+    finally:
+        session.stop()
+    assert session.results is not None
+    session.results.finished = time.time()
+    return session.results

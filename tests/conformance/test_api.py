@@ -1,0 +1,51 @@
+"""``conformance.check_server``: the engine as a function, typed results, no pytest inside."""
+
+from __future__ import annotations
+
+import pytest
+
+import conformance
+from conformance.errors import TargetError, UsageError
+from conformance.results import Verdict
+from conformance.target import TargetSpec, free_port
+from tests.conformance.support import broken_spawn, serving
+
+
+def test_check_server_passes_a_reference_model_by_name() -> None:
+    results = conformance.check_server("single", checks=["ECHO-BASIC-*", "PROP-ECHO-1"])
+    assert results.ok()
+    assert [c.id for c in results.checks] == [
+        "ECHO-BASIC-1",
+        "ECHO-BASIC-2",
+        "ECHO-BASIC-3",
+        "ECHO-BASIC-4",
+        "PROP-ECHO-1",
+    ]
+    (target,) = results.targets
+    assert all(target.result(c).verdict is Verdict.PASS for c in results.checks)
+
+
+def test_check_server_reports_a_broken_command_with_a_bug_report() -> None:
+    results = conformance.check_server(broken_spawn("truncates_at_nul"), checks=["ECHO-BASIC-4"])
+    assert not results.ok()
+    (failed,) = results.failed()
+    assert failed.check.id == "ECHO-BASIC-4"
+    assert failed.failure is not None
+    assert failed.failure.check_line.startswith("ECHO-BASIC-4 (MUST")
+    assert failed.replay.endswith("--checks ECHO-BASIC-4")
+
+
+def test_check_server_takes_the_address_of_a_running_server() -> None:
+    with serving(TargetSpec.from_options(None, None, "pool")) as running:
+        results = conformance.check_server(str(running.address), checks=["ECHO-BASIC-1"])
+    assert results.ok()
+    assert results.targets[0].address == str(running.address)
+
+
+def test_check_server_says_what_is_wrong_with_its_arguments() -> None:
+    with pytest.raises(UsageError, match="no check"):
+        conformance.check_server("single", checks=["NO-SUCH-*"])
+    with pytest.raises(UsageError, match="unknown profile"):
+        conformance.check_server("single", checks=["ECHO-BASIC-1"], profile="quick")
+    with pytest.raises(TargetError):
+        conformance.check_server(f"127.0.0.1:{free_port()}", checks=["ECHO-BASIC-1"])
