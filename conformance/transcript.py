@@ -1,0 +1,95 @@
+"""What a check saw on its connections, and how a check fails: plain data, no sockets.
+
+A :class:`Transcript` is one connection as the client saw it: every byte sent
+and received, its events (times relative to the start of the check), and
+how it ended (:class:`Ending`). A :class:`CheckFailure` (a
+:class:`StepTimeout`, a :class:`Divergence`) names the step and the
+connection that failed; the harness (:mod:`conformance.harness`) raises them
+and a :class:`~conformance.report.FailureReport` is built from them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from conformance.oracle import Verdict
+
+__all__ = ["CheckFailure", "Divergence", "Ending", "Event", "StepTimeout", "Transcript"]
+
+
+class Ending(enum.Enum):
+    """How a connection ended, as the client saw it."""
+
+    OPEN = "still open"
+    FIN = "FIN from the server"
+    RST = "RST from the server"
+    TIMEOUT = "timed out"
+    CLIENT_CLOSE = "closed by the client"
+    CLIENT_RESET = "reset by the client"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened on a connection, ``at`` seconds after the check began."""
+
+    at: float
+    action: str
+    size: int = 0
+
+
+@dataclass
+class Transcript:
+    """What happened on one connection."""
+
+    name: str
+    sent: bytearray = field(default_factory=bytearray)
+    received: bytearray = field(default_factory=bytearray)
+    events: list[Event] = field(default_factory=list)
+    ending: Ending = Ending.OPEN
+
+    def end(self, ending: Ending) -> None:
+        """Record how the connection ended; the first ending wins."""
+        if self.ending is Ending.OPEN:
+            self.ending = ending
+
+    def summary(self) -> str:
+        last = self.events[-1].at if self.events else 0.0
+        return (
+            f"connection {self.name}: sent {len(self.sent)} bytes, received "
+            f"{len(self.received)} bytes, {len(self.events)} events over {last:.3f}s, "
+            f"ended: {self.ending.value}"
+        )
+
+
+class CheckFailure(Exception):
+    """A check failed; the message says how.
+
+    Attributes:
+        step: The step that failed, if any.
+        transcript: The connection it failed on, if any.
+        verdict: The oracle's verdict, for a wrong byte.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str | None = None,
+        transcript: Transcript | None = None,
+        verdict: Verdict | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.step = step
+        self.transcript = transcript
+        self.verdict = verdict
+
+
+class StepTimeout(CheckFailure):
+    """A step missed its deadline: the server hung, or is far too slow."""
+
+
+class Divergence(CheckFailure):
+    """The oracle found a wrong, missing or extra byte."""
