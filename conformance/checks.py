@@ -42,6 +42,7 @@ __all__ = [
     "Outcome",
     "Setup",
     "liveness",
+    "replay_check",
     "run_check",
 ]
 
@@ -109,8 +110,14 @@ class Setup:
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
-        prefix = self.replay or f"reactor-conformance run --target {self.address}"
-        return f"{prefix} --checks {check.id}"
+        return replay_check(
+            self.replay or f"reactor-conformance run --target {self.address}", check
+        )
+
+
+def replay_check(prefix: str, check: Check) -> str:
+    """``prefix`` (a command that reruns a run against one target) narrowed to ``check``."""
+    return f"{prefix} --checks {check.id}"
 
 
 @dataclass(frozen=True)

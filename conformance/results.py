@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.checks import Check
+from conformance.checks import Check, replay_check
 from conformance.report import FailureReport
 
 __all__ = [
@@ -152,7 +152,7 @@ class TargetRun:
         return CheckResult(check, Verdict.SKIPPED, reason=NOT_RUN, replay=self.replay_of(check))
 
     def replay_of(self, check: Check) -> str:
-        return f"{self.replay} --checks {check.id}" if self.replay else ""
+        return replay_check(self.replay, check) if self.replay else ""
 
     def counts(self, checks: Sequence[Check]) -> dict[Verdict, int]:
         counts = dict.fromkeys(Verdict, 0)

@@ -16,11 +16,11 @@ import sys
 import pytest
 
 from conformance.catalogue import CATALOGUE, by_id
+from conformance.matrix import BrokenServer, broken_servers, catches, run_against
 from conformance.target import TargetSpec
-from tests.conformance.support import ASYNCIO_ECHO, spawn_command
-from tools.kill_matrix import BrokenServer, broken_servers, catches, run_against
+from tests.conformance.support import ASYNCIO_ECHO, BROKEN, spawn_command
 
-SERVERS = broken_servers()
+SERVERS = broken_servers(BROKEN)
 
 DECLARED = [(server, check_id) for server in SERVERS for check_id in server.caught_by]
 
