@@ -54,7 +54,7 @@ def test_LoadSpec_validate_names_the_bad_setting() -> None:
 def test_run_load_pingpong_counts_verified_round_trips(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=20, size=100, rounds=50, duration=30))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     assert result.round_trips == 20 * 50
     assert result.bytes_verified == 20 * 50 * 100
     assert result.latency.count == result.round_trips
@@ -64,7 +64,7 @@ def test_run_load_pingpong_counts_verified_round_trips(single: ServerProcess) ->
 def test_run_load_stream_verifies_every_byte(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=8, mode="stream", duration=0.5))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     assert result.bytes_verified > 1_000_000
 
 
@@ -72,7 +72,7 @@ def test_run_load_with_faults_keeps_the_others_exact(single: ServerProcess) -> N
     host, port = single.address
     faults = Faults(reset=0.02, half_close=0.02, slow_reader=0.01, connect_storm=100)
     result = run_load(LoadSpec(host, port, connections=50, duration=1.5, faults=faults))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     for kind in ("reset", "half-close", "slow-reader", "connect-storm"):
         assert result.injected[kind] > 0, (kind, result.injected)
     assert result.observed["half-close-echoed"] == result.injected["half-close"]
@@ -83,7 +83,7 @@ def test_run_load_with_faults_keeps_the_others_exact(single: ServerProcess) -> N
 def test_run_load_in_several_processes_merges_their_results(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=30, rounds=20, duration=30, procs=2))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     assert result.round_trips == 30 * 20
     assert result.connections_opened == 30
 
@@ -150,7 +150,7 @@ def test_run_load_reports_a_server_that_stops_answering() -> None:
         result = run_load(
             LoadSpec(host, port, connections=2, duration=0.3, drain_timeout=0.5, connect_timeout=2)
         )
-    assert result.errors["stalled"] == 2, result.to_dict()
+    assert result.errors["stalled"] == 2, result.to_data()
     assert result.server_alive is False
 
 

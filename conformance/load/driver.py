@@ -1,0 +1,453 @@
+"""The load loop: one load process's connections, driven from one raw epoll.
+
+How this works
+--------------
+A :class:`Driver` opens its share of the run's connections and drives them
+from one ``select.epoll`` (no trio, no selector objects: the generator must
+not be the bottleneck). Each connection is a :class:`~conformance.load.client.Client`
+whose state the driver moves through the client's table.
+
+- *ping-pong*: each connection sends one message of ``size`` bytes, waits
+  until all of it came back, checks it, records the round trip's latency, and
+  sends the next. Messages differ from round to round (a sliding window over a
+  random pattern), so a stale, repeated or reordered message never passes.
+- *stream*: each connection keeps up to ``window`` bytes in flight, sending
+  from a random pattern and checking what comes back.
+
+Every byte received is compared with the byte owed at the same offset of the
+stream; the first difference is reported with its connection and offset.
+When the time (or the count) is up, no new data is sent and every connection
+waits for what it is owed, up to a deadline; what is still missing then is an
+error ("stalled"), so no byte goes unchecked.
+
+One fast path: ping-pong with no faults and no round count (every connection
+``ACTIVE`` throughout) takes a whole reply in one ``recv``, compares it in one
+``==`` and calls :meth:`Driver.send_next`, the same code every round uses.
+Latencies go into a list that :meth:`~conformance.histogram.Histogram.record_many`
+empties at each housekeeping tick.
+
+Faults (:mod:`conformance.load.faults`) strike between rounds; the driver's
+housekeeping tick resumes slow readers, finds stalled connections and runs
+the connect storm.
+
+Facts about the OS this relies on
+---------------------------------
+- epoll is level-triggered here: a connection with unread bytes is reported
+  on every ``poll`` until they are read, so one ``recv`` per event is enough.
+- ``EPOLLERR``/``EPOLLHUP`` come whatever was asked for; the ``recv`` or
+  ``send`` that follows says what went wrong.
+- ``SO_LINGER`` with a zero timeout makes ``close`` send RST and drop what is
+  queued, in both directions.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import resource
+import select
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from conformance.load.client import PATTERN_SHIFTS, Client, ClientEvent, ClientState
+from conformance.load.faults import TICK, inject_after_round, resume_slow_reader, storm
+from conformance.load.result import LoadResult
+from conformance.load.spec import LoadSpec
+
+__all__ = ["Driver"]
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
+_READ_SIZE = 256 * 1024
+_LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}
+
+# Looked up once, not per event.
+_SLOW_READER = ClientState.SLOW_READER
+_HALF_CLOSED = ClientState.HALF_CLOSED
+_IDLE = ClientState.IDLE
+_REPLIED = ClientEvent.REPLIED
+
+
+class Driver:
+    """The connections of one load process and the loop that drives them.
+
+    Args:
+        spec: The whole run's spec.
+        first: The run-wide index of this process's first connection.
+        count: How many connections this process drives.
+    """
+
+    def __init__(self, spec: LoadSpec, first: int, count: int) -> None:
+        self.spec = spec
+        self.first = first
+        self.count = count
+        self.rng = random.Random(spec.seed * 1_000_003 + first)
+        self.ep = select.epoll()
+        self.clients: dict[int, Client] = {}
+        self.next_index = first
+        self.result = LoadResult(spec)
+        #: Latencies (us) of measured round trips not yet in the histogram.
+        self.latencies: list[int] = []
+        self.draining = False
+        self.stopped = False  # an error with stop_on_error: end the run now
+        self.stream = spec.mode == "stream"
+        self.size = spec.size
+        #: No faults and no round count: after a round trip, just send the next.
+        self.plain = not spec.faults.any and spec.rounds is None and not self.stream
+        self.storm_left = 0
+        self.pattern_len = (
+            spec.size + PATTERN_SHIFTS if spec.mode == "pingpong" else 2 * max(spec.window, 65536)
+        )
+
+    # -- connections --------------------------------------------------------------
+
+    def connect_all(self) -> None:
+        """Open this process's connections (blocking connects, before the clock starts)."""
+        _raise_fd_limit(self.count + 64)
+        for _ in range(self.count):
+            self.open_client()
+
+    def open_client(self) -> Client | None:
+        index = self.next_index
+        self.next_index += 1
+        try:
+            sock = socket.create_connection(
+                (self.spec.host, self.spec.port), timeout=self.spec.connect_timeout
+            )
+        except OSError as exc:
+            self.error("connect", None, f"connect failed: {exc}")
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        client = Client(index, sock, self.rng.randbytes(self.pattern_len))
+        client.last_progress = time.monotonic()
+        self.clients[client.fd] = client
+        self.ep.register(client.fd, _IN)
+        self.result.connections_opened += 1
+        return client
+
+    def drop(self, client: Client, *, rst: bool = False) -> None:
+        client.advance(ClientEvent.ABORT)
+        self.clients.pop(client.fd, None)
+        try:
+            self.ep.unregister(client.fd)
+        except OSError:
+            pass
+        if rst:
+            try:
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            except OSError:
+                pass
+        client.sock.close()
+
+    def replace(self, client: Client, *, rst: bool = False) -> None:
+        self.drop(client, rst=rst)
+        if not self.draining:
+            new = self.open_client()
+            if new is not None:
+                self.send_next(new, time.monotonic_ns())
+
+    def set_events(self, client: Client, events: int) -> None:
+        if events != client.events:
+            self.ep.modify(client.fd, events)
+            client.events = events
+
+    def error(self, kind: str, client: Client | None, detail: str, **extra: Any) -> None:
+        self.result.errors[kind] += 1
+        if self.spec.stop_on_error:
+            self.stopped = True
+        if self.result.first_error is None:
+            self.result.first_error = {
+                "kind": kind,
+                "connection": None if client is None else client.index,
+                "detail": detail,
+                **extra,
+            }
+
+    # -- sending -----------------------------------------------------------------
+
+    def send(self, client: Client, data: bytes | memoryview) -> None:
+        """Send ``data`` after whatever is still queued; queue what the socket refuses."""
+        if client.out is not None:
+            client.out = memoryview(bytes(client.out) + bytes(data))
+            return
+        try:
+            n = client.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self.io_error(client, exc)
+            return
+        if n < len(data):
+            client.out = memoryview(data)[n:]
+            self.set_events(client, client.events | _OUT)
+
+    def flush(self, client: Client) -> None:
+        out = client.out
+        assert out is not None
+        try:
+            n = client.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.io_error(client, exc)
+            return
+        if n == len(out):
+            client.out = None
+            self.set_events(client, client.events & ~_OUT)
+            if self.stream:
+                self.top_up(client)
+        else:
+            client.out = out[n:]
+
+    def send_next(self, client: Client, now_ns: int) -> None:
+        """Ping-pong: start the next round trip."""
+        message = client.message(self.size)
+        client.expect += message
+        client.sent_at = now_ns
+        client.measured = True
+        self.send(client, message)
+
+    def top_up(self, client: Client) -> None:
+        """Stream: send until ``window`` bytes are in flight."""
+        window = self.spec.window
+        plen = len(client.pattern) // 2
+        while client.out is None and len(client.expect) < window and not self.draining:
+            start = client.stream_pos % plen
+            size = min(window - len(client.expect), 65536)
+            chunk = client.pattern[start : start + size]
+            client.stream_pos += size
+            client.expect += chunk
+            self.send(client, chunk)
+
+    # -- receiving --------------------------------------------------------------
+
+    def on_readable(self, client: Client) -> None:
+        # Ask for no more than is owed (or a little, to catch extra bytes): a
+        # large recv allocates a large buffer on every call.
+        try:
+            data = client.sock.recv(min(len(client.expect), _READ_SIZE) or 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.io_error(client, exc)
+            return
+        self.on_data(client, data)
+
+    def on_data(self, client: Client, data: bytes) -> None:
+        """Check what came back against what is owed, then move the connection on."""
+        if not data:
+            self.on_eof(client)
+            return
+        wrong = client.receive(data)
+        if wrong is not None:
+            self.error(wrong.kind, client, wrong.detail, **wrong.fields)
+            self.replace(client, rst=True)
+            return
+        self.result.bytes_verified += len(data)
+        if self.stream:
+            client.last_progress = time.monotonic()
+            self.top_up(client)
+        elif client.expect:
+            if client.state is _SLOW_READER:
+                client.last_progress = time.monotonic()
+        else:
+            self.round_done(client)
+
+    def round_done(self, client: Client) -> None:
+        """Ping-pong: everything owed came back; record it and move on."""
+        now_ns = time.monotonic_ns()
+        if client.measured:
+            self.latencies.append((now_ns - client.sent_at) // 1000)
+        client.rounds += 1
+        state = client.state
+        client.advance(_REPLIED)
+        if state is _HALF_CLOSED:
+            self.result.observed["half-close-echoed"] += 1
+            self.replace(client)
+            return
+        if state is _SLOW_READER:
+            self.result.observed["slow-reader-served"] += 1
+        self.after_round(client, now_ns)
+
+    def after_round(self, client: Client, now_ns: int) -> None:
+        spec = self.spec
+        if self.draining or (spec.rounds is not None and client.rounds >= spec.rounds):
+            client.advance(ClientEvent.FINISH)
+            return
+        if spec.faults.any and inject_after_round(self, client, now_ns):
+            return
+        self.send_next(client, now_ns)
+
+    def on_eof(self, client: Client) -> None:
+        state = client.state
+        client.advance(ClientEvent.PEER_EOF)
+        if state is _HALF_CLOSED and not client.expect:
+            self.result.observed["half-close-echoed"] += 1
+        else:
+            self.error(
+                "eof",
+                client,
+                f"server closed the connection with {len(client.expect)} bytes still owed",
+                offset=client.verified,
+            )
+        self.replace(client)
+
+    def io_error(self, client: Client, exc: OSError) -> None:
+        kind = "reset" if exc.errno in (errno.ECONNRESET, errno.EPIPE) else "socket"
+        self.error(kind, client, f"{exc.strerror or exc}", offset=client.verified)
+        self.replace(client, rst=True)
+
+    def housekeeping(self, now: float) -> None:
+        for client in list(self.clients.values()):
+            if client.state is _SLOW_READER and resume_slow_reader(self, client, now):
+                continue
+            if client.expect and now - self.progress_time(client) > self.spec.drain_timeout:
+                self.error(
+                    "stalled",
+                    client,
+                    f"nothing came back for {self.spec.drain_timeout:.0f}s with "
+                    f"{len(client.expect)} bytes owed",
+                    offset=client.verified,
+                )
+                self.drop(client, rst=True)  # A new connection would most likely stall too.
+        if self.storm_left > 0 and not self.draining:
+            storm(self)
+
+    def progress_time(self, client: Client) -> float:
+        """When ``client`` last made progress (ping-pong: when its round began)."""
+        if self.stream or client.state is _SLOW_READER:
+            return client.last_progress
+        return max(client.last_progress, client.sent_at / 1e9)
+
+    # -- the run -----------------------------------------------------------------
+
+    def settle(self, fast_bytes: int) -> int:
+        """Fold into the result what the loop batched: latencies and verified bytes.
+
+        Args:
+            fast_bytes: Bytes the fast path verified since the last call.
+
+        Returns:
+            0, the fast path's new count.
+        """
+        latencies = self.latencies
+        if latencies:
+            self.result.latency.record_many(latencies)
+            self.result.round_trips += len(latencies)
+            latencies.clear()
+        self.result.bytes_verified += fast_bytes
+        return 0
+
+    def run(self, on_progress: Callable[[int, int], None] | None) -> LoadResult:
+        """Drive the connections until the time or the rounds are up, then drain.
+
+        Args:
+            on_progress: Called at each housekeeping tick with (round trips, bytes).
+
+        Returns:
+            This process's result (``server_alive`` left unset).
+        """
+        spec = self.spec
+        self.storm_left = round(spec.faults.connect_storm * self.count / spec.connections)
+        start = time.monotonic()
+        end = start + spec.duration
+        now_ns = time.monotonic_ns()
+        for opened in list(self.clients.values()):
+            if self.stream:
+                self.top_up(opened)
+            else:
+                self.send_next(opened, now_ns)
+        next_tick = start + TICK
+        drain_end = 0.0
+        clients = self.clients
+        poll = self.ep.poll
+        latency = self.latencies.append
+        send_next = self.send_next
+        monotonic_ns = time.monotonic_ns
+        fast_bytes = 0
+        plain = self.plain  # (every connection is ACTIVE while it holds)
+        while True:
+            for fd, ev in poll(TICK):
+                client = clients.get(fd)
+                if client is None:
+                    continue
+                if plain and ev == _IN:
+                    # The fast path: a whole reply in one read, one compare.
+                    try:
+                        data = client.sock.recv(len(client.expect) or 4096)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:
+                        self.io_error(client, exc)
+                        continue
+                    if data == client.expect and client.out is None and data:
+                        now_ns = monotonic_ns()
+                        latency((now_ns - client.sent_at) // 1000)
+                        fast_bytes += len(data)
+                        client.verified += len(data)
+                        client.rounds += 1
+                        client.expect = b""
+                        send_next(client, now_ns)
+                    else:
+                        self.on_data(client, data)
+                    continue
+                if ev & _OUT and client.out is not None:
+                    self.flush(client)
+                    if client.fd not in clients:
+                        continue
+                if ev & (_IN | _ERR) and client.events & _IN:
+                    self.on_readable(client)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK
+                fast_bytes = self.settle(fast_bytes)
+                self.housekeeping(now)
+                if on_progress is not None:
+                    on_progress(self.result.round_trips, self.result.bytes_verified)
+            if not self.draining:
+                done_counting = spec.rounds is not None and all(
+                    c.state is _IDLE for c in clients.values()
+                )
+                if now >= end or done_counting:
+                    self.draining = True
+                    self.plain = plain = False
+                    self.result.seconds = now - start
+                    # The next tick would add them after the clock stopped.
+                    fast_bytes = self.settle(fast_bytes)
+                    drain_end = now + spec.drain_timeout
+            if self.stopped:
+                if not self.result.seconds:
+                    self.result.seconds = now - start
+                break
+            if self.draining:
+                owed = [c for c in clients.values() if c.expect or c.out is not None]
+                if not owed:
+                    break
+                if now >= drain_end:
+                    for late in owed:
+                        self.error(
+                            "stalled",
+                            late,
+                            f"{len(late.expect)} bytes still owed when the run ended",
+                            offset=late.verified,
+                        )
+                    break
+        self.settle(fast_bytes)
+        for left in list(clients.values()):
+            self.drop(left)
+        self.ep.close()
+        return self.result
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
