@@ -4,7 +4,8 @@ How this works
 --------------
 A :class:`Client` is plain state and does no I/O; the driver
 (:mod:`conformance.load.driver`) does. ``expect`` holds the bytes the server
-still owes, in order; ``out`` what the socket has not taken yet.
+still owes, in order (what its oracle's ``expected_reply`` said for each
+message sent); ``out`` what the socket has not taken yet.
 :meth:`Client.message` cuts the next ping-pong message from the connection's
 random pattern; :meth:`Client.receive` checks what came back against what is
 owed and takes it off. Its life is one enum and one table
@@ -22,6 +23,7 @@ from __future__ import annotations
 import enum
 import select
 import socket
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from conformance.oracle import first_difference
@@ -99,6 +101,8 @@ class Client:
         index: The connection's number in the whole run (for error reports).
         sock: A connected, non-blocking socket.
         pattern: Random bytes the connection's messages are cut from.
+        reply: The connection's oracle's ``expected_reply``: what a correct
+            server owes for the bytes sent.
     """
 
     __slots__ = (
@@ -117,9 +121,12 @@ class Client:
         "last_progress",
         "events",
         "measured",
+        "reply",
     )
 
-    def __init__(self, index: int, sock: socket.socket, pattern: bytes) -> None:
+    def __init__(
+        self, index: int, sock: socket.socket, pattern: bytes, reply: Callable[[bytes], bytes]
+    ) -> None:
         self.index = index
         self.sock = sock
         self.fd = sock.fileno()
@@ -137,6 +144,7 @@ class Client:
         self.last_progress = 0.0
         self.events = select.EPOLLIN  # the interest registered with epoll
         self.measured = True  # the current round's latency counts
+        self.reply = reply
 
     def advance(self, event: ClientEvent) -> ClientState:
         """Move to the state the table gives for ``event``.

@@ -1,11 +1,13 @@
-"""The load loop: one load process's connections, driven from one raw epoll.
+"""The driver: one load process's connections and what each does on each event.
 
 How this works
 --------------
-A :class:`Driver` opens its share of the run's connections and drives them
-from one ``select.epoll`` (no trio, no selector objects: the generator must
-not be the bottleneck). Each connection is a :class:`~conformance.load.client.Client`
-whose state the driver moves through the client's table.
+A :class:`Driver` opens its share of the run's connections, registers them
+with one ``select.epoll``, and sends, receives and checks for each; the loop
+(:mod:`conformance.load.loop`) calls it on each event. Each connection is a
+:class:`~conformance.load.client.Client` whose state the driver moves through
+the client's table; faults (:mod:`conformance.load.faults`) strike between
+rounds.
 
 - *ping-pong*: each connection sends one message of ``size`` bytes, waits
   until all of it came back, checks it, records the round trip's latency, and
@@ -14,21 +16,14 @@ whose state the driver moves through the client's table.
 - *stream*: each connection keeps up to ``window`` bytes in flight, sending
   from a random pattern and checking what comes back.
 
-Every byte received is compared with the byte owed at the same offset of the
-stream; the first difference is reported with its connection and offset.
-When the time (or the count) is up, no new data is sent and every connection
-waits for what it is owed, up to a deadline; what is still missing then is an
-error ("stalled"), so no byte goes unchecked.
-
-One fast path: ping-pong with no faults and no round count (every connection
-``ACTIVE`` throughout) takes a whole reply in one ``recv``, compares it in one
-``==`` and calls :meth:`Driver.send_next`, the same code every round uses.
-Latencies go into a list that :meth:`~conformance.histogram.Histogram.record_many`
-empties at each housekeeping tick.
-
-Faults (:mod:`conformance.load.faults`) strike between rounds; the driver's
-housekeeping tick resumes slow readers, finds stalled connections and runs
-the connect storm.
+Each connection's oracle says what a correct server owes for each message
+(``expected_reply``, see :mod:`conformance.load.spec`); every byte received
+is compared with the byte owed at the same offset of the stream, and the first
+difference is reported with its connection and offset. With an oracle that
+owes nothing (discard), any byte back is an error, and a round ends when the
+socket has taken the whole message: the driver asks for write readiness only
+then (:meth:`Driver.await_writable`), so round trips count messages handed
+to the kernel and the server must keep reading for them to go on.
 
 Facts about the OS this relies on
 ---------------------------------
@@ -48,13 +43,12 @@ import resource
 import select
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 from conformance.load.client import PATTERN_SHIFTS, Client, ClientEvent, ClientState
-from conformance.load.faults import TICK, inject_after_round, resume_slow_reader, storm
+from conformance.load.faults import inject_after_round
 from conformance.load.result import LoadResult
-from conformance.load.spec import LoadSpec
+from conformance.load.spec import LoadSpec, reply_oracle
 
 __all__ = ["Driver"]
 
@@ -68,6 +62,7 @@ _LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}
 _SLOW_READER = ClientState.SLOW_READER
 _HALF_CLOSED = ClientState.HALF_CLOSED
 _IDLE = ClientState.IDLE
+_CLOSED = ClientState.CLOSED
 _REPLIED = ClientEvent.REPLIED
 
 
@@ -122,7 +117,8 @@ class Driver:
             return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        client = Client(index, sock, self.rng.randbytes(self.pattern_len))
+        reply = reply_oracle(self.spec.oracle).expected_reply
+        client = Client(index, sock, self.rng.randbytes(self.pattern_len), reply)
         client.last_progress = time.monotonic()
         self.clients[client.fd] = client
         self.ep.register(client.fd, _IN)
@@ -197,7 +193,8 @@ class Driver:
             return
         if n == len(out):
             client.out = None
-            self.set_events(client, client.events & ~_OUT)
+            if client.expect:  # Wait for the reply; with nothing owed, see on_writable.
+                self.set_events(client, client.events & ~_OUT)
             if self.stream:
                 self.top_up(client)
         else:
@@ -206,22 +203,48 @@ class Driver:
     def send_next(self, client: Client, now_ns: int) -> None:
         """Ping-pong: start the next round trip."""
         message = client.message(self.size)
-        client.expect += message
+        client.expect += client.reply(message)
         client.sent_at = now_ns
         client.measured = True
         self.send(client, message)
+        if not client.expect:
+            self.await_writable(client)
 
     def top_up(self, client: Client) -> None:
         """Stream: send until ``window`` bytes are in flight."""
-        window = self.spec.window
+        if self.draining:
+            return
         plen = len(client.pattern) // 2
-        while client.out is None and len(client.expect) < window and not self.draining:
+        room = self.spec.window - len(client.expect)  # at most a window per call, owed or not
+        while client.out is None and room > 0:
             start = client.stream_pos % plen
-            size = min(window - len(client.expect), 65536)
+            size = min(room, 65536)
             chunk = client.pattern[start : start + size]
             client.stream_pos += size
-            client.expect += chunk
+            client.expect += client.reply(chunk)
+            room -= size
             self.send(client, chunk)
+        if not client.expect:
+            self.await_writable(client)
+
+    def await_writable(self, client: Client) -> None:
+        """Nothing owed, nothing queued: let the next write readiness move ``client`` on."""
+        if client.out is None and client.state is not _CLOSED:
+            self.set_events(client, client.events | _OUT)
+
+    def on_writable(self, client: Client) -> None:
+        if client.out is not None:
+            self.flush(client)
+            return
+        # Write interest with nothing queued comes from await_writable: nothing is
+        # owed (a protocol with no replies) and the socket took all that was sent.
+        self.set_events(client, client.events & ~_OUT)
+        if client.expect or not client.events & _IN:
+            return  # Owed a reply after all, or a slow reader's pause (it resumes at a tick).
+        if self.stream:
+            self.top_up(client)
+        elif client.state is not _IDLE:
+            self.round_done(client)
 
     # -- receiving --------------------------------------------------------------
 
@@ -300,147 +323,6 @@ class Driver:
         kind = "reset" if exc.errno in (errno.ECONNRESET, errno.EPIPE) else "socket"
         self.error(kind, client, f"{exc.strerror or exc}", offset=client.verified)
         self.replace(client, rst=True)
-
-    def housekeeping(self, now: float) -> None:
-        for client in list(self.clients.values()):
-            if client.state is _SLOW_READER and resume_slow_reader(self, client, now):
-                continue
-            if client.expect and now - self.progress_time(client) > self.spec.drain_timeout:
-                self.error(
-                    "stalled",
-                    client,
-                    f"nothing came back for {self.spec.drain_timeout:.0f}s with "
-                    f"{len(client.expect)} bytes owed",
-                    offset=client.verified,
-                )
-                self.drop(client, rst=True)  # A new connection would most likely stall too.
-        if self.storm_left > 0 and not self.draining:
-            storm(self)
-
-    def progress_time(self, client: Client) -> float:
-        """When ``client`` last made progress (ping-pong: when its round began)."""
-        if self.stream or client.state is _SLOW_READER:
-            return client.last_progress
-        return max(client.last_progress, client.sent_at / 1e9)
-
-    # -- the run -----------------------------------------------------------------
-
-    def settle(self, fast_bytes: int) -> int:
-        """Fold into the result what the loop batched: latencies and verified bytes.
-
-        Args:
-            fast_bytes: Bytes the fast path verified since the last call.
-
-        Returns:
-            0, the fast path's new count.
-        """
-        latencies = self.latencies
-        if latencies:
-            self.result.latency.record_many(latencies)
-            self.result.round_trips += len(latencies)
-            latencies.clear()
-        self.result.bytes_verified += fast_bytes
-        return 0
-
-    def run(self, on_progress: Callable[[int, int], None] | None) -> LoadResult:
-        """Drive the connections until the time or the rounds are up, then drain.
-
-        Args:
-            on_progress: Called at each housekeeping tick with (round trips, bytes).
-
-        Returns:
-            This process's result (``server_alive`` left unset).
-        """
-        spec = self.spec
-        self.storm_left = round(spec.faults.connect_storm * self.count / spec.connections)
-        start = time.monotonic()
-        end = start + spec.duration
-        now_ns = time.monotonic_ns()
-        for opened in list(self.clients.values()):
-            if self.stream:
-                self.top_up(opened)
-            else:
-                self.send_next(opened, now_ns)
-        next_tick = start + TICK
-        drain_end = 0.0
-        clients = self.clients
-        poll = self.ep.poll
-        latency = self.latencies.append
-        send_next = self.send_next
-        monotonic_ns = time.monotonic_ns
-        fast_bytes = 0
-        plain = self.plain  # (every connection is ACTIVE while it holds)
-        while True:
-            for fd, ev in poll(TICK):
-                client = clients.get(fd)
-                if client is None:
-                    continue
-                if plain and ev == _IN:
-                    # The fast path: a whole reply in one read, one compare.
-                    try:
-                        data = client.sock.recv(len(client.expect) or 4096)
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError as exc:
-                        self.io_error(client, exc)
-                        continue
-                    if data == client.expect and client.out is None and data:
-                        now_ns = monotonic_ns()
-                        latency((now_ns - client.sent_at) // 1000)
-                        fast_bytes += len(data)
-                        client.verified += len(data)
-                        client.rounds += 1
-                        client.expect = b""
-                        send_next(client, now_ns)
-                    else:
-                        self.on_data(client, data)
-                    continue
-                if ev & _OUT and client.out is not None:
-                    self.flush(client)
-                    if client.fd not in clients:
-                        continue
-                if ev & (_IN | _ERR) and client.events & _IN:
-                    self.on_readable(client)
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + TICK
-                fast_bytes = self.settle(fast_bytes)
-                self.housekeeping(now)
-                if on_progress is not None:
-                    on_progress(self.result.round_trips, self.result.bytes_verified)
-            if not self.draining:
-                done_counting = spec.rounds is not None and all(
-                    c.state is _IDLE for c in clients.values()
-                )
-                if now >= end or done_counting:
-                    self.draining = True
-                    self.plain = plain = False
-                    self.result.seconds = now - start
-                    # The next tick would add them after the clock stopped.
-                    fast_bytes = self.settle(fast_bytes)
-                    drain_end = now + spec.drain_timeout
-            if self.stopped:
-                if not self.result.seconds:
-                    self.result.seconds = now - start
-                break
-            if self.draining:
-                owed = [c for c in clients.values() if c.expect or c.out is not None]
-                if not owed:
-                    break
-                if now >= drain_end:
-                    for late in owed:
-                        self.error(
-                            "stalled",
-                            late,
-                            f"{len(late.expect)} bytes still owed when the run ended",
-                            offset=late.verified,
-                        )
-                    break
-        self.settle(fast_bytes)
-        for left in list(clients.values()):
-            self.drop(left)
-        self.ep.close()
-        return self.result
 
 
 def _raise_fd_limit(needed: int) -> None:

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from conformance.load.driver import Driver
+from conformance.load.loop import run
 from conformance.load.result import LoadResult
-from conformance.load.spec import LoadError, LoadSpec
+from conformance.load.spec import LoadError, LoadSpec, reply_oracle
+from conformance.oracle import EchoOracle, OracleFactory
 
 __all__ = ["probe_alive", "run_load"]
 
@@ -57,10 +59,10 @@ def run_load(spec: LoadSpec, *, progress: Progress | None = None) -> LoadResult:
             if progress is not None:
                 progress(time.monotonic() - run_start, trips, nbytes)
 
-        result = driver.run(one)
+        result = run(driver, one)
     else:
         result = _run_processes(spec, progress)
-    result.server_alive = probe_alive(spec.host, spec.port)
+    result.server_alive = probe_alive(spec.host, spec.port, oracle=spec.oracle)
     return result
 
 
@@ -81,7 +83,7 @@ def _process_main(
             last[0] = now
             pipe.send(("progress", trips, nbytes))
 
-    result = driver.run(progress)
+    result = run(driver, progress)
     pipe.send(("done", result.to_data()))
 
 
@@ -146,19 +148,37 @@ def _run_processes(spec: LoadSpec, progress: Progress | None) -> LoadResult:
             pipe.close()
 
 
-def probe_alive(host: str, port: int, *, timeout: float = 5.0) -> bool:
-    """True when a fresh connection gets a short probe echoed back within ``timeout``."""
+def probe_alive(
+    host: str, port: int, *, timeout: float = 5.0, oracle: OracleFactory = EchoOracle
+) -> bool:
+    """Whether a fresh connection gets the right answer to a short probe.
+
+    Args:
+        host: The server's address.
+        port: The server's port.
+        timeout: Seconds for the connect and for each receive.
+        oracle: Says what the probe is owed (a :class:`~conformance.oracle.ReplyOracle`).
+
+    Returns:
+        True when what ``oracle`` says is owed came back within ``timeout``;
+        when nothing is owed (discard), when the server answered the probe and
+        our FIN with its own FIN and no byte.
+    """
     probe = b"alive?\0\xff"
+    owed = reply_oracle(oracle).expected_reply(probe)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(probe)
+            if not owed:
+                sock.shutdown(socket.SHUT_WR)
+                return sock.recv(4096) == b""
             got = b""
             deadline = time.monotonic() + timeout
-            while len(got) < len(probe) and time.monotonic() < deadline:
-                chunk = sock.recv(len(probe) - len(got))
+            while len(got) < len(owed) and time.monotonic() < deadline:
+                chunk = sock.recv(len(owed) - len(got))
                 if not chunk:
                     break
                 got += chunk
-            return got == probe
+            return got == owed
     except OSError:
         return False

@@ -21,6 +21,7 @@ from typing import Any
 
 from conformance.histogram import Histogram
 from conformance.load.spec import LoadSpec
+from conformance.oracle import oracle_name
 
 __all__ = ["LoadResult", "format_json"]
 
@@ -63,7 +64,7 @@ class LoadResult:
         """
         return {
             "target": f"{self.spec.host}:{self.spec.port}",
-            "spec": asdict(self.spec),
+            "spec": {**asdict(self.spec), "oracle": oracle_name(self.spec.oracle)},
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "round_trips": self.round_trips,

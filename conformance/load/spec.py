@@ -6,6 +6,14 @@ Plain data, checked once: :meth:`Faults.parse` reads the ``--faults`` text,
 :meth:`LoadSpec.validate` names the first setting out of range. Nothing here
 touches a socket; the driver (:mod:`conformance.load.driver`) reads a spec and
 the processes (:mod:`conformance.load.processes`) hand it to each load process.
+
+Replies are judged by the spec's oracle (``oracle``, a factory, the echo
+oracle by default). The load generator asks each connection's oracle what a
+correct server owes for each message it sends (:class:`~conformance.oracle.ReplyOracle`,
+``expected_reply``) and checks what comes back against that, byte for byte:
+so the oracle decides what is right, while the generator keeps no more than
+the bytes still owed, as thousands of connections at full speed need. An
+oracle that can only judge whole transcripts is refused by :meth:`LoadSpec.validate`.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Faults", "LoadError", "LoadSpec", "Mode"]
+from conformance.oracle import EchoOracle, OracleFactory, ReplyOracle, oracle_name
+
+__all__ = ["Faults", "LoadError", "LoadSpec", "Mode", "reply_oracle"]
 
 Mode = Literal["pingpong", "stream"]
 
@@ -84,7 +94,9 @@ class LoadSpec:
 
     ``duration`` bounds the run in seconds; ``rounds`` (ping-pong only) stops
     each connection after that many round trips instead, with ``duration``
-    then as the upper bound.
+    then as the upper bound. ``oracle`` makes each connection's oracle; it
+    must be a :class:`~conformance.oracle.ReplyOracle`, and picklable (a
+    class) when ``procs`` > 1.
     """
 
     host: str
@@ -101,6 +113,7 @@ class LoadSpec:
     connect_timeout: float = 10.0
     drain_timeout: float = 10.0
     stop_on_error: bool = False
+    oracle: OracleFactory = EchoOracle
 
     def validate(self) -> None:
         """Check every setting.
@@ -124,3 +137,25 @@ class LoadSpec:
             raise ValueError(f"procs ({self.procs}) cannot exceed connections")
         if self.mode not in ("pingpong", "stream"):
             raise ValueError(f"mode must be pingpong or stream, got {self.mode!r}")
+        reply_oracle(self.oracle)
+
+
+def reply_oracle(factory: OracleFactory) -> ReplyOracle:
+    """Make one oracle with ``factory`` and check it can say what each message is owed.
+
+    Args:
+        factory: An oracle factory (a class, usually).
+
+    Returns:
+        A new oracle.
+
+    Raises:
+        ValueError: Its oracles have no ``expected_reply``.
+    """
+    oracle = factory()
+    if not isinstance(oracle, ReplyOracle):
+        raise ValueError(
+            f"oracle {oracle_name(factory)} cannot be used for load: it needs a method "
+            "expected_reply(data) -> bytes saying what a correct server owes for data"
+        )
+    return oracle
