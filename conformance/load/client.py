@@ -6,12 +6,10 @@ A :class:`Client` is plain state and does no I/O; the driver
 (:mod:`conformance.load.driver`) does. ``expect`` holds the bytes the server
 still owes, in order (what its oracle's ``expected_reply`` said for each
 message sent); ``out`` what the socket has not taken yet.
-:meth:`Client.message` cuts the next ping-pong message from the connection's
-random pattern; :meth:`Client.receive` checks what came back against what is
-owed and takes it off. Its life is one enum and one table
-(below): the driver moves it with :meth:`Client.advance`, and an event the
-table does not allow raises :class:`IllegalTransition` naming the state and the
-event.
+:meth:`Client.receive` checks what came back against what is owed and takes
+it off. Its life is one enum and one table (below): the driver moves it with
+:meth:`Client.advance`, and an event the table does not allow raises
+:class:`IllegalTransition` naming the state and the event.
 
 The table is looked up off the hot path only. A ping-pong connection with no
 faults and no round count stays ``ACTIVE`` round after round (the table's
@@ -29,9 +27,6 @@ from typing import Any, NamedTuple
 from conformance.oracle import first_difference
 
 __all__ = ["Client", "ClientEvent", "ClientState", "IllegalTransition", "WrongBytes"]
-
-#: Distinct ping-pong messages before one repeats (a sliding window over the pattern).
-PATTERN_SHIFTS = 251
 
 
 class ClientState(enum.Enum):
@@ -166,11 +161,6 @@ class Client:
                 f"in state {self.state.value!r}"
             ) from None
         return state
-
-    def message(self, size: int) -> bytes:
-        """The current round's ping-pong message: a window sliding over the pattern."""
-        shift = self.rounds % PATTERN_SHIFTS
-        return self.pattern[shift : shift + size]
 
     def receive(self, data: bytes) -> WrongBytes | None:
         """Check ``data`` (non-empty) against the start of what is owed and take it off.

@@ -45,7 +45,7 @@ import socket
 import time
 from typing import Any
 
-from conformance.load.client import PATTERN_SHIFTS, Client, ClientEvent, ClientState
+from conformance.load.client import Client, ClientEvent, ClientState
 from conformance.load.faults import inject_after_round
 from conformance.load.result import LoadResult
 from conformance.load.spec import LoadSpec, reply_oracle
@@ -56,6 +56,7 @@ _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
 _READ_SIZE = 256 * 1024
+PATTERN_SHIFTS = 251  # distinct ping-pong messages before one repeats
 _LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}
 
 # Looked up once, not per event.
@@ -202,7 +203,8 @@ class Driver:
 
     def send_next(self, client: Client, now_ns: int) -> None:
         """Ping-pong: start the next round trip."""
-        message = client.message(self.size)
+        shift = client.rounds % PATTERN_SHIFTS  # a window sliding over the pattern
+        message = client.pattern[shift : shift + self.size]
         client.expect += client.reply(message)
         client.sent_at = now_ns
         client.measured = True

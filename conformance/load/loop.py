@@ -130,8 +130,9 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
                 if data == client.expect and client.out is None and data:
                     now_ns = monotonic_ns()
                     latency((now_ns - client.sent_at) // 1000)
-                    fast_bytes += len(data)
-                    client.verified += len(data)
+                    n = len(data)
+                    fast_bytes += n
+                    client.verified += n
                     client.rounds += 1
                     client.expect = b""
                     send_next(client, now_ns)
