@@ -20,6 +20,11 @@ A user's oracle is any class with these four methods and a constructor that
 takes no argument (``--oracle package.module:Class``)::
 
     o = EchoOracle(); o.sent(b"ab"); o.received(b"a"); assert o.verdict().pending
+
+An oracle may also say in advance what a correct server sends back for the
+bytes sent (:class:`ReplyOracle`, a fifth method ``expected_reply``): echo
+owes the bytes themselves, discard owes nothing. The load generator needs this
+to check every reply of thousands of connections without keeping their streams.
 """
 
 from __future__ import annotations
@@ -38,10 +43,12 @@ __all__ = [
     "Oracle",
     "OracleFactory",
     "ORACLES",
+    "ReplyOracle",
     "Status",
     "Verdict",
     "first_difference",
     "load_oracle",
+    "oracle_name",
 ]
 
 
@@ -94,6 +101,19 @@ class Oracle(Protocol):
     def verdict(self) -> Verdict: ...
 
 
+@runtime_checkable
+class ReplyOracle(Oracle, Protocol):
+    """An oracle that can say in advance what a correct server sends back.
+
+    ``expected_reply(data)`` returns the bytes a correct server owes for
+    ``data``, whatever was sent before and however the stream is cut:
+    ``expected_reply(a + b) == expected_reply(a) + expected_reply(b)``. It
+    leaves the oracle's state alone (what was sent is still told with ``sent``).
+    """
+
+    def expected_reply(self, data: bytes) -> bytes: ...
+
+
 #: Makes one oracle per connection.
 OracleFactory = Callable[[], Oracle]
 
@@ -138,6 +158,10 @@ class EchoOracle:
 
     def finish(self) -> None:
         self._finished = True
+
+    def expected_reply(self, data: bytes) -> bytes:
+        """Every byte comes back as it was sent."""
+        return data
 
     def _compare(self) -> None:
         if self._failure is not None:
@@ -198,6 +222,10 @@ class DiscardOracle:
     def finish(self) -> None:
         pass
 
+    def expected_reply(self, data: bytes) -> bytes:
+        """Nothing comes back."""
+        return b""
+
     def verdict(self) -> Verdict:
         if self._received:
             return Verdict(Status.FAIL, 0, f"a discard server sent {self._received} bytes back")
@@ -237,3 +265,12 @@ def load_oracle(spec: str) -> OracleFactory:
         )
     result: OracleFactory = factory
     return result
+
+
+def oracle_name(factory: OracleFactory) -> str:
+    """The name :func:`load_oracle` reads back: ``echo``, ``discard`` or ``module:Class``."""
+    for name, known in ORACLES.items():
+        if factory is known:
+            return name
+    module = getattr(factory, "__module__", "?")
+    return f"{module}:{getattr(factory, '__qualname__', repr(factory))}"

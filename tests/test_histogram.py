@@ -43,3 +43,21 @@ def test_Histogram_merges_and_survives_a_round_trip_through_a_dict() -> None:
     assert merged.counts == whole.counts
     assert merged.summary() == whole.summary()
     assert Histogram().percentile(50) == 0
+
+
+def test_Histogram_record_many_counts_as_record_does() -> None:
+    rng = random.Random(5)
+    values = [-3, 0, 1, 127, 128, 2**60, *(int(rng.lognormvariate(6, 2)) for _ in range(5000))]
+    one_by_one, batched = Histogram(), Histogram()
+    for value in values:
+        one_by_one.record(value)
+    batched.record_many(values[:100])
+    batched.record_many(iter(values[100:]))
+    batched.record_many([])
+    assert batched.counts == one_by_one.counts
+    assert (batched.count, batched.total, batched.max) == (
+        one_by_one.count,
+        one_by_one.total,
+        one_by_one.max,
+    )
+    assert batched.counts[-1] == 1  # 2**60 lands in the last bucket, not past the end

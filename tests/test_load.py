@@ -12,7 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from conformance.load import Faults, LoadSpec, run_load
+from conformance.histogram import Histogram
+from conformance.load import Faults, LoadResult, LoadSpec, format_json, run_load
+from conformance.load.client import Client, ClientEvent, ClientState, IllegalTransition
+from conformance.load.spec import Mode
+from conformance.oracle import DiscardOracle, Oracle, Status, Verdict
 from tests.helpers import ROOT, ServerProcess
 
 
@@ -51,10 +55,79 @@ def test_LoadSpec_validate_names_the_bad_setting() -> None:
         LoadSpec("127.0.0.1", 1, connections=2, procs=3).validate()
 
 
+class TranscriptOnly:
+    """An oracle that can judge a transcript but cannot say what each message is owed."""
+
+    def sent(self, data: bytes) -> None:
+        pass
+
+    def received(self, data: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def verdict(self) -> Verdict:
+        return Verdict(Status.PASS)
+
+
+def test_LoadSpec_validate_refuses_an_oracle_that_cannot_say_what_is_owed() -> None:
+    assert isinstance(TranscriptOnly(), Oracle)
+    with pytest.raises(ValueError, match="expected_reply"):
+        LoadSpec("127.0.0.1", 1, oracle=TranscriptOnly).validate()
+
+
+def test_Client_advance_follows_the_table_and_names_an_illegal_transition() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        client = Client(7, a, b"pattern", bytes)
+        assert client.advance(ClientEvent.PAUSE_READING) is ClientState.SLOW_READER
+        assert client.advance(ClientEvent.REPLIED) is ClientState.ACTIVE
+        assert client.advance(ClientEvent.FINISH) is ClientState.IDLE
+        with pytest.raises(IllegalTransition, match="'replied'.*'idle'"):
+            client.advance(ClientEvent.REPLIED)
+        assert client.advance(ClientEvent.ABORT) is ClientState.CLOSED
+        assert client.advance(ClientEvent.ABORT) is ClientState.CLOSED
+
+
+def test_Client_receive_takes_what_is_owed_and_names_the_first_wrong_byte() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        client = Client(0, a, b"", bytes)
+        client.expect = b"abcdef"
+        assert client.receive(b"abc") is None
+        assert (client.verified, bytes(client.expect)) == (3, b"def")
+        wrong = client.receive(b"dXf")
+        assert wrong is not None
+        assert (wrong.kind, wrong.fields["offset"]) == ("mismatch", 4)
+        extra = client.receive(b"defg")
+        assert extra is not None
+        assert (extra.kind, extra.fields["offset"]) == ("extra-bytes", 6)
+
+
+def test_LoadResult_data_is_the_json_and_reads_back_for_merging() -> None:
+    spec = LoadSpec("127.0.0.1", 9, faults=Faults(reset=0.5))
+    parts = []
+    for trips in (3, 5):
+        part = LoadResult(spec, seconds=1.5 + trips, round_trips=trips, bytes_verified=64 * trips)
+        part.latency.record_many(range(100 * trips, 100 * trips + trips))
+        part.injected["reset"] += trips
+        parts.append(LoadResult.from_data(spec, json.loads(format_json(part))))
+    merged = LoadResult.merged(spec, parts)
+    assert (merged.round_trips, merged.seconds, merged.injected["reset"]) == (8, 6.5, 8)
+    whole = Histogram()
+    whole.record_many([300, 301, 302, 500, 501, 502, 503, 504])
+    assert merged.latency.counts == whole.counts
+    data = json.loads(format_json(merged))
+    assert data["spec"]["oracle"] == "echo"
+    assert data["latency_us"] == whole.summary()
+    assert "8 round trips in 6.50s" in merged.summary_line()
+
+
 def test_run_load_pingpong_counts_verified_round_trips(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=20, size=100, rounds=50, duration=30))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     assert result.round_trips == 20 * 50
     assert result.bytes_verified == 20 * 50 * 100
     assert result.latency.count == result.round_trips
@@ -64,7 +137,7 @@ def test_run_load_pingpong_counts_verified_round_trips(single: ServerProcess) ->
 def test_run_load_stream_verifies_every_byte(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=8, mode="stream", duration=0.5))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     assert result.bytes_verified > 1_000_000
 
 
@@ -72,7 +145,7 @@ def test_run_load_with_faults_keeps_the_others_exact(single: ServerProcess) -> N
     host, port = single.address
     faults = Faults(reset=0.02, half_close=0.02, slow_reader=0.01, connect_storm=100)
     result = run_load(LoadSpec(host, port, connections=50, duration=1.5, faults=faults))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     for kind in ("reset", "half-close", "slow-reader", "connect-storm"):
         assert result.injected[kind] > 0, (kind, result.injected)
     assert result.observed["half-close-echoed"] == result.injected["half-close"]
@@ -83,9 +156,51 @@ def test_run_load_with_faults_keeps_the_others_exact(single: ServerProcess) -> N
 def test_run_load_in_several_processes_merges_their_results(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=30, rounds=20, duration=30, procs=2))
-    assert result.ok, result.to_dict()
+    assert result.ok, result.to_data()
     assert result.round_trips == 30 * 20
     assert result.connections_opened == 30
+
+
+@pytest.fixture(scope="module")
+def discard() -> Iterator[ServerProcess]:
+    with ServerProcess(["single", "--handler", "discard"]) as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", ["pingpong", "stream"])
+def test_run_load_with_the_discard_oracle_passes_a_discard_server(
+    discard: ServerProcess, mode: Mode
+) -> None:
+    host, port = discard.address
+    rounds = 40 if mode == "pingpong" else None
+    spec = LoadSpec(
+        host, port, connections=5, mode=mode, rounds=rounds, duration=0.5, oracle=DiscardOracle
+    )
+    result = run_load(spec)
+    assert result.ok, result.to_data()
+    assert result.bytes_verified == 0
+    if mode == "pingpong":
+        assert result.round_trips == 5 * 40
+    assert result.server_alive is True
+
+
+def test_run_load_with_the_discard_oracle_and_faults_keeps_going(discard: ServerProcess) -> None:
+    host, port = discard.address
+    faults = Faults(reset=0.02, half_close=0.02, slow_reader=0.02, connect_storm=20)
+    spec = LoadSpec(host, port, connections=10, duration=0.8, faults=faults, oracle=DiscardOracle)
+    result = run_load(spec)
+    assert result.ok, result.to_data()
+    assert result.observed["half-close-echoed"] == result.injected["half-close"]
+    assert result.observed["slow-reader-served"] == result.injected["slow-reader"]
+
+
+def test_run_load_with_the_discard_oracle_fails_an_echo_server(single: ServerProcess) -> None:
+    host, port = single.address
+    result = run_load(LoadSpec(host, port, connections=3, duration=0.3, oracle=DiscardOracle))
+    assert result.errors["extra-bytes"] >= 1, result.to_data()
+    assert result.first_error is not None
+    assert result.first_error["offset"] == 0
+    assert result.server_alive is False  # the probe came back, where nothing is owed
 
 
 class CorruptingEcho:
@@ -150,7 +265,7 @@ def test_run_load_reports_a_server_that_stops_answering() -> None:
         result = run_load(
             LoadSpec(host, port, connections=2, duration=0.3, drain_timeout=0.5, connect_timeout=2)
         )
-    assert result.errors["stalled"] == 2, result.to_dict()
+    assert result.errors["stalled"] == 2, result.to_data()
     assert result.server_alive is False
 
 

@@ -11,9 +11,11 @@ from conformance.oracle import (
     DiscardOracle,
     EchoOracle,
     Oracle,
+    ReplyOracle,
     Status,
     first_difference,
     load_oracle,
+    oracle_name,
 )
 
 
@@ -149,3 +151,24 @@ def test_load_oracle_rejects_bad_specs_with_one_line(spec: str, needle: str) -> 
     message = str(info.value)
     assert needle in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("factory", "owed"), [(EchoOracle, b"abc\0"), (DiscardOracle, b"")])
+def test_ReplyOracle_expected_reply_says_what_is_owed_and_changes_nothing(
+    factory: type[EchoOracle] | type[DiscardOracle], owed: bytes
+) -> None:
+    o = factory()
+    assert isinstance(o, ReplyOracle)
+    assert o.expected_reply(b"ab") + o.expected_reply(b"c\0") == o.expected_reply(b"abc\0") == owed
+    assert o.verdict().passed
+
+
+class LoudEcho(EchoOracle):
+    """A user's oracle, named by module:Class."""
+
+
+def test_oracle_name_is_read_back_by_load_oracle() -> None:
+    assert oracle_name(EchoOracle) == "echo"
+    assert oracle_name(DiscardOracle) == "discard"
+    assert oracle_name(LoudEcho) == f"{__name__}:LoudEcho"
+    assert load_oracle(oracle_name(LoudEcho)) is LoudEcho

@@ -1,0 +1,34 @@
+"""The load generator: many connections, every byte verified, faults on demand.
+
+How this works
+--------------
+The package is the load generator's parts, one job each:
+
+- :mod:`~conformance.load.spec`: what load to put on which server
+  (:class:`LoadSpec`, :class:`Faults`), checked once;
+- :mod:`~conformance.load.client`: one connection's state, as an enum and a
+  transition table, and its byte checking, with no I/O;
+- :mod:`~conformance.load.driver`: the raw-epoll loop that drives one load
+  process's connections;
+- :mod:`~conformance.load.faults`: resets, half-closes, slow readers and
+  connect storms injected while the load runs;
+- :mod:`~conformance.load.processes`: :func:`run_load`, in this process or
+  spread over several, and the final liveness probe;
+- :mod:`~conformance.load.result`: what a run measured (:class:`LoadResult`)
+  and its one form as plain data, for ``--json``, the summary line and the
+  transfer between load processes.
+"""
+
+from conformance.load.processes import probe_alive, run_load
+from conformance.load.result import LoadResult, format_json
+from conformance.load.spec import Faults, LoadError, LoadSpec
+
+__all__ = [
+    "Faults",
+    "LoadError",
+    "LoadResult",
+    "LoadSpec",
+    "format_json",
+    "probe_alive",
+    "run_load",
+]

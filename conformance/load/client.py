@@ -1,0 +1,202 @@
+"""One load connection: its socket, what it owes and is owed, and its state.
+
+How this works
+--------------
+A :class:`Client` is plain state and does no I/O; the driver
+(:mod:`conformance.load.driver`) does. ``expect`` holds the bytes the server
+still owes, in order (what its oracle's ``expected_reply`` said for each
+message sent); ``out`` what the socket has not taken yet.
+:meth:`Client.receive` checks what came back against what is owed and takes
+it off. Its life is one enum and one table (below): the driver moves it with
+:meth:`Client.advance`, and an event the table does not allow raises
+:class:`IllegalTransition` naming the state and the event.
+
+The table is looked up off the hot path only. A ping-pong connection with no
+faults and no round count stays ``ACTIVE`` round after round (the table's
+``(ACTIVE, REPLIED) -> ACTIVE``), so the driver's fast path does not look it up.
+"""
+
+from __future__ import annotations
+
+import enum
+import select
+import socket
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from conformance.oracle import first_difference
+
+__all__ = ["Client", "ClientEvent", "ClientState", "IllegalTransition", "WrongBytes"]
+
+
+class ClientState(enum.Enum):
+    """Where a load connection is in its life."""
+
+    ACTIVE = "active"  # sending and checking round after round
+    SLOW_READER = "slow-reader"  # sent a burst, stopped reading for a while
+    HALF_CLOSED = "half-closed"  # sent its last message and FIN; owed the reply
+    IDLE = "idle"  # done: its rounds are counted, or the run is draining
+    CLOSED = "closed"  # socket closed, out of the run
+
+
+class ClientEvent(enum.Enum):
+    """What moves a load connection from one state to another."""
+
+    REPLIED = "replied"  # everything owed came back: a round is complete
+    PAUSE_READING = "pause-reading"  # the slow-reader fault
+    HALF_CLOSE = "half-close"  # the half-close fault: shutdown(SHUT_WR)
+    FINISH = "finish"  # its rounds are done, or the run is draining
+    PEER_EOF = "peer-eof"  # recv returned b""
+    ABORT = "abort"  # an error, a wrong byte, a reset, a stall, or the end of the run
+
+
+# The state table. Rules:
+# - a round completes in every live state but IDLE, which is owed nothing;
+#   a slow reader is back to ACTIVE once its burst came back, and a
+#   half-closed connection is done once its last reply came back;
+# - faults and FINISH strike only between rounds, that is in ACTIVE;
+# - the peer's EOF ends any live connection (an error unless it was owed nothing
+#   after a half-close, which the driver decides);
+# - ABORT ends any connection at once, and is harmless after the end.
+_TRANSITIONS: dict[tuple[ClientState, ClientEvent], ClientState] = {
+    (ClientState.ACTIVE, ClientEvent.REPLIED): ClientState.ACTIVE,
+    (ClientState.ACTIVE, ClientEvent.PAUSE_READING): ClientState.SLOW_READER,
+    (ClientState.ACTIVE, ClientEvent.HALF_CLOSE): ClientState.HALF_CLOSED,
+    (ClientState.ACTIVE, ClientEvent.FINISH): ClientState.IDLE,
+    (ClientState.SLOW_READER, ClientEvent.REPLIED): ClientState.ACTIVE,
+    (ClientState.HALF_CLOSED, ClientEvent.REPLIED): ClientState.CLOSED,
+    (ClientState.ACTIVE, ClientEvent.PEER_EOF): ClientState.CLOSED,
+    (ClientState.SLOW_READER, ClientEvent.PEER_EOF): ClientState.CLOSED,
+    (ClientState.HALF_CLOSED, ClientEvent.PEER_EOF): ClientState.CLOSED,
+    (ClientState.IDLE, ClientEvent.PEER_EOF): ClientState.CLOSED,
+    (ClientState.ACTIVE, ClientEvent.ABORT): ClientState.CLOSED,
+    (ClientState.SLOW_READER, ClientEvent.ABORT): ClientState.CLOSED,
+    (ClientState.HALF_CLOSED, ClientEvent.ABORT): ClientState.CLOSED,
+    (ClientState.IDLE, ClientEvent.ABORT): ClientState.CLOSED,
+    (ClientState.CLOSED, ClientEvent.ABORT): ClientState.CLOSED,
+}
+
+
+class IllegalTransition(RuntimeError):
+    """An event arrived that the state table does not allow in this state."""
+
+
+class WrongBytes(NamedTuple):
+    """What came back is not what was owed: an error for the result."""
+
+    kind: str  # "extra-bytes" or "mismatch"
+    detail: str
+    fields: dict[str, Any]  # offset, and for a mismatch the bytes on both sides (hex)
+
+
+class Client:
+    """One connection of a load process.
+
+    Args:
+        index: The connection's number in the whole run (for error reports).
+        sock: A connected, non-blocking socket.
+        pattern: Random bytes the connection's messages are cut from.
+        reply: The connection's oracle's ``expected_reply``: what a correct
+            server owes for the bytes sent.
+    """
+
+    __slots__ = (
+        "index",
+        "sock",
+        "fd",
+        "pattern",
+        "expect",
+        "out",
+        "state",
+        "rounds",
+        "sent_at",
+        "verified",
+        "stream_pos",
+        "resume_at",
+        "last_progress",
+        "events",
+        "measured",
+        "reply",
+    )
+
+    def __init__(
+        self, index: int, sock: socket.socket, pattern: bytes, reply: Callable[[bytes], bytes]
+    ) -> None:
+        self.index = index
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pattern = pattern
+        #: Owed by the server and not received yet: bytes on the fast path, else a bytearray.
+        self.expect: bytes | bytearray = b""
+        #: What the socket has not taken yet (then the driver asks for write readiness).
+        self.out: memoryview | None = None
+        self.state = ClientState.ACTIVE
+        self.rounds = 0
+        self.sent_at = 0  # monotonic_ns when the current round began
+        self.verified = 0  # bytes received and found right: the stream offset of expect[0]
+        self.stream_pos = 0
+        self.resume_at = 0.0  # when a slow reader reads again
+        self.last_progress = 0.0
+        self.events = select.EPOLLIN  # the interest registered with epoll
+        self.measured = True  # the current round's latency counts
+        self.reply = reply
+
+    def advance(self, event: ClientEvent) -> ClientState:
+        """Move to the state the table gives for ``event``.
+
+        Args:
+            event: What happened.
+
+        Returns:
+            The new state.
+
+        Raises:
+            IllegalTransition: The table does not allow ``event`` in this state.
+        """
+        try:
+            state = self.state = _TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise IllegalTransition(
+                f"load connection {self.index}: event {event.value!r} is not allowed "
+                f"in state {self.state.value!r}"
+            ) from None
+        return state
+
+    def receive(self, data: bytes) -> WrongBytes | None:
+        """Check ``data`` (non-empty) against the start of what is owed and take it off.
+
+        Args:
+            data: Bytes just received.
+
+        Returns:
+            None when they are right (``verified`` then counts them), else what
+            is wrong, with its offset in the stream.
+        """
+        expect = self.expect
+        if not isinstance(expect, bytearray):
+            expect = self.expect = bytearray(expect)
+        n = len(data)
+        if n > len(expect):
+            return WrongBytes(
+                "extra-bytes",
+                f"{n - len(expect)} bytes more than were sent",
+                {"offset": self.verified + len(expect)},
+            )
+        if data != (expect if n == len(expect) else expect[:n]):
+            at = first_difference(data, expect)
+            offset = self.verified + at
+            return WrongBytes(
+                "mismatch",
+                f"byte {offset} differs",
+                {
+                    "offset": offset,
+                    "expected": bytes(expect[at : at + 16]).hex(),
+                    "received": data[at : at + 16].hex(),
+                },
+            )
+        if n == len(expect):
+            expect.clear()
+        else:
+            del expect[:n]
+        self.verified += n
+        return None

@@ -1,0 +1,130 @@
+"""Faults injected while the load runs, so that the server must cope with them.
+
+How this works
+--------------
+``--faults reset=1%,half-close=1%,slow-reader=1%,connect-storm=500``: after
+each round trip the driver calls :func:`inject_after_round`, which rolls once
+and may strike that connection:
+
+- *reset*: send a burst, then close with RST before reading the replies;
+- *half-close*: send the next message, ``shutdown(SHUT_WR)``, and expect the
+  whole reply; the connection is then replaced;
+- *slow reader*: send a burst and stop reading for a while, so that the server
+  must hold or pause; reading resumes at a housekeeping tick.
+
+A reset or half-closed connection is replaced by a new one. :func:`storm`,
+called at each tick, opens and at once closes a share of the ``connect-storm``
+connections, spread over the run. The other connections must stay byte-exact.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from conformance.load.client import Client, ClientEvent
+
+if TYPE_CHECKING:
+    from conformance.load.driver import Driver
+
+__all__ = ["inject_after_round", "resume_slow_reader", "storm", "TICK"]
+
+TICK = 0.1  # seconds between housekeeping passes (progress, stalls, faults)
+_SLOW_PAUSE = 0.2  # seconds a slow reader stops reading
+_SLOW_BURST = 256 * 1024  # bytes a slow reader sends before it stops reading
+_RESET_BURST = 65536  # bytes sent just before a reset
+
+
+def inject_after_round(driver: Driver, client: Client, now_ns: int) -> bool:
+    """Maybe strike ``client`` (ACTIVE, between rounds) with one fault.
+
+    Args:
+        driver: The driver that owns ``client``.
+        client: A connection whose round just completed.
+        now_ns: ``time.monotonic_ns()`` at the end of the round.
+
+    Returns:
+        True when a fault was injected (the fault started the next round or
+        ended the connection); False when the driver should just go on.
+    """
+    faults = driver.spec.faults
+    roll = driver.rng.random()
+    if roll < faults.reset:
+        _reset(driver, client)
+        return True
+    roll -= faults.reset
+    if roll < faults.half_close:
+        _half_close(driver, client, now_ns)
+        return True
+    roll -= faults.half_close
+    if roll < faults.slow_reader:
+        _slow_reader(driver, client, now_ns)
+        return True
+    return False
+
+
+def _reset(driver: Driver, client: Client) -> None:
+    driver.result.injected["reset"] += 1
+    size = driver.spec.size
+    burst = client.pattern[:size] * max(1, _RESET_BURST // size)
+    try:
+        client.sock.send(burst)  # Replies queued at the server when the RST lands.
+    except OSError:
+        pass
+    driver.replace(client, rst=True)
+
+
+def _half_close(driver: Driver, client: Client, now_ns: int) -> None:
+    driver.result.injected["half-close"] += 1
+    driver.send_next(client, now_ns)
+    client.measured = False
+    if client.out is not None:  # Rare: a message larger than the socket takes; stay ACTIVE.
+        return
+    client.advance(ClientEvent.HALF_CLOSE)
+    try:
+        client.sock.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        driver.io_error(client, exc)
+
+
+def _slow_reader(driver: Driver, client: Client, now_ns: int) -> None:
+    driver.result.injected["slow-reader"] += 1
+    for _ in range(max(16, _SLOW_BURST // driver.spec.size)):
+        driver.send_next(client, now_ns)
+        client.rounds += 1
+    client.rounds -= 1  # the round that completes the burst counts it
+    client.measured = False
+    client.advance(ClientEvent.PAUSE_READING)
+    client.resume_at = time.monotonic() + _SLOW_PAUSE
+    driver.set_events(client, client.events & ~select.EPOLLIN)
+
+
+def resume_slow_reader(driver: Driver, client: Client, now: float) -> bool:
+    """At a tick: let a slow reader whose pause is over read again.
+
+    Returns:
+        True when ``client`` was paused and now reads again.
+    """
+    if client.events & select.EPOLLIN or now < client.resume_at:
+        return False
+    driver.set_events(client, client.events | select.EPOLLIN)
+    client.last_progress = now
+    if not client.expect:  # Nothing owed (discard): the round ends at write readiness.
+        driver.await_writable(client)
+    return True
+
+
+def storm(driver: Driver) -> None:
+    """At a tick: open and at once close this tick's share of the storm's connections."""
+    spec = driver.spec
+    per_tick = max(1, int(spec.faults.connect_storm * TICK / spec.duration) + 1)
+    for _ in range(min(per_tick, driver.storm_left)):
+        driver.storm_left -= 1
+        driver.result.injected["connect-storm"] += 1
+        try:
+            with socket.create_connection((spec.host, spec.port), timeout=spec.connect_timeout):
+                pass
+        except OSError as exc:
+            driver.error("connect", None, f"storm connect failed: {exc}")

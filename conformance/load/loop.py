@@ -1,0 +1,192 @@
+"""The load loop: one raw ``epoll``, its events dispatched to the driver, a tick, a drain.
+
+How this works
+--------------
+:func:`run` polls the driver's ``select.epoll`` (no trio, no selector
+objects: the generator must not be the bottleneck) and hands each event to
+the :class:`~conformance.load.driver.Driver`. Every ``TICK`` seconds it runs
+:func:`housekeeping` (resume slow readers, find stalled connections, the
+connect storm) and reports progress.
+
+One fast path: ping-pong with no faults and no round count (every connection
+``ACTIVE`` throughout) takes a whole reply in one ``recv``, compares it in one
+``==`` and calls :meth:`~conformance.load.driver.Driver.send_next`, the same code every round uses.
+Latencies go into a list that :meth:`~conformance.histogram.Histogram.record_many`
+empties at each housekeeping tick.
+
+When the time (or the count) is up, no new data is sent and every connection
+waits for what it is owed, up to a deadline; what is still missing then is an
+error ("stalled"), so no byte goes unchecked.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable
+
+from conformance.load.client import Client, ClientState
+from conformance.load.driver import Driver
+from conformance.load.faults import TICK, resume_slow_reader, storm
+from conformance.load.result import LoadResult
+
+__all__ = ["housekeeping", "run"]
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
+_SLOW_READER = ClientState.SLOW_READER
+_IDLE = ClientState.IDLE
+_CLOSED = ClientState.CLOSED
+
+
+def housekeeping(driver: Driver, now: float) -> None:
+    """At a tick: resume slow readers, drop stalled connections, run the connect storm."""
+    for client in list(driver.clients.values()):
+        if client.state is _SLOW_READER and resume_slow_reader(driver, client, now):
+            continue
+        if client.expect and now - progress_time(driver, client) > driver.spec.drain_timeout:
+            driver.error(
+                "stalled",
+                client,
+                f"nothing came back for {driver.spec.drain_timeout:.0f}s with "
+                f"{len(client.expect)} bytes owed",
+                offset=client.verified,
+            )
+            driver.drop(client, rst=True)  # A new connection would most likely stall too.
+    if driver.storm_left > 0 and not driver.draining:
+        storm(driver)
+
+
+def progress_time(driver: Driver, client: Client) -> float:
+    """When ``client`` last made progress (ping-pong: when its round began)."""
+    if driver.stream or client.state is _SLOW_READER:
+        return client.last_progress
+    return max(client.last_progress, client.sent_at / 1e9)
+
+
+def settle(driver: Driver, fast_bytes: int) -> int:
+    """Fold into the result what the loop batched: latencies and verified bytes.
+
+    Args:
+        driver: The driver whose result gets them.
+        fast_bytes: Bytes the fast path verified since the last call.
+
+    Returns:
+        0, the fast path's new count.
+    """
+    latencies = driver.latencies
+    if latencies:
+        driver.result.latency.record_many(latencies)
+        driver.result.round_trips += len(latencies)
+        latencies.clear()
+    driver.result.bytes_verified += fast_bytes
+    return 0
+
+
+def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadResult:
+    """Drive the connections until the time or the rounds are up, then drain.
+
+    Args:
+        driver: The load process's driver, its connections open.
+        on_progress: Called at each housekeeping tick with (round trips, bytes).
+
+    Returns:
+        This process's result (``server_alive`` left unset).
+    """
+    spec = driver.spec
+    driver.storm_left = round(spec.faults.connect_storm * driver.count / spec.connections)
+    start = time.monotonic()
+    end = start + spec.duration
+    now_ns = time.monotonic_ns()
+    for opened in list(driver.clients.values()):
+        if driver.stream:
+            driver.top_up(opened)
+        else:
+            driver.send_next(opened, now_ns)
+    next_tick = start + TICK
+    drain_end = 0.0
+    clients = driver.clients
+    poll = driver.ep.poll
+    latency = driver.latencies.append
+    send_next = driver.send_next
+    monotonic_ns = time.monotonic_ns
+    fast_bytes = 0
+    plain = driver.plain  # (every connection is ACTIVE while it holds)
+    while True:
+        for fd, ev in poll(TICK):
+            client = clients.get(fd)
+            if client is None:
+                continue
+            if plain and ev == _IN:
+                # The fast path: a whole reply in one read, one compare.
+                try:
+                    data = client.sock.recv(len(client.expect) or 4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    driver.io_error(client, exc)
+                    continue
+                if data == client.expect and client.out is None and data:
+                    now_ns = monotonic_ns()
+                    latency((now_ns - client.sent_at) // 1000)
+                    n = len(data)
+                    fast_bytes += n
+                    client.verified += n
+                    client.rounds += 1
+                    client.expect = b""
+                    send_next(client, now_ns)
+                else:
+                    driver.on_data(client, data)
+                continue
+            if ev & _OUT and client.events & _OUT:
+                driver.on_writable(client)
+                if client.state is _CLOSED:  # (its fd may already serve a new connection)
+                    continue
+            if ev & (_IN | _ERR) and client.events & _IN:
+                driver.on_readable(client)
+        now = time.monotonic()
+        if now >= next_tick:
+            next_tick = now + TICK
+            fast_bytes = settle(driver, fast_bytes)
+            housekeeping(driver, now)
+            if on_progress is not None:
+                on_progress(driver.result.round_trips, driver.result.bytes_verified)
+        if not driver.draining:
+            done_counting = spec.rounds is not None and all(
+                c.state is _IDLE for c in clients.values()
+            )
+            if now >= end or done_counting:
+                driver.draining = True
+                driver.plain = plain = False
+                driver.result.seconds = now - start
+                # The next tick would add them after the clock stopped.
+                fast_bytes = settle(driver, fast_bytes)
+                drain_end = now + spec.drain_timeout
+        if driver.stopped:
+            if not driver.result.seconds:
+                driver.result.seconds = now - start
+            break
+        if driver.draining:
+            # A paused slow reader is owed its round even when nothing comes back (discard).
+            owed = [
+                c
+                for c in clients.values()
+                if c.expect or c.out is not None or c.state is _SLOW_READER
+            ]
+            if not owed:
+                break
+            if now >= drain_end:
+                for late in owed:
+                    driver.error(
+                        "stalled",
+                        late,
+                        f"{len(late.expect)} bytes still owed when the run ended",
+                        offset=late.verified,
+                    )
+                break
+    settle(driver, fast_bytes)
+    for left in list(clients.values()):
+        driver.drop(left)
+    driver.ep.close()
+    return driver.result

@@ -1,0 +1,157 @@
+"""What a load run measured and saw, and its one form as plain data.
+
+How this works
+--------------
+A :class:`LoadResult` is filled in by one load process. :meth:`LoadResult.to_data`
+turns it into plain data (a JSON-ready dict) once; everything that shows or
+moves a result reads that dict: the ``--json`` output (:func:`format_json`),
+the one-line summary (:meth:`LoadResult.summary_line`), and the transfer from
+each load process to the parent, which reads it back with
+:meth:`LoadResult.from_data` and adds the parts up with :meth:`LoadResult.merged`
+(latency histograms bucket by bucket, so percentiles stay exact to 1/64).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from conformance.histogram import Histogram
+from conformance.load.spec import LoadSpec
+from conformance.oracle import oracle_name
+
+__all__ = ["LoadResult", "format_json"]
+
+
+@dataclass
+class LoadResult:
+    """What a load run measured and saw."""
+
+    spec: LoadSpec
+    seconds: float = 0.0
+    round_trips: int = 0
+    bytes_verified: int = 0
+    latency: Histogram = field(default_factory=Histogram)
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: dict[str, Any] | None = None
+    injected: Counter[str] = field(default_factory=Counter)
+    observed: Counter[str] = field(default_factory=Counter)
+    connections_opened: int = 0
+    server_alive: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No byte went wrong, nothing stalled, and the server answered at the end."""
+        return not self.errors and self.server_alive is not False
+
+    @property
+    def round_trips_per_second(self) -> float:
+        return self.round_trips / self.seconds if self.seconds else 0.0
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.bytes_verified / self.seconds / 1e6 if self.seconds else 0.0
+
+    def to_data(self) -> dict[str, Any]:
+        """The result as plain data: what ``--json`` prints and load processes send.
+
+        Returns:
+            A JSON-ready dict; ``latency_us`` holds the percentiles and
+            ``latency_histogram`` the whole histogram (for :meth:`from_data`).
+        """
+        return {
+            "target": f"{self.spec.host}:{self.spec.port}",
+            "spec": {**asdict(self.spec), "oracle": oracle_name(self.spec.oracle)},
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "round_trips": self.round_trips,
+            "round_trips_per_second": round(self.round_trips_per_second, 1),
+            "bytes_verified": self.bytes_verified,
+            "megabytes_per_second": round(self.megabytes_per_second, 3),
+            "latency_us": self.latency.summary(),
+            "latency_histogram": self.latency.to_dict(),
+            "errors": dict(self.errors),
+            "first_error": self.first_error,
+            "faults_injected": dict(self.injected),
+            "faults_observed": dict(self.observed),
+            "connections_opened": self.connections_opened,
+            "server_alive": self.server_alive,
+        }
+
+    @classmethod
+    def from_data(cls, spec: LoadSpec, data: dict[str, Any]) -> LoadResult:
+        """Read back what :meth:`to_data` wrote (the derived figures are recomputed).
+
+        Args:
+            spec: The spec the result was measured under.
+            data: A dict from :meth:`to_data`.
+
+        Returns:
+            The result.
+        """
+        return cls(
+            spec,
+            seconds=data["seconds"],
+            round_trips=data["round_trips"],
+            bytes_verified=data["bytes_verified"],
+            latency=Histogram.from_dict(data["latency_histogram"]),
+            errors=Counter(data["errors"]),
+            first_error=data["first_error"],
+            injected=Counter(data["faults_injected"]),
+            observed=Counter(data["faults_observed"]),
+            connections_opened=data["connections_opened"],
+            server_alive=data["server_alive"],
+        )
+
+    @classmethod
+    def merged(cls, spec: LoadSpec, parts: Iterable[LoadResult]) -> LoadResult:
+        """Add up the results of several load processes that ran side by side.
+
+        Args:
+            spec: The spec of the whole run.
+            parts: One result per load process, in process order.
+
+        Returns:
+            One result: counts added, histograms merged, the longest time, the
+            first process's first error.
+        """
+        result = cls(spec)
+        for part in parts:
+            result.seconds = max(result.seconds, part.seconds)
+            result.round_trips += part.round_trips
+            result.bytes_verified += part.bytes_verified
+            result.latency.merge([part.latency])
+            result.errors.update(part.errors)
+            if result.first_error is None:
+                result.first_error = part.first_error
+            result.injected.update(part.injected)
+            result.observed.update(part.observed)
+            result.connections_opened += part.connections_opened
+        return result
+
+    def summary_line(self) -> str:
+        """One line for a terminal: rates, latency percentiles, errors, faults."""
+        data = self.to_data()
+        lat = data["latency_us"]
+        line = (
+            f"{data['round_trips']} round trips in {data['seconds']:.2f}s "
+            f"({data['round_trips_per_second']:,.0f}/s, "
+            f"{data['megabytes_per_second']:.1f} MB/s verified); "
+            f"latency us p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} "
+            f"p99.9 {lat['p99.9']} max {lat['max']}; "
+            f"errors {sum(data['errors'].values())}"
+        )
+        if data["faults_injected"]:
+            line += f"; injected {data['faults_injected']}; observed {data['faults_observed']}"
+        if data["server_alive"] is not None:
+            alive = "alive" if data["server_alive"] else "NOT answering"
+            line += f"; server {alive} at the end"
+        return line
+
+
+def format_json(result: LoadResult) -> str:
+    """The ``--json`` output: :meth:`LoadResult.to_data`, indented, keys sorted."""
+    return json.dumps(result.to_data(), indent=2, sort_keys=True)

@@ -1,0 +1,161 @@
+"""What load to put on a server: the faults to inject and the load's settings.
+
+How this works
+--------------
+Plain data, checked once: :meth:`Faults.parse` reads the ``--faults`` text,
+:meth:`LoadSpec.validate` names the first setting out of range. Nothing here
+touches a socket; the driver (:mod:`conformance.load.driver`) reads a spec and
+the processes (:mod:`conformance.load.processes`) hand it to each load process.
+
+Replies are judged by the spec's oracle (``oracle``, a factory, the echo
+oracle by default). The load generator asks each connection's oracle what a
+correct server owes for each message it sends (:class:`~conformance.oracle.ReplyOracle`,
+``expected_reply``) and checks what comes back against that, byte for byte:
+so the oracle decides what is right, while the generator keeps no more than
+the bytes still owed, as thousands of connections at full speed need. An
+oracle that can only judge whole transcripts is refused by :meth:`LoadSpec.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from conformance.oracle import EchoOracle, OracleFactory, ReplyOracle, oracle_name
+
+__all__ = ["Faults", "LoadError", "LoadSpec", "Mode", "reply_oracle"]
+
+Mode = Literal["pingpong", "stream"]
+
+_FAULT_NAMES = frozenset({"reset", "half_close", "slow_reader", "connect_storm"})
+
+
+class LoadError(Exception):
+    """The load could not run at all (a load process failed to start or answer)."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Faults to inject while the load runs."""
+
+    reset: float = 0.0  # probability, after each round trip
+    half_close: float = 0.0
+    slow_reader: float = 0.0
+    connect_storm: int = 0  # extra connections opened and closed at once, in all
+
+    @property
+    def any(self) -> bool:
+        return bool(self.reset or self.half_close or self.slow_reader or self.connect_storm)
+
+    @classmethod
+    def parse(cls, text: str) -> Faults:
+        """Parse ``reset=1%,half-close=0.5%,slow-reader=1%,connect-storm=500``.
+
+        Args:
+            text: Comma-separated ``name=value`` parts; empty means no faults.
+
+        Returns:
+            The faults, each probability as a fraction of 1.
+
+        Raises:
+            ValueError: Saying which part is wrong and what is expected.
+        """
+        values: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, raw = part.partition("=")
+            key = name.strip().replace("-", "_")
+            if not sep or key not in _FAULT_NAMES:
+                raise ValueError(
+                    f"unknown fault {part!r}: expected reset=P%, half-close=P%, "
+                    "slow-reader=P% or connect-storm=N"
+                )
+            raw = raw.strip()
+            if key == "connect_storm":
+                if not raw.isdigit():
+                    raise ValueError(f"connect-storm needs a count of connections, got {raw!r}")
+                values[key] = int(raw)
+                continue
+            try:
+                number = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+            except ValueError:
+                raise ValueError(f"{name} needs a percentage like 1%, got {raw!r}") from None
+            if not 0.0 <= number <= 1.0:
+                raise ValueError(f"{name} must be between 0% and 100%, got {raw!r}")
+            values[key] = number
+        faults = cls(**values)
+        if faults.reset + faults.half_close + faults.slow_reader > 1.0:
+            raise ValueError("the fault probabilities add up to more than 100%")
+        return faults
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What load to put on which server.
+
+    ``duration`` bounds the run in seconds; ``rounds`` (ping-pong only) stops
+    each connection after that many round trips instead, with ``duration``
+    then as the upper bound. ``oracle`` makes each connection's oracle; it
+    must be a :class:`~conformance.oracle.ReplyOracle`, and picklable (a
+    class) when ``procs`` > 1.
+    """
+
+    host: str
+    port: int
+    connections: int = 50
+    size: int = 64
+    mode: Mode = "pingpong"
+    window: int = 64 * 1024
+    duration: float = 5.0
+    rounds: int | None = None
+    procs: int = 1
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 1
+    connect_timeout: float = 10.0
+    drain_timeout: float = 10.0
+    stop_on_error: bool = False
+    oracle: OracleFactory = EchoOracle
+
+    def validate(self) -> None:
+        """Check every setting.
+
+        Raises:
+            ValueError: Naming the first setting out of range.
+        """
+        if not 1 <= self.connections <= 100_000:
+            raise ValueError(f"connections must be between 1 and 100000, got {self.connections}")
+        if self.size < 1:
+            raise ValueError(f"size must be at least 1 byte, got {self.size}")
+        if self.window < 1:
+            raise ValueError(f"window must be at least 1 byte, got {self.window}")
+        if self.duration <= 0:
+            raise ValueError(f"duration must be positive, got {self.duration}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        if not 1 <= self.procs <= 256:
+            raise ValueError(f"procs must be between 1 and 256, got {self.procs}")
+        if self.procs > self.connections:
+            raise ValueError(f"procs ({self.procs}) cannot exceed connections")
+        if self.mode not in ("pingpong", "stream"):
+            raise ValueError(f"mode must be pingpong or stream, got {self.mode!r}")
+        reply_oracle(self.oracle)
+
+
+def reply_oracle(factory: OracleFactory) -> ReplyOracle:
+    """Make one oracle with ``factory`` and check it can say what each message is owed.
+
+    Args:
+        factory: An oracle factory (a class, usually).
+
+    Returns:
+        A new oracle.
+
+    Raises:
+        ValueError: Its oracles have no ``expected_reply``.
+    """
+    oracle = factory()
+    if not isinstance(oracle, ReplyOracle):
+        raise ValueError(
+            f"oracle {oracle_name(factory)} cannot be used for load: it needs a method "
+            "expected_reply(data) -> bytes saying what a correct server owes for data"
+        )
+    return oracle
