@@ -39,7 +39,7 @@ from conformance import properties  # noqa: E402
 from conformance.catalogue import CATALOGUE, by_id  # noqa: E402
 from conformance.checks import Check, Outcome, Setup, run_check  # noqa: E402
 from conformance.errors import TargetError  # noqa: E402
-from conformance.target import TargetKind, TargetSpec, start_target  # noqa: E402
+from conformance.target import TargetSpec, start_target  # noqa: E402
 
 __all__ = [
     "BROKEN",
@@ -66,7 +66,7 @@ class BrokenServer:
     def spec(self) -> TargetSpec:
         """The ``--spawn`` target that runs it with this Python on a free port."""
         command = f"{shlex.quote(sys.executable)} {shlex.quote(str(self.path))} --port {{port}}"
-        return TargetSpec(TargetKind.SPAWN, command)
+        return TargetSpec("spawn", command)
 
 
 def _caught_by(path: Path) -> tuple[str, ...]:

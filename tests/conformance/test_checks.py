@@ -11,7 +11,7 @@ from conformance.catalogue import CATALOGUE, CATEGORIES, by_id, select
 from conformance.checks import Check, Level, Setup, run_check
 from conformance.errors import UsageError
 from conformance.oracle import Status
-from conformance.target import RunningTarget, TargetKind, TargetSpec
+from conformance.target import RunningTarget, TargetSpec
 from tests.conformance.support import broken_spawn, serving
 
 
@@ -91,7 +91,7 @@ def test_check_passes_against_the_reference_single_server(
 def test_check_fails_against_a_broken_server_with_a_useful_report(
     server: str, check_id: str, needles: list[str]
 ) -> None:
-    spec = TargetSpec(TargetKind.SPAWN, broken_spawn(server))
+    spec = TargetSpec("spawn", broken_spawn(server))
     with serving(spec) as running:
         setup = Setup(
             running.address,
