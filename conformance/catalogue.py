@@ -20,13 +20,12 @@ connections exceeds the usual 1024-descriptor limit of a server that leaks.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterable
-from pathlib import Path
 
 import trio
 
+from conformance import procfs
 from conformance.checks import Check, Level
 from conformance.errors import UsageError
 from conformance.harness import CheckFailure, Connection, Ending, Harness
@@ -258,12 +257,7 @@ async def close_without_reading(h: Harness) -> None:
 
 def open_descriptors(pid: int | None) -> int | None:
     """How many descriptors process ``pid`` holds, or None if that cannot be seen."""
-    if pid is None:
-        return None
-    try:
-        return len(os.listdir(Path(f"/proc/{pid}/fd")))
-    except OSError:
-        return None
+    return None if pid is None else procfs.open_descriptors(pid)
 
 
 async def storm(h: Harness, count: int, concurrency: int, send: int) -> None:

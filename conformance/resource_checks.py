@@ -15,28 +15,19 @@ outside, through ``/proc``:
 - When no process can be found, each check still judges what the wire shows,
   and its title says so.
 
-Facts about ``/proc`` these rely on:
-
-- ``/proc/PID/stat``: after the command name in parentheses, field 14 and 15
-  (``utime``, ``stime``) are the CPU time of every thread, in clock ticks
-  (``SC_CLK_TCK``, 100 a second on Linux).
-- ``/proc/PID/status``: ``VmRSS`` is the resident memory in kB.
-- ``/proc/net/tcp``: addresses are hex, IPv4 in network order read as a
-  little-endian word (``0100007F:1F90`` is 127.0.0.1:8080); the tenth field is
-  the socket's inode, and ``/proc/PID/fd/N`` links to ``socket:[INODE]``.
+The ``/proc`` readings, and the facts about ``/proc`` they rely on, are in
+:mod:`conformance.procfs`.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import random
-from pathlib import Path
 
 import trio
 
 from conformance.checks import Check, Level
 from conformance.harness import CheckFailure, Connection, Harness
+from conformance.procfs import cpu_seconds, resident_bytes, socket_inode, socket_owners
 
 __all__ = [
     "RESOURCE_CHECKS",
@@ -52,79 +43,7 @@ MIB = 1024 * KIB
 RFC9293_CLOSE = "RFC 9293 §3.6 (closing a connection)"
 RFC9293_FLOW = "RFC 9293 §3.8.6 (window management)"
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 # -- /proc ---------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU seconds (user + system, every thread) used by ``pid`` so far; None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def resident_bytes(pid: int) -> int | None:
-    """The resident memory of ``pid`` in bytes; None if it cannot be read."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def _proc_address(host: str, port: int) -> str:
-    """An address as ``/proc/net/tcp*`` writes it."""
-    packed = ipaddress.ip_address(host).packed
-    words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
-    return f"{''.join(words)}:{port:04X}"
-
-
-def _socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """The inode of the TCP socket bound to ``local`` and connected to ``remote``."""
-    family = "tcp6" if ":" in local[0] else "tcp"
-    want = (_proc_address(*local), _proc_address(*remote))
-    try:
-        lines = Path(f"/proc/net/{family}").read_text().splitlines()[1:]
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 9 and (fields[1], fields[2]) == want and fields[9] != "0":
-            return int(fields[9])
-    return None
-
-
-def socket_owners(inode: int, limit: int = 100_000) -> set[int]:
-    """The processes holding a descriptor on socket ``inode`` (looks at most at ``limit`` fds)."""
-    target = f"socket:[{inode}]"
-    owners: set[int] = set()
-    seen = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fds = list((proc / "fd").iterdir())
-        except OSError:
-            continue  # Another user's process, or gone.
-        for fd in fds:
-            seen += 1
-            try:
-                if os.readlink(fd) == target:
-                    owners.add(int(proc.name))
-                    break
-            except OSError:
-                continue
-        if seen > limit:
-            break
-    return owners
 
 
 def server_processes(h: Harness, conn: Connection) -> set[int]:
@@ -135,7 +54,7 @@ def server_processes(h: Harness, conn: Connection) -> set[int]:
         remote = conn.sock.getpeername()[:2]
     except OSError:
         return pids
-    inode = _socket_inode((remote[0], remote[1]), (local[0], local[1]))
+    inode = socket_inode((remote[0], remote[1]), (local[0], local[1]))
     if inode is not None:
         pids |= socket_owners(inode)
     return {pid for pid in pids if cpu_seconds(pid) is not None}

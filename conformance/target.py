@@ -10,30 +10,25 @@ With none, the suite tests the project's own single-reactor server.
 :func:`start_target` turns a spec into a :class:`RunningTarget`: for a
 command, it replaces ``{port}`` with a free port, or else waits for the
 command to print ``listening on HOST:PORT``; either way it then waits, under a
-deadline, until the address accepts a connection. The command runs in a new
-session (its own process group); :meth:`RunningTarget.stop` sends SIGTERM to
-that group, waits, then SIGKILL. Its stdout and stderr are drained by two
-threads so it never blocks on a full pipe, and the last lines of stderr are
-kept for the error message of a server that died.
+deadline, until the address accepts a connection. Starting, reading the
+command's output, waiting for that line and stopping its process group are
+:mod:`conformance.spawn`'s; this module adds what only a target needs.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from conformance.errors import TargetError, UsageError
+from conformance.spawn import Spawned, spawn
 
 __all__ = [
     "REFERENCE_MODELS",
@@ -49,7 +44,6 @@ __all__ = [
 #: The models ``--reference`` accepts.
 REFERENCE_MODELS = ("single", "pool", "multi")
 
-_LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+)\s*$")
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\[\]:\s]+)):(?P<port>\d+)$")
 
 
@@ -173,21 +167,17 @@ class RunningTarget:
     Attributes:
         spec: How the user named it.
         address: Where it listens.
-        pid: The process the suite started, or None.
+        server: The process the suite started, or None.
+        proc: That process's :class:`subprocess.Popen`, or None.
+        pid: Its PID, or None.
     """
 
-    def __init__(
-        self,
-        spec: TargetSpec,
-        address: Address,
-        proc: subprocess.Popen[str] | None = None,
-        drains: list[_Drain] | None = None,
-    ) -> None:
+    def __init__(self, spec: TargetSpec, address: Address, server: Spawned | None = None) -> None:
         self.spec = spec
         self.address = address
-        self.proc = proc
-        self.pid = proc.pid if proc is not None else None
-        self._drains = drains or []
+        self.server = server
+        self.proc: subprocess.Popen[str] | None = server.proc if server is not None else None
+        self.pid = server.pid if server is not None else None
 
     def stop(self, grace: float = 5.0) -> int | None:
         """Stop the process the suite started: SIGTERM to its group, then SIGKILL.
@@ -195,78 +185,13 @@ class RunningTarget:
         Returns:
             Its exit code, or None when the suite started nothing.
         """
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(grace)
-        # Children of a forking server (socat fork) share its group; SIGKILL ends
-        # any that outlived their parent.
-        _signal_group(proc.pid, signal.SIGKILL)
-        for drain in self._drains:
-            drain.join(grace)
-        return proc.returncode
+        return self.server.stop(grace) if self.server is not None else None
 
     def __enter__(self) -> RunningTarget:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass  # The group is already gone.
-
-
-class _Drain(threading.Thread):
-    """Reads one pipe of the server to its end, keeping the last lines."""
-
-    def __init__(self, stream: IO[str], keep: int = 20) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
-        self.first: list[str] = []
-        self.changed = threading.Condition()
-        self.ended = False
-
-    def run(self) -> None:
-        try:
-            for line in iter(self.stream.readline, ""):
-                with self.changed:
-                    self.lines.append(line.rstrip("\n"))
-                    if len(self.first) < 20:
-                        self.first.append(line.rstrip("\n"))
-                    self.changed.notify_all()
-        except ValueError:
-            pass  # The pipe was closed under us at stop.
-        finally:
-            with self.changed:
-                self.ended = True
-                self.changed.notify_all()
-            self.stream.close()
-
-    def wait_listening(self, deadline: float) -> Address | None:
-        """The address of the first ``listening on`` line, or None at EOF or the deadline."""
-        seen = 0
-        with self.changed:
-            while True:
-                for line in self.first[seen:]:
-                    match = _LISTENING.search(line)
-                    if match is not None:
-                        return Address(match[1].strip("[]"), int(match[2]))
-                seen = len(self.first)
-                left = deadline - time.monotonic()
-                if self.ended or left <= 0:
-                    return None
-                self.changed.wait(min(left, 0.2))
 
 
 def _reference_command(model: str) -> list[str]:
@@ -295,54 +220,26 @@ def start_target(spec: TargetSpec, *, start_timeout: float = 20.0) -> RunningTar
                 f"cannot connect to {address}: {_reason(error)} (is the server running there?)"
             )
         return RunningTarget(spec, address)
+    env = dict(os.environ)
+    fixed: Address | None = None
     if spec.kind == "reference":
         argv = _reference_command(spec.value)
-        fixed: Address | None = None
+        # The reference package sits beside this one, installed or in a source tree.
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     else:
-        fixed = None
         command = spec.value
         if "{port}" in command:
             fixed = Address("127.0.0.1", free_port())
             command = command.replace("{port}", str(fixed.port))
         argv = shlex.split(command)
-    return _spawn(spec, argv, fixed, start_timeout)
-
-
-def _spawn(
-    spec: TargetSpec, argv: list[str], fixed: Address | None, start_timeout: float
-) -> RunningTarget:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if spec.kind == "reference":
-        # The reference package sits beside this one, installed or in a source tree.
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise TargetError(f"cannot start {shlex.join(argv)}: {_reason(exc)}") from None
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    out, err = _Drain(proc.stdout), _Drain(proc.stderr)
-    out.start()
-    err.start()
-    running = RunningTarget(spec, fixed or Address("127.0.0.1", 0), proc, [out, err])
+    server = spawn(argv, env=env)
+    running = RunningTarget(spec, fixed or Address("127.0.0.1", 0), server)
     deadline = time.monotonic() + start_timeout
     try:
         if fixed is None:
-            found = out.wait_listening(deadline)
-            if found is None:
-                raise TargetError(_never_listened(argv, proc, err, start_timeout))
-            running.address = found
-        _wait_accepting(running, argv, err, deadline, start_timeout)
+            running.address = Address(*server.wait_listening(start_timeout))
+        _wait_accepting(running.address, server, deadline, start_timeout)
     except BaseException:
         running.stop()
         raise
@@ -350,37 +247,24 @@ def _spawn(
 
 
 def _wait_accepting(
-    running: RunningTarget, argv: list[str], err: _Drain, deadline: float, start_timeout: float
+    address: Address, server: Spawned, deadline: float, start_timeout: float
 ) -> None:
     """Probe the address until it accepts, the process exits, or the deadline passes."""
-    assert running.proc is not None
     while True:
-        if running.proc.poll() is not None:
-            raise TargetError(_never_listened(argv, running.proc, err, start_timeout))
-        error = probe(running.address, timeout=1.0)
+        if not server.alive():
+            raise TargetError(server.why_not_listening(start_timeout))
+        error = probe(address, timeout=1.0)
         if error is None:
             return
         if time.monotonic() >= deadline:
             raise TargetError(
-                f"{shlex.join(argv)} does not accept connections on {running.address} "
+                f"{shlex.join(server.argv)} does not accept connections on {address} "
                 f"within {start_timeout:g}s: {_reason(error)}"
             )
-        # Waiting for a process we cannot observe otherwise; bounded by the deadline.
-        with err.changed:
-            err.changed.wait(0.05)
-
-
-def _never_listened(
-    argv: list[str], proc: subprocess.Popen[str], err: _Drain, timeout: float
-) -> str:
-    try:
-        code: int | None = proc.wait(1.0)  # Its stdout ended: it is exiting, or has.
-    except subprocess.TimeoutExpired:
-        code = None
-    err.join(1.0)  # Its last stderr lines, when it exited.
-    what = f"exited with code {code}" if code is not None else f"did not listen within {timeout:g}s"
-    tail = " | ".join(list(err.lines)[-3:])
-    return f"{shlex.join(argv)} {what}" + (f"; stderr: {tail}" if tail else "")
+        try:
+            server.proc.wait(0.05)  # Between probes, an exit ends the wait early.
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _reason(exc: OSError) -> str:

@@ -14,10 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from conformance import procfs
+from conformance.spawn import spawn_listening
 
 __all__ = [
     "ROOT",
@@ -30,20 +32,24 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(r"^listening on \[?([^\]]+?)\]?:(\d+)$")
 
 
 class ServerProcess:
     """A reference server run as ``python -m reference ARGV`` with ``-v``.
 
-    Its stdout and stderr are read by two threads into line lists, so a test
-    can wait for a log line. Stopped by its PID, and killed if it will not stop.
+    Started and stopped by :mod:`conformance.spawn`, which keeps every line of
+    its stdout and stderr here, so a test can wait for a log line. Its
+    readings (CPU, memory, children) come from :mod:`conformance.procfs`.
 
     Args:
         argv: The arguments after ``python -m reference``.
         prefix: Python code run before the server (for example a resource limit).
         entry: The module whose ``main`` takes ``argv``.
         start_timeout: Seconds to wait for the ``listening on`` line.
+
+    Raises:
+        TargetError: The server exited, or printed no ``listening on`` line
+            within ``start_timeout``.
     """
 
     def __init__(
@@ -55,120 +61,65 @@ class ServerProcess:
         start_timeout: float = 20.0,
     ) -> None:
         code = f"{prefix}\nimport sys\nfrom {entry} import main\nsys.exit(main(sys.argv[1:]))"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.argv = [sys.executable, "-c", code, *argv, "--port", "0", "-v"]
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
+        self.spawned = spawn_listening(
+            self.argv, timeout=start_timeout, env=env, cwd=ROOT, keep=None
         )
-        self.pid = self.proc.pid
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._changed = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-        try:
-            line = self._wait_for(self.stdout, _LISTENING, start_timeout, "the 'listening on' line")
-        except BaseException:
-            self.kill()
-            raise
-        match = _LISTENING.match(line)
-        assert match is not None
-        self.address = (match.group(1), int(match.group(2)))
+        self.proc = self.spawned.proc
+        self.pid = self.spawned.pid
+        self.address = self.spawned.address
 
-    def _pump(self, stream: object, lines: list[str]) -> None:
-        assert hasattr(stream, "readline")
-        for line in iter(stream.readline, ""):
-            with self._changed:
-                lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
+    @property
+    def stdout(self) -> list[str]:
+        """Every stdout line so far."""
+        return self.spawned.stdout.lines()
 
-    def _wait_for(
-        self, lines: list[str], pattern: re.Pattern[str], timeout: float, what: str, start: int = 0
-    ) -> str:
-        deadline = time.monotonic() + timeout
-        seen = start
-        with self._changed:
-            while True:
-                for line in lines[seen:]:
-                    if pattern.search(line):
-                        return line
-                seen = len(lines)
-                if self.proc.poll() is not None and not any(r.is_alive() for r in self._readers):
-                    raise AssertionError(
-                        f"server exited with {self.proc.returncode} before {what}; "
-                        f"stderr:\n" + "\n".join(self.stderr[-20:])
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(
-                        f"no {what} within {timeout}s; stderr:\n" + "\n".join(self.stderr[-20:])
-                    )
-                self._changed.wait(left)
+    @property
+    def stderr(self) -> list[str]:
+        """Every stderr line so far (its log)."""
+        return self.spawned.stderr.lines()
 
     def wait_for_log(self, pattern: str, timeout: float = 20.0, *, start: int = 0) -> re.Match[str]:
-        """Wait for a stderr line matching ``pattern`` (from line ``start`` on)."""
-        regex = re.compile(pattern)
-        line = self._wait_for(self.stderr, regex, timeout, f"log line matching {pattern!r}", start)
-        match = regex.search(line)
-        assert match is not None
-        return match
+        """Wait for a stderr line matching ``pattern`` (from line ``start`` on).
+
+        Raises:
+            AssertionError: The server exited first.
+            TimeoutError: No such line within ``timeout``.
+        """
+        log = self.spawned.stderr
+        match = log.wait_for(re.compile(pattern), timeout, start=start)
+        if match is not None:
+            return match
+        last = "\n".join(log.lines()[-20:])
+        what = f"log line matching {pattern!r}"
+        if log.ended:
+            code = self.proc.wait(10)
+            raise AssertionError(f"server exited with {code} before {what}; stderr:\n{last}")
+        raise TimeoutError(f"no {what} within {timeout}s; stderr:\n{last}")
 
     def log_matches(self, pattern: str) -> list[re.Match[str]]:
         """Every stderr line so far that matches ``pattern``."""
         regex = re.compile(pattern)
-        with self._changed:
-            lines = list(self.stderr)
-        return [m for m in map(regex.search, lines) if m is not None]
+        return [m for m in map(regex.search, self.stderr) if m is not None]
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.spawned.alive()
 
     def pids(self) -> list[int]:
-        """The server's PID and those of its child processes (Linux /proc)."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        try:
-            return [self.pid, *map(int, children.read_text().split())]
-        except OSError:
-            return [self.pid]
+        """The server's PID and those of its child processes."""
+        return [self.pid, *(procfs.children(self.pid) or [])]
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the server and its children have used so far."""
-        total = 0
-        for pid in self.pids():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue  # Exited meanwhile.
-            fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(procfs.cpu_seconds(pid) or 0.0 for pid in self.pids())
 
     def peak_rss(self) -> int:
         """The largest peak resident memory (VmHWM) of the server and its children, in bytes."""
-        peak = 0
-        for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        return peak
+        return max((procfs.peak_resident_bytes(pid) or 0 for pid in self.pids()), default=0)
 
     def signal_and_wait(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """Send ``signum`` and wait for the exit; return the exit code."""
+        """Send ``signum`` to the server alone and wait for its exit; return the exit code."""
         self.proc.send_signal(signum)
         try:
             return self.proc.wait(timeout)
@@ -179,15 +130,12 @@ class ServerProcess:
             ) from None
 
     def kill(self) -> None:
-        """Kill the server if it still runs, and reap it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for reader in self._readers:
-            reader.join(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        """Kill the server (and its process group) if it still runs, and reap it.
+
+        Children that outlived a server that already exited are left running,
+        so that a test can see them.
+        """
+        self.spawned.kill()
 
     def __enter__(self) -> ServerProcess:
         return self

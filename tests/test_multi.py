@@ -5,10 +5,10 @@ from __future__ import annotations
 import collections
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
+from conformance import procfs
 from tests.helpers import ServerProcess, connect, exchange
 
 ACCEPTED = r"<Connection #\d+ .* on (sub-\d+)>: accepted"
@@ -34,10 +34,6 @@ def _sub_reactor_pids(server: ServerProcess, count: int) -> list[int]:
     return pids
 
 
-def _parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -52,7 +48,7 @@ def test_Server_multi_process_runs_n_processes_and_leaves_none_behind(signum: in
     with server:
         pids = _sub_reactor_pids(server, 4)
         assert len(set(pids)) == 4
-        assert all(_parent_of(pid) == server.pid for pid in pids)
+        assert all(procfs.parent_pid(pid) == server.pid for pid in pids)
         for i in range(8):  # Every process serves.
             with connect(server.address) as sock:
                 assert exchange(sock, b"x" * i + b"\0") == b"x" * i + b"\0"

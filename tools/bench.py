@@ -22,12 +22,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from conformance.load import LoadSpec, run_load  # noqa: E402
+from conformance.spawn import Spawned, spawn_listening  # noqa: E402
 
 SERVER_CPU = 0
 LOAD_CPU = 1
@@ -102,49 +101,21 @@ def pinned(argv: list[str], cpu: int) -> list[str]:
     return argv
 
 
-class Running:
-    """A server subprocess, stopped by its PID."""
+def start_server(argv: list[str]) -> Spawned:
+    """Start a server pinned to the server CPU and wait for its ``listening on`` line.
 
-    def __init__(self, argv: list[str]) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            pinned(argv, SERVER_CPU),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        line = ""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("listening on") or not line:
-                break
-        if not line.startswith("listening on"):
-            self.stop()
-            raise RuntimeError(f"{argv[0]} did not print 'listening on': {line!r}")
-        address = line.split()[-1]
-        host, _, port = address.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+    Raises:
+        TargetError: It exited, or printed no such line within 20 s.
+    """
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return spawn_listening(pinned(argv, SERVER_CPU), timeout=20.0, env=env, cwd=ROOT)
 
 
 def measure(target: Target, args: argparse.Namespace) -> None:
-    server = Running(target.argv)
+    server = start_server(target.argv)
     try:
-        spec = LoadSpec(server.host, server.port, connections=args.connections, size=args.size)
+        host, port = server.address
+        spec = LoadSpec(host, port, connections=args.connections, size=args.size)
         run_load(
             LoadSpec(
                 spec.host,
@@ -171,16 +142,17 @@ def measure(target: Target, args: argparse.Namespace) -> None:
                 {"rps": result.round_trips_per_second, "p50": lat["p50"], "p99": lat["p99"]}
             )
     finally:
-        server.stop()
+        server.stop(grace=10.0)
 
 
 def c_client(c_dir: Path, args: argparse.Namespace) -> list[float]:
-    server = Running([str(c_dir / "echo_epoll")])
+    server = start_server([str(c_dir / "echo_epoll")])
     try:
+        host, port = server.address
         client = [
             str(c_dir / "pingpong"),
-            server.host,
-            str(server.port),
+            host,
+            str(port),
             str(args.connections),
             str(args.size),
         ]
@@ -202,7 +174,7 @@ def c_client(c_dir: Path, args: argparse.Namespace) -> list[float]:
             rates.append(float(json.loads(out.stdout)["rps"]))
         return rates
     finally:
-        server.stop()
+        server.stop(grace=10.0)
 
 
 def table(found: dict[str, Target], chosen: list[str], yardstick: list[float]) -> str:

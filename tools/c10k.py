@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench import Running  # noqa: E402
+from bench import start_server  # noqa: E402
 from conformance.load import LoadSpec, run_load  # noqa: E402
 
 MODELS = {
@@ -51,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---|---|---:|")
     failed = False
     for name in args.models.split(","):
-        server = Running([sys.executable, "-m", "reference", *MODELS[name]])
+        server = start_server([sys.executable, "-m", "reference", *MODELS[name]])
         try:
+            host, port = server.address
             started = time.monotonic()
             result = run_load(
                 LoadSpec(
-                    server.host,
-                    server.port,
+                    host,
+                    port,
                     connections=args.connections,
                     rounds=args.rounds,
                     duration=120,
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             took = time.monotonic() - started
         finally:
-            server.stop()
+            server.stop(grace=10.0)
         failed |= not result.ok
         print(
             f"| {name} | {result.connections_opened:,} | {result.round_trips:,} | "

@@ -1,0 +1,202 @@
+"""What ``/proc`` says about a process: descriptors, CPU, memory, children, sockets.
+
+How this works
+--------------
+Each reading is one function over a PID, and each file of ``/proc`` is parsed
+in exactly one place here: ``stat`` by :func:`_stat_fields` (CPU time, parent),
+``status`` by :func:`_status_bytes` (resident memory, its peak), ``fd/`` by
+:func:`open_descriptors` and :func:`socket_owners`, ``task/*/children`` by
+:func:`children`, ``net/tcp*`` by :func:`socket_inode`.
+
+A process can exit between two readings, or belong to another user; every
+reading then returns None (or an empty set of owners) rather than raising, so
+a caller that watches a server says "cannot see it" instead of crashing. Only
+Linux has these files; elsewhere every reading is None.
+
+Facts about ``/proc`` these rely on
+-----------------------------------
+- ``/proc/PID/stat``: the command name is in parentheses and may itself hold
+  spaces and parentheses, so the fields are counted after the *last* ``)``.
+  From there, field 4 is the parent's PID, fields 14 and 15 (``utime``,
+  ``stime``) are the CPU time of every thread, in clock ticks
+  (``SC_CLK_TCK``, 100 a second on Linux).
+- ``/proc/PID/status``: ``VmRSS`` is the resident memory and ``VmHWM`` its
+  peak ("high water mark"), both in kB.
+- ``/proc/PID/fd/`` holds one link per open descriptor; listing it needs the
+  rights to ptrace the process (the same user, in practice). A socket's link
+  reads ``socket:[INODE]``.
+- ``/proc/PID/task/TID/children`` lists the children forked by thread TID
+  (Linux 3.5+, ``CONFIG_PROC_CHILDREN``), so a process's children are the
+  union over its threads.
+- ``/proc/net/tcp`` and ``tcp6``: addresses are hex, each 32-bit word in
+  network order read as a little-endian word (``0100007F:1F90`` is
+  127.0.0.1:8080); the tenth field is the socket's inode (0 for a socket in
+  TIME_WAIT, which no process holds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+__all__ = [
+    "children",
+    "cpu_seconds",
+    "open_descriptors",
+    "parent_pid",
+    "peak_resident_bytes",
+    "resident_bytes",
+    "socket_inode",
+    "socket_owners",
+]
+
+PROC = Path("/proc")
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 first); None if gone."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) used by ``pid`` so far.
+
+    Returns:
+        The seconds, or None if the process is gone or cannot be read.
+    """
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def parent_pid(pid: int) -> int | None:
+    """The PID of the parent of ``pid``, or None if the process is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
+
+
+def _status_bytes(pid: int, key: str) -> int | None:
+    """The ``KEY:  N kB`` line of ``/proc/PID/status`` in bytes; None if absent or gone."""
+    try:
+        text = (PROC / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident memory of ``pid`` in bytes (``VmRSS``); None if it cannot be read."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def peak_resident_bytes(pid: int) -> int | None:
+    """The peak resident memory of ``pid`` in bytes (``VmHWM``); None if it cannot be read."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def open_descriptors(pid: int) -> int | None:
+    """How many descriptors process ``pid`` holds.
+
+    Returns:
+        The count, or None if the process is gone or another user's.
+    """
+    try:
+        return len(os.listdir(PROC / str(pid) / "fd"))
+    except OSError:
+        return None
+
+
+def children(pid: int) -> list[int] | None:
+    """The PIDs of the processes that ``pid`` forked (from any of its threads), not yet reaped.
+
+    Returns:
+        The children, in no particular order, or None if ``pid`` is gone or the
+        kernel does not list children.
+    """
+    task_dir = PROC / str(pid) / "task"
+    try:
+        # The main thread's file first: without it, the kernel lists no children.
+        found = [int(child) for child in (task_dir / str(pid) / "children").read_text().split()]
+        tasks = [task for task in task_dir.iterdir() if task.name != str(pid)]
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue  # The thread ended meanwhile.
+    return found
+
+
+def _proc_address(host: str, port: int) -> str:
+    """An address as ``/proc/net/tcp*`` writes it."""
+    packed = ipaddress.ip_address(host).packed
+    words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
+    return f"{''.join(words)}:{port:04X}"
+
+
+def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The inode of the TCP socket bound to ``local`` and connected to ``remote``.
+
+    Args:
+        local: The socket's own address, ``(host, port)``.
+        remote: Its peer's address.
+
+    Returns:
+        The inode, or None if no such socket is listed (or it is in TIME_WAIT).
+    """
+    family = "tcp6" if ":" in local[0] else "tcp"
+    want = (_proc_address(*local), _proc_address(*remote))
+    try:
+        lines = (PROC / "net" / family).read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 9 and (fields[1], fields[2]) == want and fields[9] != "0":
+            return int(fields[9])
+    return None
+
+
+def socket_owners(inode: int, limit: int = 100_000) -> set[int]:
+    """The processes holding a descriptor on socket ``inode``.
+
+    Args:
+        inode: The socket's inode (see :func:`socket_inode`).
+        limit: Look at about this many descriptors at most, over all processes.
+
+    Returns:
+        The PIDs found, among the processes whose descriptors this user may list.
+    """
+    target = f"socket:[{inode}]"
+    owners: set[int] = set()
+    seen = 0
+    for proc in PROC.iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue  # Another user's process, or gone.
+        for fd in fds:
+            seen += 1
+            try:
+                if os.readlink(fd) == target:
+                    owners.add(int(proc.name))
+                    break
+            except OSError:
+                continue
+        if seen > limit:
+            break
+    return owners

@@ -1,0 +1,397 @@
+"""Spawning a server: start a command, wait for its ``listening on`` line, stop its group.
+
+How this works
+--------------
+:func:`spawn` starts a command (an argv list, or a string split as a shell
+would split it, never run by a shell) in a new session, so that it leads a
+process group of its own, and returns a :class:`Spawned`. Two
+:class:`LineReader` threads read its stdout and stderr line by line, so it
+never blocks on a full pipe, and keep the lines for whoever waits for one:
+:meth:`Spawned.wait_listening` waits, under a deadline, for the
+``listening on HOST:PORT`` line every server of this project prints (see
+DESIGN.md), and raises :class:`~conformance.errors.TargetError` saying whether
+the process exited first (with its code and its last stderr lines) or the
+deadline passed. :func:`spawn_listening` does both, and stops the process when
+the wait fails.
+
+:meth:`Spawned.stop` sends SIGTERM to the group, waits, then SIGKILL, and
+SIGKILL once more for any process of the group that outlived its leader (the
+children of a forking server). :meth:`Spawned.kill` is the short way for a
+test's teardown: SIGKILL to the group while its leader runs, nothing once the
+leader is gone, so that a test can still see a child its server left behind.
+
+This is a module of its own, not part of :mod:`conformance.target`, because
+three users share it: the suite's targets (which add ``{port}`` and waiting
+until the address accepts), the project's own tests (reference servers whose
+log lines they wait for) and the benchmark tools. Readers keep the last
+``keep`` lines (all of them with ``keep=None``, for tests) and always the
+first :data:`HEAD` lines, so the ``listening on`` line cannot scroll away.
+
+Facts about the OS this relies on
+---------------------------------
+- ``start_new_session=True`` runs ``setsid()`` in the child: its PID is its
+  process group's ID, and the processes it forks join that group unless they
+  call ``setsid()`` themselves. ``killpg`` reaches every member, even after
+  the leader exited, as long as one member lives.
+- A pipe holds 64 KiB on Linux; a writer whose reader does not read blocks.
+- Reading a pipe gives EOF only once every holder of its write end has closed
+  it: the process and every child that inherited it. So EOF on stdout means
+  the server is exiting or has exited, but a server's exit alone does not
+  give EOF while a child of it lives.
+- SIGTERM may be caught or ignored; SIGKILL cannot be, and a killed process is
+  reaped by ``wait`` at once unless it is stuck in the kernel.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from conformance.errors import TargetError
+
+__all__ = [
+    "HEAD",
+    "LISTENING",
+    "LineReader",
+    "Spawned",
+    "parse_listening",
+    "spawn",
+    "spawn_listening",
+]
+
+#: The line a server prints once it listens: ``listening on HOST:PORT``, the
+#: host in brackets when it is IPv6.
+LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+)\s*$")
+
+#: How many first lines of each stream a reader always keeps.
+HEAD = 20
+
+#: How many stderr lines an error message quotes.
+_QUOTED = 3
+
+
+def parse_listening(line: str) -> tuple[str, int] | None:
+    """The ``(host, port)`` of a ``listening on HOST:PORT`` line, or None for another line."""
+    match = LISTENING.search(line)
+    if match is None:
+        return None
+    return match[1].strip("[]"), int(match[2])
+
+
+class LineReader(threading.Thread):
+    """Reads one pipe of a process to its end, line by line, and keeps the lines.
+
+    Lines are numbered from 0 in the order they came. The reader keeps the
+    first :data:`HEAD` lines and the last ``keep`` ones (every line when
+    ``keep`` is None); :meth:`wait_for` looks only at lines it kept. It closes
+    the pipe at EOF.
+
+    Args:
+        stream: The pipe, in text mode.
+        keep: How many of the last lines to keep; None keeps every line.
+        name: The thread's name.
+    """
+
+    def __init__(self, stream: IO[str], *, keep: int | None = 20, name: str = "reader") -> None:
+        super().__init__(daemon=True, name=name)
+        self._stream = stream
+        self._head: list[str] = []
+        self._tail: collections.deque[str] = collections.deque(maxlen=keep)
+        self._count = 0
+        self._changed = threading.Condition()
+        self.ended = False
+
+    def run(self) -> None:
+        try:
+            for raw in iter(self._stream.readline, ""):
+                line = raw.rstrip("\n")
+                with self._changed:
+                    if len(self._head) < HEAD:
+                        self._head.append(line)
+                    self._tail.append(line)
+                    self._count += 1
+                    self._changed.notify_all()
+        except (ValueError, OSError):
+            pass  # The pipe was closed under us.
+        finally:
+            with self._changed:
+                self.ended = True
+                self._changed.notify_all()
+            self._stream.close()
+
+    def __len__(self) -> int:
+        """How many lines came so far, kept or not."""
+        with self._changed:
+            return self._count
+
+    def lines(self) -> list[str]:
+        """The last lines kept (every line so far when ``keep`` is None)."""
+        with self._changed:
+            return list(self._tail)
+
+    def _kept_since(self, start: int) -> list[str]:
+        """The kept lines numbered ``start`` or more, in order (the lock held)."""
+        first_in_tail = self._count - len(self._tail)
+        from_head = self._head[start:first_in_tail]
+        from_tail = itertools.islice(self._tail, max(start - first_in_tail, 0), None)
+        return [*from_head, *from_tail]
+
+    def wait_for(
+        self, pattern: re.Pattern[str], timeout: float, *, start: int = 0
+    ) -> re.Match[str] | None:
+        """Wait for a line that matches ``pattern`` (searched anywhere in the line).
+
+        Args:
+            pattern: What to look for.
+            timeout: Seconds to wait at most.
+            start: Look only at lines numbered ``start`` or more (for example
+                ``len(reader)`` taken before an action).
+
+        Returns:
+            The first match, or None when the stream ended or the time ran out
+            first (:attr:`ended` tells which).
+        """
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._changed:
+            while True:
+                for line in self._kept_since(seen):
+                    match = pattern.search(line)
+                    if match is not None:
+                        return match
+                seen = max(seen, self._count)
+                left = deadline - time.monotonic()
+                if self.ended or left <= 0:
+                    return None
+                self._changed.wait(left)
+
+
+class Spawned:
+    """A process started by :func:`spawn`, leading its own process group.
+
+    Attributes:
+        argv: The command, as run.
+        proc: The process.
+        pid: Its PID, which is also its process group's ID.
+        stdout: The reader of its stdout.
+        stderr: The reader of its stderr.
+    """
+
+    def __init__(self, argv: list[str], proc: subprocess.Popen[str], keep: int | None) -> None:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self.argv = argv
+        self.proc = proc
+        self.pid = proc.pid
+        self.stdout = LineReader(proc.stdout, keep=keep, name=f"stdout of {proc.pid}")
+        self.stderr = LineReader(proc.stderr, keep=keep, name=f"stderr of {proc.pid}")
+        self._address: tuple[str, int] | None = None
+        self.stdout.start()
+        self.stderr.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The ``(host, port)`` of its ``listening on`` line.
+
+        Raises:
+            RuntimeError: :meth:`wait_listening` has not seen the line yet.
+        """
+        if self._address is None:
+            raise RuntimeError(
+                f"{shlex.join(self.argv)} has not been seen listening: call wait_listening first"
+            )
+        return self._address
+
+    def alive(self) -> bool:
+        """Whether the process (the group's leader) still runs."""
+        return self.proc.poll() is None
+
+    def wait_listening(self, timeout: float) -> tuple[str, int]:
+        """Wait for the ``listening on HOST:PORT`` line on its stdout.
+
+        Args:
+            timeout: Seconds to wait at most.
+
+        Returns:
+            The ``(host, port)`` it printed (also kept as :attr:`address`).
+
+        Raises:
+            TargetError: Its stdout ended (it exited) or ``timeout`` passed
+                first; the message says which, with its last stderr lines.
+        """
+        match = self.stdout.wait_for(LISTENING, timeout)
+        if match is None:
+            raise TargetError(self.why_not_listening(timeout))
+        found = parse_listening(match.string)
+        assert found is not None
+        self._address = found
+        return found
+
+    def why_not_listening(self, timeout: float) -> str:
+        """Say what became of a process that is not listening, for an error message.
+
+        Args:
+            timeout: The seconds it was given, to name in the message.
+
+        Returns:
+            ``ARGV exited with code N`` or ``ARGV did not listen within Ts``,
+            followed by its last stderr lines.
+        """
+        try:
+            code: int | None = self.proc.wait(1.0)  # Its stdout ended: it is exiting, or has.
+        except subprocess.TimeoutExpired:
+            code = None
+        self.stderr.join(1.0)  # Its last stderr lines, when it exited.
+        what = (
+            f"exited with code {code}"
+            if code is not None
+            else f"did not listen within {timeout:g}s"
+        )
+        tail = " | ".join(self.stderr.lines()[-_QUOTED:])
+        return f"{shlex.join(self.argv)} {what}" + (f"; stderr: {tail}" if tail else "")
+
+    def stop(self, grace: float = 5.0) -> int:
+        """Stop the group: SIGTERM, ``grace`` seconds, SIGKILL; then SIGKILL to any survivor.
+
+        Args:
+            grace: Seconds to wait after each signal.
+
+        Returns:
+            The leader's exit code (negative: the signal that ended it).
+
+        Raises:
+            subprocess.TimeoutExpired: It did not end even after SIGKILL.
+        """
+        if self.proc.poll() is None:
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.pid, signal.SIGKILL)
+                self.proc.wait(grace)
+        # Children of a forking server (socat fork) share its group; SIGKILL ends
+        # any that outlived their leader.
+        _signal_group(self.pid, signal.SIGKILL)
+        self._join_readers(grace)
+        return self.proc.returncode
+
+    def kill(self, grace: float = 10.0) -> int:
+        """SIGKILL the group if its leader still runs, and reap the leader.
+
+        Processes that outlived a leader that had already exited are left alone,
+        so that a caller can still see them.
+
+        Args:
+            grace: Seconds to wait for the leader's end and for the readers.
+
+        Returns:
+            The leader's exit code (negative: the signal that ended it).
+        """
+        if self.proc.poll() is None:
+            _signal_group(self.pid, signal.SIGKILL)
+        self.proc.wait(grace)
+        self._join_readers(grace)
+        return self.proc.returncode
+
+    def _join_readers(self, timeout: float) -> None:
+        # A pipe still held by a process outside the group keeps its reader
+        # going; it is a daemon thread and closes the pipe at EOF.
+        for reader in (self.stdout, self.stderr):
+            reader.join(timeout)
+
+    def __enter__(self) -> Spawned:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass  # The group is already gone.
+
+
+def spawn(
+    command: Sequence[str] | str,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    keep: int | None = 20,
+) -> Spawned:
+    """Start ``command`` in a process group of its own, its output read by two threads.
+
+    Args:
+        command: An argv list, or a string split as a shell would split it
+            (``shlex.split``; no shell runs it).
+        env: Its environment (default: this one's); ``PYTHONUNBUFFERED=1`` is
+            added, so a Python server's lines come as it prints them.
+        cwd: Its working directory (default: this one's).
+        keep: How many of the last lines of each stream to keep; None keeps all.
+
+    Returns:
+        The running process; stop it with :meth:`Spawned.stop`.
+
+    Raises:
+        TargetError: The command cannot be run (no such program, not executable).
+    """
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    full_env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise TargetError(f"cannot start {shlex.join(argv)}: {exc.strerror or exc}") from None
+    return Spawned(argv, proc, keep)
+
+
+def spawn_listening(
+    command: Sequence[str] | str,
+    *,
+    timeout: float = 20.0,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    keep: int | None = 20,
+) -> Spawned:
+    """Start ``command`` and wait for its ``listening on`` line; stop it if none comes.
+
+    Args:
+        command: As for :func:`spawn`.
+        timeout: Seconds to wait for the line.
+        env: As for :func:`spawn`.
+        cwd: As for :func:`spawn`.
+        keep: As for :func:`spawn`.
+
+    Returns:
+        The process, listening at :attr:`Spawned.address`.
+
+    Raises:
+        TargetError: It cannot be run, exits first, or prints no such line
+            within ``timeout``.
+    """
+    spawned = spawn(command, env=env, cwd=cwd, keep=keep)
+    try:
+        spawned.wait_listening(timeout)
+    except BaseException:
+        spawned.stop()
+        raise
+    return spawned

@@ -1,0 +1,173 @@
+"""/proc readings, each against a real process: a child this test starts, or itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conformance import procfs
+
+#: A child that obeys one command per message on a SOCK_SEQPACKET socket:
+#: ``open N`` opens N more sockets, ``connect PORT`` connects to 127.0.0.1:PORT
+#: (or ``connect6 PORT`` to [::1]:PORT) and holds the connection, ``burn S``
+#: spends S seconds of CPU; each answers
+#: ``ok``. It exits at EOF.
+CHILD = """
+import socket, sys, time
+ctl = socket.socket(fileno=int(sys.argv[1]))
+held = []
+while True:
+    words = ctl.recv(64).split()
+    if not words:
+        break
+    if words[0] == b"open":
+        held += [socket.socket() for _ in range(int(words[1]))]
+    elif words[0] == b"burn":
+        start = time.process_time()
+        while time.process_time() - start < float(words[1]):
+            pass
+    elif words[0] == b"connect":
+        held.append(socket.create_connection(("127.0.0.1", int(words[1]))))
+    elif words[0] == b"connect6":
+        held.append(socket.create_connection(("::1", int(words[1]))))
+    ctl.send(b"ok")
+"""
+
+
+class Child:
+    """The child process and its end of the command socket."""
+
+    def __init__(self) -> None:
+        self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.ctl.settimeout(10.0)  # Every answer comes within this, or the test fails.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.pid = self.proc.pid
+
+    def ask(self, command: str) -> None:
+        self.ctl.send(command.encode())
+        assert self.ctl.recv(64) == b"ok"
+
+    def close(self) -> None:
+        self.ctl.close()  # EOF: the child exits.
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def child() -> Iterator[Child]:
+    started = Child()
+    try:
+        started.ask("open 0")  # It runs its loop: its descriptors are all open.
+        yield started
+    finally:
+        started.close()
+
+
+def _missing_pid() -> int:
+    """A PID no process can have: above the kernel's largest."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+
+
+def test_open_descriptors_counts_those_a_child_opens(child: Child) -> None:
+    before = procfs.open_descriptors(child.pid)
+    assert before is not None
+    assert before >= 4  # stdin, stdout, stderr, the command socket
+    child.ask("open 5")
+    assert procfs.open_descriptors(child.pid) == before + 5
+
+
+def test_cpu_seconds_and_memory_of_this_process_are_positive() -> None:
+    pid = os.getpid()
+    cpu = procfs.cpu_seconds(pid)
+    rss = procfs.resident_bytes(pid)
+    peak = procfs.peak_resident_bytes(pid)
+    assert cpu is not None
+    assert cpu > 0  # Importing pytest alone costs more than a clock tick.
+    assert rss is not None
+    assert peak is not None
+    assert 0 < rss <= peak
+
+
+def test_cpu_seconds_of_a_child_grows_by_what_it_spends(child: Child) -> None:
+    before = procfs.cpu_seconds(child.pid)
+    assert before is not None
+    child.ask("burn 0.3")
+    after = procfs.cpu_seconds(child.pid)
+    assert after is not None
+    assert after - before >= 0.25  # The clock ticks 100 times a second: 0.01s granularity.
+
+
+def test_parent_pid_and_children_name_each_other(child: Child) -> None:
+    assert procfs.parent_pid(child.pid) == os.getpid()
+    found = procfs.children(os.getpid())
+    assert found is not None
+    assert child.pid in found
+    assert procfs.children(child.pid) == []
+
+
+def test_socket_owners_finds_the_child_holding_a_connection(child: Child) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10.0)
+        child.ask(f"connect {server.getsockname()[1]}")
+        conn, peer = server.accept()
+        with conn:
+            inode = procfs.socket_inode(peer[:2], conn.getsockname()[:2])
+            assert inode is not None
+            assert procfs.socket_owners(inode) == {child.pid}
+            ours = procfs.socket_inode(conn.getsockname()[:2], peer[:2])
+            assert ours is not None
+            assert ours != inode
+            assert procfs.socket_owners(ours) == {os.getpid()}
+
+
+def test_socket_inode_reads_ipv6_addresses(child: Child) -> None:
+    try:
+        server = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with server:
+        server.settimeout(10.0)
+        child.ask(f"connect6 {server.getsockname()[1]}")
+        conn, peer = server.accept()
+        with conn:
+            inode = procfs.socket_inode(peer[:2], conn.getsockname()[:2])
+            assert inode is not None
+            assert procfs.socket_owners(inode) == {child.pid}
+
+
+def test_socket_inode_is_None_for_a_connection_that_does_not_exist() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert procfs.socket_inode(("127.0.0.1", port), ("127.0.0.1", 1)) is None
+
+
+def test_every_reading_of_a_missing_pid_is_None() -> None:
+    pid = _missing_pid()
+    assert procfs.open_descriptors(pid) is None
+    assert procfs.cpu_seconds(pid) is None
+    assert procfs.parent_pid(pid) is None
+    assert procfs.resident_bytes(pid) is None
+    assert procfs.peak_resident_bytes(pid) is None
+    assert procfs.children(pid) is None
+
+
+def test_readings_of_a_child_that_exited_are_None() -> None:
+    gone = Child()
+    pid = gone.pid
+    gone.close()  # Exited and reaped.
+    assert procfs.cpu_seconds(pid) is None
+    assert procfs.open_descriptors(pid) is None
