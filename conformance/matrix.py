@@ -33,7 +33,7 @@ from conformance.catalogue import by_id
 from conformance.checks import Check, Outcome, Setup, run_check
 from conformance.errors import TargetError
 from conformance.profiles import PROFILES
-from conformance.target import TargetSpec, start_target
+from conformance.target import TargetKind, TargetSpec, start_target
 
 __all__ = [
     "BrokenServer",
@@ -57,7 +57,7 @@ class BrokenServer:
     def spec(self) -> TargetSpec:
         """The ``--spawn`` target that runs it with this Python on a free port."""
         command = f"{shlex.quote(sys.executable)} {shlex.quote(str(self.path))} --port {{port}}"
-        return TargetSpec("spawn", command)
+        return TargetSpec(TargetKind.SPAWN, command)
 
 
 def _caught_by(path: Path) -> tuple[str, ...]:

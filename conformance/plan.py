@@ -30,7 +30,7 @@ from conformance.errors import UsageError
 from conformance.oracle import load_oracle
 from conformance.profiles import DEFAULT, PROFILES, Profile
 from conformance.selection import select_checks, split_list
-from conformance.target import REFERENCE_MODELS, TargetSpec
+from conformance.target import REFERENCE_MODELS, TargetKind, TargetSpec
 
 __all__ = [
     "OPTIONS",
@@ -235,7 +235,7 @@ class RunPlan:
     def to_data(self) -> dict[str, Any]:
         """Plain data that :meth:`from_data` reads (for xdist's workers)."""
         return {
-            "targets": [[spec.kind, spec.value] for spec in self.targets],
+            "targets": [[spec.kind.value, spec.value] for spec in self.targets],
             "names": list(self.names),
             "checks": [check.id for check in self.checks],
             "oracle": self.oracle,
@@ -251,7 +251,7 @@ class RunPlan:
     def from_data(cls, data: dict[str, Any]) -> RunPlan:
         by_id = {check.id: check for check in CATALOGUE}
         return cls(
-            targets=tuple(TargetSpec(kind, value) for kind, value in data["targets"]),
+            targets=tuple(TargetSpec(TargetKind(k), v) for k, v in data["targets"]),
             names=tuple(data["names"]),
             checks=tuple(by_id[i] for i in data["checks"]),
             oracle=data["oracle"],
@@ -317,9 +317,9 @@ def target_specs(
 
 
 def _short_name(spec: TargetSpec) -> str:
-    if spec.kind == "address":
+    if spec.kind is TargetKind.ADDRESS:
         return spec.value
-    if spec.kind == "reference":
+    if spec.kind is TargetKind.REFERENCE:
         return f"reference-{spec.value}"
     words = shlex.split(spec.value)
     scripts = [w for w in words[1:] if not w.startswith("-") and "." in os.path.basename(w)]

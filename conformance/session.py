@@ -29,7 +29,7 @@ from conformance.checks import Check, Setup, run_check
 from conformance.oracle import load_oracle
 from conformance.plan import RunPlan
 from conformance.results import CheckResult, RunResults, TargetRun, Verdict
-from conformance.target import Address, RunningTarget, TargetSpec, start_target
+from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
 __all__ = ["LiveTarget", "PlannedRun", "Session"]
 
@@ -55,7 +55,7 @@ class LiveTarget:
     def to_data(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "spec": [self.spec.kind, self.spec.value],
+            "spec": [self.spec.kind.value, self.spec.value],
             "host": self.address.host,
             "port": self.address.port,
             "pid": self.pid,
@@ -67,7 +67,7 @@ class LiveTarget:
         kind, value = data["spec"]
         return cls(
             data["name"],
-            TargetSpec(kind, value),
+            TargetSpec(TargetKind(kind), value),
             Address(data["host"], data["port"]),
             data["pid"],
             data["replay"],
@@ -115,7 +115,7 @@ class Session:
             [
                 TargetRun(
                     t.name,
-                    t.spec.kind,
+                    t.spec.kind.value,
                     t.spec.value,
                     str(t.address),
                     t.spec.describe(),

@@ -17,6 +17,7 @@ command's output, waiting for that line and stopping its process group are
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import shlex
@@ -34,6 +35,7 @@ __all__ = [
     "REFERENCE_MODELS",
     "Address",
     "RunningTarget",
+    "TargetKind",
     "TargetSpec",
     "free_port",
     "parse_address",
@@ -76,22 +78,40 @@ def parse_address(text: str) -> Address:
     return Address(match["v6"] or match["host"], port)
 
 
+class TargetKind(enum.StrEnum):
+    """How the user named the target; each value is also its name in reports."""
+
+    #: ``--target HOST:PORT``: a server already running.
+    ADDRESS = "address"
+    #: ``--spawn CMD``: a command the suite starts and stops.
+    SPAWN = "spawn"
+    #: ``--reference MODEL``: one of the project's own servers.
+    REFERENCE = "reference"
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """The target as the user named it.
 
     Attributes:
-        kind: ``address``, ``spawn`` or ``reference``.
+        kind: How it is named; a string among :class:`TargetKind`'s values is
+            taken as that kind.
         value: The address, the command, or the model name.
+
+    Raises:
+        ValueError: ``kind`` is none of :class:`TargetKind`'s values.
     """
 
-    kind: str
+    kind: TargetKind
     value: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", TargetKind(self.kind))
 
     @classmethod
     def default(cls) -> TargetSpec:
         """The project's own single-reactor server."""
-        return cls("reference", "single")
+        return cls(TargetKind.REFERENCE, "single")
 
     @classmethod
     def from_options(
@@ -115,7 +135,7 @@ class TargetSpec:
         assert value is not None
         if kind == "target":
             parse_address(value)
-            return cls("address", value)
+            return cls(TargetKind.ADDRESS, value)
         if kind == "spawn":
             if not value.strip():
                 raise UsageError("--spawn needs a command, for example --spawn 'my-server {port}'")
@@ -123,22 +143,27 @@ class TargetSpec:
                 shlex.split(value)
             except ValueError as exc:
                 raise UsageError(f"--spawn {value!r}: cannot split the command ({exc})") from None
-            return cls("spawn", value)
+            return cls(TargetKind.SPAWN, value)
         if value not in REFERENCE_MODELS:
             raise UsageError(
                 f"unknown reference model {value!r}: choose one of {', '.join(REFERENCE_MODELS)}"
             )
-        return cls("reference", value)
+        return cls(TargetKind.REFERENCE, value)
 
     def options(self) -> list[str]:
         """The command-line options that name this target again."""
-        flag = {"address": "--target", "spawn": "--spawn", "reference": "--reference"}[self.kind]
+        flag = {
+            TargetKind.ADDRESS: "--target",
+            TargetKind.SPAWN: "--spawn",
+            TargetKind.REFERENCE: "--reference",
+        }[self.kind]
         return [flag, self.value]
 
     def describe(self) -> str:
-        if self.kind == "address":
+        """The target in a few words, for reports."""
+        if self.kind is TargetKind.ADDRESS:
             return self.value
-        if self.kind == "spawn":
+        if self.kind is TargetKind.SPAWN:
             return f"spawned: {self.value}"
         return f"reference {self.value} server"
 
@@ -212,7 +237,7 @@ def start_target(spec: TargetSpec, *, start_timeout: float = 20.0) -> RunningTar
         TargetError: Nothing accepts at the address, the command cannot be run,
             exits, or does not accept connections within ``start_timeout``.
     """
-    if spec.kind == "address":
+    if spec.kind is TargetKind.ADDRESS:
         address = parse_address(spec.value)
         error = probe(address, timeout=min(start_timeout, 5.0))
         if error is not None:
@@ -222,7 +247,7 @@ def start_target(spec: TargetSpec, *, start_timeout: float = 20.0) -> RunningTar
         return RunningTarget(spec, address)
     env = dict(os.environ)
     fixed: Address | None = None
-    if spec.kind == "reference":
+    if spec.kind is TargetKind.REFERENCE:
         argv = _reference_command(spec.value)
         # The reference package sits beside this one, installed or in a source tree.
         root = str(Path(__file__).resolve().parent.parent)

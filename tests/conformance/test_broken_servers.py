@@ -17,7 +17,7 @@ import pytest
 
 from conformance.catalogue import CATALOGUE, by_id
 from conformance.matrix import BrokenServer, broken_servers, catches, run_against
-from conformance.target import TargetSpec
+from conformance.target import TargetKind, TargetSpec
 from tests.conformance.support import ASYNCIO_ECHO, BROKEN, spawn_command
 
 SERVERS = broken_servers(BROKEN)
@@ -27,11 +27,11 @@ DECLARED = [(server, check_id) for server in SERVERS for check_id in server.caug
 SOCAT = "socat TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=1024 EXEC:cat"
 
 CORRECT: dict[str, TargetSpec] = {
-    "single": TargetSpec("reference", "single"),
-    "pool": TargetSpec("reference", "pool"),
-    "multi": TargetSpec("reference", "multi"),
-    "socat": TargetSpec("spawn", SOCAT),
-    "asyncio": TargetSpec("spawn", spawn_command(ASYNCIO_ECHO)),
+    "single": TargetSpec(TargetKind.REFERENCE, "single"),
+    "pool": TargetSpec(TargetKind.REFERENCE, "pool"),
+    "multi": TargetSpec(TargetKind.REFERENCE, "multi"),
+    "socat": TargetSpec(TargetKind.SPAWN, SOCAT),
+    "asyncio": TargetSpec(TargetKind.SPAWN, spawn_command(ASYNCIO_ECHO)),
 }
 
 #: Against the correct servers: the checks added with the broken servers, and a

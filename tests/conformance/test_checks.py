@@ -10,7 +10,7 @@ import pytest
 from conformance.catalogue import CATALOGUE, CATEGORIES, by_id, select
 from conformance.checks import Check, Level, Setup, run_check
 from conformance.errors import UsageError
-from conformance.target import RunningTarget, TargetSpec
+from conformance.target import RunningTarget, TargetKind, TargetSpec
 from tests.conformance.support import broken_spawn, serving
 
 
@@ -90,7 +90,7 @@ def test_check_passes_against_the_reference_single_server(
 def test_check_fails_against_a_broken_server_with_a_useful_report(
     server: str, check_id: str, needles: list[str]
 ) -> None:
-    spec = TargetSpec("spawn", broken_spawn(server))
+    spec = TargetSpec(TargetKind.SPAWN, broken_spawn(server))
     with serving(spec) as running:
         setup = Setup(
             running.address,

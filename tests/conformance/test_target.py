@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -12,6 +13,7 @@ import pytest
 from conformance.errors import TargetError, UsageError
 from conformance.target import (
     Address,
+    TargetKind,
     TargetSpec,
     free_port,
     parse_address,
@@ -44,7 +46,7 @@ def test_parse_address_rejects_malformed_text(text: str) -> None:
 
 
 def test_TargetSpec_defaults_to_the_reference_single_server() -> None:
-    assert TargetSpec.from_options(None, None, None) == TargetSpec("reference", "single")
+    assert TargetSpec.from_options(None, None, None) == TargetSpec(TargetKind.REFERENCE, "single")
 
 
 def test_TargetSpec_rejects_two_targets_and_unknown_models() -> None:
@@ -73,11 +75,11 @@ def _as_triple(options: list[str]) -> tuple[str | None, str | None, str | None]:
 def test_start_target_with_an_address_fails_when_nothing_listens() -> None:
     port = free_port()
     with pytest.raises(TargetError, match=f"cannot connect to 127.0.0.1:{port}"):
-        start_target(TargetSpec("address", f"127.0.0.1:{port}"))
+        start_target(TargetSpec(TargetKind.ADDRESS, f"127.0.0.1:{port}"))
 
 
 def test_start_target_replaces_port_and_stops_the_server_by_pid() -> None:
-    with serving(TargetSpec("spawn", spawn_command(ASYNCIO_ECHO))) as running:
+    with serving(TargetSpec(TargetKind.SPAWN, spawn_command(ASYNCIO_ECHO))) as running:
         assert running.pid is not None
         assert running.address.host == "127.0.0.1"
         assert probe(running.address) is None
@@ -98,21 +100,21 @@ def test_start_target_reads_the_listening_line_of_a_reference_server() -> None:
 
 def test_start_target_reports_a_command_that_exits_with_its_stderr() -> None:
     code = "import sys; sys.stderr.write('cannot bind: boom\\n'); sys.exit(7)"
-    spec = TargetSpec("spawn", shlex.join([sys.executable, "-c", code]))
+    spec = TargetSpec(TargetKind.SPAWN, shlex.join([sys.executable, "-c", code]))
     with pytest.raises(TargetError, match=r"exited with code 7; stderr: cannot bind: boom"):
         start_target(spec)
 
 
 def test_start_target_reports_a_missing_program() -> None:
     with pytest.raises(TargetError, match="cannot start no-such-server-xyz"):
-        start_target(TargetSpec("spawn", "no-such-server-xyz --port {port}"))
+        start_target(TargetSpec(TargetKind.SPAWN, "no-such-server-xyz --port {port}"))
 
 
 def test_start_target_gives_up_on_a_server_that_never_listens_within_its_deadline() -> None:
     # Prints nothing and never listens; stdin is closed, so reading it returns at once,
     # then the process waits on a pipe that never delivers (bounded by the stop below).
     code = "import os; r, w = os.pipe(); os.read(r, 1)"
-    spec = TargetSpec("spawn", shlex.join([sys.executable, "-c", code]))
+    spec = TargetSpec(TargetKind.SPAWN, shlex.join([sys.executable, "-c", code]))
     start = time.monotonic()
     with pytest.raises(TargetError, match="did not listen within 1s"):
         start_target(spec, start_timeout=1.0)
@@ -127,8 +129,19 @@ def test_RunningTarget_kills_a_server_that_ignores_SIGTERM() -> None:
         "print('listening on 127.0.0.1:%d' % s.getsockname()[1], flush=True)\n"
         "r, w = os.pipe(); os.read(r, 1)\n"
     )
-    running = start_target(TargetSpec("spawn", shlex.join([sys.executable, "-c", code])))
+    running = start_target(TargetSpec(TargetKind.SPAWN, shlex.join([sys.executable, "-c", code])))
     start = time.monotonic()
     code_after = running.stop(grace=1.0)
     assert code_after == -9
     assert time.monotonic() - start < 5
+
+
+def test_TargetKind_compares_and_serialises_as_its_string() -> None:
+    spec = TargetSpec.from_options(None, "server --port {port}", None)
+    assert spec.kind == "spawn"  # Code and reports that compare with the string still work.
+    assert spec.kind is TargetKind.SPAWN
+    assert json.dumps({"kind": spec.kind}) == '{"kind": "spawn"}'
+    assert TargetSpec("reference", "pool") == TargetSpec(TargetKind.REFERENCE, "pool")  # type: ignore[arg-type]
+    assert TargetSpec("reference", "pool").kind is TargetKind.REFERENCE  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'bogus' is not a valid TargetKind"):
+        TargetSpec("bogus", "x")  # type: ignore[arg-type]
