@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance import __version__
-from conformance.catalogue import CATALOGUE
+from conformance.checks import CATALOGUE
 from conformance.errors import (
     EXIT_FAILED,
     EXIT_OK,

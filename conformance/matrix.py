@@ -29,8 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.catalogue import by_id
-from conformance.checks import Check, Outcome, Setup, run_check
+from conformance.checks import Check, Outcome, Setup, by_id, run_check
 from conformance.errors import TargetError
 from conformance.profiles import PROFILES
 from conformance.target import TargetKind, TargetSpec, start_target

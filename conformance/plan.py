@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.catalogue import CATALOGUE, CATEGORIES
-from conformance.checks import Check
+from conformance.checks import CATALOGUE, CATEGORIES, Check
 from conformance.errors import UsageError
 from conformance.oracle import load_oracle
 from conformance.profiles import DEFAULT, PROFILES, Profile

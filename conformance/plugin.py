@@ -144,7 +144,7 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         return
     config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
-    from conformance import properties  # noqa: F401  Hypothesis' profiles, for the suite only.
+    from conformance.checks import properties  # noqa: F401  Hypothesis' profiles, for the suite only.
 
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:

@@ -12,8 +12,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterable
 
-from conformance.catalogue import CATALOGUE, CATEGORIES
-from conformance.checks import Check
+from conformance.checks import CATALOGUE, CATEGORIES, Check
 from conformance.errors import UsageError
 
 __all__ = ["is_pattern", "select_checks", "split_list"]

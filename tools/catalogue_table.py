@@ -1,7 +1,7 @@
 """Print the catalogue as a Markdown table; ``--write`` puts it into README.md.
 
 The table (ID, level, category, spec, title) is generated from
-``conformance.catalogue.CATALOGUE``; README.md keeps a copy between the
+``conformance.checks.CATALOGUE``; README.md keeps a copy between the
 ``<!-- catalogue:start -->`` and ``<!-- catalogue:end -->`` markers, and a
 test fails when that copy is stale. Only the text between the markers is
 replaced; the rest of the file is read again just before writing and kept.
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from conformance.catalogue import CATALOGUE  # noqa: E402
+from conformance.checks import CATALOGUE  # noqa: E402
 
 START = "<!-- catalogue:start -->"
 END = "<!-- catalogue:end -->"

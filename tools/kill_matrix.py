@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.catalogue import CATALOGUE, by_id  # noqa: E402
+from conformance.checks import CATALOGUE, by_id  # noqa: E402
 from conformance.matrix import broken_servers, markdown, run_matrix  # noqa: E402
 
 __all__ = ["BROKEN", "main"]

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conformance.catalogue import CATALOGUE, by_id
+from conformance.checks import CATALOGUE, by_id
 from conformance.matrix import BrokenServer, broken_servers, catches, run_against
 from conformance.target import TargetKind, TargetSpec
 from tests.conformance.support import ASYNCIO_ECHO, BROKEN, spawn_command

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from conformance.catalogue import CATALOGUE, CATEGORIES, by_id, select
-from conformance.checks import Check, Level, Setup, run_check
+from conformance.checks import CATALOGUE, CATEGORIES, Check, Level, Setup, by_id, run_check
 from conformance.errors import UsageError
+from conformance.selection import select_checks
 from conformance.target import RunningTarget, TargetKind, TargetSpec
 from tests.conformance.support import broken_spawn, serving
 
@@ -35,7 +35,7 @@ def test_catalogue_covers_the_required_ground() -> None:
 
 
 def test_select_by_id_and_category_keeps_catalogue_order() -> None:
-    chosen = select(["echo-storm-1", "ECHO-BASIC-1"], ["close"])
+    chosen = select_checks(["echo-storm-1", "ECHO-BASIC-1"], ["close"])
     assert [c.id for c in chosen] == [
         "ECHO-BASIC-1",
         "ECHO-HALFCLOSE-1",
@@ -43,15 +43,17 @@ def test_select_by_id_and_category_keeps_catalogue_order() -> None:
         "ECHO-HALFCLOSE-3",
         "ECHO-STORM-1",
     ]
-    assert select() == list(CATALOGUE)
+    assert select_checks() == list(CATALOGUE)
     assert by_id(" echo-basic-3 ").id == "ECHO-BASIC-3"
 
 
 def test_select_rejects_unknown_ids_and_categories() -> None:
     with pytest.raises(UsageError, match="unknown check 'ECHO-NOPE-1'"):
-        select(["ECHO-NOPE-1"])
+        select_checks(["ECHO-NOPE-1"])
     with pytest.raises(UsageError, match="unknown category 'nope'"):
-        select([], ["nope"])
+        select_checks([], ["nope"])
+    with pytest.raises(UsageError, match="unknown check 'ECHO-NOPE-1'"):
+        by_id("ECHO-NOPE-1")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conformance import __version__
-from conformance.catalogue import CATALOGUE
+from conformance.checks import CATALOGUE
 from conformance.results import use_colour
 from conformance.selection import select_checks
 from conformance.target import free_port

@@ -9,7 +9,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from conformance.catalogue import CATALOGUE
+from conformance.checks import CATALOGUE
 from conformance.target import RunningTarget, TargetSpec, free_port
 from tests.conformance.support import broken_spawn, run_pytest, serving
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 
-from conformance import properties
-from conformance.checks import Setup, run_check
+from conformance.checks import Setup, properties, run_check
 from conformance.profiles import PROFILES, profile_named
 from conformance.scenario import (
     HalfClose,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.catalogue import CATALOGUE
+from conformance.checks import CATALOGUE
 from conformance.report import ByteDivergence, Excerpt, FailureReport
 from conformance.report_html import render_html
 from conformance.results import CheckResult, RunResults, TargetRun, Verdict

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conformance.catalogue import CATALOGUE
+from conformance.checks import CATALOGUE
 from tests.helpers import ROOT
 
 TOOL = ROOT / "tools" / "catalogue_table.py"

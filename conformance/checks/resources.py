@@ -25,7 +25,13 @@ import random
 
 import trio
 
-from conformance.checks import Check, Level
+from conformance.checks.base import (
+    MIB,
+    RFC9293_CLOSE,
+    RFC9293_FLOW,
+    Check,
+    Level,
+)
 from conformance.harness import CheckFailure, Connection, Harness
 from conformance.procfs import cpu_seconds, resident_bytes, socket_inode, socket_owners
 
@@ -37,11 +43,6 @@ __all__ = [
     "socket_owners",
 ]
 
-KIB = 1024
-MIB = 1024 * KIB
-
-RFC9293_CLOSE = "RFC 9293 §3.6 (closing a connection)"
-RFC9293_FLOW = "RFC 9293 §3.8.6 (window management)"
 
 # -- /proc ---------------------------------------------------------------------
 

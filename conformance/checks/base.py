@@ -15,7 +15,7 @@ it then runs the liveness step: a fresh connection must still be served. It
 returns an :class:`Outcome` whose report, for a failure, is a bug report
 (:mod:`conformance.report`).
 
-The catalogue itself is in :mod:`conformance.catalogue`.
+The catalogue itself is assembled in :mod:`conformance.checks`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ from conformance.report import FailureReport
 from conformance.target import Address
 
 __all__ = [
+    "KIB",
+    "MIB",
+    "RFC862",
+    "RFC9293_CLOSE",
+    "RFC9293_FLOW",
+    "RFC9293_RESET",
     "first_failure",
     "Check",
     "CheckBody",
@@ -45,6 +51,15 @@ __all__ = [
     "replay_check",
     "run_check",
 ]
+
+
+#: The texts the checks rest on, and the sizes they use (one place for all sections).
+RFC862 = "RFC 862"
+RFC9293_CLOSE = "RFC 9293 §3.6 (closing a connection)"
+RFC9293_RESET = "RFC 9293 §3.5.2 (reset processing)"
+RFC9293_FLOW = "RFC 9293 §3.8.6 (window management)"
+KIB = 1024
+MIB = 1024 * KIB
 
 
 class Level(enum.Enum):

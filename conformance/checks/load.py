@@ -15,14 +15,16 @@ import dataclasses
 
 import trio
 
-from conformance.checks import Check, Level
+from conformance.checks.base import (
+    RFC862,
+    RFC9293_RESET,
+    Check,
+    Level,
+)
 from conformance.harness import CheckFailure, Harness
 from conformance.load import Faults, LoadResult, LoadSpec, run_load
 
 __all__ = ["LOAD_CHECKS"]
-
-RFC862 = "RFC 862"
-RFC9293_RESET = "RFC 9293 §3.5.2 (reset processing)"
 
 
 async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadResult:

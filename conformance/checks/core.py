@@ -1,9 +1,9 @@
-"""The catalogue: every check, as data, with the scenario it runs.
+"""The core checks: bytes, sizes, partial writes, concurrency, fairness, close, reset, storms.
 
 How this works
 --------------
 Each scenario below is an async function over a
-:class:`~conformance.harness.Harness`; :data:`CATALOGUE` pairs each with its
+:class:`~conformance.harness.Harness`; :data:`CORE_CHECKS` pairs each with its
 ID, title, category, level and spec reference. IDs are stable: a check that
 changes meaning gets a new ID. Payloads are deterministic (seeded), so a
 replay sends the same bytes.
@@ -21,27 +21,23 @@ connections exceeds the usual 1024-descriptor limit of a server that leaks.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
 
 import trio
 
 from conformance import procfs
-from conformance.checks import Check, Level
-from conformance.errors import UsageError
+from conformance.checks.base import (
+    KIB,
+    MIB,
+    RFC862,
+    RFC9293_CLOSE,
+    RFC9293_FLOW,
+    RFC9293_RESET,
+    Check,
+    Level,
+)
 from conformance.harness import CheckFailure, Connection, Ending, Harness
-from conformance.load_checks import LOAD_CHECKS
-from conformance.properties import PROPERTY_CHECKS
-from conformance.resource_checks import RESOURCE_CHECKS
 
-__all__ = ["CATALOGUE", "CATEGORIES", "by_id", "select"]
-
-KIB = 1024
-MIB = 1024 * KIB
-
-RFC862 = "RFC 862"
-RFC9293_CLOSE = "RFC 9293 §3.6 (closing a connection)"
-RFC9293_RESET = "RFC 9293 §3.5.2 (reset processing)"
-RFC9293_FLOW = "RFC 9293 §3.8.6 (window management)"
+__all__ = ["CORE_CHECKS", "payload"]
 
 
 def payload(size: int, seed: int) -> bytes:
@@ -379,41 +375,3 @@ CORE_CHECKS: tuple[Check, ...] = (
           "server serving", "storm", Level.MUST, RFC9293_RESET, send_and_vanish_storm,
           fault=True, heavy=True, timeout=120.0),
 )  # fmt: skip
-
-#: Every check: the scenarios above, then the sections kept in modules of their own.
-CATALOGUE: tuple[Check, ...] = CORE_CHECKS + RESOURCE_CHECKS + LOAD_CHECKS + PROPERTY_CHECKS
-
-#: Every category, in catalogue order.
-CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(c.category for c in CATALOGUE))
-
-_BY_ID = {check.id: check for check in CATALOGUE}
-
-
-def by_id(check_id: str) -> Check:
-    """The check with this ID.
-
-    Raises:
-        UsageError: No check has it.
-    """
-    try:
-        return _BY_ID[check_id.strip().upper()]
-    except KeyError:
-        raise UsageError(
-            f"unknown check {check_id!r}: see 'reactor-conformance list' for the IDs"
-        ) from None
-
-
-def select(ids: Iterable[str] = (), categories: Iterable[str] = ()) -> list[Check]:
-    """The checks named by ID or category, in catalogue order; all of them when none is named.
-
-    Raises:
-        UsageError: An unknown ID or category.
-    """
-    wanted = {by_id(i).id for i in ids if i.strip()}
-    cats = {c.strip() for c in categories if c.strip()}
-    for cat in cats:
-        if cat not in CATEGORIES:
-            raise UsageError(f"unknown category {cat!r}: choose among {', '.join(CATEGORIES)}")
-    if not wanted and not cats:
-        return list(CATALOGUE)
-    return [c for c in CATALOGUE if c.id in wanted or c.category in cats]
