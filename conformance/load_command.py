@@ -1,0 +1,147 @@
+"""``reactor-conformance load``: put load on one server, every byte verified.
+
+The command starts (or reaches) the target, runs :func:`conformance.load.run_load`
+with the options as a :class:`~conformance.load.LoadSpec`, and prints the
+result's summary (or JSON); exit 0 when nothing went wrong, 1 otherwise, 2 on
+a usage error, 3 when the target cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from conformance.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    TargetError,
+    UsageError,
+)
+from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
+from conformance.plan import TARGET_DESTS, Front, add_options
+from conformance.target import TargetSpec, start_target
+from reference.cli import at_least
+
+__all__ = ["add_load_parser", "load"]
+
+_positive = at_least(1)
+
+
+def add_load_parser(commands: Any) -> None:
+    """Add the ``load`` sub-command to ``commands`` (``add_subparsers``' result)."""
+    load_parser = commands.add_parser(
+        "load",
+        help="Put load on a server, verifying every byte",
+        description="Put load on a server from many connections, verify every byte echoed, "
+        "and report round trips/s, MB/s, latency percentiles, errors and the server's "
+        "liveness at the end. Exit 0 when nothing went wrong, 1 otherwise.",
+        epilog="Examples: reactor-conformance load --reference single -c 200 --duration 10; "
+        "reactor-conformance load --target 127.0.0.1:7000 --faults reset=1%,half-close=1%,"
+        "slow-reader=1%,connect-storm=500 --json",
+    )
+    load_parser.add_argument(
+        "-c", "--connections", type=_positive, default=50, help="Connections (default: %(default)s)"
+    )
+    load_parser.add_argument(
+        "--size", type=_positive, default=64, help="Ping-pong message size in bytes (default: 64)"
+    )
+    load_parser.add_argument(
+        "--mode",
+        choices=["pingpong", "stream"],
+        default="pingpong",
+        help="Closed-loop ping-pong, or streaming with a window in flight (default: %(default)s)",
+    )
+    load_parser.add_argument(
+        "--window",
+        type=_positive,
+        default=64 * 1024,
+        help="Stream mode: bytes in flight per connection (default: %(default)s)",
+    )
+    load_parser.add_argument(
+        "--duration", type=float, default=5.0, help="Seconds of load (default: %(default)s)"
+    )
+    load_parser.add_argument(
+        "--rounds",
+        type=_positive,
+        help="Ping-pong: stop each connection after N round trips (--duration still bounds it)",
+    )
+    load_parser.add_argument(
+        "--procs", type=_positive, default=1, help="Load processes (default: %(default)s)"
+    )
+    load_parser.add_argument(
+        "--faults",
+        default="",
+        metavar="SPEC",
+        help="Faults during the load: reset=P%%,half-close=P%%,slow-reader=P%%,connect-storm=N",
+    )
+    load_parser.add_argument("--seed", type=int, default=1, help="Seed of payloads and faults")
+    load_parser.add_argument("--json", action="store_true", help="Print the result as JSON")
+    load_parser.set_defaults(command=load)
+    group = load_parser.add_argument_group("target (default: the reference single-reactor server)")
+    add_options(group.add_argument, Front.CLI, only=TARGET_DESTS, repeat=False)
+
+
+def load(args: argparse.Namespace) -> int:
+    """``reactor-conformance load``: start the target, run the load, report."""
+    try:
+        spec = TargetSpec.from_options(args.target, args.spawn, args.reference)
+        faults = Faults.parse(args.faults)
+        LoadSpec("127.0.0.1", 1, **_load_settings(args, faults)).validate()
+    except (UsageError, ValueError) as exc:
+        print(f"reactor-conformance: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        running = start_target(spec)
+    except TargetError as exc:
+        print(f"reactor-conformance: target unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    address = running.address
+    tty = sys.stderr.isatty()
+
+    def progress(elapsed: float, trips: int, nbytes: int) -> None:
+        if tty:
+            rate = trips / elapsed if elapsed else 0.0
+            sys.stderr.write(
+                f"\r{elapsed:6.1f}s  {trips:,} round trips  {rate:,.0f}/s  "
+                f"{nbytes / 1e6:,.1f} MB verified "
+            )
+            sys.stderr.flush()
+
+    try:
+        if not args.json:
+            print(f"reactor-conformance: load on {spec.describe()} at {address}")
+        result = run_load(
+            LoadSpec(address.host, address.port, **_load_settings(args, faults)),
+            progress=progress,
+        )
+    except LoadError as exc:
+        print(f"reactor-conformance: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if tty:
+            sys.stderr.write("\n")
+        running.stop()
+    if args.json:
+        print(format_json(result))
+    else:
+        print(result.summary_line())
+        if result.first_error is not None:
+            print(f"first error: {result.first_error}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _load_settings(args: argparse.Namespace, faults: Faults) -> dict[str, Any]:
+    return {
+        "connections": args.connections,
+        "size": args.size,
+        "mode": args.mode,
+        "window": args.window,
+        "duration": args.duration,
+        "rounds": args.rounds,
+        "procs": args.procs,
+        "faults": faults,
+        "seed": args.seed,
+    }
