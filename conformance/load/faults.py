@@ -24,7 +24,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from conformance.load.client import Client, ClientEvent
+from conformance.load.client import Client, ClientEvent, ClientState
 
 if TYPE_CHECKING:
     from conformance.load.driver import Driver
@@ -79,6 +79,8 @@ def _reset(driver: Driver, client: Client) -> None:
 def _half_close(driver: Driver, client: Client, now_ns: int) -> None:
     driver.result.injected["half-close"] += 1
     driver.send_next(client, now_ns)
+    if client.state is ClientState.CLOSED:  # The send failed: the driver dropped it.
+        return
     client.measured = False
     if client.out is not None:  # Rare: a message larger than the socket takes; stay ACTIVE.
         return
@@ -93,6 +95,8 @@ def _slow_reader(driver: Driver, client: Client, now_ns: int) -> None:
     driver.result.injected["slow-reader"] += 1
     for _ in range(max(16, _SLOW_BURST // driver.spec.size)):
         driver.send_next(client, now_ns)
+        if client.state is ClientState.CLOSED:  # The send failed: the driver dropped it.
+            return
         client.rounds += 1
     client.rounds -= 1  # the round that completes the burst counts it
     client.measured = False
