@@ -84,7 +84,9 @@ class Option:
 
 _TARGET_HELP = " (repeat to test several side by side)"
 
-#: The options of a run. Targets default to the reference single server.
+#: The options of a run. Targets default to the reference single server. Their
+#: ``dest`` is pytest's too: none may be one of pytest's own (pytest 8 has a
+#: ``--strict`` whose dest is ``strict``), so the suite's own are prefixed.
 OPTIONS: tuple[Option, ...] = (
     Option(
         "--target",
@@ -126,14 +128,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--conformance-strict",
-        "strict",
+        "conformance_strict",
         "A failed SHOULD or MAY fails the run",
         short="--strict",
         settings={"action": "store_true"},
     ),
     Option(
         "--conformance-profile",
-        "profile",
+        "conformance_profile",
         "Size of the property checks' search: ci (few examples, derandomized), default, "
         "thorough (many examples, payloads up to 8 MiB) (default: default, or "
         "--hypothesis-profile when it names one of them)",
@@ -226,9 +228,9 @@ class RunPlan:
         if self.oracle != "echo":
             words += [_BY_DEST["oracle"].name(self.front), self.oracle]
         if self.strict:
-            words.append(_BY_DEST["strict"].name(self.front))
+            words.append(_BY_DEST["conformance_strict"].name(self.front))
         if self.profile is not DEFAULT:
-            words += [_BY_DEST["profile"].name(self.front), self.profile.name]
+            words += [_BY_DEST["conformance_profile"].name(self.front), self.profile.name]
         return shlex.join(words)
 
     def to_data(self) -> dict[str, Any]:
@@ -284,7 +286,7 @@ def plan_from_options(
     load_oracle(values.oracle)
     check_report_path(values.report_json, "--report-json")
     check_report_path(values.report_html, "--report-html")
-    name = values.profile
+    name = values.conformance_profile
     if name is None:
         name = hypothesis_profile if hypothesis_profile in PROFILES else DEFAULT.name
     return RunPlan(
@@ -292,7 +294,7 @@ def plan_from_options(
         names=tuple(target_names(specs)),
         checks=checks,
         oracle=values.oracle,
-        strict=bool(values.strict),
+        strict=bool(values.conformance_strict),
         profile=PROFILES[name],
         scenario=scenario_file(values.scenario),
         report_json=values.report_json,

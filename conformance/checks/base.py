@@ -86,8 +86,10 @@ class Check:
         spec: The text it rests on, for example ``RFC 862``.
         body: The scenario.
         fault: The check hurts the server; liveness is checked after it.
-        heavy: Large or many connections; heavy checks do not run at once
-            under xdist (one ``xdist_group``).
+        heavy: Large or many connections, or steps with short deadlines that
+            a storm beside them would break (the property checks); heavy
+            checks do not run at once under xdist (one ``xdist_group``, and
+            a lock per target).
         timeout: Seconds for the whole check, liveness included.
     """
 

@@ -12,6 +12,10 @@ When one fails, Hypothesis shrinks it to a minimal scenario, which the report
 prints as steps, with the Hypothesis reproduction blob, and saves as JSON: the
 check replays exactly that scenario when ``--scenario FILE`` is given.
 
+Property checks are *heavy*: their steps have short deadlines (the
+profile's), so they never run beside the storms and the load checks, which
+keep a server (socat's fork per connection, for one) busy for seconds.
+
 The search runs on a worker thread with its own ``trio.run`` per example,
 since the check itself already runs inside trio.
 
@@ -290,19 +294,19 @@ def _half_close_scenarios(lim: Limits) -> st.SearchStrategy[Scenario]:
 PROPERTY_CHECKS: tuple[Check, ...] = (
     Check("PROP-ECHO-1", "For any scenario of sends, pauses, reads, stalled readers and "
           "reconnects, every connection gets back exactly its own bytes, in order",
-          "property", Level.MUST, RFC862, _property(_echo_scenarios), timeout=240.0),
+          "property", Level.MUST, RFC862, _property(_echo_scenarios), heavy=True, timeout=240.0),
     Check("PROP-CONCURRENT-1", "For any set of connections sending bursts in small writes "
           "while reading, each gets back exactly its own bytes, in order", "property",
-          Level.MUST, RFC862, _property(_concurrent_scenarios), timeout=240.0),
+          Level.MUST, RFC862, _property(_concurrent_scenarios), heavy=True, timeout=240.0),
     Check("PROP-BACKPRESSURE-1", "For any bulk send from clients with a tiny window that stop "
           "reading for a while (the server's send returns short), every byte comes back",
           "property", Level.MUST, RFC9293_FLOW,
-          _property(_backpressure_scenarios, max_examples=4), timeout=240.0),
+          _property(_backpressure_scenarios, max_examples=4), heavy=True, timeout=240.0),
     Check("PROP-ALIVE-1", "For any scenario in which clients reset mid-stream, the others get "
           "their bytes and a fresh connection is served afterwards", "property", Level.MUST,
           RFC9293_RESET, _property(_reset_scenarios, check_liveness=True), fault=True,
-          timeout=240.0),
+          heavy=True, timeout=240.0),
     Check("PROP-HALFCLOSE-1", "For any scenario ending in half-closes, each half-closed "
           "connection gets all it is owed, then FIN", "property", Level.SHOULD, RFC9293_CLOSE,
-          _property(_half_close_scenarios), timeout=240.0),
+          _property(_half_close_scenarios), heavy=True, timeout=240.0),
 )  # fmt: skip

@@ -107,7 +107,8 @@ def test_property_check_shrinks_a_nul_truncation_and_replays_it() -> None:
         ), outcome.report
         saved = Path(outcome.report.split("saved as ", 1)[1].split(";", 1)[0])
         scenario = from_json(saved.read_text())
-        assert any(b"\0" in s.data for s in scenario.connections[0].steps if isinstance(s, Send))
+        sends = [s for c in scenario.connections for s in c.steps if isinstance(s, Send)]
+        assert any(b"\0" in s.data for s in sends), describe(scenario)
         replayed = run_check(check, replace(setup, scenario=saved))
     # A timing-dependent failure may need more than one replay.
     assert not replayed.passed or "depends on timing" in outcome.report
