@@ -12,6 +12,7 @@ bucket counts.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 __all__ = ["Histogram"]
@@ -40,25 +41,24 @@ class Histogram:
         """Count each of ``values``, as :meth:`record` does, in one pass.
 
         For hot loops: collect the values in a list and hand it over now and
-        then, instead of a method call per value.
+        then, instead of a method call per value. Latencies repeat (a few
+        hundred distinct microsecond values in thousands), so the values are
+        tallied first (in C) and each distinct one is bucketed once.
         """
+        values = values if isinstance(values, list) else list(values)
+        if not values:
+            return
         counts = self.counts
-        count = total = 0
-        top = self.max
-        for value in values:
+        for value, n in Counter(values).items():
             if value < _LINEAR:
                 index = value if value > 0 else 0
             else:
                 shift = value.bit_length() - _SUB_BITS - 1
                 index = min((shift << _SUB_BITS) + (value >> shift), _BUCKETS - 1)
-            counts[index] += 1
-            count += 1
-            total += value
-            if value > top:
-                top = value
-        self.count += count
-        self.total += total
-        self.max = top
+            counts[index] += n
+        self.count += len(values)
+        self.total += sum(values)
+        self.max = max(self.max, max(values))
 
     @staticmethod
     def lower_bound(index: int) -> int:
