@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from conformance import __version__
 from conformance.checks import CATALOGUE
@@ -258,10 +261,13 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     sys.stdout.flush()
     code = run_pytest(argv, plugins=plugins)
     results = session.results
+    if code == pytest.ExitCode.INTERRUPTED:
+        # pytest took the signal's KeyboardInterrupt and wrote the partial reports.
+        raise _Stopped(_signals_seen[-1] if _signals_seen else signal.SIGINT)
     if code not in (EXIT_OK, EXIT_FAILED) or results is None:
         return _error(
             f"error: pytest ended with exit code {code}",
-            EXIT_USAGE if code == EXIT_USAGE else EXIT_FAILED,
+            EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED,
         )
     written = list(session.written)
     if args.junitxml:
@@ -294,13 +300,42 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     return EXIT_OK if ok else EXIT_FAILED
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwind as SIGINT does, so every ``finally`` stops its target."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_signals_seen: list[int] = []
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    _signals_seen.append(signum)
+    raise _Stopped(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``reactor-conformance``."""
+    """Entry point of ``reactor-conformance``.
+
+    ``run`` and ``load`` start servers: SIGTERM and SIGHUP (like SIGINT) end
+    them, through the same ``finally`` that stops their targets, and pytest
+    writes the reports of the checks that ran. The exit code is then 128 plus
+    the signal's number.
+    """
     args = build_parser().parse_args(argv)
+    if args.command is not serve:
+        for stopping in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stopping, _stop_on_signal)
     try:
         result: int = args.command(args)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, _Stopped) else int(signal.SIGINT)
+        name = signal.Signals(signum).name
+        return _error(f"stopped by {name}; the servers it started are stopped", 128 + signum)
     return result

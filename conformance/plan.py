@@ -341,18 +341,29 @@ def target_names(specs: Sequence[TargetSpec]) -> list[str]:
 
 
 def check_report_path(value: str | None, option: str) -> str | None:
-    """``value``, when it can name a report file to write.
+    """``value``, when it can name a report file to write (checked before anything runs).
 
     Raises:
-        UsageError: Its directory does not exist, or it is a directory.
+        UsageError: Its directory does not exist, it is a directory, or it
+            cannot be written.
     """
     if value is None:
         return None
-    parent = Path(value).resolve().parent
+    path = Path(value)
+    parent = path.resolve().parent
     if not parent.is_dir():
         raise UsageError(f"{option} {value}: the directory {parent} does not exist")
-    if Path(value).is_dir():
+    if path.is_dir():
         raise UsageError(f"{option} {value}: a directory; give a file name")
+    existed = path.exists()
+    try:
+        # Opened to append, so a report that is already there is not touched now.
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {value}: cannot be written ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink(missing_ok=True)
     return value
 
 

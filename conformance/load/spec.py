@@ -18,6 +18,7 @@ oracle that can only judge whole transcripts is refused by :meth:`LoadSpec.valid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,8 +128,8 @@ class LoadSpec:
             raise ValueError(f"size must be at least 1 byte, got {self.size}")
         if self.window < 1:
             raise ValueError(f"window must be at least 1 byte, got {self.window}")
-        if self.duration <= 0:
-            raise ValueError(f"duration must be positive, got {self.duration}")
+        if not (math.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"duration must be a positive number of seconds, got {self.duration}")
         if self.rounds is not None and self.rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {self.rounds}")
         if not 1 <= self.procs <= 256:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import shlex
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +19,7 @@ from conformance.results import use_colour
 from conformance.selection import select_checks
 from conformance.target import free_port
 from tests.conformance.support import ASYNCIO_ECHO, broken_spawn, run_cli, spawn_command
+from tests.helpers import ROOT
 
 
 def assert_one_line_error(
@@ -156,6 +162,8 @@ def test_run_server_that_never_listens_exits_3_with_one_line() -> None:
         (["--target", "127.0.0.1:1", "--spawn", ""], "--spawn needs a command"),
         (["--report-json", "/nonexistent-dir/report.json"], "does not exist"),
         (["--report-html", "."], "a directory"),
+        (["--report-json", "/proc/self/report.json"], "cannot be written"),
+        (["--junitxml", "/proc/self/junit.xml"], "cannot be written"),
         (["-n", "many"], "or 'auto'"),
         (["--reference", "bogus"], "unknown reference model 'bogus'"),
         (["--oracle", "no_such_module_xyz:Oracle"], "cannot import"),
@@ -164,3 +172,66 @@ def test_run_server_that_never_listens_exits_3_with_one_line() -> None:
 )
 def test_run_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:
     assert_one_line_error(run_cli("run", *argv), 2, needle)
+
+
+@pytest.mark.parametrize("duration", ["nan", "inf", "-1", "0"])
+def test_load_duration_that_is_not_a_positive_number_is_a_usage_error(duration: str) -> None:
+    result = run_cli("load", "--duration", duration)
+    assert_one_line_error(result, 2, "duration must be a positive number of seconds")
+
+
+def test_run_usage_error_leaves_an_existing_report_untouched(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text("what the user had")
+    result = run_cli("run", "--report-json", str(report), "--checks", "ECHO-NOPE-9")
+    assert_one_line_error(result, 2, "unknown check")
+    assert report.read_text() == "what the user had"
+    fresh = tmp_path / "new.json"
+    assert_one_line_error(run_cli("run", "--report-json", str(fresh), "--checks", "NOPE-*"), 2)
+    assert not fresh.exists()
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not a child of this one) ends within ``timeout`` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_run_stopped_by_a_signal_stops_the_server_it_started(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "server.pid"
+    server = f"{shlex.quote(sys.executable)} {shlex.quote(str(ASYNCIO_ECHO))} --port {{port}}"
+    spawn = f"sh -c {shlex.quote(f'echo $$ > {pidfile}; exec {server}')}"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "run", "--spawn", spawn, "--checks", "ECHO-STORM-*"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert cli.stdout is not None
+        ready, _, _ = select.select([cli.stdout], [], [], 60)
+        assert ready, "the run never said which server it checks"
+        assert "checks against" in cli.stdout.readline()
+        pid = int(pidfile.read_text())
+        cli.send_signal(signum)
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+    assert cli.returncode == 128 + signum, (out, err)
+    assert f"stopped by {signum.name}" in err
+    assert "Traceback" not in err
+    assert _wait_gone(pid, 10), f"the spawned server {pid} outlived the run"
