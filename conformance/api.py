@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from conformance.errors import UsageError
 from conformance.plan import Front, RunPlan, target_names
-from conformance.profiles import PROFILES, Profile
+from conformance.profiles import Profile, profile_named
 from conformance.results import RunResults
 from conformance.selection import select_checks
 from conformance.session import Session
@@ -71,9 +71,10 @@ def check_server(
     if not selected:
         raise UsageError("no check selected")
     if isinstance(profile, str):
-        if profile not in PROFILES:
-            raise UsageError(f"unknown profile {profile!r}: choose among {', '.join(PROFILES)}")
-        profile = PROFILES[profile]
+        try:
+            profile = profile_named(profile)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     plan = RunPlan(
         targets=(spec,),
         names=tuple(target_names([spec])),

@@ -87,7 +87,6 @@ __all__ = [
     "TargetNode",
     "heavy_lock",
     "nonstrict_report",
-    "run_results",
     "run_session",
 ]
 
@@ -144,8 +143,6 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         return
     config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
-    from conformance.checks import properties  # noqa: F401  Hypothesis' profiles, for the suite only.
-
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
         config.stash[_SESSION] = Session.for_worker(workerinput[_WORKER_KEY])
@@ -166,19 +163,12 @@ def pytest_configure(config: pytest.Config) -> None:
             pytest.exit(f"target unreachable: {exc}", returncode=EXIT_UNREACHABLE)
         config.add_cleanup(session.stop)
     config.stash[_SESSION] = session
-    assert session.results is not None
     config.pluginmanager.register(Recorder(session, config), "conformance-recorder")
 
 
 def run_session(config: pytest.Config) -> Session | None:
     """The session of this run, or None (no suite)."""
     return config.stash.get(_SESSION, None)
-
-
-def run_results(config: pytest.Config) -> RunResults | None:
-    """The results the controller gathered in this run, or None (a worker, or no suite)."""
-    session = run_session(config)
-    return session.results if session is not None else None
 
 
 @pytest.hookimpl(optionalhook=True)
