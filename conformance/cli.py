@@ -27,7 +27,8 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,8 +259,12 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
             f"reactor-conformance: {len(plan.checks)} checks against {target.name} "
             f"({target.spec.describe()}) at {target.address}"
         )
+    bound = plan.bound()
+    capped = f" (--timeout {plan.timeout:g}s)" if plan.timeout is not None else ""
+    print(f"reactor-conformance: the run ends within at most {bound:.0f}s{capped}")
     sys.stdout.flush()
-    code = run_pytest(argv, plugins=plugins)
+    with _watchdog(bound):
+        code = run_pytest(argv, plugins=plugins)
     results = session.results
     if code == pytest.ExitCode.INTERRUPTED:
         # pytest took the signal's KeyboardInterrupt and wrote the partial reports.
@@ -272,7 +277,10 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     written = list(session.written)
     if args.junitxml:
         written.append(("JUnit", args.junitxml))
-    return _summarise(results, written, use_colour(sys.stdout, os.environ))
+    code = _summarise(results, written, use_colour(sys.stdout, os.environ))
+    if session.artifacts is not None and any(session.artifacts.iterdir()):
+        print(f"reactor-conformance: artifacts (scenarios, server logs): {session.artifacts}")
+    return code
 
 
 def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool) -> int:
@@ -290,6 +298,9 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     if len(results.targets) > 1:
         for target in results.targets:
             print(f"  {target.name}: {format_counts(target.counts(results.checks))}")
+    for target in results.targets:
+        for event in target.events:
+            print(f"reactor-conformance: target {target.name} {event.line()}")
     ok = results.ok()
     counts = format_counts(results.totals())
     strict = " (strict)" if results.strict else ""
@@ -297,7 +308,30 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     print(paint(Verdict.PASS if ok else Verdict.FAIL, line, colour))
     for kind, path in written:
         print(f"reactor-conformance: {kind.upper() if kind != 'JUnit' else kind} report: {path}")
+    never = [t.name for t in results.targets if t.never_usable()]
+    if never:
+        print(
+            f"reactor-conformance: {', '.join(never)} never served a check: "
+            "the target is unreachable"
+        )
+        return EXIT_UNREACHABLE
     return EXIT_OK if ok else EXIT_FAILED
+
+
+@contextmanager
+def _watchdog(bound: float) -> Iterator[None]:
+    """End the run (as SIGTERM does: partial reports, servers stopped) if it passes ``bound``.
+
+    Every check has its deadline, so this fires only when the suite itself
+    hangs; the run then still ends, within the bound it printed, plus a minute.
+    """
+    previous = signal.signal(signal.SIGALRM, _stop_on_signal)
+    signal.setitimer(signal.ITIMER_REAL, bound + 60.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _Stopped(KeyboardInterrupt):
@@ -336,6 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, _Stopped) else int(signal.SIGINT)
+        if signum == signal.SIGALRM:
+            return _error(
+                "the run passed the bound it printed and was stopped (a fault in the suite: "
+                "please report it); the servers it started are stopped",
+                EXIT_FAILED,
+            )
         name = signal.Signals(signum).name
         return _error(f"stopped by {name}; the servers it started are stopped", 128 + signum)
     return result

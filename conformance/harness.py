@@ -75,6 +75,8 @@ class Harness:
         step_timeout: Default deadline of a step, in seconds.
         profile: How hard property checks search (:mod:`conformance.profiles`).
         scenario: A saved scenario that property checks replay instead of searching.
+        artifacts: Where a check keeps what it leaves (a failing scenario);
+            None: a folder in the temporary directory.
     """
 
     def __init__(
@@ -86,8 +88,10 @@ class Harness:
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         profile: Profile = DEFAULT,
         scenario: Path | None = None,
+        artifacts: Path | None = None,
     ) -> None:
         self.address = address
+        self.artifacts = artifacts
         self.oracle_factory = oracle_factory
         self.server_pid = server_pid
         self.step_timeout = step_timeout

@@ -16,6 +16,7 @@ runs a plan.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
 import shlex
@@ -26,6 +27,7 @@ from typing import Any
 
 from conformance.checks import CATALOGUE, CATEGORIES, Check
 from conformance.errors import UsageError
+from conformance.health import MAX_RESTARTS
 from conformance.oracle import load_oracle
 from conformance.profiles import DEFAULT, PROFILES, Profile
 from conformance.selection import select_checks, split_list
@@ -38,8 +40,10 @@ __all__ = [
     "Option",
     "RunPlan",
     "add_options",
+    "artifacts_dir",
     "check_report_path",
     "plan_from_options",
+    "run_timeout",
     "scenario_file",
     "target_names",
     "target_specs",
@@ -149,6 +153,29 @@ OPTIONS: tuple[Option, ...] = (
         settings={"metavar": "PATH"},
     ),
     Option(
+        "--conformance-timeout",
+        "conformance_timeout",
+        "Stop the run after SECONDS: checks not run by then are SKIPPED, a check "
+        "running then is cut short (default: no cap; the run's bound, the sum of its "
+        "checks' deadlines, is printed when it starts)",
+        short="--timeout",
+        settings={"metavar": "SECONDS"},
+    ),
+    Option(
+        "--no-restart",
+        "no_restart",
+        "A started server that exits during a check is not started again: the remaining "
+        f"checks against it are SKIPPED (default: restart it, at most {MAX_RESTARTS} times)",
+        settings={"action": "store_true"},
+    ),
+    Option(
+        "--artifacts",
+        "artifacts",
+        "Keep what a run leaves (failing scenarios, the started servers' stderr) in DIR "
+        "(default: beside --report-json, else a new temporary directory)",
+        settings={"metavar": "DIR"},
+    ),
+    Option(
         "--report-json",
         "report_json",
         "Write the JSON report to PATH",
@@ -163,6 +190,11 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_DEST = {option.dest: option for option in OPTIONS}
+#: Seconds one check may take beyond its own deadline: the probe of its target after
+#: a failure, waiting for a restarted target, the record of an exit.
+CHECK_OVERHEAD = 15.0
+#: Seconds to start one target and to stop it.
+TARGET_START_BOUND = 30.0
 #: The options that name targets.
 TARGET_DESTS = frozenset({"target", "spawn", "reference"})
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:-]+")
@@ -209,6 +241,10 @@ class RunPlan:
         report_json: Where to write the JSON report, if anywhere.
         report_html: Where to write the HTML report, if anywhere.
         front: What runs it (names the replay commands).
+        timeout: Seconds the whole run may take, if capped.
+        restart: A started server that exits is started again for the next check.
+        artifacts: Where failing scenarios and server logs go; None: a
+            directory made when the run starts.
     """
 
     targets: tuple[TargetSpec, ...]
@@ -221,6 +257,22 @@ class RunPlan:
     report_json: str | None = None
     report_html: str | None = None
     front: Front = Front.CLI
+    timeout: float | None = None
+    restart: bool = True
+    artifacts: Path | None = None
+
+    def bound(self, start: float = TARGET_START_BOUND) -> float:
+        """Seconds the run takes at most: each check's deadline plus its probes, per target.
+
+        Args:
+            start: Seconds to start (and at the end stop) one target.
+        """
+        per_target = sum(check.timeout + CHECK_OVERHEAD for check in self.checks)
+        per_target += start * (1 + (MAX_RESTARTS if self.restart else 0))
+        whole = len(self.targets) * per_target
+        if self.timeout is not None:
+            whole = min(whole, self.timeout + len(self.targets) * start + CHECK_OVERHEAD)
+        return whole
 
     def replay_prefix(self, spec: TargetSpec) -> str:
         """The command that reruns this run against ``spec``, without ``--checks``."""
@@ -246,6 +298,9 @@ class RunPlan:
             "report_json": self.report_json,
             "report_html": self.report_html,
             "front": self.front.name,
+            "timeout": self.timeout,
+            "restart": self.restart,
+            "artifacts": str(self.artifacts) if self.artifacts is not None else None,
         }
 
     @classmethod
@@ -262,6 +317,9 @@ class RunPlan:
             report_json=data["report_json"],
             report_html=data["report_html"],
             front=Front[data["front"]],
+            timeout=data["timeout"],
+            restart=data["restart"],
+            artifacts=Path(data["artifacts"]) if data["artifacts"] is not None else None,
         )
 
 
@@ -300,6 +358,9 @@ def plan_from_options(
         report_json=values.report_json,
         report_html=values.report_html,
         front=front,
+        timeout=run_timeout(values.conformance_timeout),
+        restart=not values.no_restart,
+        artifacts=artifacts_dir(values.artifacts, values.report_json),
     )
 
 
@@ -365,6 +426,49 @@ def check_report_path(value: str | None, option: str) -> str | None:
     if not existed:
         path.unlink(missing_ok=True)
     return value
+
+
+def run_timeout(text: str | float | None) -> float | None:
+    """The seconds of ``--timeout``: a finite number above zero.
+
+    Raises:
+        UsageError: It is not one.
+    """
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--timeout {text}: not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--timeout {text}: give a number of seconds above 0")
+    return value
+
+
+def artifacts_dir(value: str | None, report_json: str | None) -> Path | None:
+    """Where a run keeps its artifacts: ``--artifacts``, else beside the JSON report.
+
+    Returns:
+        The directory (made, if it was not there), or None: the run makes a
+        temporary one.
+
+    Raises:
+        UsageError: It cannot be made or written.
+    """
+    if value is not None:
+        path = Path(value)
+    elif report_json is not None:
+        report = Path(report_json)
+        path = report.with_name(f"{report.stem}-artifacts")
+    else:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--artifacts {path}: cannot be made ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"--artifacts {path}: cannot be written")
+    return path.resolve()
 
 
 def scenario_file(path: str | None) -> Path | None:

@@ -43,6 +43,7 @@ When the suite is named:
 from __future__ import annotations
 
 import fcntl
+import json
 import re
 import sys
 import tempfile
@@ -55,7 +56,7 @@ from typing import Any
 import pytest
 
 import conformance
-from conformance.checks import Check, run_check
+from conformance.checks import Check
 from conformance.errors import EXIT_UNREACHABLE, TargetError, UsageError
 from conformance.plan import (
     Front,
@@ -79,7 +80,7 @@ __all__ = [
     "CHECK_PROPERTY",
     "HEAVY_GROUP",
     "NONSTRICT",
-    "REPORT",
+    "RESULT",
     "CatalogueFile",
     "CheckItem",
     "Recorder",
@@ -94,8 +95,8 @@ __all__ = [
 HEAVY_GROUP = "conformance-heavy"
 #: The user property (and report category) of a SHOULD or MAY that failed.
 NONSTRICT = "non-strict"
-#: The user property that carries a failed check's bug report.
-REPORT = "conformance_report"
+#: The user property that carries a check's whole result, as JSON (JUnit shows it).
+RESULT = "conformance_result"
 #: The user properties naming a report's check and target.
 CHECK_PROPERTY = "conformance_check"
 TARGET_PROPERTY = "conformance_target"
@@ -246,6 +247,10 @@ class CheckFailed(Exception):
     """A check failed the run; the message is its bug report."""
 
 
+class CheckErred(Exception):
+    """A check's own code failed (an ERROR verdict); the message is the error and its stack."""
+
+
 class CheckItem(pytest.Item):
     """One check of the catalogue, run against one target of the session."""
 
@@ -264,21 +269,22 @@ class CheckItem(pytest.Item):
         setup = session.setup(self.target)
         with heavy_lock(setup.address) if self.check.heavy else nullcontext():
             self.user_properties.append(("conformance_started", f"{time.time():.6f}"))
-            outcome = run_check(self.check, setup)
+            result = session.execute(self.target, self.check)
             self.user_properties.append(("conformance_finished", f"{time.time():.6f}"))
-        if outcome.failure is None:
-            return
-        if outcome.fails_run(session.plan.strict):
-            self.user_properties.append((REPORT, outcome.failure.to_data()))
-            raise CheckFailed(outcome.report)
-        self.user_properties.append((NONSTRICT, outcome.failure.to_data()))
+        self.user_properties.append((RESULT, json.dumps(result.to_data())))
+        if result.verdict is Verdict.SKIPPED:
+            pytest.skip(result.reason)
+        if result.verdict is Verdict.ERROR:
+            raise CheckErred(result.reason)
+        if result.verdict is Verdict.FAIL:
+            raise CheckFailed(result.details)
 
     def repr_failure(
         self,
         excinfo: pytest.ExceptionInfo[BaseException],
         style: Any = None,
     ) -> str | Any:
-        if isinstance(excinfo.value, CheckFailed):
+        if isinstance(excinfo.value, CheckFailed | CheckErred):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
@@ -287,19 +293,20 @@ class CheckItem(pytest.Item):
         return self.path, None, f"{self.check.id} [{level}] {self.check.title}"
 
 
-def nonstrict_report(report: pytest.TestReport) -> FailureReport | None:
-    """The bug report of a SHOULD or MAY that failed without failing the run, if any."""
+def check_result(report: pytest.TestReport) -> CheckResult | None:
+    """The result a check item attached to its report, if any."""
     for key, value in report.user_properties:
-        if key == NONSTRICT:
-            return FailureReport.from_data(value)
+        if key == RESULT and isinstance(value, str):
+            return CheckResult.from_data(json.loads(value))
     return None
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
-    longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2]).removeprefix("Skipped: ")
-    return report.longreprtext or "skipped"
+def nonstrict_report(report: pytest.TestReport) -> FailureReport | None:
+    """The bug report of a SHOULD or MAY that failed without failing the run, if any."""
+    result = check_result(report) if report.when == "call" else None
+    if result is not None and result.verdict is Verdict.NON_STRICT:
+        return result.failure
+    return None
 
 
 class Recorder:
@@ -323,28 +330,22 @@ class Recorder:
         if sep and tail and "::" not in tail:
             report.nodeid = head  # xdist's loadgroup suffix, on this copy of the report only.
         target = str(props.get(TARGET_PROPERTY, ""))
-        run = self.results.target(target)
-        replay = run.replay_of(check) if run is not None else ""
-        failure: FailureReport | None = None
-        reason = ""
-        if report.when == "call" and report.passed:
-            failure = nonstrict_report(report)
-            verdict = Verdict.NON_STRICT if failure is not None else Verdict.PASS
-        elif report.failed:
-            verdict = Verdict.FAIL
-            if REPORT in props:
-                failure = FailureReport.from_data(props[REPORT])
-            else:
-                reason = report.longreprtext  # Not the server's doing: the suite's own error.
-        elif report.skipped:
-            verdict, reason = Verdict.SKIPPED, _skip_reason(report)
-        else:
-            return  # A setup or teardown that passed.
-        result = CheckResult(check, verdict, report.duration, failure, reason, replay)
+        result = check_result(report)
+        if result is None:
+            # No result attached: not the check's doing (a setup or teardown of its
+            # own, or an interruption).
+            if not report.failed:
+                return
+            run = self.results.target(target)
+            replay = run.replay_of(check) if run is not None else ""
+            result = CheckResult(
+                check, Verdict.ERROR, report.duration, reason=report.longreprtext, replay=replay
+            )
         self.results.record(target, result)
 
     def pytest_sessionfinish(self) -> None:
         self.results.finished = time.time()
+        self.session.gather_events()
         plan = self.session.plan
         for kind, path, write in (
             ("json", plan.report_json, write_json),

@@ -17,7 +17,7 @@ hex cells. Nothing reads the text back.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -115,6 +115,9 @@ class FailureReport:
         others: Summaries of the check's other connections.
         more: How many other connections are not listed.
         replay: The command that reruns just this check.
+        seen: When the target exited or stopped answering during the check:
+            what the check itself saw (its own failure's headline), if it failed.
+        stderr: The last lines of the target's stderr, when it exited.
     """
 
     check_line: str
@@ -128,6 +131,8 @@ class FailureReport:
     events: str | None = None
     others: tuple[str, ...] = ()
     more: int = 0
+    seen: str | None = None
+    stderr: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -188,6 +193,17 @@ class FailureReport:
             more=max(0, len(others) - OTHERS_SHOWN),
         )
 
+    def about_target(self, kind: str, message: str, stderr: Sequence[str] = ()) -> FailureReport:
+        """This report, led by what happened to the target (it exited, stopped answering)."""
+        return replace(
+            self,
+            kind=kind,
+            message=message,
+            step=None,
+            seen=self.headline(),
+            stderr=tuple(stderr),
+        )
+
     def headline(self) -> str:
         """What went wrong, where: ``Divergence at step 'x': byte 2 differs``."""
         where = f" at step {self.step!r}" if self.step else ""
@@ -196,6 +212,8 @@ class FailureReport:
     def render(self) -> str:
         """The report as text, several lines."""
         lines = [f"FAILED {self.check_line}", f"  {self.headline()}"]
+        if self.seen is not None:
+            lines.append(f"  the check saw: {self.seen}")
         if self.connection is not None:
             lines.append(f"  {self.connection}")
         if self.divergence is not None:
@@ -209,6 +227,9 @@ class FailureReport:
         lines += [f"  also {other}" for other in self.others]
         if self.more:
             lines.append(f"  ... and {self.more} more connections")
+        if self.stderr:
+            lines.append(f"  the target's last {len(self.stderr)} stderr lines:")
+            lines += [f"    | {line}" for line in self.stderr]
         lines.append(f"  replay: {self.replay}")
         return "\n".join(lines)
 
@@ -236,6 +257,8 @@ class FailureReport:
             "events": self.events,
             "other_connections": others,
             "replay": self.replay,
+            "seen": self.seen,
+            "stderr": list(self.stderr),
         }
 
     def to_data(self) -> dict[str, Any]:
@@ -254,6 +277,8 @@ class FailureReport:
             )
         values["bytes_seen"] = tuple(values["bytes_seen"])
         values["others"] = tuple(values["others"])
+        values["stderr"] = tuple(values.get("stderr", ()))
+        values.setdefault("seen", None)
         return cls(divergence=divergence, **values)
 
 

@@ -34,7 +34,7 @@ from conformance.results import (
     host_info,
 )
 
-_FAILED = (Verdict.FAIL, Verdict.NON_STRICT)
+_FAILED = (Verdict.FAIL, Verdict.NON_STRICT, Verdict.ERROR)
 
 __all__ = ["render_html", "write_html"]
 
@@ -53,6 +53,8 @@ code,pre,.hex{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:
 .counts{min-width:26em;color:#333}
 .PASS{background:#2da44e;color:#fff}.FAIL{background:#cf222e;color:#fff}
 .NON-STRICT{background:#bf8700;color:#fff}.SKIPPED{background:#8c959f;color:#fff}
+.ERROR{background:#8250df;color:#fff}.failure.ERROR-box{border-left-color:#8250df}
+#events li{margin:.3em 0}
 table{border-collapse:collapse;width:100%}
 th,td{border:1px solid #d0d7de;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f6f8fa}
@@ -218,6 +220,25 @@ def _failures(run: RunResults) -> str:
     return '<section id="failures"><h2>Failures</h2>\n' + "\n".join(boxes) + "\n</section>"
 
 
+def _events(run: RunResults) -> str:
+    items = []
+    for target in run.targets:
+        for event in target.events:
+            when = datetime.datetime.fromtimestamp(event.at, datetime.UTC)
+            stderr = f"<pre>{_e(chr(10).join(event.stderr))}</pre>" if event.stderr else ""
+            items.append(
+                f"<li><b>{_e(target.name)}</b> {_e(event.line())} "
+                f"<small>({_e(when.isoformat(timespec='seconds'))})</small>{stderr}</li>"
+            )
+    if not items:
+        return ""
+    return (
+        '<section id="events"><h2>What happened to the targets</h2><ul>\n'
+        + "\n".join(items)
+        + "\n</ul></section>"
+    )
+
+
 def render_html(run: RunResults) -> str:
     """The report of ``run`` as one self-contained HTML page."""
     started = datetime.datetime.fromtimestamp(run.started, datetime.UTC)
@@ -246,6 +267,7 @@ Python {_e(host["python"])}) &middot; oracle {_e(run.oracle)}
 &middot; {strictness}
 <br>Targets: {_e(targets)}</div>
 {_summary(run)}
+{_events(run)}
 <h2>Checks</h2>
 {_filters(run)}
 {_table(run)}

@@ -23,6 +23,7 @@ from typing import Any
 
 from conformance import __version__
 from conformance.checks import Check
+from conformance.health import TargetEvent
 from conformance.results import CheckResult, RunResults, TargetRun, Verdict, host_info
 
 __all__ = ["FORMAT", "load_schema", "to_json", "write_json"]
@@ -48,6 +49,7 @@ def _summary(counts: dict[Verdict, int]) -> dict[str, int]:
         "failed": counts[Verdict.FAIL],
         "non_strict": counts[Verdict.NON_STRICT],
         "skipped": counts[Verdict.SKIPPED],
+        "errors": counts[Verdict.ERROR],
     }
 
 
@@ -80,10 +82,15 @@ def _target(target: TargetRun, checks: list[Check]) -> dict[str, Any]:
         "spec": target.spec,
         "address": target.address,
         "description": target.description,
-        "ok": counts[Verdict.FAIL] == 0,
+        "ok": counts[Verdict.FAIL] == 0 and counts[Verdict.ERROR] == 0,
         "summary": _summary(counts),
         "results": [_result(target.result(c)) for c in checks],
+        "events": [_event(e) for e in target.events],
     }
+
+
+def _event(event: TargetEvent) -> dict[str, Any]:
+    return {**event.to_data(), "at": _iso(event.at)}
 
 
 def to_json(run: RunResults) -> dict[str, Any]:

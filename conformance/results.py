@@ -11,8 +11,13 @@ terminal summary and the CLI's summary are all rendered from this one object.
 
 Verdicts (:class:`Verdict`): ``PASS``; ``FAIL`` (a MUST failed, or any
 check under strict); ``NON-STRICT`` (a SHOULD or MAY failed, the run still
-passes); ``SKIPPED`` (skipped with a reason, or never run: the run was stopped
-first).
+passes); ``SKIPPED`` (skipped with a reason: the target was unreachable or
+had exited, the run's ``--timeout`` was spent, or the run was stopped first);
+``ERROR`` (a fault in the suite's own code: the check measured nothing, and
+the run fails).
+
+A target's events (it exited during a check, was restarted, stopped
+answering) are kept with its results (:attr:`TargetRun.events`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.checks import Check, replay_check
+from conformance.checks import Check, by_id, replay_check
+from conformance.health import TargetEvent
 from conformance.report import FailureReport
 
 __all__ = [
@@ -50,6 +56,7 @@ class Verdict(enum.Enum):
     FAIL = "FAIL"
     NON_STRICT = "NON-STRICT"
     SKIPPED = "SKIPPED"
+    ERROR = "ERROR"
 
     @property
     def count_word(self) -> str:
@@ -65,12 +72,14 @@ _COUNT_WORDS = {
     Verdict.FAIL: "failed",
     Verdict.NON_STRICT: "non-strict",
     Verdict.SKIPPED: "skipped",
+    Verdict.ERROR: "errors",
 }
 _COLOURS = {
     Verdict.PASS: "32",
     Verdict.FAIL: "31;1",
     Verdict.NON_STRICT: "33",
     Verdict.SKIPPED: "36",
+    Verdict.ERROR: "35;1",
 }
 
 
@@ -121,6 +130,29 @@ class CheckResult:
         """Whether the check ran (a result that never reported did not)."""
         return not (self.verdict is Verdict.SKIPPED and self.reason == NOT_RUN)
 
+    def to_data(self) -> dict[str, Any]:
+        """Plain data that :meth:`from_data` reads (an xdist worker's result, to the controller)."""
+        return {
+            "check": self.check.id,
+            "verdict": self.verdict.value,
+            "duration": self.duration,
+            "failure": self.failure.to_data() if self.failure is not None else None,
+            "reason": self.reason,
+            "replay": self.replay,
+        }
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> CheckResult:
+        failure = data["failure"]
+        return cls(
+            by_id(data["check"]),
+            Verdict(data["verdict"]),
+            data["duration"],
+            FailureReport.from_data(failure) if failure is not None else None,
+            data["reason"],
+            data["replay"],
+        )
+
 
 @dataclass
 class TargetRun:
@@ -134,6 +166,7 @@ class TargetRun:
         description: One line for people.
         replay: The command that reruns the run against it, without ``--checks``.
         results: Check ID -> result, for the checks that reported.
+        events: What happened to it during the run (exits, restarts, unreachable).
     """
 
     name: str
@@ -143,6 +176,7 @@ class TargetRun:
     description: str
     replay: str = ""
     results: dict[str, CheckResult] = field(default_factory=dict)
+    events: list[TargetEvent] = field(default_factory=list)
 
     def result(self, check: Check) -> CheckResult:
         """The result of ``check``; SKIPPED (never run) when it did not report."""
@@ -159,6 +193,11 @@ class TargetRun:
         for check in checks:
             counts[self.result(check).verdict] += 1
         return counts
+
+    def never_usable(self) -> bool:
+        """It stopped answering, and no check passed against it: the run never tested it."""
+        unreachable = any(e.kind == "unreachable" for e in self.events)
+        return unreachable and not any(r.verdict is Verdict.PASS for r in self.results.values())
 
 
 @dataclass
@@ -197,24 +236,25 @@ class RunResults:
         if run is None:
             return
         previous = run.results.get(result.check.id)
-        if previous is None or previous.verdict is Verdict.PASS or result.verdict is Verdict.FAIL:
+        worse = result.verdict in (Verdict.FAIL, Verdict.ERROR)
+        if previous is None or previous.verdict is Verdict.PASS or worse:
             run.results[result.check.id] = result
 
     def ok(self) -> bool:
-        """No target failed a check that fails the run, and every check ran."""
+        """No target failed a check that fails the run, no check erred, and every check ran."""
         return all(
-            t.result(c).verdict is not Verdict.FAIL and t.result(c).ran
+            t.result(c).verdict not in (Verdict.FAIL, Verdict.ERROR) and t.result(c).ran
             for t in self.targets
             for c in self.checks
         )
 
     def failed(self) -> list[CheckResult]:
-        """Every result that fails the run (FAIL), target by target."""
+        """Every result that fails the run (FAIL, ERROR), target by target."""
         return [
             t.result(c)
             for t in self.targets
             for c in self.checks
-            if t.result(c).verdict is Verdict.FAIL
+            if t.result(c).verdict in (Verdict.FAIL, Verdict.ERROR)
         ]
 
     def totals(self) -> dict[Verdict, int]:
@@ -239,8 +279,9 @@ def host_info() -> dict[str, str]:
 
 
 def format_counts(counts: dict[Verdict, int]) -> str:
-    """``N passed, N failed, N non-strict, N skipped``."""
-    return ", ".join(f"{counts[v]} {v.count_word}" for v in Verdict)
+    """``N passed, N failed, N non-strict, N skipped`` (and ``, N errors`` when there are)."""
+    shown = [v for v in Verdict if v is not Verdict.ERROR or counts.get(v)]
+    return ", ".join(f"{counts.get(v, 0)} {v.count_word}" for v in shown)
 
 
 def format_table(run: RunResults, *, colour: bool = False) -> list[str]:

@@ -21,13 +21,21 @@ as text between the two fronts.
 
 from __future__ import annotations
 
+import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from conformance.checks import Check, Setup, run_check
+import trio
+
+from conformance.checks import Check, Outcome, Setup, first_failure, liveness, run_check
+from conformance.harness import Harness
+from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState
 from conformance.oracle import load_oracle
 from conformance.plan import RunPlan
+from conformance.report import FailureReport
 from conformance.results import CheckResult, RunResults, TargetRun, Verdict
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
@@ -80,16 +88,34 @@ class Session:
     Args:
         plan: The run.
         targets: The running targets, when they are already known (a worker).
+        board: Where the run's processes share what happens to the targets
+            (a worker: the owner's).
+        deadline: When the run's ``--timeout`` is spent (seconds since the
+            epoch), if it has one (a worker: the owner's).
+        artifacts: Where the run keeps scenarios and server logs (a worker: the owner's).
     """
 
-    def __init__(self, plan: RunPlan, targets: Sequence[LiveTarget] = ()) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        targets: Sequence[LiveTarget] = (),
+        *,
+        board: Board | None = None,
+        deadline: float | None = None,
+        artifacts: Path | None = None,
+    ) -> None:
         self.plan = plan
         self.targets: list[LiveTarget] = list(targets)
         self.results: RunResults | None = None
         #: The reports written at the end: (kind, path).
         self.written: list[tuple[str, str]] = []
+        self.board = board
+        self.deadline = deadline
+        self.artifacts = artifacts if artifacts is not None else plan.artifacts
+        #: Whether this session made the artifacts directory (it says so at the end).
+        self.made_artifacts = False
         self._oracle = load_oracle(plan.oracle)
-        self._running: list[RunningTarget] = []
+        self._keepers: list[Keeper] = []
 
     def start(self) -> None:
         """Start (or reach) every target, in order, and prepare the results.
@@ -98,10 +124,23 @@ class Session:
             TargetError: A target cannot be reached, or never listens; the
                 targets already started are stopped.
         """
+        if self.artifacts is None:
+            self.artifacts = Path(tempfile.mkdtemp(prefix="reactor-conformance-"))
+            self.made_artifacts = True
+        self.board = Board.create()
+        if self.plan.timeout is not None:
+            self.deadline = time.time() + self.plan.timeout
         try:
             for spec, name in zip(self.plan.targets, self.plan.names, strict=True):
-                running = start_target(spec)
-                self._running.append(running)
+                log = self.artifacts / f"{name}.stderr.log"
+
+                def begin(spec: TargetSpec = spec, log: Path = log) -> RunningTarget:
+                    return start_target(spec, stderr_log=log)
+
+                running = begin()
+                self._keepers.append(
+                    Keeper(name, self.board, running, begin, restarts=self.plan.restart)
+                )
                 self.targets.append(
                     LiveTarget(
                         name, spec, running.address, running.pid, self.plan.replay_prefix(spec)
@@ -127,22 +166,181 @@ class Session:
             oracle=self.plan.oracle,
         )
 
+    def gather_events(self) -> None:
+        """Copy what happened to each target into the results (before the reports)."""
+        if self.results is None or self.board is None:
+            return
+        for run in self.results.targets:
+            run.events = self.board.events(run.name)
+
     def stop(self) -> None:
         """Stop every target this session started (SIGTERM to its group, then SIGKILL)."""
-        while self._running:
-            self._running.pop().stop()
+        while self._keepers:
+            self._keepers.pop().stop()
+        if self.board is not None and self.results is not None:
+            self.gather_events()
+        if self.board is not None:
+            self.board.remove()
 
-    def setup(self, name: str) -> Setup:
-        """What each check against the target called ``name`` runs against."""
+    def setup(self, name: str, state: TargetState | None = None) -> Setup:
+        """What each check against the target called ``name`` runs against.
+
+        Args:
+            name: The target.
+            state: Where it listens now (after a restart: elsewhere); default:
+                where it first listened.
+        """
         target = next(t for t in self.targets if t.name == name)
         return Setup(
-            target.address,
+            state.address if state is not None else target.address,
             self._oracle,
-            server_pid=target.pid,
+            server_pid=state.pid if state is not None else target.pid,
             replay=target.replay,
             profile=self.plan.profile,
             scenario=self.plan.scenario,
+            artifacts=self.artifacts,
         )
+
+    def execute(self, name: str, check: Check) -> CheckResult:
+        """Run ``check`` against the target called ``name``, watching what happens to the target.
+
+        Before the check: SKIPPED when the run's ``--timeout`` is spent, when
+        the target stopped answering, or exited and was not restarted; else
+        wait until it is up (after a restart). After it: when the target's
+        process exited meanwhile, the check that claims the exit FAILs naming
+        it, with the target's last stderr lines; when the check failed and a
+        fresh connection is no longer served, the first check to see it FAILs
+        and the rest are SKIPPED.
+        """
+        replay = self.replay_command(name, check)
+        left = self._time_left()
+        if left is not None and left < 1.0:
+            return CheckResult(check, Verdict.SKIPPED, reason=self._spent(), replay=replay)
+        state = self.board.wait_ready(name) if self.board is not None else None
+        if isinstance(state, str):
+            return CheckResult(check, Verdict.SKIPPED, reason=state, replay=replay)
+        setup = self.setup(name, state)
+        outcome = run_check(check, setup, timeout=self._time_left())
+        result = self._verdict(outcome, replay)
+        if self.board is None or state is None:
+            return result
+        return self._judge_target(name, check, state, setup, outcome, result)
+
+    def _time_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def _spent(self) -> str:
+        return f"not run: the run's --timeout of {self.plan.timeout:g}s was spent"
+
+    def _verdict(self, outcome: Outcome, replay: str) -> CheckResult:
+        if outcome.error is not None:
+            return CheckResult(
+                outcome.check,
+                Verdict.ERROR,
+                outcome.duration,
+                reason=f"error in the suite's own code (the check measured nothing):\n"
+                f"{outcome.error}",
+                replay=replay,
+            )
+        verdict = Verdict.PASS
+        if outcome.failure is not None:
+            verdict = Verdict.FAIL if outcome.fails_run(self.plan.strict) else Verdict.NON_STRICT
+        return CheckResult(outcome.check, verdict, outcome.duration, outcome.failure, replay=replay)
+
+    def _judge_target(
+        self,
+        name: str,
+        check: Check,
+        state: TargetState,
+        setup: Setup,
+        outcome: Outcome,
+        result: CheckResult,
+    ) -> CheckResult:
+        assert self.board is not None
+        ended = self.board.exit_during(name, state.generation, state.pid)
+        silent = None
+        if ended is None and not outcome.passed and outcome.error is None:
+            silent = self._unanswered(setup)
+            if silent is not None:
+                # Not served: perhaps it is exiting right now.
+                ended = self.board.exit_during(
+                    name, state.generation, state.pid, exiting=EXITING_WAIT
+                )
+        if ended is not None:
+            return self._exited(name, check, ended, result)
+        if silent is None:
+            return result
+        if self.board.mark_unreachable(name, check.id, silent):
+            return self._fail_for_target(
+                check,
+                result,
+                "TargetUnreachable",
+                f"the target stopped answering during this check ({silent}); the remaining "
+                "checks are skipped",
+                (),
+            )
+        gone = self.board.unreachable(name) or {}
+        return replace(
+            result,
+            verdict=Verdict.SKIPPED,
+            failure=None,
+            reason=f"not measured: target unreachable since {gone.get('check')}",
+        )
+
+    def _exited(self, name: str, check: Check, ended: Exit, result: CheckResult) -> CheckResult:
+        """The result of a check during which the target's process exited."""
+        assert self.board is not None
+        if not self.board.claim_exit(name, ended.generation, check.id):
+            if result.verdict is Verdict.PASS:
+                return result
+            other = self.board.exit_claimed_by(name, ended.generation)
+            return replace(
+                result,
+                verdict=Verdict.SKIPPED,
+                failure=None,
+                reason=f"not measured: the target {ended.how} during {other}, while this check ran",
+            )
+        if ended.restarted:
+            count = sum(1 for e in self._exits(name) if e.generation <= ended.generation)
+            then = f"it is restarted for the next check ({count} of at most {MAX_RESTARTS})"
+        else:
+            then = "it is not restarted: the remaining checks are skipped"
+        return self._fail_for_target(
+            check,
+            result,
+            "TargetExited",
+            f"the target {ended.how} during this check; {then}",
+            ended.stderr,
+        )
+
+    def _exits(self, name: str) -> tuple[Exit, ...]:
+        state = self.board.state(name) if self.board is not None else None
+        return state.exits if state is not None else ()
+
+    def _fail_for_target(
+        self, check: Check, result: CheckResult, kind: str, message: str, stderr: Sequence[str]
+    ) -> CheckResult:
+        if result.failure is not None:
+            failure = result.failure.about_target(kind, message, stderr)
+        else:
+            failure = FailureReport(
+                check_line=check.line,
+                kind=kind,
+                message=message,
+                replay=result.replay,
+                stderr=tuple(stderr),
+            )
+        return replace(result, verdict=Verdict.FAIL, failure=failure, reason="")
+
+    def _unanswered(self, setup: Setup) -> str | None:
+        """Why a fresh connection to the target is not served, or None when it is."""
+        harness = Harness(setup.address, setup.oracle)
+        try:
+            trio.run(_probe, harness)
+        except Exception as exc:
+            failure = first_failure(exc)
+            return failure.message if failure is not None else str(exc)
+        return None
 
     def run(self, name: str, check: Check) -> CheckResult:
         """Run ``check`` against the target called ``name`` here, and record its result.
@@ -150,17 +348,7 @@ class Session:
         The pytest plugin runs checks as test items instead (so xdist spreads
         them); this is the same engine without pytest (:func:`conformance.check_server`).
         """
-        outcome = run_check(check, self.setup(name))
-        verdict = Verdict.PASS
-        if outcome.failure is not None:
-            verdict = Verdict.FAIL if outcome.fails_run(self.plan.strict) else Verdict.NON_STRICT
-        result = CheckResult(
-            check,
-            verdict,
-            outcome.duration,
-            outcome.failure,
-            replay=self.replay_command(name, check),
-        )
+        result = self.execute(name, check)
         if self.results is not None:
             self.results.record(name, result)
         return result
@@ -170,15 +358,36 @@ class Session:
         return self.setup(name).replay_command(check)
 
     def to_worker(self) -> dict[str, Any]:
-        """The plan and the running targets, as plain data for an xdist worker."""
-        return {"plan": self.plan.to_data(), "targets": [t.to_data() for t in self.targets]}
+        """The plan, the running targets and the board, as plain data for an xdist worker."""
+        return {
+            "plan": self.plan.to_data(),
+            "targets": [t.to_data() for t in self.targets],
+            "board": str(self.board.path) if self.board is not None else None,
+            "deadline": self.deadline,
+            "artifacts": str(self.artifacts) if self.artifacts is not None else None,
+        }
 
     @classmethod
     def for_worker(cls, data: dict[str, Any]) -> Session:
         """The session of an xdist worker, from :meth:`to_worker`'s data."""
         return cls(
-            RunPlan.from_data(data["plan"]), [LiveTarget.from_data(t) for t in data["targets"]]
+            RunPlan.from_data(data["plan"]),
+            [LiveTarget.from_data(t) for t in data["targets"]],
+            board=Board(Path(data["board"])) if data["board"] is not None else None,
+            deadline=data["deadline"],
+            artifacts=Path(data["artifacts"]) if data["artifacts"] is not None else None,
         )
+
+
+#: How long a target that no longer serves a fresh connection has to finish exiting.
+EXITING_WAIT = 3.0
+
+
+async def _probe(harness: Harness) -> None:
+    try:
+        await liveness(harness, "a fresh connection")
+    finally:
+        harness.close_all()
 
 
 @dataclass(eq=False)

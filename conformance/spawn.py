@@ -54,6 +54,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
 from conformance.errors import TargetError
@@ -99,11 +100,21 @@ class LineReader(threading.Thread):
         stream: The pipe, in text mode.
         keep: How many of the last lines to keep; None keeps every line.
         name: The thread's name.
+        copy: Where every line is also written, as it comes (a log file); the
+            reader closes it at EOF.
     """
 
-    def __init__(self, stream: IO[str], *, keep: int | None = 20, name: str = "reader") -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        keep: int | None = 20,
+        name: str = "reader",
+        copy: IO[str] | None = None,
+    ) -> None:
         super().__init__(daemon=True, name=name)
         self._stream = stream
+        self._copy = copy
         self._head: list[str] = []
         self._tail: collections.deque[str] = collections.deque(maxlen=keep)
         self._count = 0
@@ -114,6 +125,9 @@ class LineReader(threading.Thread):
         try:
             for raw in iter(self._stream.readline, ""):
                 line = raw.rstrip("\n")
+                if self._copy is not None:
+                    self._copy.write(line + "\n")
+                    self._copy.flush()
                 with self._changed:
                     if len(self._head) < HEAD:
                         self._head.append(line)
@@ -127,6 +141,8 @@ class LineReader(threading.Thread):
                 self.ended = True
                 self._changed.notify_all()
             self._stream.close()
+            if self._copy is not None:
+                self._copy.close()
 
     def __len__(self) -> int:
         """How many lines came so far, kept or not."""
@@ -186,14 +202,22 @@ class Spawned:
         stderr: The reader of its stderr.
     """
 
-    def __init__(self, argv: list[str], proc: subprocess.Popen[str], keep: int | None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        proc: subprocess.Popen[str],
+        keep: int | None,
+        stderr_log: IO[str] | None = None,
+    ) -> None:
         assert proc.stdout is not None
         assert proc.stderr is not None
         self.argv = argv
         self.proc = proc
         self.pid = proc.pid
         self.stdout = LineReader(proc.stdout, keep=keep, name=f"stdout of {proc.pid}")
-        self.stderr = LineReader(proc.stderr, keep=keep, name=f"stderr of {proc.pid}")
+        self.stderr = LineReader(
+            proc.stderr, keep=keep, name=f"stderr of {proc.pid}", copy=stderr_log
+        )
         self._address: tuple[str, int] | None = None
         self.stdout.start()
         self.stderr.start()
@@ -328,6 +352,7 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     keep: int | None = 20,
+    stderr_log: Path | None = None,
 ) -> Spawned:
     """Start ``command`` in a process group of its own, its output read by two threads.
 
@@ -338,6 +363,7 @@ def spawn(
             added, so a Python server's lines come as it prints them.
         cwd: Its working directory (default: this one's).
         keep: How many of the last lines of each stream to keep; None keeps all.
+        stderr_log: A file that every line of its stderr is appended to.
 
     Returns:
         The running process; stop it with :meth:`Spawned.stop`.
@@ -361,7 +387,11 @@ def spawn(
         )
     except OSError as exc:
         raise TargetError(f"cannot start {shlex.join(argv)}: {exc.strerror or exc}") from None
-    return Spawned(argv, proc, keep)
+    log: IO[str] | None = None
+    if stderr_log is not None:
+        log = stderr_log.open("a", encoding="utf-8", errors="replace")
+        log.write(f"--- {shlex.join(argv)} (pid {proc.pid})\n")
+    return Spawned(argv, proc, keep, log)
 
 
 def spawn_listening(

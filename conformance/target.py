@@ -223,12 +223,15 @@ def _reference_command(model: str) -> list[str]:
     return [sys.executable, "-m", "reference", model, "--port", "0"]
 
 
-def start_target(spec: TargetSpec, *, start_timeout: float = 20.0) -> RunningTarget:
+def start_target(
+    spec: TargetSpec, *, start_timeout: float = 20.0, stderr_log: Path | None = None
+) -> RunningTarget:
     """Make the target ready: probe an address, or start a command and wait for it.
 
     Args:
         spec: The target.
         start_timeout: Seconds a started server has to accept a connection.
+        stderr_log: A file that a started server's stderr is appended to.
 
     Returns:
         The running target; stop it with :meth:`RunningTarget.stop`.
@@ -258,7 +261,7 @@ def start_target(spec: TargetSpec, *, start_timeout: float = 20.0) -> RunningTar
             fixed = Address("127.0.0.1", free_port())
             command = command.replace("{port}", str(fixed.port))
         argv = shlex.split(command)
-    server = spawn(argv, env=env)
+    server = spawn(argv, env=env, stderr_log=stderr_log)
     running = RunningTarget(spec, fixed or Address("127.0.0.1", 0), server)
     deadline = time.monotonic() + start_timeout
     try:

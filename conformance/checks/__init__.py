@@ -29,6 +29,7 @@ from conformance.checks.base import (
     liveness,
     replay_check,
     run_check,
+    short_stack,
 )
 from conformance.checks.core import CORE_CHECKS
 from conformance.checks.load import LOAD_CHECKS
@@ -46,6 +47,7 @@ __all__ = [
     "Setup",
     "by_id",
     "first_failure",
+    "short_stack",
     "liveness",
     "replay_check",
     "run_check",

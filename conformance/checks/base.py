@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "liveness",
     "replay_check",
     "run_check",
+    "short_stack",
 ]
 
 
@@ -103,6 +105,11 @@ class Check:
     heavy: bool = False
     timeout: float = 60.0
 
+    @property
+    def line(self) -> str:
+        """The check in one line: ID, level, category, spec, title (a report's first line)."""
+        return f"{self.id} ({self.level.value}, {self.category}; {self.spec}): {self.title}"
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -116,6 +123,7 @@ class Setup:
             default: ``reactor-conformance run --target ADDRESS``.
         profile: How hard the property checks search.
         scenario: A saved scenario the property checks replay instead.
+        artifacts: Where checks keep what they leave (failing scenarios).
     """
 
     address: Address
@@ -124,6 +132,7 @@ class Setup:
     replay: str | None = None
     profile: Profile = DEFAULT
     scenario: Path | None = None
+    artifacts: Path | None = None
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
@@ -145,15 +154,18 @@ class Outcome:
         check: The check.
         failure: None when the server behaved; else the bug report.
         duration: Seconds it took.
+        error: A fault in the check's own code (not the server's doing): the
+            exception and a short stack; the check measured nothing.
     """
 
     check: Check
     failure: FailureReport | None
     duration: float
+    error: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.failure is None
+        return self.failure is None and self.error is None
 
     @property
     def report(self) -> str:
@@ -176,11 +188,18 @@ async def liveness(h: Harness, step: str = "liveness") -> None:
     conn.close()
 
 
-def run_check(check: Check, setup: Setup) -> Outcome:
+def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Outcome:
     """Run one check against ``setup``, under the check's deadline.
 
+    Args:
+        check: The check.
+        setup: The target and how to judge it.
+        timeout: A shorter deadline than the check's own (what is left of a
+            run's ``--timeout``).
+
     Returns:
-        PASS, or FAIL with a bug report.
+        PASS, FAIL with a bug report, or an error: an exception in the
+        check's own code, with a short stack.
     """
     harness = Harness(
         setup.address,
@@ -188,21 +207,22 @@ def run_check(check: Check, setup: Setup) -> Outcome:
         server_pid=setup.server_pid,
         profile=setup.profile,
         scenario=setup.scenario,
+        artifacts=setup.artifacts,
     )
     start = time.monotonic()
     failure: CheckFailure | None = None
+    limit = check.timeout if timeout is None else max(0.0, min(timeout, check.timeout))
     try:
-        trio.run(_main, check, harness)
-    except BaseException as exc:  # An exception group from a nursery, or one failure.
+        trio.run(_main, check, harness, limit)
+    except Exception as exc:  # An exception group from a nursery, or one failure.
         failure = first_failure(exc)
         if failure is None:
-            raise
+            return Outcome(check, None, time.monotonic() - start, error=short_stack(exc))
     duration = time.monotonic() - start
     if failure is None:
         return Outcome(check, None, duration)
     report = FailureReport.build(
-        check_line=f"{check.id} ({check.level.value}, {check.category}; {check.spec}): "
-        f"{check.title}",
+        check_line=check.line,
         failure=failure,
         transcripts=harness.transcripts,
         replay=setup.replay_command(check),
@@ -210,19 +230,27 @@ def run_check(check: Check, setup: Setup) -> Outcome:
     return Outcome(check, report, duration)
 
 
-async def _main(check: Check, harness: Harness) -> None:
+async def _main(check: Check, harness: Harness, limit: float) -> None:
     try:
-        with trio.fail_after(check.timeout):
+        with trio.fail_after(limit):
             await check.body(harness)
             if check.fault:
                 await liveness(harness, "liveness after the fault")
     except trio.TooSlowError:
         raise StepTimeout(
-            f"the whole check did not complete within {check.timeout:g}s",
+            f"the whole check did not complete within {limit:g}s",
             step=harness.current_step,
         ) from None
     finally:
         harness.close_all()
+
+
+def short_stack(exc: BaseException, frames: int = 6) -> str:
+    """``exc`` and the last ``frames`` frames of its stack (inside a group: its first leaf)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-frames)
+    return "".join(lines).rstrip()
 
 
 def first_failure(exc: BaseException) -> CheckFailure | None:

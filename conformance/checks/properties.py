@@ -101,6 +101,7 @@ def _fresh(template: Harness) -> Harness:
         server_pid=template.server_pid,
         step_timeout=template.profile.step_timeout,
         profile=template.profile,
+        artifacts=template.artifacts,
     )
 
 
@@ -128,10 +129,11 @@ def _run_example(h: Harness, scenario: Scenario, check_liveness: bool) -> None:
         raise found from None
 
 
-def _save(scenario: Scenario) -> Path:
+def _save(scenario: Scenario, folder: Path | None) -> Path:
     text = to_json(scenario)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / "reactor-conformance"
+    if folder is None:
+        folder = Path(tempfile.gettempdir()) / "reactor-conformance"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"scenario-{digest}.json"
     path.write_text(text)
@@ -141,7 +143,7 @@ def _save(scenario: Scenario) -> Path:
 def _failure_report(
     scenario: Scenario, failure: CheckFailure, blob: str, outer: Harness, example: Harness
 ) -> CheckFailure:
-    path = _save(scenario)
+    path = _save(scenario, outer.artifacts)
     outer.transcripts.extend(example.transcripts)
     lines = [
         f"{failure.message}",

@@ -1,0 +1,468 @@
+"""What happens to a target during a run: it exits, it is restarted, it stops answering.
+
+How this works
+--------------
+A run's checks may run in several processes (xdist's workers), while the
+targets the suite started are children of one (the controller). They share
+what they know through a :class:`Board`, a private directory of small files:
+
+- ``NAME.state.json``, written only by the process that owns the target (by
+  :class:`Keeper`, atomically: write, then rename): its generation (0, then
+  1 after the first restart...), its status (``up``, ``restarting``,
+  ``down``), where it listens, its PID, and every exit it saw (how: "exited
+  with signal 13 (SIGPIPE)", when, and the last lines of its stderr).
+- ``NAME.exit-G``, created (``O_EXCL``, so once) by the check that claims
+  the exit of generation G: the check that was running when the process
+  died. That check FAILs naming the exit; any other check that was running
+  beside it is SKIPPED if it failed (it measured a dying server, not the
+  behaviour it checks), and keeps its PASS otherwise.
+- ``NAME.unreachable``, created once by the check after which the target no
+  longer served a fresh connection (:func:`conformance.checks.liveness`):
+  the remaining checks are SKIPPED with "target unreachable since CHECK".
+
+A :class:`Keeper` (one per started target, on the owning process) waits on
+the target's process in a thread; when it exits, the keeper records how,
+then restarts it (at most :data:`MAX_RESTARTS` times) unless the run says
+``--no-restart``. Before each check the session waits until its target is
+``up`` (:meth:`Board.wait_ready`); after it, it looks for an exit of the
+generation it ran against (:meth:`Board.exit_during`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conformance.errors import TargetError
+from conformance.target import Address, RunningTarget
+
+__all__ = [
+    "MAX_RESTARTS",
+    "Board",
+    "Exit",
+    "Keeper",
+    "TargetEvent",
+    "TargetState",
+    "describe_exit",
+    "process_gone",
+]
+
+#: How many times a target that exited is restarted in one run, at most.
+MAX_RESTARTS = 5
+#: How long a check waits for its target to be up again after a restart.
+READY_TIMEOUT = 30.0
+#: How long a check that saw its target's process die waits for the owner to record it.
+EXIT_RECORD_WAIT = 5.0
+#: Lines of a dead target's stderr that its report quotes.
+STDERR_LINES = 20
+
+
+def describe_exit(returncode: int) -> str:
+    """``exited with code 1`` or ``exited with signal 13 (SIGPIPE)`` (a Popen return code)."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"exited with signal {-returncode}"
+    return f"exited with signal {-returncode} ({name})"
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs: no such process, or a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    state = stat.rpartition(")")[2].split()[:1]
+    return state in (["Z"], ["X"])
+
+
+@dataclass(frozen=True)
+class Exit:
+    """One exit of a target's process.
+
+    Attributes:
+        generation: Which start of the target it ended (0: the first).
+        how: ``exited with code N`` or ``exited with signal N (NAME)``.
+        at: When (seconds since the epoch).
+        stderr: Its last stderr lines.
+        restarted: Whether it was started again.
+    """
+
+    generation: int
+    how: str
+    at: float
+    stderr: tuple[str, ...] = ()
+    restarted: bool = False
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """The target as its owner last recorded it.
+
+    Attributes:
+        generation: How many times it was restarted.
+        status: ``up``, ``restarting`` or ``down`` (exited, not restarted).
+        host: Where it listens now.
+        port: Where it listens now.
+        pid: Its process, when the suite started it.
+        exits: Every exit seen, oldest first.
+        down_reason: Why it is ``down``: no restart wanted, too many, or the restart failed.
+    """
+
+    generation: int
+    status: str
+    host: str
+    port: int
+    pid: int | None
+    exits: tuple[Exit, ...] = ()
+    down_reason: str = ""
+
+    @property
+    def address(self) -> Address:
+        return Address(self.host, self.port)
+
+    def to_data(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> TargetState:
+        exits = tuple(
+            Exit(e["generation"], e["how"], e["at"], tuple(e["stderr"]), e["restarted"])
+            for e in data["exits"]
+        )
+        return cls(
+            data["generation"],
+            data["status"],
+            data["host"],
+            data["port"],
+            data["pid"],
+            exits,
+            data["down_reason"],
+        )
+
+
+@dataclass(frozen=True)
+class TargetEvent:
+    """Something that happened to a target during the run, for the reports.
+
+    Attributes:
+        kind: ``exited`` or ``unreachable``.
+        check: The check during which it happened, if one claimed it.
+        detail: How: ``exited with signal 13 (SIGPIPE)``, or what the probe saw.
+        at: When (seconds since the epoch).
+        outcome: What the run did next: ``restarted (1 of at most 5)``,
+            ``not restarted: --no-restart``, ``the remaining checks were skipped``.
+        stderr: The target's last stderr lines, for an exit.
+    """
+
+    kind: str
+    check: str | None
+    detail: str
+    at: float
+    outcome: str
+    stderr: tuple[str, ...] = field(default=())
+
+    def line(self) -> str:
+        """One line for people."""
+        during = f" during {self.check}" if self.check else ""
+        if self.kind == "unreachable":
+            return f"stopped answering{during} ({self.detail}); {self.outcome}"
+        return f"{self.detail}{during}; {self.outcome}"
+
+    def to_data(self) -> dict[str, Any]:
+        return {**asdict(self), "stderr": list(self.stderr)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> TargetEvent:
+        return cls(
+            data["kind"],
+            data["check"],
+            data["detail"],
+            data["at"],
+            data["outcome"],
+            tuple(data.get("stderr", ())),
+        )
+
+
+class Board:
+    """The files through which a run's processes share what happened to its targets.
+
+    Args:
+        path: The directory (made by :meth:`create` on the owning process).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls) -> Board:
+        return cls(Path(tempfile.mkdtemp(prefix="reactor-conformance-targets-")))
+
+    def remove(self) -> None:
+        """Delete the directory and its files (the owner, at the end of the run)."""
+        for child in self.path.glob("*"):
+            child.unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+    # The owner's side.
+
+    def publish(self, name: str, state: TargetState) -> None:
+        """Record ``state`` (the owner only): written aside, then renamed over the old one."""
+        final = self.path / f"{name}.state.json"
+        aside = final.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        aside.write_text(json.dumps(state.to_data()))
+        os.replace(aside, final)
+
+    # Everyone's side.
+
+    def state(self, name: str) -> TargetState | None:
+        """The state last published for ``name``, or None (nothing published)."""
+        try:
+            return TargetState.from_data(json.loads((self.path / f"{name}.state.json").read_text()))
+        except FileNotFoundError:
+            return None
+
+    def unreachable(self, name: str) -> dict[str, Any] | None:
+        """``{"check", "detail", "at"}`` when a check found the target unreachable."""
+        try:
+            found: dict[str, Any] = json.loads((self.path / f"{name}.unreachable").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return found
+
+    def mark_unreachable(self, name: str, check: str, detail: str) -> bool:
+        """Record that the target stopped answering during ``check``; False if already recorded."""
+        return self._create_once(
+            self.path / f"{name}.unreachable",
+            json.dumps({"check": check, "detail": detail, "at": time.time()}),
+        )
+
+    def claim_exit(self, name: str, generation: int, check: str) -> bool:
+        """Claim the exit of ``generation`` for ``check``; False if another check has it."""
+        return self._create_once(self.path / f"{name}.exit-{generation}", check)
+
+    def exit_claimed_by(self, name: str, generation: int) -> str | None:
+        try:
+            return (self.path / f"{name}.exit-{generation}").read_text() or None
+        except FileNotFoundError:
+            return None
+
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> TargetState | str:
+        """Wait until the target is up; return its state, or why the check cannot run.
+
+        Returns:
+            The state (status ``up``), or the reason to skip: unreachable
+            since a check, down (exited and not restarted), or still
+            restarting after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            gone = self.unreachable(name)
+            if gone is not None:
+                return f"target unreachable since {gone['check']} ({gone['detail']})"
+            state = self.state(name)
+            if state is None or state.status == "up":
+                return state if state is not None else "the target was never started"
+            if state.status == "down":
+                last = state.exits[-1] if state.exits else None
+                how = last.how if last is not None else "stopped"
+                during = self.exit_claimed_by(name, last.generation) if last is not None else None
+                where = f" during {during}" if during else ""
+                return f"the target {how}{where} and was not restarted: {state.down_reason}"
+            if time.monotonic() >= deadline:
+                return f"the target was not up again within {timeout:g}s of its restart"
+            time.sleep(0.05)  # Polling a file another process writes, under a deadline.
+
+    def exit_during(
+        self,
+        name: str,
+        generation: int,
+        pid: int | None,
+        wait: float = EXIT_RECORD_WAIT,
+        *,
+        exiting: float = 0.0,
+    ) -> Exit | None:
+        """The exit of ``generation``, if its process ended (seen by its owner or here).
+
+        Args:
+            name: The target.
+            generation: The start of it that a check ran against.
+            pid: Its process.
+            wait: When the process is gone but its owner has not recorded the
+                exit yet, how long to wait for the record.
+            exiting: How long to wait for a process that still runs to end
+                (it refused a connection: it may be exiting, its listening
+                socket already closed).
+        """
+        if pid is None:
+            return None
+        until_gone = time.monotonic() + exiting
+        deadline = time.monotonic() + wait
+        while True:
+            state = self.state(name)
+            if state is not None:
+                for record in state.exits:
+                    if record.generation == generation:
+                        return record
+            if not process_gone(pid):
+                if time.monotonic() >= until_gone:
+                    return None
+                deadline = time.monotonic() + wait
+            elif time.monotonic() >= deadline:
+                return Exit(generation, "exited (its status was not seen)", time.time())
+            time.sleep(0.02)  # The owner reaps and records it in a moment.
+
+    def events(self, name: str) -> list[TargetEvent]:
+        """What happened to the target, oldest first (for the reports)."""
+        events: list[TargetEvent] = []
+        state = self.state(name)
+        if state is not None:
+            for n, record in enumerate(state.exits, 1):
+                if record.restarted:
+                    outcome = f"restarted ({n} of at most {MAX_RESTARTS})"
+                else:
+                    outcome = f"not restarted: {state.down_reason}"
+                events.append(
+                    TargetEvent(
+                        "exited",
+                        self.exit_claimed_by(name, record.generation),
+                        record.how,
+                        record.at,
+                        outcome,
+                        record.stderr,
+                    )
+                )
+        gone = self.unreachable(name)
+        if gone is not None:
+            events.append(
+                TargetEvent(
+                    "unreachable",
+                    gone["check"],
+                    gone["detail"],
+                    gone["at"],
+                    "the remaining checks were skipped",
+                )
+            )
+        events.sort(key=lambda e: e.at)
+        return events
+
+    @staticmethod
+    def _create_once(path: Path, text: str) -> bool:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        return True
+
+
+class Keeper:
+    """Keeps one started target: records its exits and restarts it (the owning process only).
+
+    Args:
+        name: The target's name in the run.
+        board: Where to record.
+        running: The started target.
+        restart: Starts it again (a new :class:`RunningTarget`).
+        restarts: Whether an exited target is restarted at all.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        board: Board,
+        running: RunningTarget,
+        restart: Callable[[], RunningTarget],
+        *,
+        restarts: bool = True,
+    ) -> None:
+        self.name = name
+        self.board = board
+        self.running = running
+        self._restart = restart
+        self._restarts_wanted = restarts
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._exits: list[Exit] = []
+        self.generation = 0
+        self._publish("up")
+        self._thread = threading.Thread(target=self._watch, name=f"keeper of {name}", daemon=True)
+        if running.server is not None:
+            self._thread.start()
+
+    def _publish(self, status: str, down_reason: str = "") -> None:
+        address = self.running.address
+        self.board.publish(
+            self.name,
+            TargetState(
+                self.generation,
+                status,
+                address.host,
+                address.port,
+                self.running.pid,
+                tuple(self._exits),
+                down_reason,
+            ),
+        )
+
+    def _watch(self) -> None:
+        while True:
+            server = self.running.server
+            assert server is not None
+            code = server.proc.wait()
+            server.stderr.join(1.0)  # Its last words, once the pipe closes.
+            with self._lock:
+                if self._stopping:
+                    return
+                restart = self._restarts_wanted and len(self._exits) < MAX_RESTARTS
+                reason = ""
+                if not self._restarts_wanted:
+                    reason = "--no-restart"
+                elif not restart:
+                    reason = f"it exited {MAX_RESTARTS + 1} times"
+                tail = tuple(server.stderr.lines()[-STDERR_LINES:])
+                self._exits.append(
+                    Exit(self.generation, describe_exit(code), time.time(), tail, restart)
+                )
+                server.stop(1.0)  # Whatever it forked goes with it.
+                self._publish("restarting" if restart else "down", reason)
+                if not restart:
+                    return
+            try:
+                new = self._restart()
+            except TargetError as exc:
+                with self._lock:
+                    last = self._exits[-1]
+                    self._exits[-1] = Exit(last.generation, last.how, last.at, last.stderr, False)
+                    self._publish("down", f"the restart failed: {exc}")
+                return
+            with self._lock:
+                if self._stopping:
+                    new.stop()
+                    return
+                self.running = new
+                self.generation += 1
+                self._publish("up")
+
+    def stop(self) -> None:
+        """Stop the target and the watching (SIGTERM to its group, then SIGKILL)."""
+        with self._lock:
+            self._stopping = True
+            running = self.running
+        running.stop()
+        if self._thread.is_alive():
+            self._thread.join(30.0)
