@@ -21,6 +21,7 @@ as text between the two fronts.
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,10 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import trio
-
-from conformance.checks import Check, Outcome, Setup, first_failure, liveness, run_check
-from conformance.harness import Harness
+from conformance.checks import Check, Outcome, Setup, run_check
+from conformance.checks.base import LIVENESS_PAYLOAD
 from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState
 from conformance.oracle import load_oracle
 from conformance.plan import RunPlan
@@ -333,13 +332,36 @@ class Session:
         return replace(result, verdict=Verdict.FAIL, failure=failure, reason="")
 
     def _unanswered(self, setup: Setup) -> str | None:
-        """Why a fresh connection to the target is not served, or None when it is."""
-        harness = Harness(setup.address, setup.oracle)
+        """Why the target does not serve a fresh connection at all, or None when it does.
+
+        Served means: the connection is accepted and, when the oracle owes a
+        reply to a short message, anything at all comes back (bytes, FIN or
+        RST) within :data:`PROBE_TIMEOUT` seconds. Whether the reply is right
+        is the checks' business, not this probe's.
+        """
+        oracle = setup.oracle()
+        oracle.sent(LIVENESS_PAYLOAD)
+        owes = oracle.verdict().pending
+        address = setup.address
         try:
-            trio.run(_probe, harness)
-        except Exception as exc:
-            failure = first_failure(exc)
-            return failure.message if failure is not None else str(exc)
+            sock = socket.create_connection((address.host, address.port), timeout=PROBE_TIMEOUT)
+        except TimeoutError:
+            return f"a fresh connection to {address} was not accepted within {PROBE_TIMEOUT:g}s"
+        except OSError as exc:
+            return f"a fresh connection to {address}: {exc.strerror or exc}"
+        with sock:
+            if not owes:
+                return None
+            try:
+                sock.sendall(LIVENESS_PAYLOAD)
+                sock.recv(1)
+            except TimeoutError:
+                return (
+                    f"a fresh connection to {address} got nothing back within "
+                    f"{PROBE_TIMEOUT:g}s of a {len(LIVENESS_PAYLOAD)}-byte message"
+                )
+            except OSError:
+                pass  # A reset is an answer: something is there.
         return None
 
     def run(self, name: str, check: Check) -> CheckResult:
@@ -381,13 +403,8 @@ class Session:
 
 #: How long a target that no longer serves a fresh connection has to finish exiting.
 EXITING_WAIT = 3.0
-
-
-async def _probe(harness: Harness) -> None:
-    try:
-        await liveness(harness, "a fresh connection")
-    finally:
-        harness.close_all()
+#: Seconds the probe after a failed check waits to connect, and then for any answer.
+PROBE_TIMEOUT = 5.0
 
 
 @dataclass(eq=False)
