@@ -221,6 +221,15 @@ class Session:
         setup = self.setup(name, state)
         outcome = run_check(check, setup, timeout=self._time_left())
         result = self._verdict(outcome, replay)
+        left = self._time_left()
+        if left is not None and left <= 0 and not outcome.passed:
+            return replace(
+                result,
+                verdict=Verdict.SKIPPED,
+                failure=None,
+                reason=f"cut short: the run's --timeout of {self.plan.timeout:g}s was spent "
+                "during this check",
+            )
         if self.board is None or state is None:
             return result
         return self._judge_target(name, check, state, setup, outcome, result)

@@ -1,0 +1,235 @@
+"""What the engine does when a target exits, stops answering, or the suite itself fails.
+
+Real servers, real processes: a broken server that exits on a reset, a
+listening socket nobody serves, an oracle whose own code raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.api import check_server
+from conformance.health import Board, Keeper, describe_exit
+from conformance.oracle import EchoOracle
+from conformance.results import Verdict
+from conformance.target import Address, TargetKind, TargetSpec, start_target
+from tests.conformance.support import broken_spawn, run_cli
+
+CRASHES = broken_spawn("crashes_on_reset")
+
+
+def test_describe_exit_names_the_code_or_the_signal() -> None:
+    assert describe_exit(1) == "exited with code 1"
+    assert describe_exit(-13) == "exited with signal 13 (SIGPIPE)"
+    assert describe_exit(-9) == "exited with signal 9 (SIGKILL)"
+
+
+@pytest.mark.timeout(60)
+def test_keeper_records_an_exit_with_its_stderr_and_restarts_the_target(tmp_path: Path) -> None:
+    spec = TargetSpec(TargetKind.SPAWN, CRASHES)
+    board = Board(tmp_path)
+    keeper = Keeper("t", board, start_target(spec), lambda: start_target(spec))
+    try:
+        first = board.state("t")
+        assert first is not None
+        assert first.status == "up"
+        assert first.generation == 0
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGPIPE)
+        ended = board.exit_during("t", 0, first.pid, wait=10.0, exiting=10.0)
+        assert ended is not None
+        assert ended.how == "exited with signal 13 (SIGPIPE)"
+        assert ended.restarted
+        again = board.wait_ready("t", timeout=30.0)
+        assert not isinstance(again, str), again
+        assert again.generation == 1
+        assert again.pid != first.pid
+        with socket.create_connection((again.host, again.port), timeout=5.0) as sock:
+            sock.settimeout(5.0)
+            sock.sendall(b"hello")
+            assert sock.recv(5) == b"hello"
+        (event,) = board.events("t")
+        assert (event.kind, event.outcome) == ("exited", "restarted (1 of at most 5)")
+    finally:
+        keeper.stop()
+
+
+@pytest.mark.timeout(60)
+def test_keeper_without_restarts_leaves_the_target_down(tmp_path: Path) -> None:
+    spec = TargetSpec(TargetKind.SPAWN, CRASHES)
+    board = Board(tmp_path)
+    keeper = Keeper("t", board, start_target(spec), lambda: start_target(spec), restarts=False)
+    try:
+        state = board.state("t")
+        assert state is not None
+        assert state.pid is not None
+        os.kill(state.pid, signal.SIGKILL)
+        assert board.exit_during("t", 0, state.pid, wait=10.0, exiting=10.0) is not None
+        why = board.wait_ready("t", timeout=10.0)
+        assert isinstance(why, str)
+        assert "exited with signal 9 (SIGKILL)" in why
+        assert "--no-restart" in why
+    finally:
+        keeper.stop()
+
+
+def _verdicts(report: dict[str, Any]) -> dict[str, str]:
+    (target,) = report["targets"]
+    return {r["id"]: r["verdict"] for r in target["results"]}
+
+
+@pytest.mark.timeout(240)
+def test_an_exit_fails_the_check_it_happened_in_and_the_target_is_restarted(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "r.json"
+    result = run_cli(
+        "run", "--spawn", CRASHES, "--checks", "ECHO-BASIC-1,ECHO-RESET-2,ECHO-BASIC-3",
+        "--report-json", str(report),
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert "the run ends within at most" in out
+    assert "TargetExited: the target exited with code 1 during this check" in out
+    assert "it is restarted for the next check (1 of at most 5)" in out
+    assert "ConnectionResetError" in out  # its last stderr lines
+    assert "target crashes_on_reset exited with code 1 during ECHO-RESET-2; restarted" in out
+    data = json.loads(report.read_text())
+    assert _verdicts(data) == {
+        "ECHO-BASIC-1": "PASS",
+        "ECHO-RESET-2": "FAIL",
+        "ECHO-BASIC-3": "PASS",
+    }
+    (event,) = data["targets"][0]["events"]
+    assert (event["kind"], event["check"]) == ("exited", "ECHO-RESET-2")
+    assert any("ConnectionResetError" in line for line in event["stderr"])
+    # Its stderr is kept beside the report.
+    log = tmp_path / "r-artifacts" / "crashes_on_reset.stderr.log"
+    assert "ConnectionResetError" in log.read_text()
+
+
+@pytest.mark.timeout(240)
+def test_no_restart_skips_the_checks_after_an_exit(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    result = run_cli(
+        "run", "--spawn", CRASHES, "--checks", "ECHO-RESET-2,ECHO-BASIC-3,ECHO-BASIC-4",
+        "--no-restart", "--report-json", str(report),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "it is not restarted: the remaining checks are skipped" in result.stdout
+    data = json.loads(report.read_text())
+    assert _verdicts(data) == {
+        "ECHO-RESET-2": "FAIL",
+        "ECHO-BASIC-3": "SKIPPED",
+        "ECHO-BASIC-4": "SKIPPED",
+    }
+    skipped = data["targets"][0]["results"][1]["details"]
+    assert "exited with code 1 during ECHO-RESET-2 and was not restarted: --no-restart" in (skipped)
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[Address]:
+    """A socket that listens and never accepts: connects complete, nothing answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield Address("127.0.0.1", sock.getsockname()[1])
+
+
+@pytest.mark.timeout(240)
+def test_a_target_that_answers_nothing_is_reported_once_and_exits_3(
+    silent_listener: Address, tmp_path: Path
+) -> None:
+    report = tmp_path / "r.json"
+    result = run_cli(
+        "run", "--target", str(silent_listener), "--checks", "ECHO-BASIC-1,ECHO-BASIC-3",
+        "--report-json", str(report),
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 3, out + result.stderr
+    assert out.count("TargetUnreachable") == 1
+    assert "never served a check: the target is unreachable" in out
+    data = json.loads(report.read_text())
+    verdicts = sorted(_verdicts(data).values())
+    assert verdicts == ["FAIL", "SKIPPED"]
+    (event,) = data["targets"][0]["events"]
+    assert event["kind"] == "unreachable"
+
+
+class RaisingOracle(EchoOracle):
+    """An oracle whose own code fails: a fault in the suite's side, not the server's."""
+
+    def received(self, data: bytes) -> None:
+        raise RuntimeError("this oracle cannot read")
+
+
+@pytest.mark.timeout(120)
+def test_a_fault_in_the_suite_is_an_error_verdict_and_the_run_goes_on() -> None:
+    results = check_server(
+        "single",
+        checks=["ECHO-BASIC-1", "ECHO-BASIC-3"],
+        oracle=f"{__name__}:RaisingOracle",
+    )
+    target = results.targets[0]
+    verdicts = [target.result(c).verdict for c in results.checks]
+    assert verdicts == [Verdict.ERROR, Verdict.ERROR]
+    reason = target.result(results.checks[0]).reason
+    assert "RuntimeError: this oracle cannot read" in reason
+    assert "error in the suite's own code" in reason
+    assert not results.ok()
+
+
+@pytest.mark.timeout(240)
+def test_timeout_caps_the_run_and_skips_what_it_did_not_reach(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    result = run_cli(
+        "run", "--reference", "single", "--timeout", "3", "--profile", "ci",
+        "--checks", "ECHO-BASIC-1,PROP-BACKPRESSURE-1,ECHO-BASIC-3", "--report-json", str(report),
+    )  # fmt: skip
+    assert "(--timeout 3s)" in result.stdout
+    data = json.loads(report.read_text())
+    results = {r["id"]: r for r in data["targets"][0]["results"]}
+    assert results["ECHO-BASIC-1"]["verdict"] == "PASS"
+    for later in ("PROP-BACKPRESSURE-1", "ECHO-BASIC-3"):
+        assert results[later]["verdict"] in ("PASS", "SKIPPED")
+    assert results["ECHO-BASIC-3"]["verdict"] == "SKIPPED"
+    assert "--timeout of 3s was spent" in results["ECHO-BASIC-3"]["details"]
+    assert data["duration"] < 60  # The cap, not the checks' own deadlines (240 s and more).
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "soon"])
+def test_a_timeout_that_is_not_a_positive_number_is_a_usage_error(value: str) -> None:
+    result = run_cli("run", "--timeout", value, "--checks", "ECHO-BASIC-1")
+    assert result.returncode == 2
+    assert "--timeout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_artifacts_directory_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("run", "--artifacts", str(blocker / "sub"), "--checks", "ECHO-BASIC-1")
+    assert result.returncode == 2
+    assert "--artifacts" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failing_property_scenario_is_saved_in_the_artifacts_directory(tmp_path: Path) -> None:
+    artifacts = tmp_path / "kept"
+    result = run_cli(
+        "run", "--spawn", broken_spawn("truncates_at_nul"), "--profile", "ci",
+        "--checks", "PROP-ECHO-1", "--artifacts", str(artifacts),
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    saved = list(artifacts.glob("scenario-*.json"))
+    assert saved, result.stdout
+    assert str(saved[0]) in result.stdout
