@@ -64,7 +64,8 @@ class Verdict(enum.Enum):
         return _COUNT_WORDS[self]
 
 
-#: The reason of a SKIPPED result whose check never ran (the run stopped first).
+#: The reason of a SKIPPED result whose check never ran (the run stopped first, or its
+#: ``--timeout`` was spent), or the start of it; such a run is not a passing run.
 NOT_RUN = "not run"
 
 _COUNT_WORDS = {
@@ -128,7 +129,7 @@ class CheckResult:
     @property
     def ran(self) -> bool:
         """Whether the check ran (a result that never reported did not)."""
-        return not (self.verdict is Verdict.SKIPPED and self.reason == NOT_RUN)
+        return not (self.verdict is Verdict.SKIPPED and self.reason.startswith(NOT_RUN))
 
     def to_data(self) -> dict[str, Any]:
         """Plain data that :meth:`from_data` reads (an xdist worker's result, to the controller)."""

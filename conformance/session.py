@@ -35,7 +35,7 @@ from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState
 from conformance.oracle import load_oracle
 from conformance.plan import RunPlan
 from conformance.report import FailureReport
-from conformance.results import CheckResult, RunResults, TargetRun, Verdict
+from conformance.results import NOT_RUN, CheckResult, RunResults, TargetRun, Verdict
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
 __all__ = ["LiveTarget", "PlannedRun", "Session"]
@@ -227,8 +227,8 @@ class Session:
                 result,
                 verdict=Verdict.SKIPPED,
                 failure=None,
-                reason=f"cut short: the run's --timeout of {self.plan.timeout:g}s was spent "
-                "during this check",
+                reason=f"{NOT_RUN} to the end: the run's --timeout of {self.plan.timeout:g}s "
+                "was spent during this check",
             )
         if self.board is None or state is None:
             return result
@@ -238,7 +238,7 @@ class Session:
         return None if self.deadline is None else self.deadline - time.time()
 
     def _spent(self) -> str:
-        return f"not run: the run's --timeout of {self.plan.timeout:g}s was spent"
+        return f"{NOT_RUN}: the run's --timeout of {self.plan.timeout:g}s was spent"
 
     def _verdict(self, outcome: Outcome, replay: str) -> CheckResult:
         if outcome.error is not None:
