@@ -40,6 +40,7 @@ import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky, InvalidArgument
+from hypothesis.reporting import with_reporter
 
 from conformance.checks.base import (
     RFC862,
@@ -213,8 +214,13 @@ def _search(
                 shrink_until.append(time.monotonic() + profile.shrink_seconds)
             raise
 
+    def report(value: object) -> None:
+        if not stop.is_set():  # An abandoned search has nobody to tell.
+            print(value)
+
     try:
-        holds()
+        with with_reporter(report):
+            holds()
     except _Abandoned:
         raise
     except Exception as exc:
