@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -15,12 +16,14 @@ from contextlib import contextmanager
 
 import pytest
 
+from conformance.checks import Setup, by_id, run_check
 from conformance.histogram import Histogram
 from conformance.load import Faults, LoadResult, LoadSpec, format_json, run_load
 from conformance.load.client import Client, ClientEvent, ClientState, IllegalTransition
 from conformance.load.driver import Driver
 from conformance.load.spec import Mode
 from conformance.oracle import DiscardOracle, Oracle, Status, Verdict
+from conformance.target import Address
 from tests.helpers import ROOT, ServerProcess
 
 
@@ -482,6 +485,46 @@ def test_Driver_top_up_stops_at_a_connection_dropped_by_a_reset() -> None:
         finally:
             driver.connector.close_all()
             driver.ep.close()
+
+
+@pytest.mark.timeout(90)
+def test_load_check_fails_within_its_deadline_when_the_server_never_accepts() -> None:
+    check = by_id("ECHO-LOAD-1")
+    with never_accepting() as (host, port):
+        outcome = run_check(check, Setup(Address(host, port)))
+    assert not outcome.passed
+    assert outcome.duration < 30, outcome.duration  # its own deadline is 120s
+    assert "200 of 200 connections not accepted within 10s" in outcome.report, outcome.report
+
+
+@pytest.mark.timeout(60)
+def test_load_check_cut_by_its_deadline_stops_its_load_within_a_second() -> None:
+    check = dataclasses.replace(by_id("ECHO-LOAD-1"), timeout=2.0)
+    # The kernel completes every connect; nothing is ever read or answered.
+    with socket.create_server(("127.0.0.1", 0), backlog=512) as silent:
+        outcome = run_check(check, Setup(Address(*silent.getsockname())))
+        cut_at = time.monotonic()
+        assert not outcome.passed
+        assert outcome.duration < 4, outcome.duration
+        # The load's thread, left behind with its stop event set, closes its connections.
+        silent.settimeout(5)
+        held = [silent.accept()[0] for _ in range(200)]
+        try:
+            while held:
+                left = cut_at + 1.5 - time.monotonic()
+                ready, _, _ = select.select(held, [], [], max(0.0, left))
+                assert ready, f"{len(held)} load connections still open 1.5s after the deadline"
+                for sock in ready:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:  # (a reset ends it as well)
+                        data = b""
+                    if not data:
+                        held.remove(sock)
+                        sock.close()
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
