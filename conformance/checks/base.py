@@ -15,17 +15,25 @@ it then runs the liveness step: a fresh connection must still be served. It
 returns an :class:`Outcome` whose report, for a failure, is a bug report
 (:mod:`conformance.report`).
 
+A body that must run blocking code (the load generator, a Hypothesis
+search) runs it with :func:`run_in_thread`: trio cannot interrupt a thread,
+so at the check's deadline the thread is abandoned and told to stop through a
+``threading.Event`` it polls; the check ends on time, and the thread soon after.
+
 The catalogue itself is assembled in :mod:`conformance.checks`.
 """
 
 from __future__ import annotations
 
 import enum
+import inspect
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -51,8 +59,11 @@ __all__ = [
     "liveness",
     "replay_check",
     "run_check",
+    "run_in_thread",
     "short_stack",
 ]
+
+T = TypeVar("T")
 
 
 #: The texts the checks rest on, and the sizes they use (one place for all sections).
@@ -263,3 +274,38 @@ def first_failure(exc: BaseException) -> CheckFailure | None:
             if found is not None:
                 return found
     return None
+
+
+# trio.to_thread.run_sync's keyword for "leave the thread behind on cancellation"
+# was renamed (cancellable -> abandon_on_cancel in trio 0.23).
+_ABANDON = (
+    "abandon_on_cancel"
+    if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
+    else "cancellable"
+)
+
+
+async def run_in_thread(work: Callable[[threading.Event], T]) -> T:
+    """Run ``work(stop)`` on a worker thread that a cancellation leaves behind.
+
+    ``stop`` is set as soon as this returns, raises or is cancelled (the
+    check's deadline): ``work`` must look at it often (every tenth of a
+    second or so) and then return at once, so that nothing it started
+    outlives the check by more than that.
+
+    Args:
+        work: Blocking code that polls its ``threading.Event`` argument.
+
+    Returns:
+        What ``work`` returned.
+
+    Raises:
+        trio.Cancelled: The deadline passed; ``work`` goes on until it sees ``stop``.
+    """
+    stop = threading.Event()
+    try:
+        run_sync: Any = trio.to_thread.run_sync  # its cancel keyword changed name
+        result: T = await run_sync(work, stop, **{_ABANDON: True})
+        return result
+    finally:
+        stop.set()

@@ -5,6 +5,11 @@ every byte verified) on a worker thread, under the step's deadline, and fails
 with the first wrong byte, the count of errors by kind, and whether the server
 still answered at the end. They are heavy checks: never two at once.
 
+The load ends on its own within its connect deadline, duration and drain
+deadline, whatever the server does (connects never wait on it); should the
+check's deadline come first, the thread is left behind with its stop event
+set (:func:`~conformance.checks.base.run_in_thread`) and ends within a tick.
+
 Sized to run in a few seconds against the reference servers on two cores;
 10,000 connections (C10K) live in ``tools/c10k.py``.
 """
@@ -13,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import trio
-
 from conformance.checks.base import (
     RFC862,
     RFC9293_RESET,
     Check,
     Level,
+    run_in_thread,
 )
 from conformance.harness import CheckFailure, Harness
 from conformance.load import Faults, LoadResult, LoadSpec, run_load
@@ -32,8 +36,7 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
     # connection stalled after the suite's usual step deadline.
     spec = dataclasses.replace(spec, stop_on_error=True, drain_timeout=5.0)
     with h.step(step, timeout=timeout):
-        # The load loop is bounded by its own duration and drain deadline.
-        result = await trio.to_thread.run_sync(run_load, spec)
+        result = await run_in_thread(lambda stop: run_load(spec, stop=stop))
     if not result.ok:
         first = result.first_error or {}
         where = (

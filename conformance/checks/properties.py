@@ -28,7 +28,6 @@ with the harness the check runs in (``Harness.profile``,
 from __future__ import annotations
 
 import hashlib
-import inspect
 import tempfile
 import threading
 import time
@@ -50,6 +49,7 @@ from conformance.checks.base import (
     Check,
     Level,
     first_failure,
+    run_in_thread,
 )
 from conformance.checks.interpreter import interpret
 from conformance.harness import CheckFailure, Harness
@@ -243,13 +243,6 @@ def _search(
         raise _failure_report(minimal, first, blob, outer, where) from None
 
 
-_ABANDON = (
-    "abandon_on_cancel"
-    if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
-    else "cancellable"
-)
-
-
 def _property(
     strategy: Callable[[Limits], st.SearchStrategy[Scenario]],
     *,
@@ -257,20 +250,8 @@ def _property(
     max_examples: int | None = None,
 ) -> Callable[[Harness], Any]:
     async def body(h: Harness) -> None:
-        stop = threading.Event()
-        try:
-            run_sync: Any = trio.to_thread.run_sync  # its cancel keyword changed name
-            await run_sync(
-                _search,
-                h,
-                strategy(h.profile.limits),
-                check_liveness,
-                stop,
-                max_examples,
-                **{_ABANDON: True},
-            )
-        finally:
-            stop.set()  # When the check's deadline abandoned the search thread.
+        search = strategy(h.profile.limits)
+        await run_in_thread(lambda stop: _search(h, search, check_liveness, stop, max_examples))
 
     return body
 

@@ -9,6 +9,14 @@ with one ``select.epoll``, and sends, receives and checks for each; the loop
 the client's table; faults (:mod:`conformance.load.faults`) strike between
 rounds.
 
+Connects never wait (:mod:`conformance.load.connector`): :meth:`Driver.connect_all`
+starts them all, a batch at a time, under one deadline for the whole set, and a
+connection replaced during the run is connected by the loop like any event.
+A stop event (``stop``), looked at every tick while connecting, running and
+draining, ends the run early with what it measured so far (``stopped``).
+A client is acted on only while it is still the driver's: a dropped one is
+``CLOSED`` and its descriptor may already serve a new connection.
+
 - *ping-pong*: each connection sends one message of ``size`` bytes, waits
   until all of it came back, checks it, records the round trip's latency, and
   sends the next. Messages differ from round to round (a sliding window over a
@@ -46,7 +54,8 @@ import time
 from typing import Any
 
 from conformance.load.client import Client, ClientEvent, ClientState
-from conformance.load.faults import inject_after_round
+from conformance.load.connector import CONNECT_BATCH, Connector, StopEvent
+from conformance.load.faults import TICK, inject_after_round
 from conformance.load.result import LoadResult
 from conformance.load.spec import LoadSpec, reply_oracle
 from conformance.oracle import EchoOracle
@@ -75,21 +84,27 @@ class Driver:
         spec: The whole run's spec.
         first: The run-wide index of this process's first connection.
         count: How many connections this process drives.
+        stop: When set, the run ends within a tick, keeping what it measured.
     """
 
-    def __init__(self, spec: LoadSpec, first: int, count: int) -> None:
+    def __init__(
+        self, spec: LoadSpec, first: int, count: int, stop: StopEvent | None = None
+    ) -> None:
         self.spec = spec
         self.first = first
         self.count = count
+        self.stop = stop
         self.rng = random.Random(spec.seed * 1_000_003 + first)
         self.ep = select.epoll()
+        self.connector = Connector(self.ep, spec.host, spec.port)
         self.clients: dict[int, Client] = {}
         self.next_index = first
         self.result = LoadResult(spec)
         #: Latencies (us) of measured round trips not yet in the histogram.
         self.latencies: list[int] = []
+        self.running = False  # the clock runs: a new connection starts sending at once
         self.draining = False
-        self.stopped = False  # an error with stop_on_error: end the run now
+        self.halted = False  # an error with stop_on_error, or the stop event: end the run now
         self.stream = spec.mode == "stream"
         self.size = spec.size
         #: No faults and no round count: after a round trip, just send the next.
@@ -102,23 +117,93 @@ class Driver:
     # -- connections --------------------------------------------------------------
 
     def connect_all(self) -> None:
-        """Open this process's connections (blocking connects, before the clock starts)."""
-        _raise_fd_limit(self.count + 64)
-        for _ in range(self.count):
-            self.open_client()
+        """Open this process's connections, before the clock starts, under one deadline.
 
-    def open_client(self) -> Client | None:
-        index = self.next_index
-        self.next_index += 1
-        try:
-            sock = socket.create_connection(
-                (self.spec.host, self.spec.port), timeout=self.spec.connect_timeout
+        At most ``CONNECT_BATCH`` connects are under way at once, and all of
+        them together have ``spec.connect_timeout`` seconds: those not
+        connected by then are one error of kind ``connect`` that counts them.
+        With ``stop_on_error`` the first failure ends the phase (and the run);
+        so does the stop event, within a tick. Connects still under way then
+        are abandoned.
+        """
+        spec = self.spec
+        _raise_fd_limit(self.count + CONNECT_BATCH + 64)  # (storm connects come on top)
+        deadline = time.monotonic() + spec.connect_timeout
+        pending = self.connector.pending
+        left = self.count
+        while not self.halted:
+            while left and len(pending) < CONNECT_BATCH and not self.halted:
+                left -= 1
+                self.connect(deadline)
+            if not pending:
+                break  # All started and over, or halted by a failure.
+            now = time.monotonic()
+            if now >= deadline:
+                missing = len(pending) + left
+                self.error(
+                    "connect",
+                    None,
+                    f"{missing} of {self.count} connections not accepted within "
+                    f"{spec.connect_timeout:g}s",
+                    times=missing,
+                )
+                break
+            if self.stop_requested():
+                break
+            for fd, _ in self.ep.poll(min(TICK, deadline - now)):
+                self.on_connected(fd)
+                if self.halted:
+                    break
+        self.connector.close_all()
+
+    def connect(self, deadline: float, *, storm: bool = False) -> None:
+        """Start a connect for a new connection (or a storm's): :meth:`on_connected` ends it."""
+        index = None
+        if not storm:
+            index = self.next_index
+            self.next_index += 1
+        failed = self.connector.start(index, deadline)
+        if failed is not None:
+            self.connect_failed(index, failed)
+
+    def on_connected(self, fd: int) -> None:
+        """A connect under way is over (or its descriptor had an event): add the connection."""
+        done = self.connector.finish(fd)
+        if done is None:
+            return
+        attempt, failed = done
+        if failed is not None:
+            self.connect_failed(attempt.index, failed)
+            return
+        if attempt.index is None:  # A storm connection: open, and at once closed.
+            attempt.sock.close()
+            return
+        client = self.add_client(attempt.index, attempt.sock)
+        if self.running:
+            self.start(client, time.monotonic_ns())
+
+    def connect_failed(self, index: int | None, exc: OSError) -> None:
+        what = "connect" if index is not None else "storm connect"
+        self.error("connect", None, f"{what} failed: {exc}")
+
+    def connects_expired(self, now: float) -> None:
+        """At a tick: the connects past their deadline are errors, one per kind and tick."""
+        late = self.connector.expire(now)
+        if not late:
+            return
+        storms = sum(1 for attempt in late if attempt.index is None)
+        timeout = f"within {self.spec.connect_timeout:g}s"
+        if len(late) > storms:
+            n = len(late) - storms
+            self.error("connect", None, f"{n} new connections not accepted {timeout}", times=n)
+        if storms:
+            self.error(
+                "connect", None, f"{storms} storm connections not accepted {timeout}", times=storms
             )
-        except OSError as exc:
-            self.error("connect", None, f"connect failed: {exc}")
-            return None
+
+    def add_client(self, index: int, sock: socket.socket) -> Client:
+        """A connected socket joins the run as connection ``index``."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
         oracle = reply_oracle(self.spec.oracle)
         # Echo owes the message itself: no call per round (None tells the client so).
         echoes = type(oracle).expected_reply is EchoOracle.expected_reply
@@ -130,9 +215,32 @@ class Driver:
         self.result.connections_opened += 1
         return client
 
-    def drop(self, client: Client, *, rst: bool = False) -> None:
+    def start(self, client: Client, now_ns: int) -> None:
+        """The run's first message (or window) on a connection."""
+        if self.stream:
+            self.top_up(client)
+        else:
+            self.send_next(client, now_ns)
+
+    def stop_requested(self) -> bool:
+        """Whether the stop event is set; if so, the run is halted and its result ``stopped``."""
+        if self.stop is None or not self.stop.is_set():
+            return False
+        self.halted = True
+        self.result.stopped = True
+        return True
+
+    def drop(self, client: Client, *, rst: bool = False) -> bool:
+        """Take ``client`` out of the run and close its socket.
+
+        Returns:
+            False when it was out already (then nothing is touched: its
+            descriptor may serve another connection by now).
+        """
         client.advance(ClientEvent.ABORT)
-        self.clients.pop(client.fd, None)
+        if self.clients.get(client.fd) is not client:
+            return False
+        del self.clients[client.fd]
         try:
             self.ep.unregister(client.fd)
         except OSError:
@@ -143,23 +251,25 @@ class Driver:
             except OSError:
                 pass
         client.sock.close()
+        return True
 
     def replace(self, client: Client, *, rst: bool = False) -> None:
-        self.drop(client, rst=rst)
-        if not self.draining:
-            new = self.open_client()
-            if new is not None:
-                self.send_next(new, time.monotonic_ns())
+        """Drop ``client`` and, unless the run is draining, connect a new one in its place."""
+        if self.drop(client, rst=rst) and not self.draining:
+            self.connect(time.monotonic() + self.spec.connect_timeout)
 
     def set_events(self, client: Client, events: int) -> None:
-        if events != client.events:
+        if events != client.events and client.state is not _CLOSED:
             self.ep.modify(client.fd, events)
             client.events = events
 
-    def error(self, kind: str, client: Client | None, detail: str, **extra: Any) -> None:
-        self.result.errors[kind] += 1
+    def error(
+        self, kind: str, client: Client | None, detail: str, *, times: int = 1, **extra: Any
+    ) -> None:
+        """Count ``times`` errors of ``kind``; the run's first is kept with its details."""
+        self.result.errors[kind] += times
         if self.spec.stop_on_error:
-            self.stopped = True
+            self.halted = True
         if self.result.first_error is None:
             self.result.first_error = {
                 "kind": kind,
@@ -223,7 +333,7 @@ class Driver:
             return
         plen = len(client.pattern) // 2
         room = self.spec.window - len(client.expect)  # at most a window per call, owed or not
-        while client.out is None and room > 0:
+        while client.out is None and room > 0 and client.state is not _CLOSED:
             start = client.stream_pos % plen
             size = min(room, 65536)
             chunk = client.pattern[start : start + size]
@@ -327,6 +437,8 @@ class Driver:
         self.replace(client)
 
     def io_error(self, client: Client, exc: OSError) -> None:
+        if self.clients.get(client.fd) is not client:
+            return  # Dropped already: this error is about the socket it closed.
         kind = "reset" if exc.errno in (errno.ECONNRESET, errno.EPIPE) else "socket"
         self.error(kind, client, f"{exc.strerror or exc}", offset=client.verified)
         self.replace(client, rst=True)

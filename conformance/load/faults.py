@@ -14,7 +14,12 @@ and may strike that connection:
 
 A reset or half-closed connection is replaced by a new one. :func:`storm`,
 called at each tick, opens and at once closes a share of the ``connect-storm``
-connections, spread over the run. The other connections must stay byte-exact.
+connections, spread over the run; its connects, like every other, never wait
+(:mod:`conformance.load.connector`), and no more than ``CONNECT_BATCH`` are
+under way at once. The other connections must stay byte-exact.
+
+A fault acts on a connection only while the driver still has it: a send that
+fails drops the connection (``CLOSED``), and the fault stops there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 from conformance.load.client import Client, ClientEvent, ClientState
+from conformance.load.connector import CONNECT_BATCH
 
 if TYPE_CHECKING:
     from conformance.load.driver import Driver
@@ -121,14 +127,12 @@ def resume_slow_reader(driver: Driver, client: Client, now: float) -> bool:
 
 
 def storm(driver: Driver) -> None:
-    """At a tick: open and at once close this tick's share of the storm's connections."""
+    """At a tick: start this tick's share of the storm's connects (each closed once open)."""
     spec = driver.spec
     per_tick = max(1, int(spec.faults.connect_storm * TICK / spec.duration) + 1)
-    for _ in range(min(per_tick, driver.storm_left)):
+    room = CONNECT_BATCH - len(driver.connector.pending)
+    deadline = time.monotonic() + spec.connect_timeout
+    for _ in range(min(per_tick, driver.storm_left, room)):
         driver.storm_left -= 1
         driver.result.injected["connect-storm"] += 1
-        try:
-            with socket.create_connection((spec.host, spec.port), timeout=spec.connect_timeout):
-                pass
-        except OSError as exc:
-            driver.error("connect", None, f"storm connect failed: {exc}")
+        driver.connect(deadline, storm=True)

@@ -14,9 +14,19 @@ One fast path: ping-pong with no faults and no round count (every connection
 Latencies go into a list that :meth:`~conformance.histogram.Histogram.record_many`
 empties at each housekeeping tick.
 
+A descriptor that is no connection's is a connect under way (a replacement,
+or the connect storm's): its event goes to
+:meth:`~conformance.load.driver.Driver.on_connected`, off the fast path.
+
 When the time (or the count) is up, no new data is sent and every connection
 waits for what it is owed, up to a deadline; what is still missing then is an
-error ("stalled"), so no byte goes unchecked.
+error ("stalled"), so no byte goes unchecked. Connects still under way are
+abandoned then: nothing is owed on them.
+
+The stop event is looked at once per tick, never per message: when it is
+set, the run ends at that tick, while running or draining, and the result
+keeps what was measured (``stopped``). A run whose connecting phase opened
+nothing, or was halted, ends at once.
 """
 
 from __future__ import annotations
@@ -41,8 +51,10 @@ _CLOSED = ClientState.CLOSED
 
 
 def housekeeping(driver: Driver, now: float) -> None:
-    """At a tick: resume slow readers, drop stalled connections, run the connect storm."""
+    """At a tick: resume slow readers, drop stalled connections, expire and storm connects."""
     for client in list(driver.clients.values()):
+        if client.state is _CLOSED:
+            continue  # (dropped by the time its turn came)
         if client.state is _SLOW_READER and resume_slow_reader(driver, client, now):
             continue
         if client.expect and now - progress_time(driver, client) > driver.spec.drain_timeout:
@@ -54,6 +66,8 @@ def housekeeping(driver: Driver, now: float) -> None:
                 offset=client.verified,
             )
             driver.drop(client, rst=True)  # A new connection would most likely stall too.
+    if driver.connector.pending:
+        driver.connects_expired(now)
     if driver.storm_left > 0 and not driver.draining:
         storm(driver)
 
@@ -95,18 +109,19 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
         This process's result (``server_alive`` left unset).
     """
     spec = driver.spec
+    if driver.halted or not driver.clients:
+        return finish(driver, 0)  # The connecting phase ended the run, or opened nothing.
     driver.storm_left = round(spec.faults.connect_storm * driver.count / spec.connections)
+    driver.running = True
     start = time.monotonic()
     end = start + spec.duration
     now_ns = time.monotonic_ns()
     for opened in list(driver.clients.values()):
-        if driver.stream:
-            driver.top_up(opened)
-        else:
-            driver.send_next(opened, now_ns)
+        driver.start(opened, now_ns)
     next_tick = start + TICK
     drain_end = 0.0
     clients = driver.clients
+    connecting = driver.connector.pending
     poll = driver.ep.poll
     latency = driver.latencies.append
     send_next = driver.send_next
@@ -117,6 +132,8 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
         for fd, ev in poll(TICK):
             client = clients.get(fd)
             if client is None:
+                if fd in connecting:
+                    driver.on_connected(fd)
                 continue
             if plain and ev == _IN:
                 # The fast path: a whole reply in one read, one compare.
@@ -152,9 +169,12 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
             housekeeping(driver, now)
             if on_progress is not None:
                 on_progress(driver.result.round_trips, driver.result.bytes_verified)
+            driver.stop_requested()
         if not driver.draining:
-            done_counting = spec.rounds is not None and all(
-                c.state is _IDLE for c in clients.values()
+            done_counting = (
+                spec.rounds is not None
+                and not connecting
+                and all(c.state is _IDLE for c in clients.values())
             )
             if now >= end or done_counting:
                 driver.draining = True
@@ -163,7 +183,8 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
                 # The next tick would add them after the clock stopped.
                 fast_bytes = settle(driver, fast_bytes)
                 drain_end = now + spec.drain_timeout
-        if driver.stopped:
+                driver.connector.close_all()
+        if driver.halted:
             if not driver.result.seconds:
                 driver.result.seconds = now - start
             break
@@ -185,8 +206,18 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
                         offset=late.verified,
                     )
                 break
+    return finish(driver, fast_bytes)
+
+
+def finish(driver: Driver, fast_bytes: int) -> LoadResult:
+    """End the run: fold in what the loop batched, close every socket and the epoll.
+
+    Returns:
+        The driver's result.
+    """
     settle(driver, fast_bytes)
-    for left in list(clients.values()):
+    for left in list(driver.clients.values()):
         driver.drop(left)
+    driver.connector.close_all()
     driver.ep.close()
     return driver.result

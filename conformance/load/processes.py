@@ -11,18 +11,29 @@ spec) opens its share of the connections and says ``ready``; the parent then
 says ``go`` to all at once, relays their progress, and collects from each its
 result as plain data (:meth:`~conformance.load.result.LoadResult.to_data`),
 which it reads back and merges. Every wait is bounded: connecting, by the
-connect timeout; the run, by its duration plus the drain deadline.
+connect timeout; the run, by its duration plus the drain deadline; the probe,
+by the connect timeout (5 s at most).
+
+A stop event (``stop``) ends it all early: the driver looks at it every tick,
+the probe between two ``SLICE``-second waits. Load processes get their own
+``multiprocessing`` event, set by the parent as soon as it sees ``stop``; they
+send what they measured and exit, and those that have not within
+``_STOP_GRACE`` seconds are killed. The result is then ``stopped``, and
+partial.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from conformance.load.connector import SLICE, StopEvent, wait_connected, wait_ready
 from conformance.load.driver import Driver
 from conformance.load.loop import run
 from conformance.load.result import LoadResult
@@ -34,13 +45,22 @@ __all__ = ["probe_alive", "run_load"]
 #: Called now and then with (elapsed seconds, round trips, bytes verified).
 Progress = Callable[[float, int, int], None]
 
+_PROBE_TIMEOUT = 5.0  # seconds, at most, for the liveness probe's connect and its reply
+_STOP_GRACE = 1.0  # seconds load processes have to report once stopped, before the kill
+_EXIT_GRACE = 5.0  # seconds load processes have to exit after their result
 
-def run_load(spec: LoadSpec, *, progress: Progress | None = None) -> LoadResult:
+
+def run_load(
+    spec: LoadSpec, *, progress: Progress | None = None, stop: threading.Event | None = None
+) -> LoadResult:
     """Run the load ``spec`` describes and check the server is alive afterwards.
 
     Args:
         spec: The target and the load.
         progress: Called now and then with (elapsed seconds, round trips, bytes).
+        stop: When set (from another thread), the run ends at the next tick
+            (within a fifth of a second; a second or so with ``procs`` > 1),
+            the liveness probe too, and the result is ``stopped``.
 
     Returns:
         The merged result of every load process.
@@ -51,7 +71,7 @@ def run_load(spec: LoadSpec, *, progress: Progress | None = None) -> LoadResult:
     """
     spec.validate()
     if spec.procs == 1:
-        driver = Driver(spec, 0, spec.connections)
+        driver = Driver(spec, 0, spec.connections, stop)
         driver.connect_all()
         run_start = time.monotonic()
 
@@ -61,20 +81,42 @@ def run_load(spec: LoadSpec, *, progress: Progress | None = None) -> LoadResult:
 
         result = run(driver, one)
     else:
-        result = _run_processes(spec, progress)
-    result.server_alive = probe_alive(spec.host, spec.port, oracle=spec.oracle)
+        result = _run_processes(spec, progress, stop)
+    if not result.stopped:
+        alive = probe_alive(
+            spec.host,
+            spec.port,
+            timeout=min(_PROBE_TIMEOUT, spec.connect_timeout),
+            oracle=spec.oracle,
+            stop=stop,
+        )
+        if stop is not None and stop.is_set():
+            result.stopped = True
+        else:
+            result.server_alive = alive
     return result
 
 
 def _process_main(
-    spec: LoadSpec, first: int, count: int, pipe: multiprocessing.connection.Connection
+    spec: LoadSpec,
+    first: int,
+    count: int,
+    pipe: multiprocessing.connection.Connection,
+    stop: StopEvent,
 ) -> None:
-    driver = Driver(spec, first, count)
+    driver = Driver(spec, first, count, stop)
     driver.connect_all()
     pipe.send(("ready", driver.result.connections_opened))
-    if not pipe.poll(spec.connect_timeout * 3 + 30):
-        return
-    pipe.recv()
+    go_by = time.monotonic() + spec.connect_timeout * 3 + 30
+    while not driver.stop_requested():  # Stopped: run() ends at once, with the result.
+        if pipe.poll(SLICE):
+            try:
+                pipe.recv()  # "go"
+            except EOFError:
+                return  # The parent is gone.
+            break
+        if time.monotonic() > go_by:
+            return
     last = [0.0]
 
     def progress(trips: int, nbytes: int) -> None:
@@ -87,50 +129,74 @@ def _process_main(
     pipe.send(("done", result.to_data()))
 
 
-def _run_processes(spec: LoadSpec, progress: Progress | None) -> LoadResult:
+def _run_processes(
+    spec: LoadSpec, progress: Progress | None, stop: threading.Event | None
+) -> LoadResult:
     ctx = multiprocessing.get_context("spawn")
+    stop_children = ctx.Event()
     base, extra = divmod(spec.connections, spec.procs)
     procs: list[tuple[Any, multiprocessing.connection.Connection]] = []
+    stop_by: float | None = None  # once stopping: when to stop waiting for results
     first = 0
     try:
         for i in range(spec.procs):
             count = base + (1 if i < extra else 0)
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(
-                target=_process_main, args=(spec, first, count, theirs), name=f"load-{i + 1}"
+                target=_process_main,
+                args=(spec, first, count, theirs, stop_children),
+                name=f"load-{i + 1}",
             )
             proc.start()
             theirs.close()
             procs.append((proc, ours))
             first += count
-        ready_by = time.monotonic() + spec.connect_timeout * 3 + 30
-        for proc, pipe in procs:
-            if not pipe.poll(max(0.0, ready_by - time.monotonic())):
-                raise LoadError(f"load process {proc.name} did not connect in time")
-            try:
-                pipe.recv()
-            except EOFError:
-                raise LoadError(
-                    f"load process {proc.name} died while connecting (exit code {proc.exitcode})"
-                ) from None
-        for _, pipe in procs:
-            pipe.send("go")
-        run_start = time.monotonic()
+        ready: set[int] = set()
+        ended: set[int] = set()  # sent their result, or died after the stop
         parts: dict[int, LoadResult] = {}
         progress_by: dict[int, tuple[int, int]] = {}
-        done_by = run_start + spec.duration + spec.drain_timeout + 30
-        while len(parts) < len(procs):
-            left = done_by - time.monotonic()
-            if left <= 0:
-                raise LoadError("load processes did not finish in time")
-            pipes = [pipe for i, (_, pipe) in enumerate(procs) if i not in parts]
-            for ready in multiprocessing.connection.wait(pipes, timeout=min(left, 1.0)):
-                i = next(k for k, (_, p) in enumerate(procs) if p is ready)
+        by_pipe = {pipe: i for i, (_, pipe) in enumerate(procs)}
+        ready_by = time.monotonic() + spec.connect_timeout * 3 + 30
+        run_start = 0.0
+        done_by: float | None = None  # once every process is ready and told to go
+        while len(ended) < len(procs):
+            now = time.monotonic()
+            if stop_by is None and stop is not None and stop.is_set():
+                stop_children.set()
+                stop_by = now + _STOP_GRACE
+            if stop_by is not None:
+                if now >= stop_by:
+                    break  # The others are killed below.
+                limit = stop_by
+            elif done_by is None:
+                if now >= ready_by:
+                    late = next(p.name for i, (p, _) in enumerate(procs) if i not in ready)
+                    raise LoadError(f"load process {late} did not connect in time")
+                limit = ready_by
+            else:
+                if now >= done_by:
+                    raise LoadError("load processes did not finish in time")
+                limit = done_by
+            pipes = [pipe for i, (_, pipe) in enumerate(procs) if i not in ended]
+            for ready_pipe in multiprocessing.connection.wait(
+                pipes, timeout=min(limit - now, SLICE)
+            ):
+                assert isinstance(ready_pipe, multiprocessing.connection.Connection)
+                i = by_pipe[ready_pipe]
+                proc = procs[i][0]
                 try:
-                    message = procs[i][1].recv()
+                    message = ready_pipe.recv()
                 except EOFError:
-                    raise LoadError(f"load process {procs[i][0].name} died") from None
-                if message[0] == "progress":
+                    if stop_by is not None:
+                        ended.add(i)
+                        continue
+                    when = " while connecting" if done_by is None else ""
+                    raise LoadError(
+                        f"load process {proc.name} died{when} (exit code {proc.exitcode})"
+                    ) from None
+                if message[0] == "ready":
+                    ready.add(i)
+                elif message[0] == "progress":
                     progress_by[i] = (message[1], message[2])
                     if progress is not None:
                         trips = sum(t for t, _ in progress_by.values())
@@ -138,26 +204,43 @@ def _run_processes(spec: LoadSpec, progress: Progress | None) -> LoadResult:
                         progress(time.monotonic() - run_start, trips, nbytes)
                 elif message[0] == "done":
                     parts[i] = LoadResult.from_data(spec, message[1])
-        return LoadResult.merged(spec, [parts[i] for i in range(len(procs))])
+                    ended.add(i)
+            if done_by is None and stop_by is None and len(ready) == len(procs):
+                for _, pipe in procs:
+                    pipe.send("go")
+                run_start = time.monotonic()
+                done_by = run_start + spec.duration + spec.drain_timeout + 30
+        result = LoadResult.merged(spec, [parts[i] for i in sorted(parts)])
+        result.stopped = result.stopped or stop_by is not None
+        return result
     finally:
+        stop_children.set()  # (an error above: let the others end as well)
+        exit_by = time.monotonic() + (_STOP_GRACE if stop_by is not None else _EXIT_GRACE)
         for proc, pipe in procs:
-            proc.join(5)
+            proc.join(max(0.0, exit_by - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
-                proc.join(5)
+                proc.join(_EXIT_GRACE)
             pipe.close()
 
 
 def probe_alive(
-    host: str, port: int, *, timeout: float = 5.0, oracle: OracleFactory = EchoOracle
+    host: str,
+    port: int,
+    *,
+    timeout: float = _PROBE_TIMEOUT,
+    oracle: OracleFactory = EchoOracle,
+    stop: StopEvent | None = None,
 ) -> bool:
     """Whether a fresh connection gets the right answer to a short probe.
 
     Args:
         host: The server's address.
         port: The server's port.
-        timeout: Seconds for the connect and for each receive.
+        timeout: Seconds for the whole probe: connect, send and reply.
         oracle: Says what the probe is owed (a :class:`~conformance.oracle.ReplyOracle`).
+        stop: Looked at between two ``SLICE``-second waits; when set, the
+            probe gives up (and says False).
 
     Returns:
         True when what ``oracle`` says is owed came back within ``timeout``;
@@ -166,19 +249,32 @@ def probe_alive(
     """
     probe = b"alive?\0\xff"
     owed = reply_oracle(oracle).expected_reply(probe)
+    deadline = time.monotonic() + timeout
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(probe)
+        with wait_connected(host, port, deadline, stop) as sock:
+            out = memoryview(probe)
+            while out:
+                if not wait_ready(sock, select.POLLOUT, deadline, stop):
+                    return False
+                try:
+                    out = out[sock.send(out) :]
+                except (BlockingIOError, InterruptedError):
+                    continue
             if not owed:
                 sock.shutdown(socket.SHUT_WR)
-                return sock.recv(4096) == b""
             got = b""
-            deadline = time.monotonic() + timeout
-            while len(got) < len(owed) and time.monotonic() < deadline:
-                chunk = sock.recv(len(owed) - len(got))
+            while wait_ready(sock, select.POLLIN, deadline, stop):
+                try:
+                    chunk = sock.recv(len(owed) - len(got) if owed else 4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                if not owed:
+                    return not chunk  # Our FIN answered with the server's, and no byte.
                 if not chunk:
-                    break
+                    return False
                 got += chunk
-            return got == owed
+                if len(got) == len(owed):
+                    return got == owed
+            return False
     except OSError:
         return False

@@ -9,6 +9,10 @@ the one-line summary (:meth:`LoadResult.summary_line`), and the transfer from
 each load process to the parent, which reads it back with
 :meth:`LoadResult.from_data` and adds the parts up with :meth:`LoadResult.merged`
 (latency histograms bucket by bucket, so percentiles stay exact to 1/64).
+
+A run ended early by its stop event is ``stopped``: its figures cover what
+ran, it is not ``ok`` (nothing was shown to be right), and the summary line
+says so.
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ __all__ = ["LoadResult", "format_json"]
 
 @dataclass
 class LoadResult:
-    """What a load run measured and saw."""
+    """What a load run measured and saw.
+
+    ``stopped`` is True when the caller's stop event ended the run before
+    its time was up (or before the liveness probe answered): the rest is a
+    partial result, and ``server_alive`` is then None.
+    """
 
     spec: LoadSpec
     seconds: float = 0.0
@@ -41,11 +50,12 @@ class LoadResult:
     observed: Counter[str] = field(default_factory=Counter)
     connections_opened: int = 0
     server_alive: bool | None = None
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:
-        """No byte went wrong, nothing stalled, and the server answered at the end."""
-        return not self.errors and self.server_alive is not False
+        """No byte went wrong, nothing stalled, the run was not stopped, and the server answered."""
+        return not self.errors and self.server_alive is not False and not self.stopped
 
     @property
     def round_trips_per_second(self) -> float:
@@ -79,6 +89,7 @@ class LoadResult:
             "faults_observed": dict(self.observed),
             "connections_opened": self.connections_opened,
             "server_alive": self.server_alive,
+            "stopped": self.stopped,
         }
 
     @classmethod
@@ -104,6 +115,7 @@ class LoadResult:
             observed=Counter(data["faults_observed"]),
             connections_opened=data["connections_opened"],
             server_alive=data["server_alive"],
+            stopped=data["stopped"],
         )
 
     @classmethod
@@ -116,7 +128,7 @@ class LoadResult:
 
         Returns:
             One result: counts added, histograms merged, the longest time, the
-            first process's first error.
+            first process's first error; stopped when any part was.
         """
         result = cls(spec)
         for part in parts:
@@ -130,6 +142,7 @@ class LoadResult:
             result.injected.update(part.injected)
             result.observed.update(part.observed)
             result.connections_opened += part.connections_opened
+            result.stopped = result.stopped or part.stopped
         return result
 
     def summary_line(self) -> str:
@@ -149,6 +162,8 @@ class LoadResult:
         if data["server_alive"] is not None:
             alive = "alive" if data["server_alive"] else "NOT answering"
             line += f"; server {alive} at the end"
+        if data["stopped"]:
+            line += "; STOPPED before the end (partial result)"
         return line
 
 

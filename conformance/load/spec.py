@@ -98,6 +98,16 @@ class LoadSpec:
     then as the upper bound. ``oracle`` makes each connection's oracle; it
     must be a :class:`~conformance.oracle.ReplyOracle`, and picklable (a
     class) when ``procs`` > 1.
+
+    ``connect_timeout`` is one deadline for the whole set of connections
+    (each load process's share), not one per connection: connects never wait
+    on the server, and those not accepted within it are one ``connect`` error
+    that counts them. A connection opened during the run (a replacement, a
+    connect-storm one) has the same time on its own, and the final liveness
+    probe at most that (5 s when it is longer). ``drain_timeout`` bounds the
+    wait for what is owed once the time is up, and a stalled connection's
+    silence. ``stop_on_error`` ends the run at its first error, a failed or
+    late connect included.
     """
 
     host: str

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
+from conformance.checks import Setup, by_id, run_check
 from conformance.histogram import Histogram
 from conformance.load import Faults, LoadResult, LoadSpec, format_json, run_load
 from conformance.load.client import Client, ClientEvent, ClientState, IllegalTransition
+from conformance.load.driver import Driver
 from conformance.load.spec import Mode
 from conformance.oracle import DiscardOracle, Oracle, Status, Verdict
+from conformance.target import Address
 from tests.helpers import ROOT, ServerProcess
 
 
@@ -267,6 +274,257 @@ def test_run_load_reports_a_server_that_stops_answering() -> None:
         )
     assert result.errors["stalled"] == 2, result.to_data()
     assert result.server_alive is False
+
+
+@contextmanager
+def never_accepting() -> Iterator[tuple[str, int]]:
+    """A listener that never accepts, its accept queue full: a connect to it hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = listener.getsockname()
+        held: list[socket.socket] = []
+        try:
+            # Linux queues backlog + 1 connections, then drops SYNs: connect until one hangs.
+            while len(held) < 16:
+                try:
+                    held.append(socket.create_connection(address, timeout=0.5))
+                except TimeoutError:
+                    break
+            else:
+                pytest.fail("the accept queue never filled")
+            yield address
+        finally:
+            for sock in held:
+                sock.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stop_on_error", [False, True])
+def test_run_load_ends_at_the_connect_deadline_when_the_server_never_accepts(
+    stop_on_error: bool,
+) -> None:
+    with never_accepting() as (host, port):
+        spec = LoadSpec(
+            host,
+            port,
+            connections=50,
+            connect_timeout=2,
+            duration=3,
+            stop_on_error=stop_on_error,
+        )
+        start = time.monotonic()
+        result = run_load(spec)
+        took = time.monotonic() - start
+    assert took < 7, result.to_data()  # the connect deadline and the probe's, 2s each
+    assert result.errors == {"connect": 50}, result.to_data()
+    assert result.first_error is not None
+    assert result.first_error["detail"] == "50 of 50 connections not accepted within 2s"
+    assert result.connections_opened == 0
+    assert result.server_alive is False
+    assert not result.ok
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("stop_on_error", "errors"), [(False, 50), (True, 1)])
+def test_run_load_at_a_refused_port_ends_at_once(stop_on_error: bool, errors: int) -> None:
+    with socket.socket() as bound:  # Bound, never listening: every connect is refused.
+        bound.bind(("127.0.0.1", 0))
+        host, port = bound.getsockname()
+        spec = LoadSpec(host, port, connections=50, duration=30, stop_on_error=stop_on_error)
+        start = time.monotonic()
+        result = run_load(spec)
+        took = time.monotonic() - start
+    assert took < 2, result.to_data()
+    assert result.errors == {"connect": errors}, result.to_data()
+    assert result.first_error is not None
+    assert "refused" in result.first_error["detail"]
+    assert result.server_alive is False
+
+
+def _stop_while_running(spec: LoadSpec) -> tuple[LoadResult, float]:
+    """Run ``spec`` on a thread; once it reports progress, stop it from this thread.
+
+    Returns:
+        Its result, and the seconds from the stop to the end of ``run_load``.
+    """
+    stop = threading.Event()
+    running = threading.Event()
+    ended: list[tuple[LoadResult, float]] = []
+
+    def load() -> None:
+        result = run_load(spec, progress=lambda *_: running.set(), stop=stop)
+        ended.append((result, time.monotonic()))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    assert running.wait(30), "the load never made progress"
+    stopped_at = time.monotonic()
+    stop.set()
+    thread.join(30)
+    assert ended, "run_load did not end after the stop"
+    result, end = ended[0]
+    return result, end - stopped_at
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("procs", [1, 2])
+def test_run_load_ends_soon_after_the_stop_event_with_a_partial_result(
+    single: ServerProcess, procs: int
+) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=10, duration=60, procs=procs)
+    result, took = _stop_while_running(spec)
+    assert took < (1.0 if procs == 1 else 2.5), took  # a tick; with processes, their grace
+    assert result.stopped
+    assert not result.errors, result.to_data()
+    assert result.round_trips > 0
+    assert result.seconds < 30
+    assert result.server_alive is None
+    assert not result.ok
+    assert "STOPPED" in result.summary_line()
+    assert LoadResult.from_data(result.spec, result.to_data()).stopped
+
+
+@pytest.mark.timeout(60)
+def test_run_load_stops_while_connecting() -> None:
+    with never_accepting() as (host, port):
+        spec = LoadSpec(host, port, connections=50, connect_timeout=60, duration=60)
+        stop = threading.Event()
+        ended: list[tuple[LoadResult, float]] = []
+        thread = threading.Thread(
+            target=lambda: ended.append((run_load(spec, stop=stop), time.monotonic())),
+            daemon=True,
+        )
+        thread.start()
+        stopped_at = time.monotonic()
+        stop.set()
+        thread.join(30)
+    assert ended, "run_load did not end after the stop"
+    result, end = ended[0]
+    assert end - stopped_at < 1.0
+    assert result.stopped
+    assert result.connections_opened == 0
+    assert not result.errors, result.to_data()
+
+
+class ResettingEcho:
+    """An echo server on a thread that resets each connection after echoing ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        echoed = 0
+        with sock:
+            while echoed < self.limit:
+                try:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    sock.sendall(data)
+                except OSError:
+                    return
+                echoed += len(data)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("mode", "faults"),
+    [("stream", Faults()), ("pingpong", Faults(slow_reader=0.5, half_close=0.1))],
+)
+def test_run_load_never_acts_on_a_dropped_connection(mode: Mode, faults: Faults) -> None:
+    server = ResettingEcho(limit=300_000)
+    try:
+        host, port = server.address
+        spec = LoadSpec(
+            host, port, connections=4, mode=mode, size=512, window=1 << 20, duration=1.0,
+            faults=faults,
+        )  # fmt: skip
+        result = run_load(spec)
+    finally:
+        server.close()
+    assert result.errors["reset"] > 0, result.to_data()
+    # A send or a poll on a socket the driver closed would be a "socket" error (EBADF).
+    assert set(result.errors) <= {"reset", "eof"}, result.to_data()
+
+
+def test_Driver_top_up_stops_at_a_connection_dropped_by_a_reset() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        host, port = listener.getsockname()
+        driver = Driver(LoadSpec(host, port, connections=1, mode="stream", window=1 << 20), 0, 1)
+        try:
+            driver.connect_all()
+            (client,) = driver.clients.values()
+            peer, _ = listener.accept()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+            peer.close()  # RST
+            ready, _, _ = select.select([client.sock], [], [], 10)
+            assert ready, "the reset never arrived"
+            driver.running = True
+            driver.top_up(client)  # The first send fails; nothing more goes to that socket.
+            assert dict(driver.result.errors) == {"reset": 1}
+            assert client.state is ClientState.CLOSED
+            assert driver.clients == {}
+            assert len(driver.connector.pending) == 1  # its replacement, connecting
+        finally:
+            driver.connector.close_all()
+            driver.ep.close()
+
+
+@pytest.mark.timeout(90)
+def test_load_check_fails_within_its_deadline_when_the_server_never_accepts() -> None:
+    check = by_id("ECHO-LOAD-1")
+    with never_accepting() as (host, port):
+        outcome = run_check(check, Setup(Address(host, port)))
+    assert not outcome.passed
+    assert outcome.duration < 30, outcome.duration  # its own deadline is 120s
+    assert "200 of 200 connections not accepted within 10s" in outcome.report, outcome.report
+
+
+@pytest.mark.timeout(60)
+def test_load_check_cut_by_its_deadline_stops_its_load_within_a_second() -> None:
+    check = dataclasses.replace(by_id("ECHO-LOAD-1"), timeout=2.0)
+    # The kernel completes every connect; nothing is ever read or answered.
+    with socket.create_server(("127.0.0.1", 0), backlog=512) as silent:
+        outcome = run_check(check, Setup(Address(*silent.getsockname())))
+        cut_at = time.monotonic()
+        assert not outcome.passed
+        assert outcome.duration < 4, outcome.duration
+        # The load's thread, left behind with its stop event set, closes its connections.
+        silent.settimeout(5)
+        held = [silent.accept()[0] for _ in range(200)]
+        try:
+            while held:
+                left = cut_at + 1.5 - time.monotonic()
+                ready, _, _ = select.select(held, [], [], max(0.0, left))
+                assert ready, f"{len(held)} load connections still open 1.5s after the deadline"
+                for sock in ready:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:  # (a reset ends it as well)
+                        data = b""
+                    if not data:
+                        held.remove(sock)
+                        sock.close()
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -83,7 +83,13 @@ def test_report_json_has_each_target_side_by_side(side_by_side: Run) -> None:
     assert (echo["name"], broken["name"]) == ("asyncio_echo", "truncates_at_nul")
     assert echo["ok"] is True
     assert echo["summary"] == {"passed": 2, "failed": 0, "non_strict": 0, "skipped": 0, "errors": 0}
-    assert broken["summary"] == {"passed": 1, "failed": 1, "non_strict": 0, "skipped": 0, "errors": 0}
+    assert broken["summary"] == {
+        "passed": 1,
+        "failed": 1,
+        "non_strict": 0,
+        "skipped": 0,
+        "errors": 0,
+    }
     assert [r["verdict"] for r in broken["results"]] == ["PASS", "FAIL"]
     for target in report["targets"]:
         assert target["kind"] == "spawn"
