@@ -53,6 +53,7 @@ __all__ = [
     "TargetState",
     "describe_exit",
     "process_gone",
+    "process_state",
 ]
 
 #: How many times a target that exited is restarted in one run, at most.
@@ -84,6 +85,16 @@ def process_gone(pid: int) -> bool:
         return True
     state = stat.rpartition(")")[2].split()[:1]
     return state in (["Z"], ["X"])
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in ``/proc`` (``R``, ``S``, ``T`` stopped...), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else None
 
 
 @dataclass(frozen=True)

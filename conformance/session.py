@@ -31,7 +31,7 @@ from typing import Any
 
 from conformance.checks import Check, Outcome, Setup, run_check
 from conformance.checks.base import LIVENESS_PAYLOAD
-from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState
+from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState, process_state
 from conformance.oracle import load_oracle
 from conformance.plan import RunPlan
 from conformance.report import FailureReport
@@ -278,6 +278,8 @@ class Session:
             return self._exited(name, check, ended, result)
         if silent is None:
             return result
+        if state.pid is not None and process_state(state.pid) in ("T", "t"):
+            silent += "; its process is stopped (SIGSTOP or a debugger), not exited"
         if self.board.mark_unreachable(name, check.id, silent):
             return self._fail_for_target(
                 check,
