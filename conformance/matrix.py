@@ -107,7 +107,10 @@ def run_against(spec: TargetSpec, check: Check, start_timeout: float = 20.0) -> 
 
 
 def catches(server: BrokenServer, check: Check) -> Outcome:
-    """Run ``check`` against a fresh ``server``; the check catches it when the outcome fails."""
+    """Run ``check`` against a fresh ``server``; the check catches it when it makes a bug report.
+
+    An outcome with an error (a fault in the suite) is no catch.
+    """
     return run_against(server.spec(), check)
 
 
@@ -136,11 +139,14 @@ def _cell(server: BrokenServer, check_id: str) -> Cell:
         outcome = catches(server, check)
     except TargetError as exc:
         return Cell(server.name, check.id, check.id in server.caught_by, False, 0.0, str(exc))
+    if outcome.error is not None:
+        # A fault in the suite is no catch: the cell says so instead.
+        raise RuntimeError(f"{check.id} against {server.name}: {outcome.error}")
     return Cell(
         server.name,
         check.id,
         check.id in server.caught_by,
-        not outcome.passed,
+        outcome.failure is not None,
         time.monotonic() - start,
         outcome.failure.headline().split("\n", 1)[0] if outcome.failure is not None else "",
     )

@@ -80,6 +80,7 @@ def test_every_check_catches_some_broken_server() -> None:
 )
 def test_declared_check_catches_the_broken_server(server: BrokenServer, check_id: str) -> None:
     outcome = catches(server, by_id(check_id))
+    assert outcome.error is None, outcome.error  # A fault in the suite is no catch.
     assert not outcome.passed, (
         f"{check_id} passed against {server.name}, which it must catch; replay: "
         f"{sys.executable} tools/kill_matrix.py --servers {server.name} --checks {check_id}"
