@@ -78,6 +78,7 @@ from conformance.target import Address
 
 __all__ = [
     "CHECK_PROPERTY",
+    "EVENT_PROPERTY",
     "HEAVY_GROUP",
     "NONSTRICT",
     "RESULT",
@@ -97,6 +98,8 @@ HEAVY_GROUP = "conformance-heavy"
 NONSTRICT = "non-strict"
 #: The user property that carries a check's whole result, as JSON (JUnit shows it).
 RESULT = "conformance_result"
+#: The JUnit test suite property of each target event (it exited, stopped answering).
+EVENT_PROPERTY = "conformance_target_event"
 #: The user properties naming a report's check and target.
 CHECK_PROPERTY = "conformance_check"
 TARGET_PROPERTY = "conformance_target"
@@ -343,9 +346,11 @@ class Recorder:
             )
         self.results.record(target, result)
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self) -> None:
         self.results.finished = time.time()
         self.session.gather_events()
+        self._events_to_junit()
         plan = self.session.plan
         for kind, path, write in (
             ("json", plan.report_json, write_json),
@@ -359,6 +364,24 @@ class Recorder:
                 sys.stderr.write(f"reactor-conformance: cannot write {path}: {exc.strerror}\n")
                 continue
             self.written.append((kind, str(path)))
+
+    def _events_to_junit(self) -> None:
+        """Each target event as a property of the JUnit test suite, before it is written."""
+        try:
+            from _pytest.junitxml import xml_key
+        except ImportError:  # pytest moved it: the events are still in each result.
+            return
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None:
+            return
+        for target in self.results.targets:
+            for event in target.events:
+                xml.add_global_property(EVENT_PROPERTY, f"{target.name}: {event.line()}")
+
+    def pytest_report_header(self) -> str:
+        plan = self.session.plan
+        capped = f" (--conformance-timeout {plan.timeout:g}s)" if plan.timeout else ""
+        return f"conformance: the run ends within at most {plan.bound():.0f}s{capped}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         run = self.results

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -93,9 +94,10 @@ def test_an_exit_fails_the_check_it_happened_in_and_the_target_is_restarted(
     tmp_path: Path,
 ) -> None:
     report = tmp_path / "r.json"
+    junit = tmp_path / "junit.xml"
     result = run_cli(
         "run", "--spawn", CRASHES, "--checks", "ECHO-BASIC-1,ECHO-RESET-2,ECHO-CPU-1",
-        "--report-json", str(report),
+        "--report-json", str(report), "--junitxml", str(junit),
     )  # fmt: skip
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
@@ -113,6 +115,14 @@ def test_an_exit_fails_the_check_it_happened_in_and_the_target_is_restarted(
     (event,) = data["targets"][0]["events"]
     assert (event["kind"], event["check"]) == ("exited", "ECHO-RESET-2")
     assert any("ConnectionResetError" in line for line in event["stderr"])
+    properties = [
+        p.get("value", "")
+        for p in ElementTree.parse(junit).iter("property")
+        if p.get("name") == "conformance_target_event"
+    ]
+    assert properties == [
+        "crashes_on_reset: exited with code 1 during ECHO-RESET-2; restarted (1 of at most 5)"
+    ]
     # Its stderr is kept beside the report.
     log = tmp_path / "r-artifacts" / "crashes_on_reset.stderr.log"
     assert "ConnectionResetError" in log.read_text()
