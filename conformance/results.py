@@ -196,9 +196,18 @@ class TargetRun:
         return counts
 
     def never_usable(self) -> bool:
-        """It stopped answering, and no check passed against it: the run never tested it."""
-        unreachable = any(e.kind == "unreachable" for e in self.events)
-        return unreachable and not any(r.verdict is Verdict.PASS for r in self.results.values())
+        """It stopped answering, and no other check measured it: the run never tested it.
+
+        Measured: any verdict but SKIPPED and ERROR, from a check other than the
+        one that found it unreachable.
+        """
+        found = [e.check for e in self.events if e.kind == "unreachable"]
+        if not found:
+            return False
+        measured = (Verdict.PASS, Verdict.FAIL, Verdict.NON_STRICT)
+        return not any(
+            r.verdict in measured for check, r in self.results.items() if check not in found
+        )
 
 
 @dataclass
