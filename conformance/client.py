@@ -188,6 +188,18 @@ class Connection:
                 if pause and pause_every and reads % pause_every == 0:
                     await trio.sleep(pause)
 
+    async def expect_quiet(self, seconds: float, *, step: str | None = None) -> None:
+        """Read for ``seconds`` more, after all that is owed came back: nothing else may come.
+
+        Raises:
+            Divergence: An extra byte came (the oracle judges it).
+        """
+        name = step or f"nothing more comes back on {self.name} for {seconds:g}s"
+        with trio.move_on_after(seconds):
+            while await self.recv_some():
+                self._judge(name)
+        self._judge(name)
+
     async def expect_eof(
         self, *, read_size: int = 65536, step: str | None = None, timeout: float | None = None
     ) -> Ending:

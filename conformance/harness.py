@@ -98,9 +98,20 @@ class Harness:
         self.profile = profile
         self.scenario = scenario
         self.transcripts: list[Transcript] = []
+        #: What a check could not measure (the server's process not visible...):
+        #: a check that otherwise passed is SKIPPED with these reasons, never PASS.
+        self.unmeasured: list[str] = []
         self.connections: list[Connection] = []
         self.current_step: str | None = None
         self._start = time.monotonic()
+
+    def not_measured(self, reason: str) -> None:
+        """Record that part of the check could not be measured, and why.
+
+        The check goes on (what it can measure may still fail it); if nothing
+        fails, its verdict is SKIPPED with ``reason``, never PASS.
+        """
+        self.unmeasured.append(reason)
 
     def elapsed(self) -> float:
         """Seconds since the harness was made."""

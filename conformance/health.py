@@ -185,7 +185,7 @@ class TargetEvent:
 
     def line(self) -> str:
         """One line for people."""
-        during = f" during {self.check}" if self.check else ""
+        during = f" during {self.check}" if self.check else " between two checks"
         if self.kind == "unreachable":
             return f"stopped answering{during} ({self.detail}); {self.outcome}"
         return f"{self.detail}{during}; {self.outcome}"

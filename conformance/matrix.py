@@ -31,6 +31,7 @@ from pathlib import Path
 
 from conformance.checks import Check, Outcome, Setup, by_id, run_check
 from conformance.errors import TargetError
+from conformance.oracle import load_oracle
 from conformance.profiles import PROFILES
 from conformance.target import TargetKind, TargetSpec, start_target
 
@@ -47,16 +48,37 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BrokenServer:
-    """One broken server: its name (the file's stem), its path, the checks that must catch it."""
+    """One broken server: its name (the file's stem), its path, the checks that must catch it.
+
+    ``oracle`` is what judges it (its module's ``ORACLE``; default ``echo``);
+    ``reason`` is why each declared check must fail (its module's ``REASON``,
+    a regular expression the failure report must match).
+    """
 
     name: str
     path: Path
     caught_by: tuple[str, ...]
+    oracle: str = "echo"
+    reason: str | None = None
 
     def spec(self) -> TargetSpec:
         """The ``--spawn`` target that runs it with this Python on a free port."""
         command = f"{shlex.quote(sys.executable)} {shlex.quote(str(self.path))} --port {{port}}"
         return TargetSpec(TargetKind.SPAWN, command)
+
+
+def _module_string(path: Path, name: str) -> str | None:
+    """The string assigned to ``name`` at module level in ``path``, read without importing it."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and [t.id for t in node.targets if isinstance(t, ast.Name)] == [name]
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            return node.value.value
+    return None
 
 
 def _caught_by(path: Path) -> tuple[str, ...]:
@@ -82,14 +104,22 @@ def _caught_by(path: Path) -> tuple[str, ...]:
 def broken_servers(directory: Path) -> list[BrokenServer]:
     """Every broken server in ``directory`` (modules named ``_*`` are shared code)."""
     return [
-        BrokenServer(path.stem, path, _caught_by(path))
+        BrokenServer(
+            path.stem,
+            path,
+            _caught_by(path),
+            _module_string(path, "ORACLE") or "echo",
+            _module_string(path, "REASON"),
+        )
         for path in sorted(directory.glob("*.py"))
         if not path.name.startswith("_")
     ]
 
 
-def run_against(spec: TargetSpec, check: Check, start_timeout: float = 20.0) -> Outcome:
-    """Start ``spec`` afresh, run ``check`` against it, stop it.
+def run_against(
+    spec: TargetSpec, check: Check, start_timeout: float = 20.0, *, oracle: str = "echo"
+) -> Outcome:
+    """Start ``spec`` afresh, run ``check`` against it (judged by ``oracle``), stop it.
 
     Raises:
         TargetError: The server did not start listening.
@@ -97,10 +127,12 @@ def run_against(spec: TargetSpec, check: Check, start_timeout: float = 20.0) -> 
     # Property checks search with the ci profile: derandomized, so every run of
     # the matrix draws the same scenarios.
     with start_target(spec, start_timeout=start_timeout) as running:
+        flag = f" --oracle {oracle}" if oracle != "echo" else ""
         setup = Setup(
             running.address,
+            load_oracle(oracle),
             server_pid=running.pid,
-            replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}",
+            replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}{flag}",
             profile=PROFILES["ci"],
         )
         return run_check(check, setup)
@@ -111,7 +143,7 @@ def catches(server: BrokenServer, check: Check) -> Outcome:
 
     An outcome with an error (a fault in the suite) is no catch.
     """
-    return run_against(server.spec(), check)
+    return run_against(server.spec(), check, oracle=server.oracle)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ __all__ = [
     "first_difference",
     "load_oracle",
     "oracle_name",
+    "owes_replies",
 ]
 
 
@@ -265,6 +266,17 @@ def load_oracle(spec: str) -> OracleFactory:
         )
     result: OracleFactory = factory
     return result
+
+
+#: What :func:`owes_replies` sends to find out.
+_SAMPLE = b"does anything come back?\r\n"
+
+
+def owes_replies(factory: OracleFactory) -> bool:
+    """Whether the server this oracle judges answers what it is sent (echo does, discard not)."""
+    oracle = factory()
+    oracle.sent(_SAMPLE)
+    return oracle.verdict().pending
 
 
 def oracle_name(factory: OracleFactory) -> str:

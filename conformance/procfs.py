@@ -6,7 +6,7 @@ Each reading is one function over a PID, and each file of ``/proc`` is parsed
 in exactly one place here: ``stat`` by :func:`_stat_fields` (CPU time, parent),
 ``status`` by :func:`_status_bytes` (resident memory, its peak), ``fd/`` by
 :func:`open_descriptors` and :func:`socket_owners`, ``task/*/children`` by
-:func:`children`, ``net/tcp*`` by :func:`socket_inode`.
+:func:`children`, ``net/tcp*`` by :func:`socket_inode` and :func:`listening_inodes`.
 
 A process can exit between two readings, or belong to another user; every
 reading then returns None (or an empty set of owners) rather than raising, so
@@ -43,6 +43,7 @@ from pathlib import Path
 __all__ = [
     "children",
     "cpu_seconds",
+    "listening_inodes",
     "open_descriptors",
     "parent_pid",
     "peak_resident_bytes",
@@ -169,18 +170,50 @@ def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     return None
 
 
-def socket_owners(inode: int, limit: int = 100_000) -> set[int]:
-    """The processes holding a descriptor on socket ``inode``.
+#: The state of a listening socket in ``/proc/net/tcp*`` (``TCP_LISTEN``).
+_LISTEN = "0A"
+
+
+def listening_inodes(host: str, port: int) -> set[int]:
+    """The inodes of the sockets listening on ``port`` at ``host`` (or at any address).
+
+    Returns:
+        Every match in ``/proc/net/tcp`` and ``tcp6``: a server bound to
+        ``host`` itself, or to the wildcard address; empty when none is listed.
+    """
+    try:
+        wanted = {_proc_address(host, port)}
+    except ValueError:
+        wanted = set()  # A host name: matched by port on the wildcard only.
+    wanted |= {_proc_address("0.0.0.0", port), _proc_address("::", port)}
+    found: set[int] = set()
+    for family in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / family).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            listening = len(fields) > 9 and fields[3] == _LISTEN and fields[1] in wanted
+            if listening and fields[9] != "0":
+                found.add(int(fields[9]))
+    return found
+
+
+def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:
+    """The processes holding a descriptor on socket ``inode`` (or on any of a set of them).
 
     Args:
-        inode: The socket's inode (see :func:`socket_inode`).
+        inode: The socket's inode (see :func:`socket_inode`), or several.
         limit: Look at about this many descriptors at most, over all processes.
 
     Returns:
         The PIDs found, among the processes whose descriptors this user may list.
     """
-    target = f"socket:[{inode}]"
+    targets = {f"socket:[{i}]" for i in ({inode} if isinstance(inode, int) else inode)}
     owners: set[int] = set()
+    if not targets:
+        return owners
     seen = 0
     for proc in PROC.iterdir():
         if not proc.name.isdigit():
@@ -192,7 +225,7 @@ def socket_owners(inode: int, limit: int = 100_000) -> set[int]:
         for fd in fds:
             seen += 1
             try:
-                if os.readlink(fd) == target:
+                if os.readlink(fd) in targets:
                     owners.add(int(proc.name))
                     break
             except OSError:

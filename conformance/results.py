@@ -251,12 +251,13 @@ class RunResults:
             run.results[result.check.id] = result
 
     def ok(self) -> bool:
-        """No target failed a check that fails the run, no check erred, and every check ran."""
+        """No target failed a check that fails the run, no check erred, every check ran,
+        and no target's process exited during the run (even between two checks)."""
         return all(
             t.result(c).verdict not in (Verdict.FAIL, Verdict.ERROR) and t.result(c).ran
             for t in self.targets
             for c in self.checks
-        )
+        ) and not any(e.kind == "exited" for t in self.targets for e in t.events)
 
     def failed(self) -> list[CheckResult]:
         """Every result that fails the run (FAIL, ERROR), target by target."""

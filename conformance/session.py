@@ -32,7 +32,7 @@ from typing import Any
 from conformance.checks import Check, Outcome, Setup, run_check
 from conformance.checks.base import LIVENESS_PAYLOAD
 from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState, process_state
-from conformance.oracle import load_oracle
+from conformance.oracle import load_oracle, owes_replies
 from conformance.plan import RunPlan
 from conformance.report import FailureReport
 from conformance.results import NOT_RUN, CheckResult, RunResults, TargetRun, Verdict
@@ -250,6 +250,14 @@ class Session:
                 f"{outcome.error}",
                 replay=replay,
             )
+        if outcome.failure is None and outcome.unmeasured is not None:
+            return CheckResult(
+                outcome.check,
+                Verdict.SKIPPED,
+                outcome.duration,
+                reason=outcome.unmeasured,
+                replay=replay,
+            )
         verdict = Verdict.PASS
         if outcome.failure is not None:
             verdict = Verdict.FAIL if outcome.fails_run(self.plan.strict) else Verdict.NON_STRICT
@@ -267,7 +275,7 @@ class Session:
         assert self.board is not None
         ended = self.board.exit_during(name, state.generation, state.pid)
         silent = None
-        if ended is None and not outcome.passed and outcome.error is None:
+        if ended is None and outcome.failure is not None:
             silent = self._unanswered(setup)
             if silent is not None:
                 # Not served: perhaps it is exiting right now.
@@ -350,9 +358,7 @@ class Session:
         RST) within :data:`PROBE_TIMEOUT` seconds. Whether the reply is right
         is the checks' business, not this probe's.
         """
-        oracle = setup.oracle()
-        oracle.sent(LIVENESS_PAYLOAD)
-        owes = oracle.verdict().pending
+        owes = owes_replies(setup.oracle)
         address = setup.address
         try:
             sock = socket.create_connection((address.host, address.port), timeout=PROBE_TIMEOUT)

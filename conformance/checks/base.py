@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import trio
 
 from conformance.harness import CheckFailure, Harness, StepTimeout
-from conformance.oracle import EchoOracle, OracleFactory
+from conformance.oracle import EchoOracle, OracleFactory, oracle_name, owes_replies
 from conformance.profiles import DEFAULT, Profile
 from conformance.report import FailureReport
 from conformance.target import Address
@@ -104,6 +104,9 @@ class Check:
             checks do not run at once under xdist (one ``xdist_group``, and
             a lock per target).
         timeout: Seconds for the whole check, liveness included.
+        needs_replies: What it checks rests on the server's replies (load
+            round trips, replies piling up): under an oracle that owes none
+            (discard), it does not apply and is SKIPPED with that reason.
     """
 
     id: str
@@ -115,6 +118,7 @@ class Check:
     fault: bool = False
     heavy: bool = False
     timeout: float = 60.0
+    needs_replies: bool = False
 
     @property
     def line(self) -> str:
@@ -167,16 +171,21 @@ class Outcome:
         duration: Seconds it took.
         error: A fault in the check's own code (not the server's doing): the
             exception and a short stack; the check measured nothing.
+        unmeasured: Why part of what the check judges was not measured (the
+            server's process is not visible from here); with no failure, the
+            check is SKIPPED for it, not passed.
     """
 
     check: Check
     failure: FailureReport | None
     duration: float
     error: str | None = None
+    unmeasured: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.failure is None and self.error is None
+        """Everything the check judges was measured, and held."""
+        return self.failure is None and self.error is None and self.unmeasured is None
 
     @property
     def report(self) -> str:
@@ -185,7 +194,7 @@ class Outcome:
 
     def fails_run(self, strict: bool) -> bool:
         """Whether this outcome fails the run: a failed MUST, or any failure when strict."""
-        return not self.passed and (strict or self.check.level is Level.MUST)
+        return self.failure is not None and (strict or self.check.level is Level.MUST)
 
 
 LIVENESS_PAYLOAD = b"still alive?\x00\xff\r\n"
@@ -221,6 +230,14 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
         artifacts=setup.artifacts,
     )
     start = time.monotonic()
+    if check.needs_replies and not owes_replies(setup.oracle):
+        return Outcome(
+            check,
+            None,
+            0.0,
+            unmeasured=f"does not apply: it rests on the server's replies, and the "
+            f"{oracle_name(setup.oracle)} oracle owes none",
+        )
     failure: CheckFailure | None = None
     limit = check.timeout if timeout is None else max(0.0, min(timeout, check.timeout))
     try:
@@ -231,7 +248,8 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
             return Outcome(check, None, time.monotonic() - start, error=short_stack(exc))
     duration = time.monotonic() - start
     if failure is None:
-        return Outcome(check, None, duration)
+        unmeasured = "; ".join(dict.fromkeys(harness.unmeasured)) or None
+        return Outcome(check, None, duration, unmeasured=unmeasured)
     report = FailureReport.build(
         check_line=check.line,
         failure=failure,

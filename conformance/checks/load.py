@@ -103,10 +103,13 @@ async def faults_under_load(h: Harness) -> None:
 
 LOAD_CHECKS: tuple[Check, ...] = (
     Check("ECHO-LOAD-1", "200 connections x 200 round trips under load, every byte exact",
-          "load", Level.MUST, RFC862, many_round_trips, heavy=True, timeout=120.0),
+          "load", Level.MUST, RFC862, many_round_trips, heavy=True, timeout=120.0,
+          needs_replies=True),
     Check("ECHO-LOAD-2", "1,000 concurrent connections held and served, every byte exact",
-          "load", Level.SHOULD, RFC862, thousand_connections, heavy=True, timeout=120.0),
+          "load", Level.SHOULD, RFC862, thousand_connections, heavy=True, timeout=120.0,
+          needs_replies=True),
     Check("ECHO-LOAD-3", "Resets, half-closes, slow readers and a connect storm during load "
           "leave every other connection exact and the server serving", "load", Level.MUST,
-          RFC9293_RESET, faults_under_load, fault=True, heavy=True, timeout=90.0),
+          RFC9293_RESET, faults_under_load, fault=True, heavy=True, timeout=90.0,
+          needs_replies=True),
 )  # fmt: skip

@@ -171,3 +171,18 @@ def test_readings_of_a_child_that_exited_are_None() -> None:
     gone.close()  # Exited and reaped.
     assert procfs.cpu_seconds(pid) is None
     assert procfs.open_descriptors(pid) is None
+
+
+@pytest.mark.parametrize(("bind", "ask"), [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")])
+def test_listening_inodes_finds_a_listener_at_its_address_or_the_wildcard(
+    bind: str, ask: str
+) -> None:
+    with socket.socket() as listener:
+        listener.bind((bind, 0))
+        port = listener.getsockname()[1]
+        assert procfs.listening_inodes(ask, port) == set()  # Bound, not yet listening.
+        listener.listen(8)
+        inode = int(os.readlink(f"/proc/self/fd/{listener.fileno()}")[len("socket:[") : -1])
+        assert procfs.listening_inodes(ask, port) == {inode}
+        assert procfs.socket_owners({inode}) == {os.getpid()}
+    assert procfs.listening_inodes(ask, port) == set()
