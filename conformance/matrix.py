@@ -50,16 +50,13 @@ __all__ = [
 class BrokenServer:
     """One broken server: its name (the file's stem), its path, the checks that must catch it.
 
-    ``oracle`` is what judges it (its module's ``ORACLE``; default ``echo``);
-    ``reason`` is why each declared check must fail (its module's ``REASON``,
-    a regular expression the failure report must match).
+    ``oracle`` is what judges it (its module's ``ORACLE``; default ``echo``).
     """
 
     name: str
     path: Path
     caught_by: tuple[str, ...]
     oracle: str = "echo"
-    reason: str | None = None
 
     def spec(self) -> TargetSpec:
         """The ``--spawn`` target that runs it with this Python on a free port."""
@@ -109,7 +106,6 @@ def broken_servers(directory: Path) -> list[BrokenServer]:
             path,
             _caught_by(path),
             _module_string(path, "ORACLE") or "echo",
-            _module_string(path, "REASON"),
         )
         for path in sorted(directory.glob("*.py"))
         if not path.name.startswith("_")
