@@ -70,8 +70,6 @@ class Harness:
     Args:
         address: The target.
         oracle_factory: Makes one oracle per connection.
-        server_pid: The target's process, when the suite started it (for
-            checks that look at its descriptors); None otherwise.
         step_timeout: Default deadline of a step, in seconds.
         profile: How hard property checks search (:mod:`conformance.profiles`).
         scenario: A saved scenario that property checks replay instead of searching.
@@ -84,7 +82,6 @@ class Harness:
         address: Address,
         oracle_factory: OracleFactory,
         *,
-        server_pid: int | None = None,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         profile: Profile = DEFAULT,
         scenario: Path | None = None,
@@ -93,7 +90,6 @@ class Harness:
         self.address = address
         self.artifacts = artifacts
         self.oracle_factory = oracle_factory
-        self.server_pid = server_pid
         self.step_timeout = step_timeout
         self.profile = profile
         self.scenario = scenario

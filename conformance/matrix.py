@@ -127,7 +127,6 @@ def run_against(
         setup = Setup(
             running.address,
             load_oracle(oracle),
-            server_pid=running.pid,
             replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}{flag}",
             profile=PROFILES["ci"],
         )

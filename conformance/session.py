@@ -193,7 +193,6 @@ class Session:
         return Setup(
             state.address if state is not None else target.address,
             self._oracle,
-            server_pid=state.pid if state is not None else target.pid,
             replay=target.replay,
             profile=self.plan.profile,
             scenario=self.plan.scenario,

@@ -133,7 +133,6 @@ class Setup:
     Attributes:
         address: The target.
         oracle: Makes one oracle per connection.
-        server_pid: The target's process when the suite started it, else None.
         replay: The command that reruns a check, without ``--checks``;
             default: ``reactor-conformance run --target ADDRESS``.
         profile: How hard the property checks search.
@@ -143,7 +142,6 @@ class Setup:
 
     address: Address
     oracle: OracleFactory = EchoOracle
-    server_pid: int | None = None
     replay: str | None = None
     profile: Profile = DEFAULT
     scenario: Path | None = None
@@ -224,7 +222,6 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
     harness = Harness(
         setup.address,
         setup.oracle,
-        server_pid=setup.server_pid,
         profile=setup.profile,
         scenario=setup.scenario,
         artifacts=setup.artifacts,

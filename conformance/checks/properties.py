@@ -99,7 +99,6 @@ def _fresh(template: Harness) -> Harness:
     return Harness(
         template.address,
         template.oracle_factory,
-        server_pid=template.server_pid,
         step_timeout=template.profile.step_timeout,
         profile=template.profile,
         artifacts=template.artifacts,

@@ -66,7 +66,7 @@ def reference_single() -> Iterator[RunningTarget]:
 def test_check_passes_against_the_reference_single_server(
     check: Check, reference_single: RunningTarget
 ) -> None:
-    setup = Setup(reference_single.address, server_pid=reference_single.pid)
+    setup = Setup(reference_single.address)
     outcome = run_check(check, setup)
     assert outcome.passed, outcome.report
 
@@ -96,7 +96,6 @@ def test_check_fails_against_a_broken_server_with_a_useful_report(
     with serving(spec) as running:
         setup = Setup(
             running.address,
-            server_pid=running.pid,
             replay=f"reactor-conformance run --spawn '{spec.value}'",
         )
         outcome = run_check(by_id(check_id), setup)

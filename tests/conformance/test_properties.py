@@ -86,7 +86,7 @@ def test_profile_named_rejects_an_unknown_profile() -> None:
 
 def test_property_checks_pass_on_the_reference_server() -> None:
     with serving(TargetSpec.from_options(None, None, "pool")) as running:
-        setup = Setup(running.address, server_pid=running.pid, profile=CI)
+        setup = Setup(running.address, profile=CI)
         for check in properties.PROPERTY_CHECKS:
             outcome = run_check(check, setup)
             assert outcome.passed, outcome.report
@@ -95,7 +95,7 @@ def test_property_checks_pass_on_the_reference_server() -> None:
 def test_property_check_shrinks_a_nul_truncation_and_replays_it() -> None:
     check = next(c for c in properties.PROPERTY_CHECKS if c.id == "PROP-ECHO-1")
     with serving(TargetSpec.from_options(None, broken_spawn("truncates_at_nul"), None)) as running:
-        setup = Setup(running.address, server_pid=running.pid, profile=CI)
+        setup = Setup(running.address, profile=CI)
         outcome = run_check(check, setup)
         assert not outcome.passed
         # How far it shrinks depends on timing (a truncation shows as a wrong
