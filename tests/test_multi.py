@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 
 import pytest
@@ -20,11 +21,21 @@ def test_Server_multi_spreads_connections_over_the_sub_reactors(mode: str) -> No
         for i in range(12):
             with connect(server.address) as sock:
                 assert exchange(sock, b"hello %d" % i) == b"hello %d" % i
-        server.wait_for_log(ACCEPTED)
-        owners = collections.Counter(m.group(1) for m in server.log_matches(ACCEPTED))
+        # The log lines come a little after the replies: wait for the twelfth.
+        seen = _wait_for_lines(server, ACCEPTED, 12)
+        owners = collections.Counter(m.group(1) for m in seen)
     assert sorted(owners) == ["sub-1", "sub-2", "sub-3"]
     assert sum(owners.values()) == 12
     assert max(owners.values()) - min(owners.values()) <= 1, owners  # round-robin
+
+
+def _wait_for_lines(server: ServerProcess, pattern: str, count: int) -> list[re.Match[str]]:
+    """The first ``count`` stderr lines matching ``pattern``, waiting for each in turn."""
+    while True:
+        found = [(i, m) for i, m in enumerate(map(re.compile(pattern).search, server.stderr)) if m]
+        if len(found) >= count:
+            return [m for _, m in found[:count]]
+        server.wait_for_log(pattern, start=found[-1][0] + 1 if found else 0)
 
 
 def _sub_reactor_pids(server: ServerProcess, count: int) -> list[int]:
