@@ -55,6 +55,7 @@ __all__ = [
     "Divergence",
     "Ending",
     "Event",
+    "DEFAULT_MAX_CONNECTIONS",
     "Harness",
     "StepTimeout",
     "Transcript",
@@ -62,6 +63,10 @@ __all__ = [
 
 #: Seconds a step may take unless it says otherwise.
 DEFAULT_STEP_TIMEOUT = 5.0
+
+#: How many connections a server is taken to hold at most when its own
+#: descriptor limit cannot be read (``--max-connections``).
+DEFAULT_MAX_CONNECTIONS = 2048
 
 
 class Harness:
@@ -75,6 +80,8 @@ class Harness:
         scenario: A saved scenario that property checks replay instead of searching.
         artifacts: Where a check keeps what it leaves (a failing scenario);
             None: a folder in the temporary directory.
+        max_connections: How many connections the server is taken to hold
+            at most when its descriptor limit cannot be read.
     """
 
     def __init__(
@@ -86,8 +93,10 @@ class Harness:
         profile: Profile = DEFAULT,
         scenario: Path | None = None,
         artifacts: Path | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.address = address
+        self.max_connections = max_connections
         self.artifacts = artifacts
         self.oracle_factory = oracle_factory
         self.step_timeout = step_timeout

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from conformance.harness import CheckFailure, Harness, StepTimeout
+from conformance.harness import DEFAULT_MAX_CONNECTIONS, CheckFailure, Harness, StepTimeout
 from conformance.oracle import EchoOracle, OracleFactory, oracle_name, owes_replies
 from conformance.profiles import DEFAULT, Profile
 from conformance.report import FailureReport
@@ -138,6 +138,8 @@ class Setup:
         profile: How hard the property checks search.
         scenario: A saved scenario the property checks replay instead.
         artifacts: Where checks keep what they leave (failing scenarios).
+        max_connections: How many connections the server is taken to hold at
+            most when its own descriptor limit cannot be read (``--max-connections``).
     """
 
     address: Address
@@ -146,6 +148,7 @@ class Setup:
     profile: Profile = DEFAULT
     scenario: Path | None = None
     artifacts: Path | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
@@ -225,6 +228,7 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
         profile=setup.profile,
         scenario=setup.scenario,
         artifacts=setup.artifacts,
+        max_connections=setup.max_connections,
     )
     start = time.monotonic()
     if check.needs_replies and not owes_replies(setup.oracle):
