@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     list_parser = commands.add_parser(
         "list",
         help="List the checks",
-        description="List the checks of the catalogue: ID, level, category, spec, title.",
+        description="List the checks of the catalogue: ID, level, category, spec, title, "
+        "and the rules a check judges at their own levels.",
     )
     list_parser.set_defaults(command=list_checks)
 
@@ -179,6 +180,8 @@ def list_checks(args: argparse.Namespace) -> int:
         cells = (check.id, check.level.value, check.category)
         row = "  ".join(f"{cell:<{w}}" for cell, w in zip(cells, widths, strict=True))
         print(f"{row}  {check.spec}: {check.title}")
+        for rule in check.rules:
+            print(f"{'':<{widths[0]}}  judges {rule.line}")
     return EXIT_OK
 
 

@@ -16,12 +16,23 @@ from typing import TYPE_CHECKING
 import trio
 
 from conformance.oracle import Oracle, Verdict
-from conformance.transcript import CheckFailure, Divergence, Ending, Event, Transcript
+from conformance.rules import CLOSE_WITHIN, HALFCLOSE_CLOSE, HALFCLOSE_DATA
+from conformance.transcript import (
+    CheckFailure,
+    Divergence,
+    Ending,
+    Event,
+    StepTimeout,
+    Transcript,
+)
 
 if TYPE_CHECKING:
     from conformance.harness import Harness
 
 __all__ = ["Connection"]
+
+#: ``tcpi_state`` of a socket whose FIN the peer has acknowledged (linux/tcp_states.h).
+_TCP_FIN_WAIT2 = 5
 
 
 class Connection:
@@ -220,6 +231,57 @@ class Connection:
         self._judge(name)
         return self.transcript.ending
 
+    async def expect_owed_then_fin(
+        self,
+        *,
+        read_size: int = 65536,
+        step: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """After this client's FIN: read all that is owed, then the server's FIN.
+
+        The two parts are judged by their own rules (:mod:`conformance.rules`):
+        a byte lost or added, or a server that stops delivering while it
+        still owes bytes (``timeout`` bounds the wait for each next byte),
+        breaks HALFCLOSE-DATA (MUST); a server that then ends with an RST, or
+        does not close within :data:`~conformance.rules.CLOSE_WITHIN`
+        seconds, breaks HALFCLOSE-CLOSE (SHOULD).
+
+        Raises:
+            CheckFailure: Naming the rule broken.
+        """
+        name = step or f"read what {self.name} is owed after its FIN"
+        try:
+            await self.settle(read_size=read_size, step=name, timeout=timeout, idle=True)
+        except CheckFailure as exc:
+            raise exc.under(HALFCLOSE_DATA) from None
+        owed = len(self.transcript.received)
+        close = f"the server closes {self.name} within {CLOSE_WITHIN:g}s once nothing is owed"
+        try:
+            with self.harness.step(close, self, CLOSE_WITHIN):
+                while await self.recv_some(read_size):
+                    self._judge(close)
+            self.oracle.finish()
+            self._judge(close)
+        except StepTimeout:
+            raise CheckFailure(
+                f"the server sent all it owed after the client's FIN ({owed} bytes) but did "
+                f"not close its side within {CLOSE_WITHIN:g}s",
+                step=close,
+                transcript=self.transcript,
+                rule=HALFCLOSE_CLOSE,
+            ) from None
+        except CheckFailure as exc:
+            raise exc.under(HALFCLOSE_DATA) from None
+        if self.transcript.ending is Ending.RST:
+            raise CheckFailure(
+                f"the server sent all it owed after the client's FIN ({owed} bytes), then "
+                "ended with an RST, not a FIN",
+                step=close,
+                transcript=self.transcript,
+                rule=HALFCLOSE_CLOSE,
+            )
+
     async def exchange(
         self,
         data: bytes,
@@ -291,6 +353,27 @@ class Connection:
             ) from None
         self.transcript.events.append(Event(self.harness.elapsed(), "shutdown SHUT_WR"))
         await trio.lowlevel.checkpoint()
+
+    async def wait_fin_acknowledged(self, timeout: float) -> bool:
+        """Wait until the server's kernel has taken our FIN (``FIN_WAIT2``); False if not in time.
+
+        Our FIN leaves only after every byte queued before it, so this also
+        says that the server's kernel holds everything we sent. Linux only
+        (``TCP_INFO``); elsewhere it returns False at once.
+        """
+        info = getattr(socket, "TCP_INFO", None)
+        if info is None:
+            return False
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    state = self.sock.getsockopt(socket.IPPROTO_TCP, info, 8)[0]
+                except OSError:
+                    return False
+                if state == _TCP_FIN_WAIT2:
+                    return True
+                await trio.sleep(0.01)  # Polling the kernel's state, bounded by the timeout.
+        return False
 
     def reset(self) -> None:
         """Close with RST instead of FIN (``SO_LINGER`` with a zero timeout)."""

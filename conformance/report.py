@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from conformance.rules import by_rule_id
+
 if TYPE_CHECKING:
     from conformance.harness import CheckFailure, Transcript
 
@@ -118,6 +120,9 @@ class FailureReport:
         seen: When the target exited or stopped answering during the check:
             what the check itself saw (its own failure's headline), if it failed.
         stderr: The last lines of the target's stderr, when it exited.
+        rule: The rule broken (:mod:`conformance.rules`), when the check
+            judges several: its ID.
+        level: That rule's level, which decides the verdict; None: the check's.
     """
 
     check_line: str
@@ -133,6 +138,8 @@ class FailureReport:
     more: int = 0
     seen: str | None = None
     stderr: tuple[str, ...] = ()
+    rule: str | None = None
+    level: str | None = None
 
     @classmethod
     def build(
@@ -179,6 +186,7 @@ class FailureReport:
                     f"{e.at:.3f}s {e.action}" + (f" {e.size}" if e.size else "") for e in tail
                 )
         others = [t for t in transcripts if t is not transcript]
+        rule = failure.rule
         return cls(
             check_line=check_line,
             kind=type(failure).__name__,
@@ -191,6 +199,8 @@ class FailureReport:
             events=events,
             others=tuple(t.summary() for t in others[:OTHERS_SHOWN]),
             more=max(0, len(others) - OTHERS_SHOWN),
+            rule=rule.id if rule is not None else None,
+            level=rule.level.value if rule is not None else None,
         )
 
     def about_target(self, kind: str, message: str, stderr: Sequence[str] = ()) -> FailureReport:
@@ -212,6 +222,9 @@ class FailureReport:
     def render(self) -> str:
         """The report as text, several lines."""
         lines = [f"FAILED {self.check_line}", f"  {self.headline()}"]
+        rule = by_rule_id(self.rule) if self.rule is not None else None
+        if rule is not None:
+            lines.append(f"  broke {rule.line}")
         if self.seen is not None:
             lines.append(f"  the check saw: {self.seen}")
         if self.connection is not None:
@@ -259,6 +272,8 @@ class FailureReport:
             "replay": self.replay,
             "seen": self.seen,
             "stderr": list(self.stderr),
+            "rule": self.rule,
+            "level": self.level,
         }
 
     def to_data(self) -> dict[str, Any]:
@@ -279,6 +294,8 @@ class FailureReport:
         values["others"] = tuple(values["others"])
         values["stderr"] = tuple(values.get("stderr", ()))
         values.setdefault("seen", None)
+        values.setdefault("rule", None)
+        values.setdefault("level", None)
         return cls(divergence=divergence, **values)
 
 

@@ -63,6 +63,14 @@ def _check(check: Check) -> dict[str, Any]:
     }
 
 
+def _catalogue_entry(check: Check) -> dict[str, Any]:
+    rules = [
+        {"id": r.id, "level": r.level.value, "text": r.text, "spec": r.spec, "quote": r.quote}
+        for r in check.rules
+    ]
+    return {**_check(check), "rules": rules}
+
+
 def _result(result: CheckResult) -> dict[str, Any]:
     return {
         **_check(result.check),
@@ -107,7 +115,7 @@ def to_json(run: RunResults) -> dict[str, Any]:
         "oracle": run.oracle,
         "ok": run.ok(),
         "summary": _summary(run.totals()),
-        "checks": [_check(c) for c in run.checks],
+        "checks": [_catalogue_entry(c) for c in run.checks],
         "targets": [_target(t, run.checks) for t in run.targets],
     }
 

@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 
 from conformance.oracle import Verdict
+from conformance.rules import Rule
 
 __all__ = ["CheckFailure", "Divergence", "Ending", "Event", "StepTimeout", "Transcript"]
 
@@ -70,6 +71,8 @@ class CheckFailure(Exception):
         step: The step that failed, if any.
         transcript: The connection it failed on, if any.
         verdict: The oracle's verdict, for a wrong byte.
+        rule: The rule it broke (:mod:`conformance.rules`), when the check
+            judges several at different levels; None: the check's own.
     """
 
     def __init__(
@@ -79,12 +82,20 @@ class CheckFailure(Exception):
         step: str | None = None,
         transcript: Transcript | None = None,
         verdict: Verdict | None = None,
+        rule: Rule | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.step = step
         self.transcript = transcript
         self.verdict = verdict
+        self.rule = rule
+
+    def under(self, rule: Rule) -> CheckFailure:
+        """This failure, judged by ``rule`` (unless it already names one)."""
+        if self.rule is None:
+            self.rule = rule
+        return self
 
 
 class StepTimeout(CheckFailure):

@@ -1,7 +1,8 @@
 """Print the catalogue as a Markdown table; ``--write`` puts it into README.md.
 
-The table (ID, level, category, spec, title) is generated from
-``conformance.checks.CATALOGUE``; README.md keeps a copy between the
+The table (ID, level, category, spec, title), and the rules that checks judge
+at their own levels, are generated from ``conformance.checks.CATALOGUE`` and
+``conformance.rules.RULES``; README.md keeps a copy between the
 ``<!-- catalogue:start -->`` and ``<!-- catalogue:end -->`` markers, and a
 test fails when that copy is stale. Only the text between the markers is
 replaced; the rest of the file is read again just before writing and kept.
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from conformance.checks import CATALOGUE  # noqa: E402
+from conformance.rules import RULES  # noqa: E402
 
 START = "<!-- catalogue:start -->"
 END = "<!-- catalogue:end -->"
@@ -39,7 +41,22 @@ def table() -> str:
         "|---|---|---|---|---|",
     ]
     for check in CATALOGUE:
-        cells = (f"`{check.id}`", check.level.value, check.category, check.spec, check.title)
+        level = check.level.value
+        if check.rules:
+            level += " (" + ", ".join(f"{r.id} {r.level.value}" for r in check.rules) + ")"
+        cells = (f"`{check.id}`", level, check.category, check.spec, check.title)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += [
+        "",
+        "Where one behaviour has parts at different levels, each part is a rule, and every "
+        "check that touches the behaviour judges it by the same rules (in parentheses above); "
+        "a failure names the rule it broke, and that rule's level decides:",
+        "",
+        "| Rule | Level | What a conforming server does | Spec | Its words |",
+        "|---|---|---|---|---|",
+    ]
+    for rule in RULES:
+        cells = (f"`{rule.id}`", rule.level.value, rule.text, rule.spec, f'"{rule.quote}"')
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

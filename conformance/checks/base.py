@@ -25,7 +25,6 @@ The catalogue itself is assembled in :mod:`conformance.checks`.
 
 from __future__ import annotations
 
-import enum
 import inspect
 import threading
 import time
@@ -41,6 +40,7 @@ from conformance.harness import DEFAULT_MAX_CONNECTIONS, CheckFailure, Harness, 
 from conformance.oracle import EchoOracle, OracleFactory, oracle_name, owes_replies
 from conformance.profiles import DEFAULT, Profile
 from conformance.report import FailureReport
+from conformance.rules import Level, Rule
 from conformance.target import Address
 
 __all__ = [
@@ -75,16 +75,11 @@ KIB = 1024
 MIB = 1024 * KIB
 
 
-class Level(enum.Enum):
-    """Requirement levels, as in RFC 2119."""
-
-    MUST = "MUST"
-    SHOULD = "SHOULD"
-    MAY = "MAY"
-
-
 #: The body of a check: drives the harness, raises CheckFailure on a failure.
 CheckBody = Callable[[Harness], Awaitable[None]]
+
+
+_STRICTNESS = {Level.MUST: 0, Level.SHOULD: 1, Level.MAY: 2}
 
 
 @dataclass(frozen=True)
@@ -107,6 +102,9 @@ class Check:
         needs_replies: What it checks rests on the server's replies (load
             round trips, replies piling up): under an oracle that owes none
             (discard), it does not apply and is SKIPPED with that reason.
+        rules: The rules (:mod:`conformance.rules`) it judges besides its own
+            level: a failure that names one of them is judged at that rule's
+            level. ``level`` is then the strictest of them.
     """
 
     id: str
@@ -119,11 +117,22 @@ class Check:
     heavy: bool = False
     timeout: float = 60.0
     needs_replies: bool = False
+    rules: tuple[Rule, ...] = ()
+
+    def __post_init__(self) -> None:
+        strictest = min((_STRICTNESS[r.level] for r in self.rules), default=None)
+        if strictest is not None and _STRICTNESS[self.level] != strictest:
+            raise ValueError(f"{self.id}: its level must be the strictest of its rules'")
 
     @property
     def line(self) -> str:
         """The check in one line: ID, level, category, spec, title (a report's first line)."""
-        return f"{self.id} ({self.level.value}, {self.category}; {self.spec}): {self.title}"
+        return self.line_for(None)
+
+    def line_for(self, rule: Rule | None) -> str:
+        """:attr:`line` for a failure of ``rule``: its level and ID instead of the check's."""
+        level = self.level.value if rule is None else f"{rule.level.value} {rule.id}"
+        return f"{self.id} ({level}, {self.category}; {self.spec}): {self.title}"
 
 
 @dataclass(frozen=True)
@@ -193,9 +202,16 @@ class Outcome:
         """The bug report as text; empty for a pass."""
         return self.failure.render() if self.failure is not None else ""
 
+    @property
+    def level(self) -> Level:
+        """The level of what failed: the broken rule's, else the check's own."""
+        if self.failure is not None and self.failure.level is not None:
+            return Level(self.failure.level)
+        return self.check.level
+
     def fails_run(self, strict: bool) -> bool:
         """Whether this outcome fails the run: a failed MUST, or any failure when strict."""
-        return self.failure is not None and (strict or self.check.level is Level.MUST)
+        return self.failure is not None and (strict or self.level is Level.MUST)
 
 
 LIVENESS_PAYLOAD = b"still alive?\x00\xff\r\n"
@@ -252,7 +268,7 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
         unmeasured = "; ".join(dict.fromkeys(harness.unmeasured)) or None
         return Outcome(check, None, duration, unmeasured=unmeasured)
     report = FailureReport.build(
-        check_line=check.line,
+        check_line=check.line_for(failure.rule),
         failure=failure,
         transcripts=harness.transcripts,
         replay=setup.replay_command(check),

@@ -5,8 +5,9 @@ How this works
 Each connection's script runs in its own task (:class:`_Runner`), with a
 reader beside it that reads while the script sends (unless the script stops
 reading for a while); at the end each connection reads what it is still
-owed, or, after a half-close, reads to the server's FIN, and the oracle
-judges the whole exchange. Every step runs under the harness's deadlines.
+owed, or, after a half-close, reads the rest and then the server's FIN (each
+part judged by its rule, :mod:`conformance.rules`), and the oracle judges the
+whole exchange. Every step runs under the harness's deadlines.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class _Runner:
                         half_closed = True
             await self._stop_reader()
         if half_closed:
-            await conn.expect_eof(step=f"{self.name}: read the rest after the half-close, then FIN")
+            await conn.expect_owed_then_fin(step=f"{self.name}: read the rest after the half-close")
         else:
             # Megabytes may still be owed through a tiny window: a hang is a
             # server that stops delivering, not one that delivers slowly.

@@ -51,6 +51,7 @@ from conformance.checks.base import (
     first_failure,
     run_in_thread,
 )
+from conformance.checks.core import HALF_CLOSE
 from conformance.checks.interpreter import interpret
 from conformance.harness import CheckFailure, Harness
 from conformance.profiles import PROFILES, Limits
@@ -156,7 +157,11 @@ def _failure_report(
     if blob:
         lines.append(blob)
     return CheckFailure(
-        "\n".join(lines), step=failure.step, transcript=failure.transcript, verdict=failure.verdict
+        "\n".join(lines),
+        step=failure.step,
+        transcript=failure.transcript,
+        verdict=failure.verdict,
+        rule=failure.rule,
     )
 
 
@@ -295,6 +300,7 @@ PROPERTY_CHECKS: tuple[Check, ...] = (
           RFC9293_RESET, _property(_reset_scenarios, check_liveness=True), fault=True,
           heavy=True, timeout=240.0),
     Check("PROP-HALFCLOSE-1", "For any scenario ending in half-closes, each half-closed "
-          "connection gets all it is owed, then FIN", "property", Level.SHOULD, RFC9293_CLOSE,
-          _property(_half_close_scenarios), heavy=True, timeout=240.0),
+          "connection gets all it is owed (MUST), then FIN, not RST (SHOULD)", "property",
+          Level.MUST, RFC9293_CLOSE, _property(_half_close_scenarios), heavy=True,
+          timeout=240.0, rules=HALF_CLOSE),
 )  # fmt: skip

@@ -60,7 +60,7 @@ from conformance.load.result import LoadResult
 from conformance.load.spec import LoadSpec, reply_oracle
 from conformance.oracle import EchoOracle
 
-__all__ = ["Driver"]
+__all__ = ["FAULT_SUFFIX", "Driver"]
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -74,6 +74,10 @@ _SLOW_READER = ClientState.SLOW_READER
 _HALF_CLOSED = ClientState.HALF_CLOSED
 _IDLE = ClientState.IDLE
 _CLOSED = ClientState.CLOSED
+
+#: What an error's kind gets when it happened on a connection a fault struck.
+FAULT_SUFFIX = " after "
+_FAULT_OF = {_HALF_CLOSED: "half-close", _SLOW_READER: "slow-reader"}
 _REPLIED = ClientEvent.REPLIED
 
 
@@ -264,9 +268,28 @@ class Driver:
             client.events = events
 
     def error(
-        self, kind: str, client: Client | None, detail: str, *, times: int = 1, **extra: Any
+        self,
+        kind: str,
+        client: Client | None,
+        detail: str,
+        *,
+        times: int = 1,
+        state: ClientState | None = None,
+        **extra: Any,
     ) -> None:
-        """Count ``times`` errors of ``kind``; the run's first is kept with its details."""
+        """Count ``times`` errors of ``kind``; the run's first is kept with its details.
+
+        An error on a connection a fault struck (half-closed, a slow reader;
+        ``state``, default: the client's state now) is counted as
+        ``KIND after FAULT`` (:data:`FAULT_SUFFIX`), so that a check can judge
+        the fault connections by the rules of their fault and the others by its own.
+        """
+        if state is None and client is not None:
+            state = client.state
+        fault = _FAULT_OF.get(state) if state is not None else None
+        if fault is not None:
+            kind = f"{kind}{FAULT_SUFFIX}{fault}"
+            extra["fault"] = fault
         self.result.errors[kind] += times
         if self.spec.stop_on_error:
             self.halted = True
@@ -433,6 +456,7 @@ class Driver:
                 client,
                 f"server closed the connection with {len(client.expect)} bytes still owed",
                 offset=client.verified,
+                state=state,
             )
         self.replace(client)
 

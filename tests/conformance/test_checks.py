@@ -85,7 +85,21 @@ def test_check_passes_against_the_reference_single_server(
         (
             "ignores_half_close",
             "ECHO-HALFCLOSE-2",
-            ["the server closes after an empty half-closed stream", "within 5s"],
+            [
+                "(SHOULD HALFCLOSE-CLOSE,",
+                "did not close its side within 5s",
+                "broke HALFCLOSE-CLOSE (SHOULD)",
+            ],
+        ),
+        (
+            "resets_after_half_close",
+            "ECHO-HALFCLOSE-2",
+            ["(SHOULD HALFCLOSE-CLOSE,", "then ended with an RST, not a FIN"],
+        ),
+        (
+            "closes_on_eof",
+            "ECHO-HALFCLOSE-1",
+            ["(MUST HALFCLOSE-DATA,", "bytes never echoed", "ended: FIN from the server"],
         ),
     ],
 )
@@ -105,6 +119,6 @@ def test_check_fails_against_a_broken_server_with_a_useful_report(
     for needle in needles:
         assert needle in report, report
     assert report.rstrip().endswith(f"--checks {check_id}")
-    strict_only = outcome.check.level is not Level.MUST
+    strict_only = outcome.level is not Level.MUST
     assert outcome.fails_run(strict=False) is not strict_only
     assert outcome.fails_run(strict=True)

@@ -36,8 +36,12 @@ def assert_one_line_error(
 def test_list_names_every_check_with_level_and_spec_aligned() -> None:
     result = run_cli("list")
     assert result.returncode == 0
-    lines = result.stdout.splitlines()
+    everything = result.stdout.splitlines()
+    lines = [line for line in everything if not line.startswith(" ")]
     assert len(lines) == len(CATALOGUE)
+    rules = [line.split()[1] for line in everything if line.startswith(" ")]
+    assert rules == [rule.id for check in CATALOGUE for rule in check.rules]
+    assert "HALFCLOSE-CLOSE" in rules
     for line, check in zip(lines, CATALOGUE, strict=True):
         assert line.split()[:2] == [check.id, check.level.value]
         assert check.spec in line
