@@ -309,7 +309,7 @@ def test_errors_on_half_closed_connections_are_counted_apart_and_judged_by_their
         outcome = run_check(by_id("ECHO-LOAD-3"), Setup(Address(host, port)))
     finally:
         server.close()
-    assert result.errors == {"eof after half-close": 1}, result.to_data()
+    assert set(result.errors) == {"eof after half-close"}, result.to_data()
     assert result.first_error is not None
     assert result.first_error["fault"] == "half-close"
     assert outcome.failure is not None
