@@ -235,10 +235,15 @@ class Connection:
         self,
         *,
         read_size: int = 65536,
+        pause: float = 0.0,
+        pause_every: int = 0,
         step: str | None = None,
         timeout: float | None = None,
     ) -> None:
         """After this client's FIN: read all that is owed, then the server's FIN.
+
+        ``pause`` seconds every ``pause_every`` reads make a slow reader: the
+        server's replies then wait in its own buffer, not only in the kernel's.
 
         The two parts are judged by their own rules (:mod:`conformance.rules`):
         a byte lost or added, or a server that stops delivering while it
@@ -252,7 +257,14 @@ class Connection:
         """
         name = step or f"read what {self.name} is owed after its FIN"
         try:
-            await self.settle(read_size=read_size, step=name, timeout=timeout, idle=True)
+            await self.settle(
+                read_size=read_size,
+                pause=pause,
+                pause_every=pause_every,
+                step=name,
+                timeout=timeout,
+                idle=True,
+            )
         except CheckFailure as exc:
             raise exc.under(HALFCLOSE_DATA) from None
         owed = len(self.transcript.received)

@@ -216,7 +216,10 @@ async def half_close_with_replies_queued(h: Harness) -> None:
     )
     await conn.shutdown_write()
     await conn.expect_owed_then_fin(
-        step=f"after the FIN, read back all {sent} bytes through a 4 KiB window", timeout=10.0
+        pause=0.001,
+        pause_every=4,
+        step=f"after the FIN, read back all {sent} bytes through a 4 KiB window",
+        timeout=10.0,
     )
 
 
