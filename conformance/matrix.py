@@ -13,10 +13,10 @@ it, :func:`broken_servers`):
   sensitive (``(?i)`` in the pattern makes it insensitive). It names why the
   bug fails the check (``byte \\d+ differs``, ``descriptor leak``), not the
   check: catchers that fail with different messages share one pattern by
-  alternation (``Connection refused|RST from the server``). It must not match
-  the empty string (it would match any report), and should not match the
-  report's first line (the check) nor its last (the replay command, which
-  holds the server's file name): the meta test holds it to that.
+  alternation (``cannot connect \\w+ to|ended: (?:RST|FIN) from the server``).
+  It must not match the empty string (it would match any report), and should
+  not match the report's first line (the check) nor its last (the replay
+  command, which holds the server's file name): the meta test holds it to that.
 
 A check *catches* a server when it fails against it (a SHOULD that fails
 counts: it is reported, as non-strict), and catches it *for its reason* when
