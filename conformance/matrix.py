@@ -2,17 +2,34 @@
 
 How this works
 --------------
-A broken server is a Python module with one bug that declares, in its
-module-level ``CAUGHT_BY`` tuple, the checks that must catch it (read
-without importing it, :func:`broken_servers`). A check *catches* a server
-when it fails against it (a SHOULD that fails counts: it is reported, as
-non-strict). Every cell (:func:`run_matrix`) runs against a fresh server, so
-a server that one check crashed cannot make the next look caught; each server
-is stopped by its process group after its check. Property checks search with
-the ``ci`` profile (derandomized), so every run draws the same scenarios.
+A broken server is a Python module with one bug that declares, at module
+level, the checks that must catch it and why (both read without importing
+it, :func:`broken_servers`):
 
-Cells (:meth:`Cell.mark`): ``**X**`` declared and caught; ``x`` caught, not
-declared; ``MISSED`` declared but not caught; ``.`` not caught, not declared.
+- ``CAUGHT_BY``: a tuple of check IDs;
+- ``REASON``: one regular expression (a string literal, ``r"..."``) that the
+  rendered failure report (:attr:`Outcome.report`, ``FailureReport.render()``)
+  of *every* check in ``CAUGHT_BY`` must match, with :func:`re.search`, case
+  sensitive (``(?i)`` in the pattern makes it insensitive). It names why the
+  bug fails the check (``byte \\d+ differs``, ``descriptor leak``), not the
+  check: catchers that fail with different messages share one pattern by
+  alternation (``cannot connect \\w+ to|ended: (?:RST|FIN) from the server``).
+  It must not match the empty string (it would match any report), and should
+  not match the report's first line (the check) nor its last (the replay
+  command, which holds the server's file name): the meta test holds it to that.
+
+A check *catches* a server when it fails against it (a SHOULD that fails
+counts: it is reported, as non-strict), and catches it *for its reason* when
+its report also matches ``REASON``. Every cell (:func:`run_matrix`) runs
+against a fresh server, so a server that one check crashed cannot make the
+next look caught; each server is stopped by its process group after its
+check. Property checks search with the ``ci`` profile (derandomized), so
+every run draws the same scenarios.
+
+Cells (:meth:`Cell.mark`): ``**X**`` declared and caught for its reason;
+``WRONG`` declared and caught for another reason (a declared catch that
+does not hold: it counts as missed); ``MISSED`` declared but not caught;
+``x`` caught, not declared; ``.`` not caught, not declared.
 The meta test (``tests/conformance/test_broken_servers.py``) and the maintainer
 script ``tools/kill_matrix.py`` both use this module.
 """
@@ -21,6 +38,7 @@ from __future__ import annotations
 
 import ast
 import multiprocessing
+import re
 import shlex
 import sys
 import time
@@ -50,13 +68,20 @@ __all__ = [
 class BrokenServer:
     """One broken server: its name (the file's stem), its path, the checks that must catch it.
 
-    ``oracle`` is what judges it (its module's ``ORACLE``; default ``echo``).
+    ``reason`` is its module's ``REASON``: the pattern every declared check's
+    failure report must match (:meth:`explains`). ``oracle`` is what judges
+    it (its module's ``ORACLE``; default ``echo``).
     """
 
     name: str
     path: Path
     caught_by: tuple[str, ...]
+    reason: str
     oracle: str = "echo"
+
+    def explains(self, report: str) -> bool:
+        """Whether ``report`` (a rendered failure report) matches ``reason``: names this bug."""
+        return re.search(self.reason, report) is not None
 
     def spec(self) -> TargetSpec:
         """The ``--spawn`` target that runs it with this Python on a free port."""
@@ -98,13 +123,57 @@ def _caught_by(path: Path) -> tuple[str, ...]:
     raise ValueError(f"{path}: no CAUGHT_BY = ('ECHO-...', ...) tuple at module level")
 
 
+def _reason(path: Path) -> str:
+    """The ``REASON`` pattern of a server module, read without importing it.
+
+    Raises:
+        ValueError: The module has no ``REASON`` string literal at module
+            level, or it is not a valid regular expression, or it matches the
+            empty string (and so any report).
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "REASON"
+        ):
+            if not (isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                raise ValueError(
+                    f"{path}: REASON must be a string literal (a regular expression, r'...')"
+                )
+            pattern = node.value.value
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"{path}: REASON {pattern!r} is not a valid regular expression: {exc}"
+                ) from None
+            if compiled.search("") is not None:
+                raise ValueError(
+                    f"{path}: REASON {pattern!r} matches the empty string, so any report: "
+                    "name why the bug fails its checks"
+                )
+            return pattern
+    raise ValueError(
+        f"{path}: no REASON = r'...' at module level (the pattern every failure report "
+        "of its CAUGHT_BY checks must match)"
+    )
+
+
 def broken_servers(directory: Path) -> list[BrokenServer]:
-    """Every broken server in ``directory`` (modules named ``_*`` are shared code)."""
+    """Every broken server in ``directory`` (modules named ``_*`` are shared code).
+
+    Raises:
+        ValueError: A server's ``CAUGHT_BY`` or ``REASON`` is missing or invalid.
+    """
     return [
         BrokenServer(
             path.stem,
             path,
             _caught_by(path),
+            _reason(path),
             _module_string(path, "ORACLE") or "echo",
         )
         for path in sorted(directory.glob("*.py"))
@@ -143,7 +212,19 @@ def catches(server: BrokenServer, check: Check) -> Outcome:
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the matrix."""
+    """One cell of the matrix.
+
+    Attributes:
+        server: The broken server's name.
+        check: The check's ID.
+        declared: The check is in the server's ``CAUGHT_BY``.
+        caught: The check failed against the server.
+        seconds: How long the cell took.
+        reason: The first line of the failure's headline (or why the server
+            did not start); empty when the check passed.
+        for_reason: The check failed and its report matches the server's
+            ``REASON`` (:meth:`BrokenServer.explains`).
+    """
 
     server: str
     check: str
@@ -151,11 +232,20 @@ class Cell:
     caught: bool
     seconds: float
     reason: str = ""
+    for_reason: bool = False
+
+    @property
+    def holds(self) -> bool:
+        """A declared cell caught its server for the server's reason (always true if undeclared)."""
+        return not self.declared or (self.caught and self.for_reason)
 
     @property
     def mark(self) -> str:
+        """``**X**``, ``WRONG``, ``MISSED``, ``x`` or ``.`` (see the module's docstring)."""
         if self.declared:
-            return "**X**" if self.caught else "MISSED"
+            if not self.caught:
+                return "MISSED"
+            return "**X**" if self.for_reason else "WRONG"
         return "x" if self.caught else "."
 
 
@@ -176,6 +266,7 @@ def _cell(server: BrokenServer, check_id: str) -> Cell:
         outcome.failure is not None,
         time.monotonic() - start,
         outcome.failure.headline().split("\n", 1)[0] if outcome.failure is not None else "",
+        outcome.failure is not None and server.explains(outcome.report),
     )
 
 

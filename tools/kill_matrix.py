@@ -5,15 +5,25 @@
     python tools/kill_matrix.py --servers crashes_on_reset --checks ECHO-RESET-1
 
 Each broken server in ``fixtures/servers/broken/`` has one bug and declares,
-in its module-level ``CAUGHT_BY`` tuple, the checks that must catch it. A
-check *catches* a server when it fails against it (a SHOULD that fails
-counts: it is reported, as non-strict). Every cell runs against a fresh
-server, so a server that one check crashed cannot make the next look caught.
+in its module-level ``CAUGHT_BY`` tuple, the checks that must catch it, and
+in ``REASON`` a regular expression that each of their failure reports must
+match (why the bug fails them). A check *catches* a server when it fails
+against it (a SHOULD that fails counts: it is reported, as non-strict).
+Every cell runs against a fresh server, so a server that one check crashed
+cannot make the next look caught.
 
-Cells: ``**X**`` declared and caught; ``x`` caught, not declared; ``MISSED``
-declared but not caught; ``.`` not caught, not declared.
+Cells: ``**X**`` declared and caught for its reason; ``WRONG`` declared and
+caught for another reason (the report does not match ``REASON``); ``MISSED``
+declared but not caught; ``x`` caught, not declared; ``.`` not caught, not
+declared. Each WRONG and MISSED cell is listed on stderr with its headline.
 
-Exit status: 0 when every declared check caught its server, 1 otherwise.
+JSON: ``servers`` (each server's ``caught_by``), ``reasons`` (each server's
+``REASON``), ``checks``, and ``cells``, each with ``declared``, ``caught``,
+``for_reason`` (its report matches the server's ``REASON``), ``mark`` and
+``reason`` (the first line of its headline).
+
+Exit status: 0 when every declared check caught its server for its reason,
+1 otherwise (a WRONG or MISSED cell).
 Every server is stopped by its PID (its process group) after its check. The
 matrix itself is :mod:`conformance.matrix`; this script picks the servers,
 prints the table and writes the JSON.
@@ -64,21 +74,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     cells = run_matrix(servers, checks, max(1, args.jobs))
     print(markdown(servers, checks, cells))
-    missed = [c for c in cells if c.declared and not c.caught]
+    missed = [c for c in cells if not c.holds]
     print(
         f"\n{len(servers)} broken servers x {len(checks)} checks in "
-        f"{time.monotonic() - start:.0f}s; {len(missed)} declared catch(es) missed",
+        f"{time.monotonic() - start:.0f}s; {len(missed)} declared catch(es) missed "
+        f"({sum(c.caught for c in missed)} of them caught for another reason)",
         file=sys.stderr,
     )
+    reasons = {s.name: s.reason for s in servers}
     for cell in missed:
-        print(f"MISSED: {cell.check} did not catch {cell.server} {cell.reason}", file=sys.stderr)
+        if cell.caught:
+            print(
+                f"WRONG: {cell.check} caught {cell.server} for another reason than "
+                f"{reasons[cell.server]!r}: {cell.reason}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"MISSED: {cell.check} did not catch {cell.server} {cell.reason}", file=sys.stderr
+            )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
                 {
                     "servers": {s.name: list(s.caught_by) for s in servers},
+                    "reasons": reasons,
                     "checks": [c.id for c in checks],
-                    "cells": [asdict(c) for c in cells],
+                    "cells": [asdict(c) | {"mark": c.mark} for c in cells],
                 },
                 indent=2,
             )
