@@ -45,6 +45,7 @@ CORRECT_CHECKS = (
     "ECHO-HALFCLOSE-1",
     "ECHO-HALFCLOSE-3",
     "ECHO-RESET-1",
+    "ECHO-RESET-3",
     "ECHO-CPU-1",
     "ECHO-MEM-1",
 )
