@@ -24,6 +24,7 @@ The ``/proc`` readings, and the facts about ``/proc`` they rely on, are in
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 import trio
 
@@ -46,6 +47,7 @@ from conformance.procfs import (
 __all__ = [
     "RESOURCE_CHECKS",
     "cpu_seconds",
+    "name_processes",
     "require_processes",
     "resident_bytes",
     "server_processes",
@@ -77,6 +79,14 @@ def server_processes(h: Harness, conn: Connection | None = None) -> set[int]:
             if inode is not None:
                 pids |= socket_owners(inode)
     return {pid for pid in pids if cpu_seconds(pid) is not None}
+
+
+def name_processes(pids: Iterable[int]) -> str:
+    """``process 12`` or ``processes 12, 34``, for a message."""
+    ordered = sorted(pids)
+    if len(ordered) == 1:
+        return f"process {ordered[0]}"
+    return f"processes {', '.join(map(str, ordered))}"
 
 
 def require_processes(h: Harness, pids: set[int], what: str) -> bool:
@@ -166,10 +176,6 @@ HOG_TAKEN_LIMIT = 64 * MIB
 HOG_RSS_LIMIT = 48 * MIB
 
 
-def _processes(pids: list[int]) -> str:
-    return f"process {pids[0]}" if len(pids) == 1 else f"processes {', '.join(map(str, pids))}"
-
-
 async def memory_bounded_under_non_readers(h: Harness) -> None:
     hogs = [await h.connect(f"hog{i}", rcvbuf=4096) for i in range(HOGS)]
     pids: set[int] = set()
@@ -215,7 +221,7 @@ async def memory_bounded_under_non_readers(h: Harness) -> None:
     if total > HOG_RSS_LIMIT:
         grew = [pid for pid, growth in grown.items() if growth > 0]
         problems.append(
-            f"the server's resident memory ({_processes(grew)}) grew by {total / MIB:.1f} MiB "
+            f"the server's resident memory ({name_processes(grew)}) grew by {total / MIB:.1f} MiB "
             f"while {HOGS} clients sent {sum(taken.values()) / MIB:.1f} MiB without reading "
             f"(limit {HOG_RSS_LIMIT // MIB} MiB in all, {HOG_RSS_LIMIT / HOGS / MIB:g} MiB a "
             "client): it keeps too much for each connection that does not read"
