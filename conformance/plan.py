@@ -27,6 +27,7 @@ from typing import Any
 
 from conformance.checks import CATALOGUE, CATEGORIES, Check
 from conformance.errors import UsageError
+from conformance.harness import DEFAULT_MAX_CONNECTIONS
 from conformance.health import MAX_RESTARTS
 from conformance.oracle import load_oracle
 from conformance.profiles import DEFAULT, PROFILES, Profile
@@ -42,6 +43,7 @@ __all__ = [
     "add_options",
     "artifacts_dir",
     "check_report_path",
+    "max_connections",
     "plan_from_options",
     "run_timeout",
     "scenario_file",
@@ -162,6 +164,15 @@ OPTIONS: tuple[Option, ...] = (
         settings={"metavar": "SECONDS"},
     ),
     Option(
+        "--max-connections",
+        "max_connections",
+        "How many connections the server is taken to hold at most when its descriptor "
+        "limit cannot be read from /proc (it runs as another user, in a container, on "
+        "another host): ECHO-LIMIT-1 opens more than this "
+        f"(default: {DEFAULT_MAX_CONNECTIONS})",
+        settings={"metavar": "N"},
+    ),
+    Option(
         "--no-restart",
         "no_restart",
         "A started server that exits during a check is not started again: the remaining "
@@ -245,6 +256,8 @@ class RunPlan:
         restart: A started server that exits is started again for the next check.
         artifacts: Where failing scenarios and server logs go; None: a
             directory made when the run starts.
+        max_connections: How many connections a server whose descriptor
+            limit cannot be read is taken to hold at most.
     """
 
     targets: tuple[TargetSpec, ...]
@@ -260,6 +273,7 @@ class RunPlan:
     timeout: float | None = None
     restart: bool = True
     artifacts: Path | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def bound(self, start: float = TARGET_START_BOUND) -> float:
         """Seconds the run takes at most: each check's deadline plus its probes, per target.
@@ -283,6 +297,8 @@ class RunPlan:
             words.append(_BY_DEST["conformance_strict"].name(self.front))
         if self.profile is not DEFAULT:
             words += [_BY_DEST["conformance_profile"].name(self.front), self.profile.name]
+        if self.max_connections != DEFAULT_MAX_CONNECTIONS:
+            words += [_BY_DEST["max_connections"].name(self.front), str(self.max_connections)]
         return shlex.join(words)
 
     def to_data(self) -> dict[str, Any]:
@@ -301,6 +317,7 @@ class RunPlan:
             "timeout": self.timeout,
             "restart": self.restart,
             "artifacts": str(self.artifacts) if self.artifacts is not None else None,
+            "max_connections": self.max_connections,
         }
 
     @classmethod
@@ -320,6 +337,7 @@ class RunPlan:
             timeout=data["timeout"],
             restart=data["restart"],
             artifacts=Path(data["artifacts"]) if data["artifacts"] is not None else None,
+            max_connections=data["max_connections"],
         )
 
 
@@ -361,6 +379,7 @@ def plan_from_options(
         timeout=run_timeout(values.conformance_timeout),
         restart=not values.no_restart,
         artifacts=artifacts_dir(values.artifacts, values.report_json),
+        max_connections=max_connections(values.max_connections),
     )
 
 
@@ -442,6 +461,26 @@ def run_timeout(text: str | float | None) -> float | None:
         raise UsageError(f"--timeout {text}: not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"--timeout {text}: give a number of seconds above 0")
+    return value
+
+
+def max_connections(text: str | int | None) -> int:
+    """The count of ``--max-connections``: a whole number above zero; default when not given.
+
+    Raises:
+        UsageError: It is not one.
+    """
+    if text is None:
+        return DEFAULT_MAX_CONNECTIONS
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(
+            f"--max-connections {text}: not a whole number of connections; give one "
+            f"above 0, for example {DEFAULT_MAX_CONNECTIONS}"
+        ) from None
+    if value <= 0:
+        raise UsageError(f"--max-connections {text}: give a number of connections above 0")
     return value
 
 

@@ -1,11 +1,12 @@
-"""What ``/proc`` says about a process: descriptors, CPU, memory, children, sockets.
+"""What ``/proc`` says about a process: descriptors, their limit, CPU, memory, children, sockets.
 
 How this works
 --------------
 Each reading is one function over a PID, and each file of ``/proc`` is parsed
 in exactly one place here: ``stat`` by :func:`_stat_fields` (CPU time, parent),
 ``status`` by :func:`_status_bytes` (resident memory, its peak), ``fd/`` by
-:func:`open_descriptors` and :func:`socket_owners`, ``task/*/children`` by
+:func:`open_descriptors` and :func:`socket_owners`, ``limits`` by
+:func:`descriptor_limit`, ``task/*/children`` by
 :func:`children`, ``net/tcp*`` by :func:`socket_inode` and :func:`listening_inodes`.
 
 A process can exit between two readings, or belong to another user; every
@@ -25,6 +26,10 @@ Facts about ``/proc`` these rely on
 - ``/proc/PID/fd/`` holds one link per open descriptor; listing it needs the
   rights to ptrace the process (the same user, in practice). A socket's link
   reads ``socket:[INODE]``.
+- ``/proc/PID/limits``: one line per resource limit, in columns padded with
+  spaces: the name (itself several words), the soft limit, the hard limit and
+  the units, for example ``Max open files  1024  524288  files``; a limit
+  without a bound reads ``unlimited``. Anyone may read it, unlike ``fd/``.
 - ``/proc/PID/task/TID/children`` lists the children forked by thread TID
   (Linux 3.5+, ``CONFIG_PROC_CHILDREN``), so a process's children are the
   union over its threads.
@@ -38,11 +43,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
 
 __all__ = [
+    "UNLIMITED",
     "children",
     "cpu_seconds",
+    "descriptor_limit",
     "listening_inodes",
     "open_descriptors",
     "parent_pid",
@@ -116,6 +124,31 @@ def open_descriptors(pid: int) -> int | None:
         return len(os.listdir(PROC / str(pid) / "fd"))
     except OSError:
         return None
+
+
+#: What :func:`descriptor_limit` returns for a process whose limit reads ``unlimited``.
+UNLIMITED = sys.maxsize
+
+
+def descriptor_limit(pid: int) -> int | None:
+    """The soft limit on the descriptors process ``pid`` may hold (``Max open files``).
+
+    It is the limit that ``open``, ``socket`` and ``accept`` fail at with
+    ``EMFILE``: the one in force, not the hard limit the process could raise it to.
+
+    Returns:
+        The limit; :data:`UNLIMITED` if it has none; None if the process is
+        gone or its limits cannot be read.
+    """
+    try:
+        text = (PROC / str(pid) / "limits").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Max open files"):
+            soft = line.removeprefix("Max open files").split()[0]
+            return UNLIMITED if soft == "unlimited" else int(soft)
+    return None
 
 
 def children(pid: int) -> list[int] | None:

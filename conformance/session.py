@@ -197,6 +197,7 @@ class Session:
             profile=self.plan.profile,
             scenario=self.plan.scenario,
             artifacts=self.artifacts,
+            max_connections=self.plan.max_connections,
         )
 
     def execute(self, name: str, check: Check) -> CheckResult:

@@ -11,6 +11,9 @@ here from its sections, each a module of its own:
   fairness, half-close, reset and storms;
 - :mod:`conformance.checks.resources`: descriptors, CPU and memory, read
   from ``/proc`` when the server's process is visible;
+- :mod:`conformance.checks.limits`: more connections held at once than the
+  server has descriptors (its limit read from ``/proc``, else
+  ``--max-connections``);
 - :mod:`conformance.checks.load`: the load generator with every byte verified;
 - :mod:`conformance.checks.properties`: Hypothesis scenarios, shrunk on failure.
 
@@ -32,6 +35,7 @@ from conformance.checks.base import (
     short_stack,
 )
 from conformance.checks.core import CORE_CHECKS
+from conformance.checks.limits import LIMIT_CHECKS
 from conformance.checks.load import LOAD_CHECKS
 from conformance.checks.properties import PROPERTY_CHECKS
 from conformance.checks.resources import RESOURCE_CHECKS
@@ -54,7 +58,9 @@ __all__ = [
 ]
 
 #: Every check: the core scenarios, then the sections kept in modules of their own.
-CATALOGUE: tuple[Check, ...] = CORE_CHECKS + RESOURCE_CHECKS + LOAD_CHECKS + PROPERTY_CHECKS
+CATALOGUE: tuple[Check, ...] = (
+    CORE_CHECKS + RESOURCE_CHECKS + LIMIT_CHECKS + LOAD_CHECKS + PROPERTY_CHECKS
+)
 
 #: Every category, in catalogue order.
 CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(c.category for c in CATALOGUE))

@@ -24,6 +24,7 @@ The ``/proc`` readings, and the facts about ``/proc`` they rely on, are in
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 import trio
 
@@ -46,6 +47,7 @@ from conformance.procfs import (
 __all__ = [
     "RESOURCE_CHECKS",
     "cpu_seconds",
+    "name_processes",
     "require_processes",
     "resident_bytes",
     "server_processes",
@@ -77,6 +79,14 @@ def server_processes(h: Harness, conn: Connection | None = None) -> set[int]:
             if inode is not None:
                 pids |= socket_owners(inode)
     return {pid for pid in pids if cpu_seconds(pid) is not None}
+
+
+def name_processes(pids: Iterable[int]) -> str:
+    """``process 12`` or ``processes 12, 34``, for a message."""
+    ordered = sorted(pids)
+    if len(ordered) == 1:
+        return f"process {ordered[0]}"
+    return f"processes {', '.join(map(str, ordered))}"
 
 
 def require_processes(h: Harness, pids: set[int], what: str) -> bool:
@@ -147,55 +157,81 @@ async def idle_after_half_close(h: Harness) -> None:
     )
 
 
-# -- memory under a client that does not read ------------------------------------
+# -- memory under clients that do not read ---------------------------------------
 
-#: What the client offers without reading a byte.
+#: How many clients send at once without reading: one alone shows whether the
+#: server buffers without limit; several show what it buffers *per connection*
+#: (a high-water mark of 50 MiB looks bounded for one client, not for four).
+HOGS = 4
+#: What each client offers without reading a byte.
 HOG_OFFER = 96 * MIB
-#: The most the server may take meanwhile: every kernel buffer on the way
-#: (the client's send buffer, the server's receive and send buffers, up to
-#: ``tcp_wmem``/``tcp_rmem`` max, 4 + 32 + 4 MiB by default) and a modest
+#: The most the server may take from each client meanwhile: every kernel buffer
+#: on the way (the client's send buffer, the server's receive and send buffers,
+#: up to ``tcp_wmem``/``tcp_rmem`` max, 4 + 32 + 4 MiB by default) and a modest
 #: application buffer fit in it.
 HOG_TAKEN_LIMIT = 64 * MIB
-#: The most the server's resident memory may grow meanwhile.
+#: The most the server's resident memory may grow meanwhile, all its processes
+#: and all the clients together: kernel buffers are not resident memory, so a
+#: server with a high-water mark of a few MiB a connection stays far below it.
 HOG_RSS_LIMIT = 48 * MIB
 
 
-async def memory_bounded_under_non_reader(h: Harness) -> None:
-    hog = await h.connect("hog", rcvbuf=4096)
-    await hog.send(b"hello\n")
-    await hog.settle()
-    pids = server_processes(h, hog)
+async def memory_bounded_under_non_readers(h: Harness) -> None:
+    hogs = [await h.connect(f"hog{i}", rcvbuf=4096) for i in range(HOGS)]
+    pids: set[int] = set()
+    for hog in hogs:
+        await hog.send(b"hello\n")
+        await hog.settle()
+        pids |= server_processes(h, hog)
     require_processes(h, pids, "its resident memory")
     before = {pid: resident_bytes(pid) for pid in pids}
     block = random.Random(30).randbytes(MIB)
-    taken = await hog.send_until_blocked(
-        block * (HOG_OFFER // MIB),
-        stall=1.0,
-        step=f"send up to {HOG_OFFER // MIB} MiB on hog without reading",
-        timeout=60.0,
-    )
+    offer = block * (HOG_OFFER // MIB)
+    taken: dict[str, int] = {}
+
+    async def fill(hog: Connection) -> None:
+        taken[hog.name] = await hog.send_until_blocked(
+            offer,
+            stall=1.0,
+            step=f"send up to {HOG_OFFER // MIB} MiB on {hog.name} without reading",
+            timeout=60.0,
+        )
+
+    async with trio.open_nursery() as nursery:
+        for hog in hogs:
+            nursery.start_soon(fill, hog)
     grown = {
-        pid: (now - was)
-        for pid in pids
+        pid: now - was
+        for pid in sorted(pids)
         if (was := before[pid]) is not None and (now := resident_bytes(pid)) is not None
     }
-    hog.reset()
-    if taken > HOG_TAKEN_LIMIT:
-        raise CheckFailure(
-            f"the server took {taken / MIB:.1f} MiB from a client that read none of its "
-            f"replies (limit {HOG_TAKEN_LIMIT // MIB} MiB, kernel buffers included): it "
-            "does not stop reading when its replies pile up",
-            step="send on hog without reading",
-            transcript=hog.transcript,
+    for hog in hogs:
+        hog.reset()
+    problems: list[str] = []
+    over = sorted((n, name) for name, n in taken.items() if n > HOG_TAKEN_LIMIT)
+    if over:
+        most, name = over[-1]
+        others = f", and over the limit from {len(over) - 1} more" if len(over) > 1 else ""
+        problems.append(
+            f"the server took {most / MIB:.1f} MiB from a client that read none of its "
+            f"replies ({name}{others}; limit {HOG_TAKEN_LIMIT // MIB} MiB a client, kernel "
+            "buffers included): it does not stop reading when its replies pile up"
         )
-    worst = max(grown.items(), key=lambda item: item[1], default=None)
-    if worst is not None and worst[1] > HOG_RSS_LIMIT:
+    total = sum(max(0, growth) for growth in grown.values())
+    if total > HOG_RSS_LIMIT:
+        grew = [pid for pid, growth in grown.items() if growth > 0]
+        problems.append(
+            f"the server's resident memory ({name_processes(grew)}) grew by {total / MIB:.1f} MiB "
+            f"while {HOGS} clients sent {sum(taken.values()) / MIB:.1f} MiB without reading "
+            f"(limit {HOG_RSS_LIMIT // MIB} MiB in all, {HOG_RSS_LIMIT / HOGS / MIB:g} MiB a "
+            "client): it keeps too much for each connection that does not read"
+        )
+    if problems:
+        worst = max(hogs, key=lambda hog: taken.get(hog.name, 0))
         raise CheckFailure(
-            f"the server's resident memory (process {worst[0]}) grew by "
-            f"{worst[1] / MIB:.1f} MiB while a client sent {taken / MIB:.1f} MiB without "
-            f"reading (limit {HOG_RSS_LIMIT // MIB} MiB)",
-            step="measure the server's memory",
-            transcript=hog.transcript,
+            "; ".join(problems),
+            step=f"measure what the server took from {HOGS} clients that do not read",
+            transcript=worst.transcript,
         )
 
 
@@ -204,9 +240,9 @@ RESOURCE_CHECKS: tuple[Check, ...] = (
           "EOF (watches the server's CPU in /proc; SKIPPED when its process is not visible)",
           "resources", Level.SHOULD, RFC9293_CLOSE, idle_after_half_close, heavy=True,
           timeout=30.0),
-    Check("ECHO-MEM-1", "A client that sends 96 MiB without reading cannot make the server "
-          "take more than 64 MiB, nor grow by more than 48 MiB (memory: /proc; SKIPPED when "
-          "its process is not visible)", "resources", Level.SHOULD, RFC9293_FLOW,
-          memory_bounded_under_non_reader, fault=True, heavy=True, timeout=90.0,
-          needs_replies=True),
+    Check("ECHO-MEM-1", f"{HOGS} clients that each send 96 MiB at once without reading "
+          "cannot make the server take more than 64 MiB from any of them, nor grow by more "
+          "than 48 MiB in all (memory: /proc; SKIPPED when its process is not visible)",
+          "resources", Level.SHOULD, RFC9293_FLOW, memory_bounded_under_non_readers,
+          fault=True, heavy=True, timeout=90.0, needs_replies=True),
 )  # fmt: skip

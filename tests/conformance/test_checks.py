@@ -68,6 +68,11 @@ def test_check_passes_against_the_reference_single_server(
 ) -> None:
     setup = Setup(reference_single.address)
     outcome = run_check(check, setup)
+    if check.id == "ECHO-LIMIT-1" and outcome.failure is None and outcome.unmeasured:
+        # It runs under this machine's limit, which may be too high to exceed; the
+        # check against servers under 1024 descriptors is in test_limits.py.
+        assert "more than this check opens" in outcome.unmeasured, outcome.unmeasured
+        return
     assert outcome.passed, outcome.report
 
 

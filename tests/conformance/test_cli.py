@@ -172,6 +172,8 @@ def test_run_server_that_never_listens_exits_3_with_one_line() -> None:
         (["--reference", "bogus"], "unknown reference model 'bogus'"),
         (["--oracle", "no_such_module_xyz:Oracle"], "cannot import"),
         (["-n", "-1"], "must be at least 0"),
+        (["--max-connections", "0"], "--max-connections 0: give a number of connections above 0"),
+        (["--max-connections", "lots"], "--max-connections lots: not a whole number"),
     ],
 )
 def test_run_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:

@@ -36,6 +36,12 @@ def test_plugin_refuses_a_target_without_the_suite() -> None:
     assert "add --pyargs conformance" in result.stderr
 
 
+def test_plugin_max_connections_that_is_not_a_count_is_a_usage_error() -> None:
+    result = run_pytest("--pyargs", "conformance", "--max-connections", "0", "-p", "no:xdist")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "--max-connections 0: give a number of connections above 0" in result.stderr
+
+
 def test_plugin_collects_one_item_per_selected_check(reference_single: RunningTarget) -> None:
     result = run_pytest(
         "--pyargs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -16,10 +17,10 @@ from conformance import procfs
 #: A child that obeys one command per message on a SOCK_SEQPACKET socket:
 #: ``open N`` opens N more sockets, ``connect PORT`` connects to 127.0.0.1:PORT
 #: (or ``connect6 PORT`` to [::1]:PORT) and holds the connection, ``burn S``
-#: spends S seconds of CPU; each answers
-#: ``ok``. It exits at EOF.
+#: spends S seconds of CPU, ``limit N`` sets its soft descriptor limit to N;
+#: each answers ``ok``. It exits at EOF.
 CHILD = """
-import socket, sys, time
+import resource, socket, sys, time
 ctl = socket.socket(fileno=int(sys.argv[1]))
 held = []
 while True:
@@ -36,6 +37,9 @@ while True:
         held.append(socket.create_connection(("127.0.0.1", int(words[1]))))
     elif words[0] == b"connect6":
         held.append(socket.create_connection(("::1", int(words[1]))))
+    elif words[0] == b"limit":
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(words[1]), hard))
     ctl.send(b"ok")
 """
 
@@ -88,6 +92,15 @@ def test_open_descriptors_counts_those_a_child_opens(child: Child) -> None:
     assert before >= 4  # stdin, stdout, stderr, the command socket
     child.ask("open 5")
     assert procfs.open_descriptors(child.pid) == before + 5
+
+
+def test_descriptor_limit_is_the_soft_limit_in_force(child: Child) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert procfs.descriptor_limit(os.getpid()) == soft
+    assert procfs.descriptor_limit(child.pid) == soft  # Inherited.
+    lower = min(soft, hard, 200)
+    child.ask(f"limit {lower - 1}")
+    assert procfs.descriptor_limit(child.pid) == lower - 1  # The soft limit, not the hard one.
 
 
 def test_cpu_seconds_and_memory_of_this_process_are_positive() -> None:
@@ -158,6 +171,7 @@ def test_socket_inode_is_None_for_a_connection_that_does_not_exist() -> None:
 def test_every_reading_of_a_missing_pid_is_None() -> None:
     pid = _missing_pid()
     assert procfs.open_descriptors(pid) is None
+    assert procfs.descriptor_limit(pid) is None
     assert procfs.cpu_seconds(pid) is None
     assert procfs.parent_pid(pid) is None
     assert procfs.resident_bytes(pid) is None
