@@ -81,7 +81,9 @@ class Harness:
         artifacts: Where a check keeps what it leaves (a failing scenario);
             None: a folder in the temporary directory.
         max_connections: How many connections the server is taken to hold
-            at most when its descriptor limit cannot be read.
+            at most when its descriptor limit cannot be read (``--max-connections``);
+            None: not given, :data:`DEFAULT_MAX_CONNECTIONS` is assumed, and a
+            check that rests on it is not measured.
     """
 
     def __init__(
@@ -93,7 +95,7 @@ class Harness:
         profile: Profile = DEFAULT,
         scenario: Path | None = None,
         artifacts: Path | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
     ) -> None:
         self.address = address
         self.max_connections = max_connections

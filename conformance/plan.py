@@ -257,7 +257,7 @@ class RunPlan:
         artifacts: Where failing scenarios and server logs go; None: a
             directory made when the run starts.
         max_connections: How many connections a server whose descriptor
-            limit cannot be read is taken to hold at most.
+            limit cannot be read is taken to hold at most; None: not given.
     """
 
     targets: tuple[TargetSpec, ...]
@@ -273,7 +273,7 @@ class RunPlan:
     timeout: float | None = None
     restart: bool = True
     artifacts: Path | None = None
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections: int | None = None
 
     def bound(self, start: float = TARGET_START_BOUND) -> float:
         """Seconds the run takes at most: each check's deadline plus its probes, per target.
@@ -297,7 +297,7 @@ class RunPlan:
             words.append(_BY_DEST["conformance_strict"].name(self.front))
         if self.profile is not DEFAULT:
             words += [_BY_DEST["conformance_profile"].name(self.front), self.profile.name]
-        if self.max_connections != DEFAULT_MAX_CONNECTIONS:
+        if self.max_connections is not None:
             words += [_BY_DEST["max_connections"].name(self.front), str(self.max_connections)]
         return shlex.join(words)
 
@@ -464,14 +464,14 @@ def run_timeout(text: str | float | None) -> float | None:
     return value
 
 
-def max_connections(text: str | int | None) -> int:
-    """The count of ``--max-connections``: a whole number above zero; default when not given.
+def max_connections(text: str | int | None) -> int | None:
+    """The count of ``--max-connections``: a whole number above zero; None when not given.
 
     Raises:
         UsageError: It is not one.
     """
     if text is None:
-        return DEFAULT_MAX_CONNECTIONS
+        return None
     try:
         value = int(text)
     except ValueError:

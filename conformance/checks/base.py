@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from conformance.harness import DEFAULT_MAX_CONNECTIONS, CheckFailure, Harness, StepTimeout
+from conformance.harness import CheckFailure, Harness, StepTimeout
 from conformance.oracle import EchoOracle, OracleFactory, oracle_name, owes_replies
 from conformance.profiles import DEFAULT, Profile
 from conformance.report import FailureReport
@@ -148,7 +148,8 @@ class Setup:
         scenario: A saved scenario the property checks replay instead.
         artifacts: Where checks keep what they leave (failing scenarios).
         max_connections: How many connections the server is taken to hold at
-            most when its own descriptor limit cannot be read (``--max-connections``).
+            most when its own descriptor limit cannot be read (``--max-connections``);
+            None: not given.
     """
 
     address: Address
@@ -157,7 +158,7 @@ class Setup:
     profile: Profile = DEFAULT
     scenario: Path | None = None
     artifacts: Path | None = None
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections: int | None = None
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""

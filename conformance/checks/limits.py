@@ -58,7 +58,13 @@ import trio
 from conformance import procfs
 from conformance.checks.base import Check, Level
 from conformance.checks.resources import name_processes, server_processes
-from conformance.harness import CheckFailure, Connection, Harness, StepTimeout
+from conformance.harness import (
+    DEFAULT_MAX_CONNECTIONS,
+    CheckFailure,
+    Connection,
+    Harness,
+    StepTimeout,
+)
 
 __all__ = [
     "LIMIT_CHECKS",
@@ -127,11 +133,14 @@ def server_limit(h: Harness) -> ServerLimit:
         family |= set(procfs.children(pid) or ())
     limits = {pid: n for pid in family if (n := procfs.descriptor_limit(pid)) is not None}
     if not limits:
+        given = h.max_connections
+        figure = DEFAULT_MAX_CONNECTIONS if given is None else given
+        said = "the default --max-connections" if given is None else "--max-connections"
         return ServerLimit(
-            h.max_connections,
+            figure,
             frozenset(),
             frozenset(),
-            f"--max-connections {h.max_connections}: its own limit is not visible from here",
+            f"{said} {figure}: its own limit is not visible from here",
         )
     total = min(sum(limits.values()), procfs.UNLIMITED)
     if len(limits) == 1:
@@ -341,6 +350,13 @@ async def _beyond_the_limit(h: Harness, own: int) -> None:
                 transcript=exc.transcript,
                 verdict=exc.verdict,
             ) from None
+    if not limit.measured and h.max_connections is None:
+        h.not_measured(
+            f"more connections than the server's descriptors not measured: its limit is not "
+            f"visible from here, and it kept serving while {held} connections were held (the "
+            f"default --max-connections {DEFAULT_MAX_CONNECTIONS} and {MARGIN} more), which "
+            "may be fewer than it may hold; pass --max-connections N, its limit, to judge it"
+        )
     if limit.measured and not full and tally.timed_out:
         h.not_measured(
             f"more connections than the server's descriptors not measured: its backlog "

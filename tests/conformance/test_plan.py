@@ -24,7 +24,7 @@ def _options(*argv: str) -> argparse.Namespace:
     return parser.parse_args([*argv])
 
 
-def _plan(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> RunPlan:
+def _plan(max_connections: int | None = None) -> RunPlan:
     return RunPlan(
         targets=(TargetSpec.default(),),
         names=("reference-single",),
@@ -34,7 +34,8 @@ def _plan(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> RunPlan:
 
 
 def test_max_connections_is_a_whole_number_above_zero() -> None:
-    assert max_connections(None) == DEFAULT_MAX_CONNECTIONS
+    assert max_connections(None) is None
+    assert max_connections(str(DEFAULT_MAX_CONNECTIONS)) == DEFAULT_MAX_CONNECTIONS
     assert max_connections("300") == 300
     for text in ("0", "-5"):
         with pytest.raises(UsageError, match=f"--max-connections {text}: give a number"):
@@ -45,7 +46,7 @@ def test_max_connections_is_a_whole_number_above_zero() -> None:
 
 
 def test_plan_from_options_reads_max_connections() -> None:
-    assert plan_from_options(_options(), Front.CLI).max_connections == DEFAULT_MAX_CONNECTIONS
+    assert plan_from_options(_options(), Front.CLI).max_connections is None
     plan = plan_from_options(_options("--max-connections", "300"), Front.CLI)
     assert plan.max_connections == 300
     with pytest.raises(UsageError, match="--max-connections 0"):
