@@ -168,8 +168,9 @@ OPTIONS: tuple[Option, ...] = (
         "max_connections",
         "How many connections the server is taken to hold at most when its descriptor "
         "limit cannot be read from /proc (it runs as another user, in a container, on "
-        "another host): ECHO-LIMIT-1 opens more than this "
-        f"(default: {DEFAULT_MAX_CONNECTIONS})",
+        "another host): ECHO-LIMIT-1 opens more than this (not given: it opens "
+        f"{DEFAULT_MAX_CONNECTIONS} and more, and a server that keeps serving is SKIPPED, "
+        "not passed, since its limit may be higher)",
         settings={"metavar": "N"},
     ),
     Option(
