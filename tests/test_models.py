@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from reference.connection import DEFAULT_HIGH_WATER, DEFAULT_READ_SIZE
+from reference.server import DEFAULT_GRACE
 from tests.helpers import (
     ServerProcess,
     connect,
@@ -230,6 +231,22 @@ def test_Server_stops_within_its_grace_period_when_a_peer_never_reads(
         server.wait_for_log(r"still flushing, dropped", start=mark)
         stuck.close()
         sender.join(10)
+
+
+def test_Server_stop_ends_at_the_grace_deadline_when_a_peer_never_closes(
+    server: ServerProcess,
+) -> None:
+    with connect(server.address, timeout=30) as stays:
+        assert_same(b"owed", exchange(stays, b"owed"))
+        mark = len(server.stderr)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert recv_until_eof(stays) == b""  # The server's FIN; ours never comes.
+        assert server.proc.wait(20) == 0
+        took = time.monotonic() - started
+        # Closed at a deadline: the server's grace, or (a tie) the connection's own linger.
+        server.wait_for_log(r"but their peers did not close|no EOF from the peer", start=mark)
+    assert took < DEFAULT_GRACE + 5, f"the stop took {took:.1f}s, the grace is {DEFAULT_GRACE}s"
 
 
 def test_Server_with_discard_handler_replies_nothing(model: list[str]) -> None:
