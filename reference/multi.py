@@ -319,7 +319,8 @@ class _Inbox:
             if not msg:
                 log.info("%s: the main process closed the channel; stopping", self.loop.name)
                 self.close()
-                self.server.stop()
+                if not self.server.stop_requested:  # A SIGTERM of our own may have come first.
+                    self.server.stop()
                 return
 
     def _full(self) -> None:

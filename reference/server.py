@@ -12,9 +12,15 @@ per loop, the set of connections that loop owns; each set is touched only on
 its own loop's thread.
 
 Stopping (:meth:`Server.stop`, safe from any thread or a signal handler):
-the acceptor closes, then every loop closes its own connections gracefully
-(flush, then close) and stops once they are all closed or the grace period
-is over, whichever comes first; what is still unsent then is dropped.
+the acceptor closes, then every loop stops its own connections
+(:meth:`~reference.connection.Connection.stop_in_loop`): each takes no more
+input, sends all it owes for what it had read, sends its FIN, then reads and
+discards until the peer's EOF (a lingering close, so that no unread input turns
+the close into a reset that drops what the kernel still had to send). A loop
+stops once its connections are all closed or the grace period is over,
+whichever comes first. At the deadline a connection that still owed bytes is
+reset (the peer sees RST after what it got); one that had sent everything and
+its FIN, and only waited for the peer's EOF, is just closed.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from dataclasses import dataclass
 from reference.acceptor import Acceptor
 from reference.connection import (
     DEFAULT_HIGH_WATER,
+    DEFAULT_LINGER,
     DEFAULT_LOW_WATER,
     DEFAULT_READ_SIZE,
     Connection,
+    ConnState,
 )
 from reference.handler import HandlerFactory
 from reference.loop import EventLoop
@@ -46,7 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Seconds a stopping server keeps flushing what it owes before it drops it.
+#: Seconds a stopping server keeps flushing what it owes (and waiting for its
+#: peers' EOF) before it closes what is left.
 DEFAULT_GRACE = 2.0
 
 
@@ -61,6 +70,7 @@ class ConnectionOptions:
     high_water: int = DEFAULT_HIGH_WATER
     low_water: int = DEFAULT_LOW_WATER
     read_size: int = DEFAULT_READ_SIZE
+    linger: float = DEFAULT_LINGER
 
 
 def format_address(host: str, port: int) -> str:
@@ -159,11 +169,18 @@ class Server:
         if self.acceptor is not None:
             self.acceptor.start()
 
-    def stop(self, grace: float = DEFAULT_GRACE) -> None:
-        """Stop accepting, flush every connection for up to ``grace`` seconds, stop the loops.
+    @property
+    def stop_requested(self) -> bool:
+        """True once :meth:`stop` has been called."""
+        return self._stop_requests > 0
 
-        Any thread, or a signal handler, may call this. A second call stops at
-        once, dropping whatever is still unsent.
+    def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        """Stop accepting, close every connection within ``grace`` seconds, stop the loops.
+
+        Every connection takes no more input, sends what it owes, its FIN, and
+        waits for its peer's EOF; at the deadline what is left is closed (reset
+        if it still owed bytes). Any thread, or a signal handler, may call
+        this. A second call stops at once, dropping whatever is still unsent.
         """
         self._stop_requests += 1
         if self._stop_requests > 1:
@@ -205,6 +222,7 @@ class Server:
             high_water=opts.high_water,
             low_water=opts.low_water,
             read_size=opts.read_size,
+            linger=opts.linger,
         )
         self._connections[loop].add(conn)
         log.debug("%r: accepted", conn)
@@ -231,12 +249,12 @@ class Server:
             self.loop.stop()
 
     def _drain(self, loop: EventLoop, grace: float) -> None:
-        """Close ``loop``'s connections gracefully; stop ``loop`` when done. On ``loop``."""
+        """Stop ``loop``'s connections gracefully; stop ``loop`` when done. On ``loop``."""
         self._stopping.add(loop)
         owned = self._connections[loop]
         for conn in list(owned):
             if grace > 0:
-                conn.close_in_loop()
+                conn.stop_in_loop()
             else:
                 conn.abort()
         if not owned:
@@ -245,7 +263,20 @@ class Server:
 
         def give_up() -> None:
             if owned:
-                log.warning("%s: %d connections still flushing, dropped", loop.name, len(owned))
+                lingering = sum(conn.state is ConnState.LINGERING for conn in owned)
+                if lingering:
+                    log.info(
+                        "%s: %d connections sent all they owed, but their peers did not "
+                        "close; closed",
+                        loop.name,
+                        lingering,
+                    )
+                if len(owned) > lingering:
+                    log.warning(
+                        "%s: %d connections still flushing, dropped (reset)",
+                        loop.name,
+                        len(owned) - lingering,
+                    )
                 for conn in list(owned):
                     conn.abort()
             loop.stop()

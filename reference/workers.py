@@ -18,6 +18,10 @@ with ``transport.send``, which from a worker hands the bytes to the owning loop
 with ``call_soon_threadsafe`` (FIFO, so replies keep the strand's order), and
 the loop writes them.
 
+Stopping: the connection cannot know whether the workers still owe replies for
+what it read, so it asks the handler (``close_when_done``); the close is posted
+to the strand and reaches the loop after those replies.
+
 Backpressure without blocking the reactor: posting never waits. When a
 connection has too much work waiting, or the pool's queue is long, the loop
 pauses reading from *that* connection; once its strand has run dry, a worker
@@ -200,6 +204,16 @@ class PooledHandler:
     def eof_received(self) -> bool:
         self._post(self._run_eof)
         return True  # The strand closes the connection once the work before EOF is done.
+
+    def close_when_done(self) -> None:
+        """Close the connection after the work posted so far (a stopping server).
+
+        The close goes through the strand, after the replies the worker still
+        owes, which reach the loop before it in the same order.
+        """
+        conn = self._conn
+        assert conn is not None
+        self._post(conn.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         def lost() -> None:  # Runs even after a failure: the handler's last call.

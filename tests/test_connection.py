@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from typing import TypeVar
 import pytest
 
 from reference.connection import Connection, ConnEvent, ConnState, IllegalTransition
-from reference.handler import DiscardHandler, EchoHandler, Handler, Transport
+from reference.handler import DiscardHandler, Handler, Transport
 from reference.loop import EventLoop
 from tests.helpers import recv_exactly, recv_until_eof, reset
 
@@ -73,7 +74,12 @@ def on_loop(loop: EventLoop, fn: Callable[[], T]) -> T:
 
 
 def make_connection(
-    loop: EventLoop, handler: Handler, *, high_water: int = 256 * 1024, low_water: int = 0
+    loop: EventLoop,
+    handler: Handler,
+    *,
+    high_water: int = 256 * 1024,
+    low_water: int = 0,
+    linger: float = 10.0,
 ) -> tuple[Connection, socket.socket]:
     """A connection over a real TCP pair on loopback, and the peer's socket."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -81,7 +87,9 @@ def make_connection(
         ours, _ = listener.accept()
 
     def create() -> Connection:
-        conn = Connection(loop, ours, handler, high_water=high_water, low_water=low_water)
+        conn = Connection(
+            loop, ours, handler, high_water=high_water, low_water=low_water, linger=linger
+        )
         conn.start()
         return conn
 
@@ -132,7 +140,8 @@ def test_Connection_send_from_other_threads_keeps_call_order(loop: EventLoop) ->
 
 
 def test_Connection_close_flushes_before_closing(loop: EventLoop) -> None:
-    conn, peer = make_connection(loop, EchoHandler())
+    handler = RecordingHandler()
+    conn, peer = make_connection(loop, handler)
     payload = b"\0\xff" * 500_000
 
     def send_and_close() -> None:
@@ -141,8 +150,11 @@ def test_Connection_close_flushes_before_closing(loop: EventLoop) -> None:
 
     on_loop(loop, send_and_close)
     assert recv_until_eof(peer) == payload
-    assert on_loop(loop, lambda: conn.state) is ConnState.CLOSED
+    # Everything sent, then FIN; the socket stays open until the peer's EOF.
+    assert on_loop(loop, lambda: conn.state) is ConnState.LINGERING
     peer.close()
+    assert handler.lost.wait(10)
+    assert on_loop(loop, lambda: conn.state) is ConnState.CLOSED
 
 
 def test_Connection_reset_by_peer_closes_with_the_error(loop: EventLoop) -> None:
@@ -158,3 +170,135 @@ def test_Connection_rejects_an_illegal_transition_naming_state_and_event(loop: E
     with pytest.raises(IllegalTransition, match="'flushed' is not allowed in state 'connected'"):
         on_loop(loop, lambda: conn._transition(ConnEvent.FLUSHED))
     peer.close()
+
+
+def wait_unread_input(conn: Connection) -> None:
+    """Wait until the connection's socket has input it has not read."""
+    readable, _, _ = select.select([conn._sock], [], [], 10)
+    assert readable, "the peer's bytes did not arrive"
+
+
+def test_Connection_close_with_unread_input_lingers_then_ends_with_fin(loop: EventLoop) -> None:
+    handler = RecordingHandler()
+    conn, peer = make_connection(loop, handler)
+    payload = bytes(range(256)) * 65536  # 16 MiB: most of it still owed at the close.
+    on_loop(loop, conn.pause_reading)
+    peer.sendall(b"never read" * 1000)
+    wait_unread_input(conn)
+
+    def send_and_close() -> None:
+        conn.send_in_loop(payload)
+        conn.close_in_loop()
+
+    on_loop(loop, send_and_close)
+    # A close with that input unread would reset the connection and drop the
+    # kernel's send queue: every byte must come, then FIN.
+    assert recv_until_eof(peer) == payload
+    assert on_loop(loop, lambda: conn.state) is ConnState.LINGERING
+    peer.sendall(b"sent after the server's FIN, thrown away")
+    peer.shutdown(socket.SHUT_WR)
+    assert handler.lost.wait(10)
+    assert handler.calls == ["connection_made", "connection_lost(None)"]
+    peer.close()
+
+
+def test_Connection_lingers_no_longer_than_its_deadline(loop: EventLoop) -> None:
+    handler = RecordingHandler()
+    conn, peer = make_connection(loop, handler, linger=0.2)
+    on_loop(loop, conn.close_in_loop)
+    assert recv_until_eof(peer) == b""
+    # The peer never closes: the connection closes anyway once the linger is over.
+    assert handler.lost.wait(10)
+    assert handler.calls[-1] == "connection_lost(None)"
+    peer.close()
+
+
+def test_Connection_stop_passes_no_more_input_to_the_handler(loop: EventLoop) -> None:
+    handler = RecordingHandler()
+    conn, peer = make_connection(loop, handler)
+    on_loop(loop, conn.stop_in_loop)
+    assert recv_until_eof(peer) == b""
+    peer.sendall(b"after the stop")
+    peer.shutdown(socket.SHUT_WR)
+    assert handler.lost.wait(10)
+    assert handler.calls == ["connection_made", "connection_lost(None)"]
+    peer.close()
+
+
+class DeferringEcho:
+    """Echoes from another thread, as the pool does; closes when told, after its replies."""
+
+    def __init__(self) -> None:
+        self.transport: Transport | None = None
+        self.received = bytearray()
+        self.got_data = threading.Event()
+        self.lost = threading.Event()
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data  # Answered only when the connection stops.
+        self.got_data.set()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def close_when_done(self) -> None:
+        def answer_then_close() -> None:
+            assert self.transport is not None
+            self.transport.send(bytes(self.received))
+            self.transport.close()
+
+        threading.Thread(target=answer_then_close).start()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+
+def test_Connection_stop_waits_for_a_deferred_handler_to_answer(loop: EventLoop) -> None:
+    handler = DeferringEcho()
+    conn, peer = make_connection(loop, handler)
+    peer.sendall(b"owed")
+    assert handler.got_data.wait(10)
+    on_loop(loop, conn.stop_in_loop)
+    assert recv_until_eof(peer) == b"owed"
+    peer.close()
+    assert handler.lost.wait(10)
+
+
+def test_Connection_abort_with_bytes_owed_resets_the_peer(loop: EventLoop) -> None:
+    conn, peer = make_connection(loop, DiscardHandler())
+    payload = b"\0" * (16 * 1024 * 1024)
+
+    def send_and_abort() -> None:
+        conn.send_in_loop(payload)
+        conn.abort()
+
+    on_loop(loop, send_and_abort)
+    with pytest.raises(ConnectionResetError):
+        recv_until_eof(peer)
+    peer.close()
+
+
+def test_Connection_abort_with_nothing_owed_ends_with_fin(loop: EventLoop) -> None:
+    conn, peer = make_connection(loop, DiscardHandler())
+    on_loop(loop, conn.abort)
+    assert recv_until_eof(peer) == b""
+    peer.close()
+
+
+@pytest.mark.parametrize("method", ["send_in_loop", "close_in_loop", "stop_in_loop"])
+def test_Connection_in_loop_methods_raise_on_another_thread(loop: EventLoop, method: str) -> None:
+    handler = RecordingHandler()
+    conn, peer = make_connection(loop, handler)
+    call = {
+        "send_in_loop": lambda: conn.send_in_loop(b"x"),
+        "close_in_loop": conn.close_in_loop,
+        "stop_in_loop": conn.stop_in_loop,
+    }[method]
+    with pytest.raises(RuntimeError, match="but this loop runs on thread"):
+        call()
+    assert on_loop(loop, lambda: conn.state) is ConnState.CONNECTED
+    peer.close()
+    assert handler.lost.wait(10)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
 from reference.connection import DEFAULT_HIGH_WATER, DEFAULT_READ_SIZE
+from reference.server import DEFAULT_GRACE
 from tests.helpers import (
     ServerProcess,
     connect,
@@ -40,6 +45,105 @@ def assert_echoes(server: ServerProcess, payload: bytes = b"still alive\0") -> N
     """A fresh connection gets ``payload`` back, then EOF after a half-close."""
     with connect(server.address) as sock:
         assert_same(payload, exchange(sock, payload, half_close=True, timeout=20))
+
+
+#: What a server logs when a close waited for a deadline, or a stop was forced.
+GAVE_UP = r"still flushing|did not close|no EOF from the peer|grace 0\.0s"
+
+#: The server's debug line for a closed connection: how many bytes it read.
+CLOSED = r"\('127\.0\.0\.1', {port}\)[^>]*>: closed; (\d+) bytes read"
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """What a client that sent and read continuously saw after the server was stopped.
+
+    Attributes:
+        sent: Every byte the client sent.
+        received: Every byte it received.
+        port: Its own port, to find its connection in the server's log.
+        reset: True when the stream ended with a reset rather than a FIN.
+    """
+
+    sent: bytes
+    received: bytes
+    port: int
+    reset: bool
+
+
+def stream_through_stop(
+    server: ServerProcess,
+    stop: Callable[[], None],
+    *,
+    before: int = 4 * MIB,
+    timeout: float = 30.0,
+) -> StreamEnd:
+    """Send and read continuously; once ``before`` bytes came back, call ``stop``.
+
+    The client sends in large writes and reads in smaller ones, so the
+    pipeline to the server and back is full when ``stop`` is called (the
+    server owes a lot). After ``stop`` it sends nothing more and reads until
+    the stream ends; then it closes.
+
+    Raises:
+        TimeoutError: The stream did not end within ``timeout`` seconds.
+    """
+    payload = os.urandom(64 * MIB)
+    view = memoryview(payload)
+    received = bytearray()
+    sent = 0
+    stopped = False
+    reset_seen = False
+    deadline = time.monotonic() + timeout
+    with connect(server.address) as sock, selectors.DefaultSelector() as sel:
+        port = sock.getsockname()[1]
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"no end of stream within {timeout}s: sent {sent}, received {len(received)}"
+                )
+            ready = sel.select(left)
+            mask = ready[0][1] if ready else 0
+            if mask & selectors.EVENT_WRITE:
+                if sent == len(payload):
+                    raise AssertionError(f"sent all {sent} bytes before the server was stopped")
+                try:
+                    sent += sock.send(view[sent : sent + 256 * 1024])
+                except BlockingIOError:
+                    pass
+            if mask & selectors.EVENT_READ:
+                try:
+                    data = sock.recv(64 * 1024)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    reset_seen = True
+                    break
+                if not data:
+                    break
+                received += data
+            if not stopped and len(received) >= before:
+                stop()
+                stopped = True
+                sel.modify(sock, selectors.EVENT_READ)  # Send nothing more.
+    return StreamEnd(payload[:sent], bytes(received), port, reset_seen)
+
+
+def assert_stream_complete(server: ServerProcess, end: StreamEnd) -> None:
+    """Every byte the server read came back, in order, then FIN; the server exited 0."""
+    assert not end.reset, (
+        f"connection reset after {len(end.received)} bytes received, {len(end.sent)} sent"
+    )
+    assert_same(end.sent[: len(end.received)], end.received)
+    read = int(server.wait_for_log(CLOSED.format(port=end.port)).group(1))
+    assert len(end.received) == read, (
+        f"the server read {read} bytes and sent back {len(end.received)} before its FIN"
+    )
+    assert server.proc.wait(20) == 0
+    assert not server.log_matches(GAVE_UP), "the server waited for a deadline or forced a stop"
 
 
 def test_Server_echoes_every_byte_value_and_nothing_more(server: ServerProcess) -> None:
@@ -164,9 +268,32 @@ def test_Server_does_not_let_idle_connections_block_a_busy_one(server: ServerPro
 def test_Server_stops_cleanly_on_signal(server: ServerProcess, signum: int) -> None:
     with connect(server.address) as idle, connect(server.address) as busy:
         assert_same(b"x" * 1000, exchange(busy, b"x" * 1000))
-        assert server.signal_and_wait(signum) == 0
+        server.proc.send_signal(signum)
+        # The server sends its FIN, then waits for ours: it ends when we close.
         assert recv_until_eof(idle) == b""
         assert recv_until_eof(busy) == b""
+    assert server.proc.wait(20) == 0
+    assert not server.log_matches(GAVE_UP), "the server waited for a deadline or forced a stop"
+
+
+def test_Server_stop_sends_every_byte_it_read_then_fin(server: ServerProcess) -> None:
+    end = stream_through_stop(server, lambda: server.proc.send_signal(signal.SIGTERM))
+    assert_stream_complete(server, end)
+
+
+def test_Server_multi_process_stop_by_signal_to_every_process_loses_nothing() -> None:
+    # As a process-group SIGTERM (how the suite stops a server): each sub-reactor
+    # stops on its own signal, then sees the channel close; that is one stop, not two.
+    with ServerProcess(["multi", "--sub-reactors", "2", "--mode", "process"]) as server:
+        for index in (1, 2):  # Each has its SIGTERM handler once its loop runs.
+            server.wait_for_log(rf"sub-{index}: running")
+
+        def signal_every_process() -> None:
+            for pid in [*server.pids()[1:], server.pid]:  # Processes this test started.
+                os.kill(pid, signal.SIGTERM)
+
+        end = stream_through_stop(server, signal_every_process)
+        assert_stream_complete(server, end)
 
 
 def test_Server_stops_within_its_grace_period_when_a_peer_never_reads(
@@ -182,6 +309,22 @@ def test_Server_stops_within_its_grace_period_when_a_peer_never_reads(
         server.wait_for_log(r"still flushing, dropped", start=mark)
         stuck.close()
         sender.join(10)
+
+
+def test_Server_stop_ends_at_the_grace_deadline_when_a_peer_never_closes(
+    server: ServerProcess,
+) -> None:
+    with connect(server.address, timeout=30) as stays:
+        assert_same(b"owed", exchange(stays, b"owed"))
+        mark = len(server.stderr)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert recv_until_eof(stays) == b""  # The server's FIN; ours never comes.
+        assert server.proc.wait(20) == 0
+        took = time.monotonic() - started
+        # Closed at a deadline: the server's grace, or (a tie) the connection's own linger.
+        server.wait_for_log(r"but their peers did not close|no EOF from the peer", start=mark)
+    assert took < DEFAULT_GRACE + 5, f"the stop took {took:.1f}s, the grace is {DEFAULT_GRACE}s"
 
 
 def test_Server_with_discard_handler_replies_nothing(model: list[str]) -> None:
