@@ -7,6 +7,7 @@ Every spawned server is stopped by its PID (its process group) when the
 from __future__ import annotations
 
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -48,8 +49,21 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT))
 
 
-def run_cli(*argv: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
-    """``reactor-conformance ARGV`` in a subprocess, from the repository root."""
+def run_cli(
+    *argv: str, timeout: float = 180.0, nofile: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``reactor-conformance ARGV`` in a subprocess, from the repository root.
+
+    ``nofile``: the soft descriptor limit it starts under (the servers it
+    starts inherit it; the suite raises its own when it needs to), so that
+    ECHO-LIMIT-1 can exceed a server's limit on a machine whose default is high.
+    """
+
+    def lower_limit() -> None:
+        if nofile is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
     return subprocess.run(
         [sys.executable, "-m", "conformance", *argv],
         capture_output=True,
@@ -58,6 +72,7 @@ def run_cli(*argv: str, timeout: float = 180.0) -> subprocess.CompletedProcess[s
         env=_env(),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
+        preexec_fn=lower_limit,
     )
 
 

@@ -89,7 +89,7 @@ def test_use_colour_only_on_a_terminal_without_no_color() -> None:
 
 
 def test_run_with_no_target_passes_against_the_reference_single_server() -> None:
-    result = run_cli("run", "-n", "2", "--profile", "ci")
+    result = run_cli("run", "-n", "2", "--profile", "ci", nofile=1024)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(CATALOGUE)} passed, 0 failed, 0 non-strict" in result.stdout
     assert "reference single server" in result.stdout
@@ -97,8 +97,9 @@ def test_run_with_no_target_passes_against_the_reference_single_server() -> None
 
 def test_run_passes_against_the_asyncio_echo_server() -> None:
     result = run_cli(
-        "run", "--spawn", spawn_command(ASYNCIO_ECHO), "-n", "auto", "--profile", "ci", "--strict"
-    )
+        "run", "--spawn", spawn_command(ASYNCIO_ECHO), "-n", "auto", "--profile", "ci", "--strict",
+        nofile=1024,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r" passed, 0 failed, 0 non-strict, 0 skipped in ", result.stdout)
 
