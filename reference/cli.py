@@ -6,7 +6,10 @@ call :func:`add_model_parsers` and :func:`serve`, so an option is defined once.
 Every server prints ``listening on HOST:PORT`` as its first line on stdout,
 flushed, once it accepts connections, and stops cleanly (exit 0) on SIGINT or
 SIGTERM; a second signal stops at once. A bad host, a port in use or out of
-range: one line on stderr and exit code 2.
+range, flow-control marks that do not fit, a descriptor limit too small for the
+sub-reactors asked for: one line on stderr and exit code 2. A server that
+starts but can no longer serve at all (process mode, every sub-reactor keeps
+dying): one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -21,10 +24,17 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn, Protocol
 
+from reference.connection import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER
 from reference.handler import HANDLERS, HandlerFactory
 from reference.multi import ProcessReactor
 from reference.reactor import Reactor
-from reference.server import ConnectionOptions, ListenError, bind_listener, format_address
+from reference.server import (
+    ConnectionOptions,
+    ServeError,
+    StartError,
+    bind_listener,
+    format_address,
+)
 
 __all__ = [
     "ArgumentParser",
@@ -38,6 +48,8 @@ __all__ = [
 
 #: Exit code for bad usage and for an address the server cannot listen on.
 EXIT_USAGE = 2
+#: Exit code of a server that started but could no longer serve.
+EXIT_FAILED = 1
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -109,7 +121,11 @@ def _build_multi(
 ) -> Running:
     if args.mode == "process":
         return ProcessReactor(
-            args.listener, args.handler, sub_reactors=args.sub_reactors, verbose=args.verbose
+            args.listener,
+            args.handler,
+            sub_reactors=args.sub_reactors,
+            options=options,
+            verbose=args.verbose,
         )
     return Reactor(args.listener, factory, options=options, sub_reactors=args.sub_reactors)
 
@@ -192,6 +208,22 @@ def add_model_parsers(
             help="Protocol to serve: echo (RFC 862) or discard (RFC 863) (default: %(default)s)",
         )
         parser.add_argument(
+            "--high-water",
+            type=at_least(2),
+            default=DEFAULT_HIGH_WATER,
+            metavar="BYTES",
+            help="Stop reading from a client once this many bytes of replies wait to be "
+            "sent to it (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--low-water",
+            type=positive_int,
+            default=None,
+            metavar="BYTES",
+            help="Read from it again once they are down to this; below --high-water "
+            f"(default: a quarter of --high-water, {DEFAULT_LOW_WATER})",
+        )
+        parser.add_argument(
             "-v", "--verbose", action="store_true", help="Log debug messages to stderr"
         )
         model.add_arguments(parser)
@@ -211,11 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def connection_options(args: argparse.Namespace) -> ConnectionOptions:
+    """The flow-control settings that ``args`` ask for.
+
+    Raises:
+        StartError: ``--low-water`` is not below ``--high-water``.
+    """
+    high: int = args.high_water
+    low: int = max(1, high // 4) if args.low_water is None else args.low_water
+    if low >= high:
+        raise StartError(
+            f"--low-water ({low}) must be below --high-water ({high}); lower the one or "
+            "raise the other"
+        )
+    return ConnectionOptions(high_water=high, low_water=low)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server that ``args`` describe until SIGINT or SIGTERM.
 
     Returns:
-        The exit code: 0 after a clean stop, 2 when it cannot listen.
+        The exit code: 0 after a clean stop, 2 when it cannot start as asked
+        (cannot listen, bad options, too few descriptors), 1 when it started
+        but could no longer serve.
     """
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -223,11 +273,12 @@ def serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
+        options = connection_options(args)
         args.listener = bind_listener(args.host, args.port)
-    except ListenError as exc:
+        running = MODELS[args.model].build(args, HANDLERS[args.handler], options)
+    except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    running = MODELS[args.model].build(args, HANDLERS[args.handler], ConnectionOptions())
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("%s received, stopping", signal.Signals(signum).name)
@@ -237,7 +288,11 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     host, port = running.address
     print(f"listening on {format_address(host, port)}", flush=True)
-    running.serve_forever()
+    try:
+        running.serve_forever()
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

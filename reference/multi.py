@@ -17,29 +17,49 @@ shares one core. The process mode really uses several:
   back from every sub-reactor on every close to know their counts, and with
   many similar connections round-robin spreads them as evenly.
 - A sub-reactor process runs one loop with a :class:`~reference.server.Server`
-  that has no listener: it adopts the sockets that arrive on its channel.
+  that has no listener: it adopts the sockets that arrive on its channel, with
+  the connection options (high and low water...) the main process was given,
+  passed on its command line.
 
 Flow control, end to end: a sub-reactor near its descriptor limit stops
 reading its channel (the sockets wait in the channel, none is lost); when every
-channel is full, the main process keeps the socket it holds and pauses its
-acceptor (clients wait in the backlog) until a channel is writable again.
+channel is full (or no sub-reactor is running), the main process keeps the one
+socket it holds and pauses its acceptor, at once: the other clients wait in the
+kernel's backlog, not in the main process, until a channel is writable again.
 
-Life and death: the channel is also the life line. When the main process stops
-it closes the channels; each sub-reactor sees EOF, flushes its connections for
-the grace period and exits, and the main process reaps it (killing it if it
-overstays). When a sub-reactor dies, its channel reads EOF in the main
-process, which logs it and sends new connections to the living ones. When the
-main process dies, the sub-reactors see EOF and stop. SIGINT is ignored in
-the sub-reactors, so a Ctrl-C on the terminal stops the whole server through
-the main process, in order.
+Supervision, as a master process does it: the channel is also the life line.
+When a sub-reactor dies, its channel reads EOF in the main process, which
+reaps it, logs how it ended, and starts another in its place after a backoff
+(0.1 s, doubling for each death in the last minute). The connections the dead
+process owned die with it: their sockets were in that process alone. A
+sub-reactor that dies more than :data:`MAX_RESTARTS` times within
+:data:`RESTART_WINDOW` seconds is not restarted; when none is left that can
+run, the main process stops and :meth:`ProcessReactor.serve_forever` raises
+:class:`~reference.server.ServeError` saying why (the command line prints it
+as one line and exits 1), rather than accepting connections it cannot serve.
+
+Stopping: when the main process stops it closes the channels; each sub-reactor
+sees EOF, flushes its connections for the grace period and exits, and the main
+process reaps it (killing it if it overstays). When the main process dies, the
+sub-reactors see EOF and stop. SIGINT is ignored in the sub-reactors, so a
+Ctrl-C on the terminal stops the whole server through the main process, in
+order.
+
+For tests only: a sub-reactor started with the environment variable
+:data:`EXIT_AT_START_ENV` set to a number exits at once with that code, a
+sub-reactor that cannot start.
 
 Facts about the OS this relies on
 ---------------------------------
 - A descriptor in flight in an ``SCM_RIGHTS`` message belongs to neither
   process until it is received; if the receiver is out of descriptors,
   ``recvmsg`` sets ``MSG_CTRUNC`` and the kernel closes the ones it could not
-  install, so a sub-reactor must stop receiving before it runs out.
+  install, so a sub-reactor must stop receiving before it runs out. Those in
+  flight to a process that dies are closed by the kernel with its channel.
 - ``SOCK_SEQPACKET`` keeps message boundaries: one receive is one socket.
+- A process's descriptors are closed as it exits, a little before it can be
+  reaped: the channel's EOF may come before ``waitpid`` has an exit status, so
+  the main process polls for it for a short while instead of blocking its loop.
 """
 
 from __future__ import annotations
@@ -53,28 +73,72 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from reference.acceptor import Acceptor
 from reference.handler import HANDLERS, HandlerFactory
 from reference.loop import ERROR, READ, WRITE, EventLoop, TimerHandle
-from reference.server import DEFAULT_GRACE, ConnectionOptions, Server
+from reference.server import (
+    DEFAULT_GRACE,
+    LOOP_DESCRIPTORS,
+    ConnectionOptions,
+    ServeError,
+    Server,
+    StartError,
+    check_descriptors,
+    open_descriptors,
+)
 
-__all__ = ["ProcessReactor", "sub_reactor_main"]
+__all__ = [
+    "EXIT_AT_START_ENV",
+    "MAX_RESTARTS",
+    "RESTART_WINDOW",
+    "ProcessReactor",
+    "sub_reactor_main",
+]
 
 log = logging.getLogger(__name__)
 
+#: A sub-reactor that dies more often than this within :data:`RESTART_WINDOW`
+#: seconds is not started again.
+MAX_RESTARTS = 5
+#: Seconds over which a sub-reactor's deaths are counted.
+RESTART_WINDOW = 60.0
+#: Set to a number in a sub-reactor's environment, it makes the sub-reactor exit
+#: at start with that code. For tests: a sub-reactor that cannot start.
+EXIT_AT_START_ENV = "REFERENCE_SUB_REACTOR_EXIT_AT_START"
+
+#: Seconds before the first restart of a sub-reactor; doubled for every other
+#: death within the window.
+_FIRST_RESTART_DELAY = 0.1
 #: Descriptors a sub-reactor keeps free for its own use (logging, a selector...).
 _FD_RESERVE = 8
+#: Descriptors the main process holds for each sub-reactor (its channel), and
+#: for a moment while it starts one (the other end, the pipe ``subprocess`` uses).
+_SUB_DESCRIPTORS = 1
+_SPAWN_DESCRIPTORS = 3
 #: Seconds between looks at the descriptor count while a sub-reactor is full.
 _FULL_RETRY = 0.1
 #: Seconds to wait for a sub-reactor beyond the grace period before killing it.
 _EXIT_SLACK = 5.0
+#: Seconds between looks for the exit status of a sub-reactor whose channel closed.
+_EXIT_POLL = 0.01
 #: ``send_fds`` errors that mean "this channel is full for now".
 _CHANNEL_FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ETOOMANYREFS, errno.ENOBUFS})
+
+
+def _describe_exit(code: int) -> str:
+    """Say how a process ended from its ``Popen.returncode``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 @dataclass
@@ -84,48 +148,86 @@ class _SubReactor:
     index: int
     process: subprocess.Popen[bytes]
     channel: socket.socket
-    on_ready: Callable[[int], None]
-    alive: bool = True
+    on_ready: Callable[[int], None] = lambda mask: None
+    alive: bool = True  # its channel takes sockets
+    exit_code: int | None = None  # once reaped
+
+
+@dataclass
+class _Slot:
+    """One of the N places for a sub-reactor, and the deaths of those that held it."""
+
+    index: int
+    sub: _SubReactor | None = None
+    deaths: deque[float] = field(default_factory=deque)  # times, within the window
+    restart: TimerHandle | None = None
+    given_up: bool = False
 
 
 class ProcessReactor:
-    """A main loop that accepts, and N sub-reactor processes that serve.
+    """A main loop that accepts, and N sub-reactor processes that serve, kept running.
 
     Args:
         listener: A bound, listening socket.
         handler: The name of the handler in :data:`reference.handler.HANDLERS`
             (a name, since the sub-reactor processes look it up themselves).
         sub_reactors: Number of sub-reactor processes.
+        options: Flow-control settings for every connection, passed on to each
+            sub-reactor.
         verbose: Let the sub-reactors log debug messages.
+
+    Raises:
+        StartError: The descriptor limit is too small for ``sub_reactors``
+            channels, or a sub-reactor process cannot be started.
     """
 
     def __init__(
-        self, listener: socket.socket, handler: str, *, sub_reactors: int, verbose: bool = False
+        self,
+        listener: socket.socket,
+        handler: str,
+        *,
+        sub_reactors: int,
+        options: ConnectionOptions | None = None,
+        verbose: bool = False,
     ) -> None:
         if sub_reactors < 1:
             raise ValueError(f"need at least 1 sub-reactor, got {sub_reactors}")
+        check_descriptors(
+            LOOP_DESCRIPTORS + _SUB_DESCRIPTORS * sub_reactors + _SPAWN_DESCRIPTORS,
+            f"{sub_reactors} sub-reactor processes",
+        )
         self.loop = EventLoop("main")
         self.acceptor = Acceptor(self.loop, listener, self._on_accept)
         host, port = listener.getsockname()[:2]
         self.address: tuple[str, int] = (host, port)
         self._handler = handler
+        self._options = options or ConnectionOptions()
         self._verbose = verbose
-        self._subs: list[_SubReactor] = []
+        self._slots = [_Slot(index) for index in range(1, sub_reactors + 1)]
         self._next = 0
         self._held: deque[socket.socket] = deque()  # accepted, no channel had room yet
         self._grace = DEFAULT_GRACE
+        self._stopping = False
+        self._failure: str | None = None
         try:
-            for index in range(1, sub_reactors + 1):
-                self._subs.append(self._spawn(index))
-        except BaseException:
+            for slot in self._slots:
+                slot.sub = self._spawn(slot.index)
+        except BaseException as exc:
             self._close_channels()
             self._reap()
+            if isinstance(exc, OSError):
+                what = exc.strerror or str(exc)
+                raise StartError(f"cannot start the sub-reactor processes: {what}") from None
             raise
 
     # -- life cycle -----------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Accept until :meth:`stop`, then stop and reap the sub-reactors."""
+        """Accept until :meth:`stop`, then stop and reap the sub-reactors.
+
+        Raises:
+            ServeError: No sub-reactor could be kept running; the message says why.
+        """
         try:
             self.acceptor.start()
             self.loop.run()
@@ -136,11 +238,15 @@ class ProcessReactor:
             self._close_channels()
             self.loop.close()
             self._reap()
+        if self._failure is not None:
+            raise ServeError(self._failure)
 
     def _close_channels(self) -> None:
-        for sub in self._subs:
-            self.loop.unregister(sub.channel)
-            sub.channel.close()  # EOF: the sub-reactor flushes and exits.
+        for slot in self._slots:
+            if slot.sub is not None and slot.sub.alive:
+                slot.sub.alive = False
+                self.loop.unregister(slot.sub.channel)
+                slot.sub.channel.close()  # EOF: the sub-reactor flushes and exits.
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Stop accepting, stop every sub-reactor. Any thread or a signal handler."""
@@ -148,12 +254,18 @@ class ProcessReactor:
         self.loop.call_soon_threadsafe(self._stop_in_loop)
 
     def _stop_in_loop(self) -> None:
+        self._stopping = True
+        for slot in self._slots:
+            if slot.restart is not None:
+                slot.restart.cancel()
+                slot.restart = None
         if self.acceptor.sock.fileno() != -1:
             self.acceptor.close()
         self.loop.stop()
 
     def _spawn(self, index: int) -> _SubReactor:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        opts = self._options
         argv = [
             sys.executable,
             "-c",
@@ -165,21 +277,36 @@ class ProcessReactor:
             str(index),
             "--handler",
             self._handler,
+            "--high-water",
+            str(opts.high_water),
+            "--low-water",
+            str(opts.low_water),
+            "--read-size",
+            str(opts.read_size),
+            "--linger",
+            repr(opts.linger),
         ]
         if self._verbose:
             argv.append("-v")
         try:
             process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         ours.setblocking(False)
-        sub = _SubReactor(index, process, ours, lambda mask: self._on_channel(sub, mask))
-        self.loop.register(ours, READ, sub.on_ready)
+        sub = _SubReactor(index, process, ours)
+        sub.on_ready = lambda mask: self._on_channel(sub, mask)
+        self.loop.register(ours, READ | (WRITE if self._held else 0), sub.on_ready)
         log.info("sub-reactor %d: pid %d", index, process.pid)
         return sub
 
     def _reap(self) -> None:
-        for sub in self._subs:
+        for slot in self._slots:
+            sub = slot.sub
+            if sub is None or sub.exit_code is not None:
+                continue
             try:
                 code = sub.process.wait(self._grace + _EXIT_SLACK)
             except subprocess.TimeoutExpired:
@@ -188,6 +315,7 @@ class ProcessReactor:
                 )
                 sub.process.kill()
                 code = sub.process.wait()
+            sub.exit_code = code
             log.debug("sub-reactor %d (pid %d) exited with %d", sub.index, sub.process.pid, code)
 
     # -- handing sockets over -------------------------------------------------
@@ -195,16 +323,17 @@ class ProcessReactor:
     def _on_accept(self, sock: socket.socket, peer: object) -> None:
         if self._held or not self._hand_over(sock):
             self._held.append(sock)
-            self.acceptor.pause()
+            if not self.acceptor.paused_by_owner:
+                log.debug("no sub-reactor can take a connection now; accepts paused")
+            self.acceptor.pause()  # At once: the other clients wait in the backlog.
             self._watch_channels()
+
+    def _living(self) -> list[_SubReactor]:
+        return [slot.sub for slot in self._slots if slot.sub is not None and slot.sub.alive]
 
     def _hand_over(self, sock: socket.socket) -> bool:
         """Pass ``sock`` to the next living sub-reactor with room; False if none has."""
-        living = [sub for sub in self._subs if sub.alive]
-        if not living:
-            log.error("no sub-reactor is alive; closing a new connection")
-            sock.close()
-            return True
+        living = self._living()
         for _ in range(len(living)):
             sub = living[self._next % len(living)]
             self._next += 1
@@ -213,7 +342,7 @@ class ProcessReactor:
             except OSError as exc:
                 if exc.errno in _CHANNEL_FULL:
                     continue
-                self._lost(sub, f"channel failed: {exc}")
+                self._channel_lost(sub, f"channel failed: {exc}")
                 return self._hand_over(sock)
             sock.close()
             return True
@@ -222,9 +351,8 @@ class ProcessReactor:
     def _watch_channels(self) -> None:
         """Watch the channels for write room (while sockets are held) and for death."""
         events = READ | (WRITE if self._held else 0)
-        for sub in self._subs:
-            if sub.alive:
-                self.loop.modify(sub.channel, events, sub.on_ready)
+        for sub in self._living():
+            self.loop.modify(sub.channel, events, sub.on_ready)
 
     def _on_channel(self, sub: _SubReactor, mask: int) -> None:
         if mask & (READ | ERROR):
@@ -235,31 +363,95 @@ class ProcessReactor:
             except OSError:
                 data = b""
             if not data:
-                self._lost(sub, "channel closed")
+                self._channel_lost(sub, "channel closed")
                 return
         if mask & WRITE and self._held:
             while self._held and self._hand_over(self._held[0]):
                 self._held.popleft()
             if not self._held:
                 self._watch_channels()
+                log.debug("a sub-reactor has room again; accepting")
                 self.acceptor.resume()
 
-    def _lost(self, sub: _SubReactor, why: str) -> None:
+    # -- supervising ------------------------------------------------------------
+
+    def _channel_lost(self, sub: _SubReactor, why: str) -> None:
+        """``sub`` takes no more sockets; wait for its exit, then replace it."""
         if not sub.alive:
             return
         sub.alive = False
         self.loop.unregister(sub.channel)
+        sub.channel.close()
+        log.debug("sub-reactor %d (pid %d): %s", sub.index, sub.process.pid, why)
+        self._await_exit(sub, time.monotonic() + _EXIT_SLACK)
+
+    def _await_exit(self, sub: _SubReactor, deadline: float) -> None:
         code = sub.process.poll()
-        living = sum(s.alive for s in self._subs)
+        if code is None:
+            if time.monotonic() < deadline:
+                self.loop.call_later(_EXIT_POLL, lambda: self._await_exit(sub, deadline))
+                return
+            log.error(
+                "sub-reactor %d (pid %d) lost its channel but did not exit; killing it",
+                sub.index,
+                sub.process.pid,
+            )
+            sub.process.kill()
+            code = sub.process.wait()
+        sub.exit_code = code
+        how = _describe_exit(code)
         log.error(
-            "sub-reactor %d (pid %d) is gone (%s, exit code %s); new connections go to the "
-            "%d living",
+            "sub-reactor %d (pid %d) is gone (%s); the connections it owned are lost",
             sub.index,
             sub.process.pid,
-            why,
-            code,
-            living,
+            how,
         )
+        self._count_death(self._slots[sub.index - 1], f"sub-reactor {sub.index}, {how}")
+
+    def _count_death(self, slot: _Slot, how: str) -> None:
+        """Start ``slot``'s sub-reactor again after a backoff, or give up on it."""
+        if self._stopping:
+            return
+        now = time.monotonic()
+        slot.deaths.append(now)
+        while slot.deaths[0] <= now - RESTART_WINDOW:
+            slot.deaths.popleft()
+        if len(slot.deaths) > MAX_RESTARTS:
+            slot.given_up = True
+            log.error(
+                "sub-reactor %d died %d times within %.0fs; not starting it again",
+                slot.index,
+                len(slot.deaths),
+                RESTART_WINDOW,
+            )
+            if all(s.given_up for s in self._slots):
+                self._failure = (
+                    f"no sub-reactor can run: each died {MAX_RESTARTS + 1} times within "
+                    f"{RESTART_WINDOW:.0f}s (last: {how})"
+                )
+                self._stop_in_loop()
+            return
+        delay = _FIRST_RESTART_DELAY * 2 ** (len(slot.deaths) - 1)
+        log.warning(
+            "starting sub-reactor %d again in %.1fs (death %d of %d allowed within %.0fs)",
+            slot.index,
+            delay,
+            len(slot.deaths),
+            MAX_RESTARTS,
+            RESTART_WINDOW,
+        )
+        slot.restart = self.loop.call_later(delay, lambda: self._restart(slot))
+
+    def _restart(self, slot: _Slot) -> None:
+        slot.restart = None
+        if self._stopping:
+            return
+        try:
+            slot.sub = self._spawn(slot.index)
+        except OSError as exc:
+            what = exc.strerror or str(exc)
+            log.error("cannot start sub-reactor %d: %s", slot.index, what)
+            self._count_death(slot, f"sub-reactor {slot.index}, could not be started: {what}")
 
 
 # -- the sub-reactor process ------------------------------------------------------
@@ -277,7 +469,7 @@ class _Inbox:
         self.channel = channel
         self.server = server
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self.capacity = max(1, soft - _open_descriptors() - _FD_RESERVE)
+        self.capacity = max(1, soft - open_descriptors() - _FD_RESERVE)
         self._receiving = False
         self._retry: TimerHandle | None = None
         channel.setblocking(False)
@@ -344,19 +536,16 @@ class _Inbox:
             self._retry = self.loop.call_later(_FULL_RETRY, self._try_again)
 
 
-def _open_descriptors() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir used
-    except OSError:
-        return 16
-
-
 def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of a sub-reactor process (started by :class:`ProcessReactor`)."""
     parser = argparse.ArgumentParser(prog="reference sub-reactor")
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--handler", choices=sorted(HANDLERS), required=True)
+    parser.add_argument("--high-water", type=int, required=True)
+    parser.add_argument("--low-water", type=int, required=True)
+    parser.add_argument("--read-size", type=int, required=True)
+    parser.add_argument("--linger", type=float, required=True)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -364,10 +553,20 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    exit_at_start = os.environ.get(EXIT_AT_START_ENV)
+    if exit_at_start:
+        log.error("sub-%d: %s=%s: exiting at start", args.index, EXIT_AT_START_ENV, exit_at_start)
+        return int(exit_at_start)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The main process stops us, in order.
     factory: HandlerFactory = HANDLERS[args.handler]
     loop = EventLoop(f"sub-{args.index}")
-    server = Server(loop, factory, options=ConnectionOptions())
+    options = ConnectionOptions(
+        high_water=args.high_water,
+        low_water=args.low_water,
+        read_size=args.read_size,
+        linger=args.linger,
+    )
+    server = Server(loop, factory, options=options)
     inbox = _Inbox(loop, socket.socket(fileno=args.channel_fd), server)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -15,17 +15,30 @@ calling thread that runs the acceptor, with two dials (as muduo's
   which owns it for its whole life.
 
 The process mode of the multi model is in :mod:`reference.multi`.
+
+Each loop holds descriptors of its own, so before it creates sub-reactor
+loops the reactor makes sure the descriptor limit leaves room for them and
+for at least one connection each, and says so in one line
+(:class:`~reference.server.StartError`) rather than failing half-built.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
 
 from reference.handler import HandlerFactory
 from reference.loop import EventLoop
-from reference.server import DEFAULT_GRACE, ConnectionOptions, Server
+from reference.server import (
+    DEFAULT_GRACE,
+    LOOP_DESCRIPTORS,
+    ConnectionOptions,
+    Server,
+    StartError,
+    check_descriptors,
+)
 from reference.workers import WorkerPool, pooled
 
 __all__ = ["LoopPool", "Reactor"]
@@ -82,6 +95,9 @@ class Reactor:
         sub_reactors: Loops, each on its own thread, that own the connections
             (0: the main loop owns them).
         workers: Worker threads that run the handlers (0: the loop runs them).
+
+    Raises:
+        StartError: The descriptor limit is too small for ``sub_reactors`` loops.
     """
 
     def __init__(
@@ -93,8 +109,17 @@ class Reactor:
         sub_reactors: int = 0,
         workers: int = 0,
     ) -> None:
-        self.loop = EventLoop("main")
-        self.loop_pool = LoopPool(sub_reactors) if sub_reactors else None
+        if sub_reactors:
+            what = f"{sub_reactors} sub-reactor threads"
+            # Each sub-reactor: its loop and one connection; and the main loop.
+            check_descriptors((LOOP_DESCRIPTORS + 1) * sub_reactors + LOOP_DESCRIPTORS, what)
+        try:
+            self.loop = EventLoop("main")
+            self.loop_pool = LoopPool(sub_reactors) if sub_reactors else None
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            raise StartError(f"cannot create the event loops: {exc.strerror}") from None
         self.worker_pool = WorkerPool(workers) if workers else None
         if self.worker_pool is not None:
             handler_factory = pooled(handler_factory, self.worker_pool)

@@ -21,12 +21,28 @@ stops once its connections are all closed or the grace period is over,
 whichever comes first. At the deadline a connection that still owed bytes is
 reset (the peer sees RST after what it got); one that had sent everything and
 its FIN, and only waited for the peer's EOF, is just closed.
+
+Errors a model reports to its command line: :class:`StartError` (it cannot
+start as asked: an address it cannot listen on, too few descriptors for the
+loops it was asked for; a usage error) and :class:`ServeError` (it started,
+then could no longer serve at all).
+
+Facts about the OS this relies on
+---------------------------------
+- Every loop holds descriptors of its own (a poller and a wakeup pair), before
+  any connection; a process has ``RLIMIT_NOFILE`` of them in all, counted from
+  the lowest free number, so a limit too small for the loops asked for fails
+  with ``EMFILE`` while they are created. :func:`check_descriptors` says so
+  first, in words.
+- ``/proc/self/fd`` lists the descriptors a process has open (Linux).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import resource
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,10 +62,15 @@ from reference.loop import EventLoop
 __all__ = [
     "ConnectionOptions",
     "ListenError",
+    "ServeError",
     "Server",
+    "StartError",
     "bind_listener",
+    "check_descriptors",
     "format_address",
+    "open_descriptors",
     "DEFAULT_GRACE",
+    "LOOP_DESCRIPTORS",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,8 +80,23 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE = 2.0
 
 
-class ListenError(Exception):
+#: Descriptors each event loop holds: its poller and its wakeup socketpair.
+LOOP_DESCRIPTORS = 3
+#: Descriptors a process keeps free beyond what it was asked for (logging, a
+#: module that opens a file, a connection or two).
+_DESCRIPTOR_RESERVE = 8
+
+
+class StartError(Exception):
+    """The server cannot start as it was asked to; the message says why, in one line."""
+
+
+class ListenError(StartError):
     """The server cannot listen where it was asked to; the message says why."""
+
+
+class ServeError(Exception):
+    """The server started but can no longer serve at all; the message says why, in one line."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +107,36 @@ class ConnectionOptions:
     low_water: int = DEFAULT_LOW_WATER
     read_size: int = DEFAULT_READ_SIZE
     linger: float = DEFAULT_LINGER
+
+
+def open_descriptors() -> int:
+    """How many descriptors this process has open now (an estimate where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir used
+    except OSError:
+        return 16
+
+
+def check_descriptors(needed: int, what: str) -> None:
+    """Make sure this process may open ``needed`` more descriptors, and some to spare.
+
+    Args:
+        needed: Descriptors about to be opened.
+        what: What needs them, for the message ("30 sub-reactor threads").
+
+    Raises:
+        StartError: The descriptor limit (``ulimit -n``) leaves too few free.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    in_use = open_descriptors()
+    if in_use + needed + _DESCRIPTOR_RESERVE > soft:
+        raise StartError(
+            f"too few file descriptors for {what}: they need {needed} and {_DESCRIPTOR_RESERVE} "
+            f"to spare, but the limit is {soft} (ulimit -n) and {in_use} are in use; "
+            "raise the limit or ask for fewer sub-reactors"
+        )
 
 
 def format_address(host: str, port: int) -> str:
@@ -153,6 +219,13 @@ class Server:
         self._connections: dict[EventLoop, set[Connection]] = {lp: set() for lp in self._owners}
         self._stopping: set[EventLoop] = set()
         self._stop_requests = 0
+        log.info(
+            "%s: connections stop reading above %d bytes of unsent replies and read again "
+            "at %d (high and low water)",
+            loop.name,
+            self.options.high_water,
+            self.options.low_water,
+        )
 
     # -- running -----------------------------------------------------------
 

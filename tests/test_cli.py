@@ -69,3 +69,50 @@ def test_cli_version_names_the_package() -> None:
     assert result.returncode == 0
     assert result.stdout.strip().startswith("reactor-conformance ")
     assert __version__ in result.stdout
+
+
+def run_with_descriptor_limit(limit: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGV`` under ``ulimit -n LIMIT``, as a shell user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    script = f'ulimit -n {limit} && exec "$@"'
+    return subprocess.run(
+        ["sh", "-c", script, "sh", sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_cli_descriptor_limit_too_small_for_the_sub_reactors_is_a_usage_error(mode: str) -> None:
+    result = run_with_descriptor_limit(
+        40, "-m", "reference", "multi", "--sub-reactors", "30", "--mode", mode
+    )
+    assert_usage_error(
+        result, "too few file descriptors", f"30 sub-reactor {mode}", "limit is 40", "ulimit -n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--high-water", "4096", "--low-water", "4096"], "--low-water (4096) must be below"),
+        (["--low-water", "300000"], "--high-water (262144)"),
+        (["--high-water", "0"], "--high-water: must be at least 2"),
+        (["--low-water", "0"], "--low-water: must be at least 1"),
+        (["--low-water", "-5"], "--low-water"),
+        (["--high-water", "64k"], "--high-water: not a whole number"),
+    ],
+)
+def test_cli_bad_water_marks_are_usage_errors(flags: list[str], needle: str) -> None:
+    assert_usage_error(run("-m", "reference", "single", *flags), needle)
+
+
+@pytest.mark.parametrize(
+    "model", [["pool"], ["multi", "--mode", "thread"], ["multi", "--mode", "process"]]
+)
+def test_cli_every_model_checks_its_water_marks(model: list[str]) -> None:
+    flags = ["--high-water", "1000", "--low-water", "2000"]
+    assert_usage_error(run("-m", "reference", *model, *flags), "must be below --high-water (1000)")

@@ -332,6 +332,31 @@ def test_Server_with_discard_handler_replies_nothing(model: list[str]) -> None:
         assert exchange(sock, os.urandom(MIB), half_close=True) == b""
 
 
+def test_Server_with_small_water_marks_echoes_a_large_payload(model: list[str]) -> None:
+    high, low = 4096, 1024
+    with ServerProcess([*model, "--high-water", str(high), "--low-water", str(low)]) as server:
+        # Every loop that owns connections says which marks it got: each
+        # sub-reactor process for itself, from its own command line.
+        owners = ["sub-1", "sub-2"] if "process" in model else ["main"]
+        for owner in owners:
+            server.wait_for_log(rf"{owner}: .* stop reading above {high} bytes .* at {low}")
+        payload = os.urandom(32 * MIB)  # More than the kernel's buffers on both sides hold.
+        with connect(server.address, timeout=60) as sock:
+            sender = threading.Thread(target=_send_ignoring_errors, args=(sock, payload))
+            sender.start()
+            # Not reading yet: the replies back up until the server stops reading from us.
+            first = server.wait_for_log(r"pause reading, (\d+) bytes buffered")
+            assert int(first.group(1)) <= high + DEFAULT_READ_SIZE
+            received = recv_exactly(sock, len(payload))
+            sender.join(60)
+            assert not sender.is_alive(), "the sender is still blocked after every byte came back"
+        assert_same(payload, received)
+        resumes = [int(m.group(1)) for m in server.log_matches(r"resume reading, (\d+) bytes")]
+        assert resumes, "the server never read again after it paused"
+        assert max(resumes) <= low, resumes
+        assert_echoes(server)  # The other sub-reactor too, in process mode.
+
+
 def test_Server_survives_running_out_of_descriptors(model: list[str]) -> None:
     limit = "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))"
     with ServerProcess(model, prefix=limit) as server:
