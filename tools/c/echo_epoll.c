@@ -2,8 +2,10 @@
  *
  * Usage: echo_epoll PORT   (0 picks a free port; prints "listening on 127.0.0.1:PORT")
  * Level-triggered epoll, non-blocking sockets, a per-connection output buffer
- * for what send() did not take. Benchmark-only code: no half-close handling
- * beyond closing on EOF once everything owed is sent.
+ * for what send() did not take; a connection whose buffer holds HIGH bytes or
+ * more is not read until it drains (a peer that never reads cannot make it
+ * grow). Benchmark-only code: no half-close handling beyond closing on EOF
+ * once everything owed is sent.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -19,6 +21,7 @@
 #include <unistd.h>
 
 #define BUF 65536
+#define HIGH (1 << 20) /* stop reading a connection with this much unsent */
 
 struct conn {
     int fd;
@@ -49,7 +52,7 @@ static int flush_out(struct conn *c) {
 }
 
 static void set_events(int ep, struct conn *c) {
-    unsigned want = (c->eof ? 0 : EPOLLIN) | (c->out_len ? EPOLLOUT : 0);
+    unsigned want = (c->eof || c->out_len >= HIGH ? 0 : EPOLLIN) | (c->out_len ? EPOLLOUT : 0);
     if (want == c->cur) return;
     struct epoll_event ev = {.events = want, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
