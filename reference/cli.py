@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn, Protocol
 
-from reference.handler import HANDLERS, HandlerFactory
+from reference.handler import HANDLERS, NO_WORK, HandlerFactory, Work, with_work
 from reference.multi import ProcessReactor
 from reference.reactor import Reactor
 from reference.server import ConnectionOptions, ListenError, bind_listener, format_address
@@ -109,7 +109,11 @@ def _build_multi(
 ) -> Running:
     if args.mode == "process":
         return ProcessReactor(
-            args.listener, args.handler, sub_reactors=args.sub_reactors, verbose=args.verbose
+            args.listener,
+            args.handler,
+            sub_reactors=args.sub_reactors,
+            verbose=args.verbose,
+            work=args.work,
         )
     return Reactor(args.listener, factory, options=options, sub_reactors=args.sub_reactors)
 
@@ -170,6 +174,14 @@ def at_least(minimum: int) -> Callable[[str], int]:
 positive_int = at_least(1)
 
 
+def work_spec(text: str) -> Work:
+    """Parse ``--work`` (``none``, ``block:MS``, ``cpu:US``) for argparse."""
+    try:
+        return Work.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
 def add_model_parsers(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
 ) -> None:
@@ -190,6 +202,15 @@ def add_model_parsers(
             choices=sorted(HANDLERS),
             default="echo",
             help="Protocol to serve: echo (RFC 862) or discard (RFC 863) (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--work",
+            type=work_spec,
+            default=NO_WORK,
+            metavar="none|block:MS|cpu:US",
+            help="What the handler costs per message: nothing, blocking its thread for MS "
+            "milliseconds (like a blocking database call), or burning US microseconds of CPU "
+            "(default: none)",
         )
         parser.add_argument(
             "-v", "--verbose", action="store_true", help="Log debug messages to stderr"
@@ -227,7 +248,8 @@ def serve(args: argparse.Namespace) -> int:
     except ListenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    running = MODELS[args.model].build(args, HANDLERS[args.handler], ConnectionOptions())
+    factory = with_work(HANDLERS[args.handler], args.work)
+    running = MODELS[args.model].build(args, factory, ConnectionOptions())
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("%s received, stopping", signal.Signals(signum).name)

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from reference.acceptor import Acceptor
-from reference.handler import HANDLERS, HandlerFactory
+from reference.handler import HANDLERS, NO_WORK, HandlerFactory, Work, with_work
 from reference.loop import ERROR, READ, WRITE, EventLoop, TimerHandle
 from reference.server import DEFAULT_GRACE, ConnectionOptions, Server
 
@@ -97,10 +97,18 @@ class ProcessReactor:
             (a name, since the sub-reactor processes look it up themselves).
         sub_reactors: Number of sub-reactor processes.
         verbose: Let the sub-reactors log debug messages.
+        work: What the handler costs per message (see
+            :class:`reference.handler.Work`); the sub-reactors build the same.
     """
 
     def __init__(
-        self, listener: socket.socket, handler: str, *, sub_reactors: int, verbose: bool = False
+        self,
+        listener: socket.socket,
+        handler: str,
+        *,
+        sub_reactors: int,
+        verbose: bool = False,
+        work: Work = NO_WORK,
     ) -> None:
         if sub_reactors < 1:
             raise ValueError(f"need at least 1 sub-reactor, got {sub_reactors}")
@@ -109,6 +117,7 @@ class ProcessReactor:
         host, port = listener.getsockname()[:2]
         self.address: tuple[str, int] = (host, port)
         self._handler = handler
+        self._work = work
         self._verbose = verbose
         self._subs: list[_SubReactor] = []
         self._next = 0
@@ -165,6 +174,8 @@ class ProcessReactor:
             str(index),
             "--handler",
             self._handler,
+            "--work",
+            str(self._work),
         ]
         if self._verbose:
             argv.append("-v")
@@ -356,6 +367,7 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--handler", choices=sorted(HANDLERS), required=True)
+    parser.add_argument("--work", type=Work.parse, default=NO_WORK)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -364,8 +376,9 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The main process stops us, in order.
-    factory: HandlerFactory = HANDLERS[args.handler]
+    factory: HandlerFactory = with_work(HANDLERS[args.handler], args.work)
     loop = EventLoop(f"sub-{args.index}")
+    log.info("%s: serving %s, work %s", loop.name, args.handler, args.work)
     server = Server(loop, factory, options=ConnectionOptions())
     inbox = _Inbox(loop, socket.socket(fileno=args.channel_fd), server)
 
