@@ -215,20 +215,50 @@ def _wake_all(unwoken: set[Outbox]) -> None:
 class Strand:
     """One connection's work, run in order by at most one worker at a time.
 
+    Besides tasks, a strand gathers *data* (bytes, for a handler's
+    ``data_received``) in an inbox: :meth:`post_data` appends to it and queues
+    one data task only when none is waiting; the worker that reaches that
+    task takes the whole inbox, in the same critical section, and hands it to
+    ``on_data``. One lock acquisition per chunk on the posting side, one per
+    task on the worker's (locks are dear: on some machines one costs as much
+    as ten Python calls).
+
     Args:
         pool: The pool whose workers run the tasks.
         on_idle: Called on the worker when the strand has run dry.
+        on_data: Called on the worker with the chunks gathered by
+            :meth:`post_data`, in arrival order.
     """
 
-    __slots__ = ("_pool", "_on_idle", "_lock", "_tasks", "_scheduled", "_running")
+    __slots__ = (
+        "_pool",
+        "_on_idle",
+        "_on_data",
+        "_lock",
+        "_tasks",
+        "_scheduled",
+        "_running",
+        "_inbox",
+        "_inbox_bytes",
+        "_data_waiting",
+    )
 
-    def __init__(self, pool: WorkerPool, on_idle: Task | None = None) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        on_idle: Task | None = None,
+        on_data: Callable[[list[bytes]], object] | None = None,
+    ) -> None:
         self._pool = pool
         self._on_idle = on_idle
+        self._on_data = on_data
         self._lock = threading.Lock()
-        self._tasks: deque[Task] = deque()
+        self._tasks: deque[Task | None] = deque()  # None: take the inbox, call on_data
         self._scheduled = False
         self._running = 0  # 1 while a worker runs one of its tasks
+        self._inbox: list[bytes] = []
+        self._inbox_bytes = 0
+        self._data_waiting = False  # a data task is queued and has not started
 
     def post(self, task: Task, *, submit: Callable[[Task], None] | None = None) -> int:
         """Add ``task`` after the others. Any thread; never blocks.
@@ -241,33 +271,82 @@ class Strand:
         Returns:
             How many tasks wait in the strand, ``task`` included.
         """
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             self._tasks.append(task)
             waiting = len(self._tasks)
             go = not self._scheduled
             self._scheduled = True
+        finally:
+            lock.release()
         if go:
             (submit or self._pool.submit)(self._run)
         return waiting
+
+    def post_data(self, data: bytes, *, submit: Callable[[Task], None] | None = None) -> int:
+        """Add ``data`` to the inbox; queue a data task unless one waits. Any thread.
+
+        Args:
+            data: The next chunk.
+            submit: As for :meth:`post`.
+
+        Returns:
+            How many bytes wait in the inbox, ``data`` included.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._inbox.append(data)
+            self._inbox_bytes += len(data)
+            pending = self._inbox_bytes
+            go = False
+            if not self._data_waiting:
+                self._data_waiting = True
+                self._tasks.append(None)
+                go = not self._scheduled
+                self._scheduled = True
+        finally:
+            lock.release()
+        if go:
+            (submit or self._pool.submit)(self._run)
+        return pending
 
     def waiting(self) -> int:
         """How many tasks are posted and not yet finished. Any thread."""
         with self._lock:
             return len(self._tasks) + self._running
 
+    def data_waiting(self) -> bool:
+        """True while a data task is queued and no worker has taken the inbox yet. Any thread."""
+        with self._lock:
+            return self._data_waiting
+
     def _run(self) -> None:
         tasks = self._tasks
         lock = self._lock
+        chunks: list[bytes] = []
         for _ in range(_BATCH):
-            with lock:
+            lock.acquire()
+            try:
                 if not tasks:
                     self._scheduled = False
                     self._running = 0
                     break
                 task = tasks.popleft()
+                if task is None:  # The data task: take the inbox with it.
+                    chunks = self._inbox
+                    self._inbox = []
+                    self._inbox_bytes = 0
+                    self._data_waiting = False
                 self._running = 1
+            finally:
+                lock.release()
             try:
-                task()
+                if task is not None:
+                    task()
+                elif self._on_data is not None:
+                    self._on_data(chunks)
             except Exception:  # The strand must go on with the next task.
                 log.exception("strand task failed")
         else:
@@ -283,10 +362,11 @@ class Departures:
     """Strands that one loop hands to the pool, submitted once its turn's reads are done.
 
     Loop thread only. The first :meth:`add` in a turn schedules :meth:`flush`
-    after the turn's ready sockets (``call_soon_threadsafe`` from the loop
-    thread runs in the same turn); until then no worker is woken, so the loop
-    reads every ready socket without handing the GIL to a worker between two
-    reads.
+    as a timer due at once: a loop turn runs its due timers right after its
+    ready sockets (see :mod:`reference.loop`), so the flush comes after every
+    read of the turn, and, unlike ``call_soon_threadsafe``, costs no wakeup
+    byte. Until then no worker is woken, so the loop reads every ready socket
+    without handing the GIL to a worker between two reads.
 
     Args:
         loop: The loop whose turn it is.
@@ -303,7 +383,7 @@ class Departures:
     def add(self, run: Task) -> None:
         """Submit ``run`` to the pool at the end of this turn. Loop thread only."""
         if not self._runs:
-            self._loop.call_soon_threadsafe(self.flush)
+            self._loop.call_later(0.0, self.flush)
         self._runs.append(run)
 
     def flush(self) -> None:
@@ -376,15 +456,17 @@ class PooledTransport:
         outbox: The outbox of the connection's loop.
     """
 
-    __slots__ = ("_conn", "_post")
+    __slots__ = ("_conn", "_post", "_send_in_loop")
 
     def __init__(self, conn: Connection, outbox: Outbox) -> None:
         self._conn = conn
         self._post = outbox.post
+        self._send_in_loop = conn.send_in_loop
 
     def send(self, data: bytes) -> None:
         """Queue ``data`` for the peer, after the replies before it. Any thread."""
-        self._post(self._conn.send_in_loop, data if type(data) is bytes else bytes(data))
+        # A copy unless immutable: the handler may reuse its buffer once this returns.
+        self._post(self._send_in_loop, data if type(data) is bytes else bytes(data))
 
     def close(self) -> None:
         """Flush what is queued, then close. Any thread."""
@@ -420,10 +502,6 @@ class PooledHandler:
         "_transport",
         "_outbox",
         "_submit",
-        "_lock",
-        "_inbox",
-        "_inbox_bytes",
-        "_data_posted",
         "_paused",
         "_failed",
     )
@@ -434,15 +512,11 @@ class PooledHandler:
         self._inner = inner
         self._pool = pool
         self._max_pending = max_pending
-        self._strand = Strand(pool)
+        self._strand = Strand(pool, on_data=self._run_data)
         self._conn: Connection | None = None
         self._transport: PooledTransport | None = None
         self._outbox: Outbox | None = None
         self._submit: Callable[[Task], None] | None = None
-        self._lock = threading.Lock()  # guards the inbox and _data_posted
-        self._inbox: list[bytes] = []
-        self._inbox_bytes = 0
-        self._data_posted = False  # a data task waits in the strand, not yet started
         self._paused = False  # loop thread only
         self._failed = False
 
@@ -457,18 +531,11 @@ class PooledHandler:
         self._strand.post(self._run_made)
 
     def data_received(self, data: bytes) -> None:
-        with self._lock:
-            self._inbox.append(data)
-            self._inbox_bytes += len(data)
-            pending = self._inbox_bytes
-            posted = self._data_posted
-            self._data_posted = True
-        if not posted:
-            self._strand.post(self._run_data, submit=self._submit)
+        pending = self._strand.post_data(data, submit=self._submit)
         if not self._paused and (
             pending > self._max_pending or self._pool.backlog() > self._pool.max_backlog
         ):
-            self._pause()
+            self._pause(pending)
 
     def eof_received(self) -> bool:
         self._strand.post(self._run_eof)
@@ -485,13 +552,13 @@ class PooledHandler:
 
     # -- flow control ----------------------------------------------------------
 
-    def _pause(self) -> None:
+    def _pause(self, pending: int) -> None:
         assert self._conn is not None
         self._paused = True
         log.debug(
             "%r: pause reading, %d bytes waiting, pool backlog %d",
             self._conn,
-            self._inbox_bytes,
+            pending,
             self._pool.backlog(),
         )
         self._conn.pause_reading()
@@ -500,12 +567,9 @@ class PooledHandler:
         self._resume_if_taken(None)
 
     def _resume_if_taken(self, _: object) -> None:  # On the loop, through the outbox.
-        if self._paused and self._conn is not None:
-            with self._lock:
-                taken = not self._data_posted
-            if taken:
-                self._paused = False
-                self._conn.resume_reading()
+        if self._paused and self._conn is not None and not self._strand.data_waiting():
+            self._paused = False
+            self._conn.resume_reading()
 
     # -- worker side ------------------------------------------------------------
 
@@ -516,12 +580,7 @@ class PooledHandler:
         except Exception as exc:
             self._fail(exc)
 
-    def _run_data(self) -> None:
-        with self._lock:
-            chunks = self._inbox
-            self._inbox = []
-            self._inbox_bytes = 0
-            self._data_posted = False
+    def _run_data(self, chunks: list[bytes]) -> None:
         if self._paused and self._outbox is not None:
             self._outbox.post(self._resume_if_taken, None)
         if len(chunks) == 1:  # The common case: one read since the last task.
