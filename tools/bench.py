@@ -2,7 +2,8 @@
 
 Runs the same closed-loop ping-pong load (by default 64-byte messages over 50
 connections, the median of 3 runs of 5 s after 1 s of priming) against each
-server, and prints a Markdown table: round trips per second, p50 and p99
+server (the servers of one ``--work`` setting all started at once, their runs
+interleaved), and prints a Markdown table: round trips per second, p50 and p99
 latency, the server's CPU time per round trip (all its threads and
 processes, from ``/proc``: what a round trip costs, whatever else the machine
 runs), and ratios to the single reactor, to asyncio's Protocol echo server
@@ -33,6 +34,7 @@ Benchmark-only: nothing here runs in the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,7 +45,6 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -145,79 +146,87 @@ def server_cpu(pid: int) -> float:
     return sum(procfs.cpu_seconds(p) or 0.0 for p in pids)
 
 
-def python_runs(host: str, port: int, args: argparse.Namespace) -> list[dict[str, float]]:
-    """Prime, then ``args.runs`` runs of the project's load generator."""
-
-    def spec(seconds: float) -> LoadSpec:
-        return LoadSpec(host, port, connections=args.connections, size=args.size, duration=seconds)
-
-    run_load(spec(args.prime))
-    runs = []
-    for _ in range(args.runs):
-        before = server_cpu(args.server_pid)
-        result = run_load(spec(args.seconds))
-        used = server_cpu(args.server_pid) - before
-        if not result.ok:
-            raise RuntimeError(f"load failed: {result.first_error}")
-        lat = result.latency.summary()
-        runs.append(
-            {
-                "rps": result.round_trips_per_second,
-                "p50": lat["p50"],
-                "p99": lat["p99"],
-                "cpu_us": used / max(1, result.round_trips) * 1e6,
-            }
-        )
-    return runs
+def python_run(host: str, port: int, seconds: float, args: argparse.Namespace) -> Run:
+    """One run of the project's load generator: rate, latency, round trips."""
+    spec = LoadSpec(host, port, connections=args.connections, size=args.size, duration=seconds)
+    result = run_load(spec)
+    if not result.ok:
+        raise RuntimeError(f"load failed: {result.first_error}")
+    lat = result.latency.summary()
+    return Run(result.round_trips_per_second, lat["p50"], lat["p99"], result.round_trips)
 
 
-def c_runs(c_dir: Path, host: str, port: int, args: argparse.Namespace) -> list[dict[str, float]]:
-    """Prime, then ``args.runs`` runs of the C ping-pong client."""
+def c_run(c_dir: Path, host: str, port: int, seconds: float, args: argparse.Namespace) -> Run:
+    """One run of the C ping-pong client: rate, latency, round trips."""
     client = [str(c_dir / "pingpong"), host, str(port), str(args.connections), str(args.size)]
-
-    def once(seconds: float) -> dict[str, Any]:
-        out = subprocess.run(
-            pinned([*client, str(seconds)], LOAD_CPU),
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"C client failed ({out.returncode}): {out.stderr or out.stdout}")
-        data: dict[str, Any] = json.loads(out.stdout)
-        return data
-
-    once(args.prime)
-    runs = []
-    for _ in range(args.runs):
-        before = server_cpu(args.server_pid)
-        data = once(args.seconds)
-        used = server_cpu(args.server_pid) - before
-        runs.append(
-            {
-                "rps": data["rps"],
-                "p50": data["p50_us"],
-                "p99": data["p99_us"],
-                "cpu_us": used / max(1, data["round_trips"]) * 1e6,
-            }
-        )
-    return runs
+    out = subprocess.run(
+        pinned([*client, str(seconds)], LOAD_CPU),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"C client failed ({out.returncode}): {out.stderr or out.stdout}")
+    data = json.loads(out.stdout)
+    return Run(data["rps"], data["p50_us"], data["p99_us"], data["round_trips"])
 
 
-def measure(
-    target: Target, work: str, c_dir: Path | None, args: argparse.Namespace
-) -> list[dict[str, float]]:
-    """Start ``target`` under ``work``, load it, stop it."""
-    server = start_server(target.command(work))
-    args = argparse.Namespace(**{**vars(args), "server_pid": server.pid})
-    try:
-        host, port = server.address
-        if args.client == "c":
-            assert c_dir is not None
-            return c_runs(c_dir, host, port, args)
-        return python_runs(host, port, args)
-    finally:
-        server.stop(grace=10.0)
+@dataclass
+class Run:
+    """What one run measured."""
+
+    rps: float
+    p50: float
+    p99: float
+    round_trips: int
+
+
+def measure_together(
+    chosen: list[Target], work: str, c_dir: Path | None, args: argparse.Namespace
+) -> None:
+    """Start every server of ``chosen`` under ``work``, then run the load on each in turn.
+
+    The runs are interleaved (run 1 on each server, then run 2 on each...),
+    so that a change in what else the machine runs hits every server alike;
+    the idle servers wait in ``epoll_wait`` and cost nothing meanwhile.
+    """
+    with contextlib.ExitStack() as stack:
+        servers: list[tuple[Target, Spawned]] = []
+        for target in chosen:
+            server = start_server(target.command(work))
+            stack.callback(server.stop, 10.0)
+            servers.append((target, server))
+            target.runs[work] = []
+
+        def one(server: Spawned, seconds: float) -> tuple[Run, float]:
+            host, port = server.address
+            before = server_cpu(server.pid)
+            if args.client == "c":
+                assert c_dir is not None
+                run = c_run(c_dir, host, port, seconds, args)
+            else:
+                run = python_run(host, port, seconds, args)
+            return run, server_cpu(server.pid) - before
+
+        for target, server in servers:
+            print(f"priming {target.name}, --work {work}...", file=sys.stderr, flush=True)
+            one(server, args.prime)
+        for i in range(args.runs):
+            for target, server in servers:
+                print(
+                    f"run {i + 1}/{args.runs}: {target.name}, --work {work}...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                run, cpu = one(server, args.seconds)
+                target.runs[work].append(
+                    {
+                        "rps": run.rps,
+                        "p50": run.p50,
+                        "p99": run.p99,
+                        "cpu_us": cpu / max(1, run.round_trips) * 1e6,
+                    }
+                )
 
 
 def ratio(value: float, base: float) -> str:
@@ -361,16 +370,22 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) > LOAD_CPU and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {LOAD_CPU})
     for work in args.work:
-        for name in chosen:
-            target = found[name]
-            if target.skipped or (work != "none" and not target.takes_work):
-                continue
-            print(f"measuring {name}, --work {work}...", file=sys.stderr, flush=True)
-            target.runs[work] = measure(target, work, c_dir, args)
+        measure_together(
+            [
+                found[name]
+                for name in chosen
+                if not found[name].skipped and (work == "none" or found[name].takes_work)
+            ],
+            work,
+            c_dir,
+            args,
+        )
     yardstick: list[float] = []
     if args.client == "python" and c_dir is not None and found["c"].measured("none"):
         print("measuring the C client against the C server...", file=sys.stderr, flush=True)
-        yardstick = [run["rps"] for run in measure(found["c"], "none", c_dir, _c_client(args))]
+        yardstick_target = Target("c", found["c"].argv)
+        measure_together([yardstick_target], "none", c_dir, _c_client(args))
+        yardstick = [run["rps"] for run in yardstick_target.runs["none"]]
     client = "C ping-pong client" if args.client == "c" else "the project's load generator"
     header = (
         f"{args.connections} connections, {args.size}-byte ping-pong from {client}, median of "
