@@ -275,18 +275,15 @@ def plot(
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         xs = [w + (i - (len(names) - 1) / 2) * width for w in range(len(works))]
-        have = [found[name].measured(work) for work in works]
-        rps = [
-            found[name].median(work, "rps") if ok else 0.0
-            for work, ok in zip(works, have, strict=True)
-        ]
-        p99 = [
-            found[name].median(work, "p99") if ok else 0.0
-            for work, ok in zip(works, have, strict=True)
-        ]
-        left.bar(xs, rps, width, label=name)
-        right.bar(xs, p99, width, label=name)
-    for axis, label in ((left, "round trips/s (higher is better)"), (right, "p99 latency, us")):
+        target = found[name]
+        for axis, key in ((left, "rps"), (right, "p99"), (cost, "cpu_us")):
+            values = [target.median(w, key) if target.measured(w) else 0.0 for w in works]
+            axis.bar(xs, values, width, label=name)
+    for axis, label in (
+        (left, "round trips/s (higher is better)"),
+        (right, "p99 latency, us (lower is better)"),
+        (cost, "server CPU per round trip, us (lower is better)"),
+    ):
         axis.set_yscale("log")
         axis.set_title(label)
         axis.set_xticks(range(len(works)), [f"--work {w}" for w in works])
