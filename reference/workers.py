@@ -44,6 +44,20 @@ Backpressure without blocking the reactor: posting never waits. When a
 connection's inbox holds too many bytes, or the pool's queue is long, the loop
 pauses reading from *that* connection; once a worker has taken the inbox, it
 asks the loop to resume it.
+
+Facts about CPython this relies on
+----------------------------------
+- One thread runs Python at a time (the GIL). A thread that wakes up to run
+  Python must wait for the one that holds it, and a thread that makes a
+  system call lets another one in; so fewer wakeups, and fewer threads
+  awake at once, is what makes the handoffs cheap, not shorter code.
+- ``collections.deque`` appends and pops are thread-safe (documented), which
+  is all the outbox's FIFO needs; its "a drain is due" flag is a plain
+  attribute, read after the append, so that a wakeup is never lost (at worst
+  one is spent on an empty FIFO).
+- ``time.sleep`` and socket calls release the GIL; a pure-Python busy loop
+  does not, except every ``sys.getswitchinterval()`` seconds. So a pool
+  helps handlers that block, not handlers that compute.
 """
 
 from __future__ import annotations
