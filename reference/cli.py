@@ -25,7 +25,7 @@ from types import FrameType
 from typing import NoReturn, Protocol
 
 from reference.connection import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER
-from reference.handler import HANDLERS, HandlerFactory
+from reference.handler import HANDLERS, NO_WORK, HandlerFactory, Work, with_work
 from reference.multi import ProcessReactor
 from reference.reactor import Reactor
 from reference.server import (
@@ -126,6 +126,7 @@ def _build_multi(
             sub_reactors=args.sub_reactors,
             options=options,
             verbose=args.verbose,
+            work=args.work,
         )
     return Reactor(args.listener, factory, options=options, sub_reactors=args.sub_reactors)
 
@@ -186,6 +187,14 @@ def at_least(minimum: int) -> Callable[[str], int]:
 positive_int = at_least(1)
 
 
+def work_spec(text: str) -> Work:
+    """Parse ``--work`` (``none``, ``block:MS``, ``cpu:US``) for argparse."""
+    try:
+        return Work.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
 def add_model_parsers(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
 ) -> None:
@@ -222,6 +231,15 @@ def add_model_parsers(
             metavar="BYTES",
             help="Read from it again once they are down to this; below --high-water "
             f"(default: a quarter of --high-water, {DEFAULT_LOW_WATER})",
+        )
+        parser.add_argument(
+            "--work",
+            type=work_spec,
+            default=NO_WORK,
+            metavar="none|block:MS|cpu:US",
+            help="What the handler costs per message: nothing, blocking its thread for MS "
+            "milliseconds (like a blocking database call), or burning US microseconds of CPU "
+            "(default: none)",
         )
         parser.add_argument(
             "-v", "--verbose", action="store_true", help="Log debug messages to stderr"
@@ -275,7 +293,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         options = connection_options(args)
         args.listener = bind_listener(args.host, args.port)
-        running = MODELS[args.model].build(args, HANDLERS[args.handler], options)
+        factory = with_work(HANDLERS[args.handler], args.work)
+        running = MODELS[args.model].build(args, factory, options)
     except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

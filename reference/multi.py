@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from reference.acceptor import Acceptor
-from reference.handler import HANDLERS, HandlerFactory
+from reference.handler import HANDLERS, NO_WORK, HandlerFactory, Work, with_work
 from reference.loop import ERROR, READ, WRITE, EventLoop, TimerHandle
 from reference.server import (
     DEFAULT_GRACE,
@@ -175,6 +175,8 @@ class ProcessReactor:
         options: Flow-control settings for every connection, passed on to each
             sub-reactor.
         verbose: Let the sub-reactors log debug messages.
+        work: What the handler costs per message (see
+            :class:`reference.handler.Work`); the sub-reactors build the same.
 
     Raises:
         StartError: The descriptor limit is too small for ``sub_reactors``
@@ -189,6 +191,7 @@ class ProcessReactor:
         sub_reactors: int,
         options: ConnectionOptions | None = None,
         verbose: bool = False,
+        work: Work = NO_WORK,
     ) -> None:
         if sub_reactors < 1:
             raise ValueError(f"need at least 1 sub-reactor, got {sub_reactors}")
@@ -202,6 +205,7 @@ class ProcessReactor:
         self.address: tuple[str, int] = (host, port)
         self._handler = handler
         self._options = options or ConnectionOptions()
+        self._work = work
         self._verbose = verbose
         self._slots = [_Slot(index) for index in range(1, sub_reactors + 1)]
         self._next = 0
@@ -285,6 +289,8 @@ class ProcessReactor:
             str(opts.read_size),
             "--linger",
             repr(opts.linger),
+            "--work",
+            str(self._work),
         ]
         if self._verbose:
             argv.append("-v")
@@ -546,6 +552,7 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--low-water", type=int, required=True)
     parser.add_argument("--read-size", type=int, required=True)
     parser.add_argument("--linger", type=float, required=True)
+    parser.add_argument("--work", type=Work.parse, default=NO_WORK)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -558,7 +565,7 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
         log.error("sub-%d: %s=%s: exiting at start", args.index, EXIT_AT_START_ENV, exit_at_start)
         return int(exit_at_start)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The main process stops us, in order.
-    factory: HandlerFactory = HANDLERS[args.handler]
+    factory: HandlerFactory = with_work(HANDLERS[args.handler], args.work)
     loop = EventLoop(f"sub-{args.index}")
     options = ConnectionOptions(
         high_water=args.high_water,
@@ -566,6 +573,7 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
         read_size=args.read_size,
         linger=args.linger,
     )
+    log.info("%s: serving %s, work %s", loop.name, args.handler, args.work)
     server = Server(loop, factory, options=options)
     inbox = _Inbox(loop, socket.socket(fileno=args.channel_fd), server)
 

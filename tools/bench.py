@@ -1,17 +1,32 @@
-"""Benchmark echo servers side by side with the project's load generator.
+"""Benchmark echo servers side by side, under handlers of different cost.
 
 Runs the same closed-loop ping-pong load (by default 64-byte messages over 50
 connections, the median of 3 runs of 5 s after 1 s of priming) against each
-server in one run, and prints a Markdown table with ratios to asyncio's
-Protocol echo server and to a minimal C epoll echo server. Each server is
-pinned to CPU 0 and the load to CPU 1 where the machine has two or more.
+server (the servers of one ``--work`` setting all started at once, their runs
+interleaved), and prints a Markdown table: round trips per second, p50 and p99
+latency, the server's CPU time per round trip (all its threads and
+processes, from ``/proc``: what a round trip costs, whatever else the machine
+runs), and ratios to the single reactor, to asyncio's Protocol echo server
+and to a minimal C epoll echo server. Each server (all its threads and
+processes) is pinned to CPU 0 and the load to CPU 1 where the machine has two
+or more.
 
-It also runs a small C ping-pong client against the C server, the yardstick
-for the load generator itself (the "load generator vs C client" line).
+The load comes from the C ping-pong client (``tools/c/pingpong.c``, compiled
+here with ``cc``), so that the client is not what limits the servers;
+``--client python`` uses the project's own load generator
+(``conformance.load``) instead, and then the C client's rate against the C
+server is printed as the load generator's yardstick.
+
+``--work none,block:1,cpu:200`` measures the four reference models (single,
+pool with 4 workers, multi with 4 sub-reactor threads, multi with 2
+sub-reactor processes) under each handler cost (``--work`` of the servers:
+``block:MS`` blocks the handler's thread, ``cpu:US`` burns CPU); servers
+without that dial (asyncio, uvloop, C) are measured under ``none`` only.
 
     python tools/bench.py
-    python tools/bench.py --seconds 2 --runs 1 --targets single,asyncio,c
-    python tools/bench.py --json bench.json --plot bench.png
+    python tools/bench.py --seconds 2 --runs 1 --targets single,pool,asyncio,c
+    python tools/bench.py --work none,block:1,cpu:200 --seconds 2 --runs 3 --plot bench.png
+    python tools/bench.py --client python --json bench.json
 
 Benchmark-only: nothing here runs in the tests.
 """
@@ -19,8 +34,10 @@ Benchmark-only: nothing here runs in the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -28,13 +45,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from conformance import procfs  # noqa: E402
 from conformance.load import LoadSpec, run_load  # noqa: E402
 from conformance.spawn import Spawned, spawn_listening  # noqa: E402
+from reference.handler import Work  # noqa: E402
 
 SERVER_CPU = 0
 LOAD_CPU = 1
@@ -42,31 +60,41 @@ UVLOOP = (
     "import runpy, sys, uvloop; uvloop.install(); sys.argv[0] = {path!r}; "
     "runpy.run_path({path!r}, run_name='__main__')"
 )
+#: The servers, in table order.
+ALL_TARGETS = ["single", "pool", "multi-thread", "multi-process", "asyncio", "uvloop", "c"]
 
 
 @dataclass
 class Target:
+    """One server: how to start it, and its runs under each work setting."""
+
     name: str
     argv: list[str]
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    takes_work: bool = False
+    runs: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     skipped: str = ""
 
-    def median(self, key: str) -> float:
-        return statistics.median(run[key] for run in self.runs) if self.runs else 0.0
+    def command(self, work: str) -> list[str]:
+        return [*self.argv, "--work", work] if self.takes_work else self.argv
+
+    def measured(self, work: str) -> bool:
+        return bool(self.runs.get(work))
+
+    def median(self, work: str, key: str) -> float:
+        runs = self.runs.get(work, [])
+        return statistics.median(run[key] for run in runs) if runs else 0.0
 
 
 def targets(c_dir: Path | None) -> dict[str, Target]:
     py = sys.executable
+    ref = [py, "-m", "reference"]
     asyncio_echo = str(ROOT / "fixtures" / "servers" / "asyncio_echo.py")
     found = {
-        "single": Target("single", [py, "-m", "reference", "single"]),
-        "pool": Target("pool", [py, "-m", "reference", "pool", "--workers", "4"]),
-        "multi-thread": Target(
-            "multi-thread", [py, "-m", "reference", "multi", "--sub-reactors", "2"]
-        ),
+        "single": Target("single", [*ref, "single"], True),
+        "pool": Target("pool", [*ref, "pool", "--workers", "4"], True),
+        "multi-thread": Target("multi-thread", [*ref, "multi", "--sub-reactors", "4"], True),
         "multi-process": Target(
-            "multi-process",
-            [py, "-m", "reference", "multi", "--sub-reactors", "2", "--mode", "process"],
+            "multi-process", [*ref, "multi", "--sub-reactors", "2", "--mode", "process"], True
         ),
         "asyncio": Target("asyncio", [py, asyncio_echo]),
         "uvloop": Target("uvloop", [py, "-c", UVLOOP.format(path=asyncio_echo)]),
@@ -82,6 +110,7 @@ def targets(c_dir: Path | None) -> dict[str, Target]:
 
 
 def build_c() -> Path | None:
+    """Compile the C echo server and the C ping-pong client; None without a compiler."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
@@ -111,117 +140,187 @@ def start_server(argv: list[str]) -> Spawned:
     return spawn_listening(pinned(argv, SERVER_CPU), timeout=20.0, env=env, cwd=ROOT)
 
 
-def measure(target: Target, args: argparse.Namespace) -> None:
-    server = start_server(target.argv)
-    try:
-        host, port = server.address
-        spec = LoadSpec(host, port, connections=args.connections, size=args.size)
-        run_load(
-            LoadSpec(
-                spec.host,
-                spec.port,
-                connections=spec.connections,
-                size=spec.size,
-                duration=args.prime,
-            )
-        )
-        for _ in range(args.runs):
-            result = run_load(
-                LoadSpec(
-                    spec.host,
-                    spec.port,
-                    connections=spec.connections,
-                    size=spec.size,
-                    duration=args.seconds,
+def server_cpu(pid: int) -> float:
+    """CPU seconds used so far by the server and its child processes."""
+    pids = [pid, *(procfs.children(pid) or [])]
+    return sum(procfs.cpu_seconds(p) or 0.0 for p in pids)
+
+
+def python_run(host: str, port: int, seconds: float, args: argparse.Namespace) -> Run:
+    """One run of the project's load generator: rate, latency, round trips."""
+    spec = LoadSpec(host, port, connections=args.connections, size=args.size, duration=seconds)
+    result = run_load(spec)
+    if not result.ok:
+        raise RuntimeError(f"load failed: {result.first_error}")
+    lat = result.latency.summary()
+    return Run(result.round_trips_per_second, lat["p50"], lat["p99"], result.round_trips)
+
+
+def c_run(c_dir: Path, host: str, port: int, seconds: float, args: argparse.Namespace) -> Run:
+    """One run of the C ping-pong client: rate, latency, round trips."""
+    client = [str(c_dir / "pingpong"), host, str(port), str(args.connections), str(args.size)]
+    out = subprocess.run(
+        pinned([*client, str(seconds)], LOAD_CPU),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"C client failed ({out.returncode}): {out.stderr or out.stdout}")
+    data = json.loads(out.stdout)
+    return Run(data["rps"], data["p50_us"], data["p99_us"], data["round_trips"])
+
+
+@dataclass
+class Run:
+    """What one run measured."""
+
+    rps: float
+    p50: float
+    p99: float
+    round_trips: int
+
+
+def measure_together(
+    chosen: list[Target], work: str, c_dir: Path | None, args: argparse.Namespace
+) -> None:
+    """Start every server of ``chosen`` under ``work``, then run the load on each in turn.
+
+    The runs are interleaved (run 1 on each server, then run 2 on each...),
+    so that a change in what else the machine runs hits every server alike;
+    the idle servers wait in ``epoll_wait`` and cost nothing meanwhile.
+    """
+    with contextlib.ExitStack() as stack:
+        servers: list[tuple[Target, Spawned]] = []
+        for target in chosen:
+            server = start_server(target.command(work))
+            stack.callback(server.stop, 10.0)
+            servers.append((target, server))
+            target.runs[work] = []
+
+        def one(server: Spawned, seconds: float) -> tuple[Run, float]:
+            host, port = server.address
+            before = server_cpu(server.pid)
+            if args.client == "c":
+                assert c_dir is not None
+                run = c_run(c_dir, host, port, seconds, args)
+            else:
+                run = python_run(host, port, seconds, args)
+            return run, server_cpu(server.pid) - before
+
+        for target, server in servers:
+            print(f"priming {target.name}, --work {work}...", file=sys.stderr, flush=True)
+            one(server, args.prime)
+        for i in range(args.runs):
+            for target, server in servers:
+                print(
+                    f"run {i + 1}/{args.runs}: {target.name}, --work {work}...",
+                    file=sys.stderr,
+                    flush=True,
                 )
-            )
-            if not result.ok:
-                raise RuntimeError(f"{target.name}: load failed: {result.first_error}")
-            lat = result.latency.summary()
-            target.runs.append(
-                {"rps": result.round_trips_per_second, "p50": lat["p50"], "p99": lat["p99"]}
-            )
-    finally:
-        server.stop(grace=10.0)
+                run, cpu = one(server, args.seconds)
+                target.runs[work].append(
+                    {
+                        "rps": run.rps,
+                        "p50": run.p50,
+                        "p99": run.p99,
+                        "cpu_us": cpu / max(1, run.round_trips) * 1e6,
+                    }
+                )
 
 
-def c_client(c_dir: Path, args: argparse.Namespace) -> list[float]:
-    server = start_server([str(c_dir / "echo_epoll")])
-    try:
-        host, port = server.address
-        client = [
-            str(c_dir / "pingpong"),
-            host,
-            str(port),
-            str(args.connections),
-            str(args.size),
-        ]
-        subprocess.run(
-            pinned([*client, str(args.prime)], LOAD_CPU),
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        rates = []
-        for _ in range(args.runs):
-            out = subprocess.run(
-                pinned([*client, str(args.seconds)], LOAD_CPU),
-                capture_output=True,
-                text=True,
-                timeout=args.seconds + 60,
-                check=True,
-            )
-            rates.append(float(json.loads(out.stdout)["rps"]))
-        return rates
-    finally:
-        server.stop(grace=10.0)
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "-"
 
 
-def table(found: dict[str, Target], chosen: list[str], yardstick: list[float]) -> str:
-    base_asyncio = found["asyncio"].median("rps") if "asyncio" in chosen else 0.0
-    base_c = found["c"].median("rps") if "c" in chosen else 0.0
+def table(found: dict[str, Target], chosen: list[str], works: list[str]) -> str:
     lines = [
-        "| server | round trips/s (median) | p50 us | p99 us | vs asyncio | vs C |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| work | server | round trips/s | p50 us | p99 us | server CPU us/trip "
+        "| vs single | vs asyncio | vs C |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in chosen:
-        target = found[name]
-        if target.skipped:
-            lines.append(f"| {name} | skipped: {target.skipped} | | | | |")
-            continue
-        rps = target.median("rps")
-        va = f"{rps / base_asyncio:.2f}x" if base_asyncio else "-"
-        vc = f"{rps / base_c:.2f}x" if base_c else "-"
-        lines.append(
-            f"| {name} | {rps:,.0f} | {target.median('p50'):.0f} | {target.median('p99'):.0f} "
-            f"| {va} | {vc} |"
-        )
-    if yardstick and base_c:
-        c_rps = statistics.median(yardstick)
-        lines.append("")
-        lines.append(
-            f"Load generator vs C client, both against the C server: "
-            f"{base_c:,.0f} / {c_rps:,.0f} = {base_c / c_rps:.2f}x"
-        )
+    for work in works:
+        single = found["single"].median(work, "rps")
+        base_asyncio = found["asyncio"].median(work, "rps")
+        base_c = found["c"].median(work, "rps")
+        for name in chosen:
+            target = found[name]
+            if target.skipped:
+                if work == works[0]:
+                    lines.append(f"| {work} | {name} | skipped: {target.skipped} | | | | | | |")
+                continue
+            if not target.measured(work):
+                continue
+            rps = target.median(work, "rps")
+            lines.append(
+                f"| {work} | {name} | {rps:,.0f} | {target.median(work, 'p50'):,.0f} "
+                f"| {target.median(work, 'p99'):,.0f} | {target.median(work, 'cpu_us'):.1f} "
+                f"| {ratio(rps, single)} "
+                f"| {ratio(rps, base_asyncio)} | {ratio(rps, base_c)} |"
+            )
     return "\n".join(lines)
 
 
-def plot(found: dict[str, Target], chosen: list[str], path: str) -> None:
+def plot(
+    found: dict[str, Target], chosen: list[str], works: list[str], path: str, title: str
+) -> None:
+    """Grouped bars, one group per work setting: round trips/s, p99, CPU per trip; log scales."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in chosen if not found[n].skipped]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar(names, [found[n].median("rps") for n in names])
-    left.set_title("round trips/s (higher is better)")
-    right.bar(names, [found[n].median("p99") for n in names])
-    right.set_title("p99 latency, us (lower is better)")
-    for axis in (left, right):
-        axis.tick_params(axis="x", rotation=30)
+    names = [n for n in chosen if any(found[n].measured(w) for w in works)]
+    fig, (left, right, cost) = plt.subplots(1, 3, figsize=(15, 4.4))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs = [w + (i - (len(names) - 1) / 2) * width for w in range(len(works))]
+        target = found[name]
+        for axis, key in ((left, "rps"), (right, "p99"), (cost, "cpu_us")):
+            values = [target.median(w, key) if target.measured(w) else 0.0 for w in works]
+            axis.bar(xs, values, width, label=name)
+    for axis, label in (
+        (left, "round trips/s (higher is better)"),
+        (right, "p99 latency, us (lower is better)"),
+        (cost, "server CPU per round trip, us (lower is better)"),
+    ):
+        axis.set_yscale("log")
+        axis.set_title(label)
+        axis.set_xticks(range(len(works)), [f"--work {w}" for w in works])
+    left.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, dpi=80)
+
+
+def machine() -> str:
+    cpus = os.cpu_count() or 1
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpus} CPUs{f' ({model})' if model else ''}, {platform.system()}, Python " + (
+        platform.python_version()
+    )
+
+
+def work_list(text: str) -> list[str]:
+    """Parse ``--work``: comma-separated settings, each as the servers' ``--work`` takes it."""
+    works = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            works.append(str(Work.parse(item)))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{item}: {exc}") from None
+    if not works:
+        raise argparse.ArgumentTypeError("give at least one setting, e.g. none,block:1,cpu:200")
+    return works
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,41 +332,95 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prime", type=float, default=1.0, help="Unmeasured seconds first")
     parser.add_argument(
         "--targets",
-        default="single,pool,multi-thread,multi-process,asyncio,uvloop,c",
-        help="Comma-separated servers to measure",
+        default=",".join(ALL_TARGETS),
+        help="Comma-separated servers to measure (default: all)",
+    )
+    parser.add_argument(
+        "--work",
+        type=work_list,
+        default=["none"],
+        metavar="LIST",
+        help="Comma-separated handler costs (none, block:MS, cpu:US) to measure the reference "
+        "models under (default: none)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["c", "python"],
+        default="c",
+        help="Load from the C ping-pong client, or from the project's load generator (default: c)",
     )
     parser.add_argument("--json", metavar="PATH", help="Also write the figures as JSON")
-    parser.add_argument("--plot", metavar="PNG", help="Draw throughput and latency bars")
+    parser.add_argument(
+        "--plot", metavar="PNG", help="Draw bars of throughput, p99 and CPU per round trip"
+    )
     args = parser.parse_args(argv)
-    c_dir = build_c()
-    found = targets(c_dir)
     chosen = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = [t for t in chosen if t not in found]
+    unknown = [t for t in chosen if t not in ALL_TARGETS]
     if unknown:
-        parser.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(found)}")
+        parser.error(
+            f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(ALL_TARGETS)}"
+        )
+    c_dir = build_c()
+    if args.client == "c" and c_dir is None:
+        parser.error("the C client needs a C compiler (cc); install one or use --client python")
+    found = targets(c_dir)
     if (os.cpu_count() or 1) > LOAD_CPU and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {LOAD_CPU})
-    for name in chosen:
-        if not found[name].skipped:
-            print(f"measuring {name}...", file=sys.stderr, flush=True)
-            measure(found[name], args)
-    yardstick = c_client(c_dir, args) if c_dir and "c" in chosen else []
-    print(
-        f"{args.connections} connections, {args.size}-byte ping-pong, median of {args.runs} "
-        f"x {args.seconds:g}s; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}\n"
+    for work in args.work:
+        measure_together(
+            [
+                found[name]
+                for name in chosen
+                if not found[name].skipped and (work == "none" or found[name].takes_work)
+            ],
+            work,
+            c_dir,
+            args,
+        )
+    yardstick: list[float] = []
+    if args.client == "python" and c_dir is not None and found["c"].measured("none"):
+        print("measuring the C client against the C server...", file=sys.stderr, flush=True)
+        yardstick_target = Target("c", found["c"].argv)
+        measure_together([yardstick_target], "none", c_dir, _c_client(args))
+        yardstick = [run["rps"] for run in yardstick_target.runs["none"]]
+    client = "C ping-pong client" if args.client == "c" else "the project's load generator"
+    header = (
+        f"{args.connections} connections, {args.size}-byte ping-pong from {client}, median of "
+        f"{args.runs} x {args.seconds:g}s; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}; "
+        f"{machine()}"
     )
-    print(table(found, chosen, yardstick))
+    print(header + "\n")
+    print(table(found, chosen, args.work))
+    if yardstick:
+        c_rps = statistics.median(yardstick)
+        load_rps = found["c"].median("none", "rps")
+        print(
+            f"\nLoad generator vs C client, both against the C server: "
+            f"{load_rps:,.0f} / {c_rps:,.0f} = {load_rps / c_rps:.2f}x"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {n: {"runs": found[n].runs, "skipped": found[n].skipped} for n in chosen}
-                | {"c-client": yardstick},
+                {
+                    "setup": header,
+                    "works": args.work,
+                    "servers": {
+                        n: {"runs": found[n].runs, "skipped": found[n].skipped} for n in chosen
+                    },
+                    "c-client-yardstick": yardstick,
+                },
                 indent=2,
             )
+            + "\n"
         )
     if args.plot:
-        plot(found, chosen, args.plot)
+        plot(found, chosen, args.work, args.plot, header)
     return 0
+
+
+def _c_client(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the C client chosen (for the yardstick run)."""
+    return argparse.Namespace(**{**vars(args), "client": "c"})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
  * Usage: pingpong HOST PORT CONNECTIONS SIZE SECONDS
  * Every connection sends SIZE bytes, waits for all of them to come back (and
  * compares them), and sends again: closed-loop ping-pong on one epoll thread.
- * Prints one line of JSON: {"round_trips": N, "seconds": S, "rps": R, "errors": E}.
+ * Each round trip's latency (send to last byte back) is kept, and sorted at
+ * the end for its percentiles.
+ * Prints one line of JSON: {"round_trips": N, "seconds": S, "rps": R, "errors": E,
+ * "p50_us": P, "p99_us": Q}.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -22,7 +25,35 @@ struct conn {
     int fd;
     size_t got;
     unsigned char *msg;
+    double sent_at;
 };
+
+/* Every round trip's latency in microseconds, grown as needed. */
+static float *lat;
+static size_t nlat, caplat;
+
+static void keep_latency(double us) {
+    if (nlat == caplat) {
+        caplat = caplat ? caplat * 2 : 65536;
+        lat = realloc(lat, caplat * sizeof *lat);
+        if (!lat) {
+            perror("realloc");
+            exit(4);
+        }
+    }
+    lat[nlat++] = (float)us;
+}
+
+static int by_value(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile(double p) {
+    if (!nlat) return 0.0;
+    size_t i = (size_t)(p / 100.0 * (double)(nlat - 1) + 0.5);
+    return lat[i];
+}
 
 static double now(void) {
     struct timespec ts;
@@ -57,6 +88,7 @@ int main(int argc, char **argv) {
         for (size_t j = 0; j < size; j++) conns[i].msg[j] = (unsigned char)(i + j);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &conns[i]};
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        conns[i].sent_at = now();
         if (send(fd, conns[i].msg, size, MSG_NOSIGNAL) != (ssize_t)size) errors++;
     }
     double start = now(), end = start + seconds;
@@ -75,14 +107,19 @@ int main(int argc, char **argv) {
             if (memcmp(buf, c->msg + c->got, (size_t)r) != 0) errors++;
             c->got += (size_t)r;
             if (c->got == size) {
+                double t = now();
+                keep_latency((t - c->sent_at) * 1e6);
                 c->got = 0;
                 trips++;
+                c->sent_at = t;
                 if (send(c->fd, c->msg, size, MSG_NOSIGNAL) != (ssize_t)size) errors++;
             }
         }
     }
     double took = now() - start;
-    printf("{\"round_trips\": %ld, \"seconds\": %.3f, \"rps\": %.1f, \"errors\": %ld}\n", trips,
-           took, trips / took, errors);
+    qsort(lat, nlat, sizeof *lat, by_value);
+    printf("{\"round_trips\": %ld, \"seconds\": %.3f, \"rps\": %.1f, \"errors\": %ld, "
+           "\"p50_us\": %.0f, \"p99_us\": %.0f}\n",
+           trips, took, trips / took, errors, percentile(50), percentile(99));
     return errors ? 1 : 0;
 }
