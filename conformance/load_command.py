@@ -9,6 +9,7 @@ a usage error, 3 when the target cannot be reached.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ from conformance.errors import (
     UsageError,
 )
 from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
+from conformance.load.hosts import HostError, HostsResult, parse_hosts, run_hosts, share_out
 from conformance.plan import TARGET_DESTS, Front, add_options
 from conformance.target import TargetSpec, start_target
 from reference.cli import at_least
@@ -72,6 +74,14 @@ def add_load_parser(commands: Any) -> None:
         "--procs", type=_positive, default=1, help="Load processes (default: %(default)s)"
     )
     load_parser.add_argument(
+        "--hosts",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="Run the load from this execnet gateway too (popen, popen*2, "
+        "popen//python=PATH), *N load processes there (default: --procs); repeat per host",
+    )
+    load_parser.add_argument(
         "--faults",
         default="",
         metavar="SPEC",
@@ -89,7 +99,11 @@ def load(args: argparse.Namespace) -> int:
     try:
         spec = TargetSpec.from_options(args.target, args.spawn, args.reference)
         faults = Faults.parse(args.faults)
-        LoadSpec("127.0.0.1", 1, **_load_settings(args, faults)).validate()
+        hosts = parse_hosts(args.hosts)
+        if hosts:
+            share_out(LoadSpec("127.0.0.1", 1, **_load_settings(args, faults)), hosts)
+        else:
+            LoadSpec("127.0.0.1", 1, **_load_settings(args, faults)).validate()
     except (UsageError, ValueError) as exc:
         print(f"reactor-conformance: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -110,13 +124,17 @@ def load(args: argparse.Namespace) -> int:
             )
             sys.stderr.flush()
 
+    load_spec = LoadSpec(address.host, address.port, **_load_settings(args, faults))
     try:
         if not args.json:
-            print(f"reactor-conformance: load on {spec.describe()} at {address}")
-        result = run_load(
-            LoadSpec(address.host, address.port, **_load_settings(args, faults)),
-            progress=progress,
-        )
+            where = f" from {len(hosts)} hosts" if hosts else ""
+            print(f"reactor-conformance: load on {spec.describe()} at {address}{where}")
+        if hosts:
+            return _report(run_hosts(load_spec, hosts, progress=progress), args.json)
+        result = run_load(load_spec, progress=progress)
+    except HostError as exc:
+        print(f"reactor-conformance: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except LoadError as exc:
         print(f"reactor-conformance: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -130,6 +148,16 @@ def load(args: argparse.Namespace) -> int:
         print(result.summary_line())
         if result.first_error is not None:
             print(f"first error: {result.first_error}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _report(result: HostsResult, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result.to_data(), indent=2, sort_keys=True))
+    else:
+        print(result.summary_line())
+        if result.result.first_error is not None:
+            print(f"first error: {result.result.first_error}")
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -14,6 +14,8 @@ The package is the load generator's parts, one job each:
   connect storms injected while the load runs;
 - :mod:`~conformance.load.processes`: :func:`run_load`, in this process or
   spread over several, and the final liveness probe;
+- :mod:`~conformance.load.hosts`: the same load from several hosts at once,
+  one execnet gateway each, their results merged;
 - :mod:`~conformance.load.result`: what a run measured (:class:`LoadResult`)
   and its one form as plain data, for ``--json``, the summary line and the
   transfer between load processes.

@@ -14,6 +14,11 @@ which it reads back and merges. Every wait is bounded: connecting, by the
 connect timeout; the run, by its duration plus the drain deadline; the probe,
 by the connect timeout (5 s at most).
 
+A ``ready`` hook, when given, is called once every connection is open (with
+one process: after connecting; with several: when all said ``ready``, before
+``go``) and the run starts when it returns: :mod:`conformance.load.hosts` waits
+there for the ``go`` that starts every host at one instant.
+
 A stop event (``stop``) ends it all early: the driver looks at it every tick,
 the probe between two ``SLICE``-second waits. Load processes get their own
 ``multiprocessing`` event, set by the parent as soon as it sees ``stop``; they
@@ -45,13 +50,21 @@ __all__ = ["probe_alive", "run_load"]
 #: Called now and then with (elapsed seconds, round trips, bytes verified).
 Progress = Callable[[float, int, int], None]
 
+#: Called once every connection is open, with their count, just before the run
+#: starts; it may block (until a ``go`` from elsewhere), the run waits for it.
+Ready = Callable[[int], None]
+
 _PROBE_TIMEOUT = 5.0  # seconds, at most, for the liveness probe's connect and its reply
 _STOP_GRACE = 1.0  # seconds load processes have to report once stopped, before the kill
 _EXIT_GRACE = 5.0  # seconds load processes have to exit after their result
 
 
 def run_load(
-    spec: LoadSpec, *, progress: Progress | None = None, stop: threading.Event | None = None
+    spec: LoadSpec,
+    *,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    ready: Ready | None = None,
 ) -> LoadResult:
     """Run the load ``spec`` describes and check the server is alive afterwards.
 
@@ -61,6 +74,9 @@ def run_load(
         stop: When set (from another thread), the run ends at the next tick
             (within a fifth of a second; a second or so with ``procs`` > 1),
             the liveness probe too, and the result is ``stopped``.
+        ready: Called with the number of connections opened once every load
+            process has connected, before any sends; the run starts when it
+            returns (:mod:`conformance.load.hosts` waits there for ``go``).
 
     Returns:
         The merged result of every load process.
@@ -73,6 +89,8 @@ def run_load(
     if spec.procs == 1:
         driver = Driver(spec, 0, spec.connections, stop)
         driver.connect_all()
+        if ready is not None:
+            ready(driver.result.connections_opened)
         run_start = time.monotonic()
 
         def one(trips: int, nbytes: int) -> None:
@@ -81,7 +99,7 @@ def run_load(
 
         result = run(driver, one)
     else:
-        result = _run_processes(spec, progress, stop)
+        result = _run_processes(spec, progress, stop, ready)
     if not result.stopped:
         alive = probe_alive(
             spec.host,
@@ -130,7 +148,10 @@ def _process_main(
 
 
 def _run_processes(
-    spec: LoadSpec, progress: Progress | None, stop: threading.Event | None
+    spec: LoadSpec,
+    progress: Progress | None,
+    stop: threading.Event | None,
+    ready_hook: Ready | None,
 ) -> LoadResult:
     ctx = multiprocessing.get_context("spawn")
     stop_children = ctx.Event()
@@ -152,6 +173,7 @@ def _run_processes(
             procs.append((proc, ours))
             first += count
         ready: set[int] = set()
+        opened = 0
         ended: set[int] = set()  # sent their result, or died after the stop
         parts: dict[int, LoadResult] = {}
         progress_by: dict[int, tuple[int, int]] = {}
@@ -196,6 +218,7 @@ def _run_processes(
                     ) from None
                 if message[0] == "ready":
                     ready.add(i)
+                    opened += message[1]
                 elif message[0] == "progress":
                     progress_by[i] = (message[1], message[2])
                     if progress is not None:
@@ -206,6 +229,8 @@ def _run_processes(
                     parts[i] = LoadResult.from_data(spec, message[1])
                     ended.add(i)
             if done_by is None and stop_by is None and len(ready) == len(procs):
+                if ready_hook is not None:
+                    ready_hook(opened)
                 for _, pipe in procs:
                     pipe.send("go")
                 run_start = time.monotonic()

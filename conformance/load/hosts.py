@@ -1,0 +1,500 @@
+"""Load from several hosts: one execnet gateway each, one ``go`` for all.
+
+How this works
+--------------
+Each host is an execnet gateway spec (``popen``, ``popen//python=...``), the
+transport pytest-xdist runs on, optionally with ``*N`` for N load processes
+there (:meth:`HostSpec.parse`); without it a host gets the run's ``procs``.
+The connections are shared out in proportion to the load processes.
+
+The controller (:func:`run_hosts`) opens one gateway per host, each from its
+own thread (a gateway that cannot start says so and the others go on), and
+runs :data:`_REMOTE_SOURCE` there: it checks the interpreter (Python 3.11+) and
+that ``conformance`` imports, then calls :func:`serve_host`, which reads the
+host's spec as plain data from the channel, runs :func:`~conformance.load.run_load`
+and, once every connection is open, says ``("ready", pid, opened)`` and waits
+for ``go``. When every host is ready the controller says ``go`` to each, at
+one instant; each host then sends its progress now and then and finally its
+result as plain data (:meth:`~conformance.load.result.LoadResult.to_data`).
+
+Every message of every host arrives on one queue (a channel callback per
+host), so the controller waits in one place, in ``SLICE``-second steps, under
+one deadline per phase: starting (connect timeout + ``_START_GRACE``), then
+running (duration + drain + probe + ``_RUN_GRACE``), then, after a stop,
+``_STOP_GRACE``. A host that fails before ``go`` fails the whole run before
+any load (:class:`HostError`: the command's exit 3). A host that dies, says
+an error or misses the deadline after ``go`` is marked failed and named; the
+others' results are kept and the result is ``partial``. At the end the group
+of gateways is terminated: each is asked to exit, and those that have not
+within ``_EXIT_GRACE`` seconds are killed, so no host can hold the
+controller.
+
+Facts about execnet this relies on
+----------------------------------
+- ``Group.makegateway`` with a ``popen`` spec runs ``subprocess.Popen``: a
+  ``python=`` that does not exist raises ``FileNotFoundError`` at once.
+- A channel callback runs on the gateway's receiver thread; its endmarker is
+  delivered once when the channel closes, including when the remote process
+  dies (the receiver sees EOF).
+- ``Group.terminate(timeout)`` sends each gateway its exit, waits ``timeout``
+  seconds for it, then kills the gateway's process.
+- A ``popen`` gateway without ``python=`` runs this interpreter
+  (``sys.executable``) in this directory, so it imports what we import.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import execnet
+
+from conformance.errors import UsageError
+from conformance.load.connector import SLICE
+from conformance.load.processes import Progress, run_load
+from conformance.load.result import LoadResult
+from conformance.load.spec import Faults, LoadSpec
+from conformance.oracle import load_oracle, oracle_name
+
+__all__ = [
+    "HostError",
+    "HostReport",
+    "HostSpec",
+    "HostState",
+    "HostsResult",
+    "parse_hosts",
+    "run_hosts",
+    "serve_host",
+    "share_out",
+]
+
+_START_GRACE = 20.0  # seconds for an interpreter to start and import, on top of the connect timeout
+_RUN_GRACE = 10.0  # seconds past duration + drain + probe before a silent host is given up
+_STOP_GRACE = 3.0  # seconds hosts have to report once told to stop
+_EXIT_GRACE = 3.0  # seconds gateways have to exit before they are killed
+_PROBE = 5.0  # the liveness probe's bound (processes._PROBE_TIMEOUT)
+_PROGRESS_EVERY = 0.5  # seconds between two progress messages from a host
+_SEED_STRIDE = 100_003  # host i runs with seed + i * this, so hosts do not repeat each other
+
+#: What runs on the remote interpreter first (``channel`` is execnet's).
+_REMOTE_SOURCE = """
+import sys
+if sys.version_info < (3, 11):
+    channel.send(("unreachable", "needs Python 3.11+, has " + sys.version.split()[0]))
+else:
+    try:
+        from conformance.load.hosts import serve_host
+    except Exception as exc:
+        channel.send(("unreachable", "reactor-conformance not importable: %s: %s"
+                      % (type(exc).__name__, exc)))
+    else:
+        serve_host(channel)
+"""
+
+_CLOSED = ("closed",)  # the endmarker each host's channel callback gets at its close
+
+
+class HostError(Exception):
+    """A host could not be reached or could not start its load; nothing ran."""
+
+
+class HostState(enum.Enum):
+    """Where one host is in the run.
+
+    ``STARTING -> READY -> RUNNING -> DONE``; any state but ``DONE`` may go to
+    ``FAILED`` (with the reason in :attr:`HostReport.error`).
+    """
+
+    STARTING = "starting"
+    READY = "ready"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One ``--hosts`` value: an execnet gateway spec and its load processes."""
+
+    gateway: str
+    procs: int | None = None  # None: the run's --procs
+
+    @classmethod
+    def parse(cls, text: str) -> HostSpec:
+        """Read ``SPEC`` or ``SPEC*N`` (``popen``, ``popen*2``, ``popen//python=python3``).
+
+        Raises:
+            UsageError: The spec is empty, ``N`` is not a positive count, execnet
+                cannot read it, or it is not a ``popen`` gateway.
+        """
+        gateway, star, count = text.strip().rpartition("*")
+        if not star:
+            gateway, count = count, ""
+        elif not count.isdigit() or int(count) < 1:
+            raise UsageError(f"bad host {text!r}: *N needs a positive count of load processes")
+        if not gateway:
+            raise UsageError(f"bad host {text!r}: give an execnet spec such as popen or popen*2")
+        try:
+            xspec = execnet.XSpec(gateway)
+        except (AttributeError, ValueError) as exc:
+            raise UsageError(f"bad host {text!r}: {exc}") from None
+        if not xspec.popen:
+            raise UsageError(f"bad host {text!r}: only popen gateways for now (ssh hosts: planned)")
+        return cls(gateway, int(count) if count else None)
+
+
+def parse_hosts(texts: Sequence[str]) -> list[HostSpec]:
+    """Read every ``--hosts`` value (see :meth:`HostSpec.parse`)."""
+    return [HostSpec.parse(text) for text in texts]
+
+
+@dataclass
+class HostReport:
+    """One host's part of the run: its share, its process, how it ended."""
+
+    label: str
+    spec: LoadSpec  # this host's share
+    state: HostState = HostState.STARTING
+    pid: int | None = None
+    connections_opened: int = 0
+    progress: tuple[int, int] = (0, 0)
+    result: LoadResult | None = None
+    error: str | None = None
+
+    def fail(self, error: str) -> None:
+        """Mark the host failed (unless it already ended), with the reason."""
+        if self.state not in (HostState.DONE, HostState.FAILED):
+            self.state = HostState.FAILED
+            self.error = error
+
+    def to_data(self) -> dict[str, Any]:
+        """This host as plain data: its share, its state, its own result's figures."""
+        data: dict[str, Any] = {
+            "host": self.label,
+            "procs": self.spec.procs,
+            "connections": self.spec.connections,
+            "pid": self.pid,
+            "state": self.state.value,
+            "error": self.error,
+        }
+        if self.result is not None:
+            own = self.result.to_data()
+            for key in (
+                "ok",
+                "seconds",
+                "round_trips",
+                "bytes_verified",
+                "latency_us",
+                "errors",
+                "first_error",
+                "faults_injected",
+                "server_alive",
+                "stopped",
+            ):
+                data[key] = own[key]
+        return data
+
+    def summary(self) -> str:
+        """A few words for the summary line: ``popen: 1200 round trips, errors 0``."""
+        if self.result is None:
+            return f"{self.label}: FAILED ({self.error})"
+        errors = dict(self.result.errors)
+        text = f"{self.label}: {self.result.round_trips} round trips, errors {errors or 0}"
+        if self.state is HostState.FAILED:
+            text += f", FAILED ({self.error})"
+        return text
+
+
+@dataclass
+class HostsResult:
+    """The merged result of every host that finished, and each host's own part."""
+
+    result: LoadResult
+    hosts: list[HostReport] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """Some host did not finish: the merged figures cover the others only."""
+        return any(host.state is not HostState.DONE for host in self.hosts)
+
+    @property
+    def ok(self) -> bool:
+        """Every host finished and the merged result is ok."""
+        return self.result.ok and not self.partial
+
+    def to_data(self) -> dict[str, Any]:
+        """The merged result's data, with ``ok``, ``partial`` and a ``hosts`` list."""
+        return {
+            **self.result.to_data(),
+            "ok": self.ok,
+            "partial": self.partial,
+            "hosts": [host.to_data() for host in self.hosts],
+        }
+
+    def summary_line(self) -> str:
+        """The merged summary line, then each host's part (and why a host failed)."""
+        line = self.result.summary_line()
+        if self.partial:
+            line += "; PARTIAL (not every host finished)"
+        return line + "; hosts: " + "; ".join(host.summary() for host in self.hosts)
+
+
+def run_hosts(
+    spec: LoadSpec,
+    hosts: Sequence[HostSpec],
+    *,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[dict[str, int]], None] | None = None,
+) -> HostsResult:
+    """Run ``spec``'s load from every host at once and merge what they measured.
+
+    Args:
+        spec: The whole run: its ``connections`` are shared out between the
+            hosts; its ``procs`` is each host's load processes unless the host
+            says ``*N``.
+        hosts: One gateway spec per host (:func:`parse_hosts`).
+        progress: Called now and then with (elapsed seconds, round trips, bytes),
+            summed over the hosts.
+        stop: When set, every host is told to stop; the result is ``stopped``.
+        on_ready: Called with each host's label and load process id once every
+            host is ready, just before ``go``.
+
+    Returns:
+        The merged result of the hosts that finished, and every host's report.
+
+    Raises:
+        ValueError: ``spec`` is out of range, or there are fewer connections
+            than load processes.
+        HostError: A host could not be reached or could not start its load
+            ("host LABEL: why"); no load ran.
+    """
+    reports = [HostReport(label, own) for label, own in share_out(spec, hosts)]
+    events: queue.Queue[tuple[int, Any]] = queue.Queue()
+    group = execnet.Group()
+    channels: dict[int, execnet.Channel] = {}
+    lock = threading.Lock()
+
+    def open_host(i: int) -> None:
+        label = reports[i].label
+        try:
+            gateway = group.makegateway(hosts[i].gateway)
+        except FileNotFoundError:
+            events.put((i, ("unreachable", "python not found")))
+            return
+        except Exception as exc:  # execnet raises what the bootstrap met
+            events.put((i, ("unreachable", f"gateway did not start: {type(exc).__name__}: {exc}")))
+            return
+        try:
+            channel = gateway.remote_exec(_REMOTE_SOURCE)
+            with lock:
+                channels[i] = channel
+            channel.setcallback(lambda item: events.put((i, item)), endmarker=_CLOSED)
+            channel.send(_spec_to_data(reports[i].spec))
+        except (OSError, EOFError, ValueError) as exc:
+            events.put((i, ("unreachable", f"gateway closed at start ({exc or label})")))
+
+    def send_all(message: str) -> None:
+        with lock:
+            live = [(i, ch) for i, ch in channels.items() if not _ended(reports[i])]
+        for _, channel in live:
+            try:
+                channel.send(message)
+            except (OSError, EOFError, ValueError):
+                pass  # Its close will come through the queue.
+
+    openers = [
+        threading.Thread(target=open_host, args=(i,), name=f"host-{i + 1}", daemon=True)
+        for i in range(len(reports))
+    ]
+    for opener in openers:
+        opener.start()
+    started = False
+    stopping = False
+    run_start = 0.0
+    deadline = time.monotonic() + spec.connect_timeout + _START_GRACE
+    try:
+        while not all(_ended(report) for report in reports):
+            now = time.monotonic()
+            if not stopping and stop is not None and stop.is_set():
+                stopping = True
+                send_all("stop")
+                deadline = min(deadline, now + _STOP_GRACE)
+            if now >= deadline:
+                what = "answer in time" if started else "become ready in time"
+                for report in reports:
+                    report.fail(f"did not {what} ({_bound(spec, started):.0f}s)")
+                break
+            try:
+                i, message = events.get(timeout=min(SLICE, deadline - now))
+            except queue.Empty:
+                continue
+            report = reports[i]
+            _receive(report, message, started)
+            if not started and report.state is HostState.FAILED and not stopping:
+                raise HostError(f"host {report.label}: {report.error}")
+            if progress is not None and message[0] == "progress":
+                trips = sum(r.progress[0] for r in reports)
+                nbytes = sum(r.progress[1] for r in reports)
+                progress(time.monotonic() - run_start, trips, nbytes)
+            if not started and all(r.state is HostState.READY for r in reports):
+                if on_ready is not None:
+                    on_ready({r.label: r.pid for r in reports if r.pid is not None})
+                send_all("go")
+                for r in reports:
+                    r.state = HostState.RUNNING
+                started = True
+                run_start = time.monotonic()
+                deadline = run_start + _bound(spec, started)
+                if stopping:
+                    deadline = min(deadline, run_start + _STOP_GRACE)
+    finally:
+        send_all("stop")
+        group.terminate(timeout=_EXIT_GRACE)
+        for opener in openers:
+            opener.join(_EXIT_GRACE)
+    return _merge(spec, reports, stopped=stopping)
+
+
+def _bound(spec: LoadSpec, started: bool) -> float:
+    if not started:
+        return spec.connect_timeout + _START_GRACE
+    return spec.duration + spec.drain_timeout + min(_PROBE, spec.connect_timeout) + _RUN_GRACE
+
+
+def _ended(report: HostReport) -> bool:
+    return report.state in (HostState.DONE, HostState.FAILED)
+
+
+def _receive(report: HostReport, message: Any, started: bool) -> None:
+    """Apply one message from a host to its report."""
+    kind = message[0]
+    if kind == "ready" and report.state is HostState.STARTING:
+        report.state = HostState.READY
+        report.pid = int(message[1])
+        report.connections_opened = int(message[2])
+    elif kind == "progress":
+        report.progress = (int(message[1]), int(message[2]))
+    elif kind == "done" and not _ended(report):
+        report.result = LoadResult.from_data(report.spec, message[1])
+        report.state = HostState.DONE
+    elif kind in ("unreachable", "error"):
+        report.fail(str(message[1]))
+    elif message == _CLOSED:
+        pid = f" (pid {report.pid})" if report.pid is not None else ""
+        report.fail(f"died mid-run{pid}" if started else f"gateway closed before ready{pid}")
+
+
+def share_out(spec: LoadSpec, hosts: Sequence[HostSpec]) -> list[tuple[str, LoadSpec]]:
+    """Each host's label and spec: its load processes, its share of the connections, its seed.
+
+    Args:
+        spec: The whole run.
+        hosts: The hosts, in order.
+
+    Returns:
+        One (label, spec) per host; a gateway spec given twice is labelled
+        ``popen``, ``popen#2``.
+
+    Raises:
+        ValueError: No host, ``spec`` out of range, or fewer connections than
+            load processes on all hosts.
+    """
+    if not hosts:
+        raise ValueError("give at least one host")
+    spec.validate()
+    procs = [host.procs or spec.procs for host in hosts]
+    total = sum(procs)
+    if spec.connections < total:
+        raise ValueError(
+            f"connections ({spec.connections}) must be at least the load processes "
+            f"on all hosts ({total})"
+        )
+    shares = [spec.connections * p // total for p in procs]
+    for i in range(spec.connections - sum(shares)):
+        shares[i % len(shares)] += 1
+    counts: dict[str, int] = {}
+    shared = []
+    for i, (host, n, share) in enumerate(zip(hosts, procs, shares, strict=True)):
+        counts[host.gateway] = counts.get(host.gateway, 0) + 1
+        label = (
+            host.gateway if counts[host.gateway] == 1 else f"{host.gateway}#{counts[host.gateway]}"
+        )
+        own = replace(spec, connections=share, procs=n, seed=spec.seed + i * _SEED_STRIDE)
+        own.validate()
+        shared.append((label, own))
+    return shared
+
+
+def _merge(spec: LoadSpec, reports: list[HostReport], *, stopped: bool) -> HostsResult:
+    parts = [r.result for r in reports if r.result is not None]
+    merged = LoadResult.merged(spec, parts)
+    alive = [part.server_alive for part in parts]
+    if False in alive:
+        merged.server_alive = False
+    elif alive and all(alive):
+        merged.server_alive = True
+    merged.stopped = merged.stopped or stopped
+    return HostsResult(merged, reports)
+
+
+def _spec_to_data(spec: LoadSpec) -> dict[str, Any]:
+    return {**asdict(spec), "oracle": oracle_name(spec.oracle)}
+
+
+def _spec_from_data(data: dict[str, Any]) -> LoadSpec:
+    return LoadSpec(
+        **{**data, "faults": Faults(**data["faults"]), "oracle": load_oracle(data["oracle"])}
+    )
+
+
+def serve_host(channel: Any) -> None:
+    """The remote end: receive a spec, connect, say ready, wait for go, run, send the result.
+
+    Runs on the host's interpreter (from :data:`_REMOTE_SOURCE`) with the
+    execnet channel. Sends ``("ready", pid, opened)``, ``("progress", trips,
+    bytes)`` now and then, and ``("done", result data)``; or ``("error", why)``.
+    A ``stop`` from the controller, or its channel closing, stops the run.
+
+    Args:
+        channel: The execnet channel to the controller.
+    """
+    go = threading.Event()
+    stop = threading.Event()
+    data = channel.receive(_START_GRACE)
+
+    def on_message(item: Any) -> None:
+        if item == "go":
+            go.set()
+        else:  # "stop", or the controller's channel closed
+            stop.set()
+
+    channel.setcallback(on_message, endmarker=_CLOSED)
+    try:
+        spec = _spec_from_data(data)
+        go_by = time.monotonic() + spec.connect_timeout + _START_GRACE * 2
+
+        def ready(opened: int) -> None:
+            channel.send(("ready", os.getpid(), opened))
+            while not go.wait(SLICE) and not stop.is_set():
+                if time.monotonic() > go_by:
+                    stop.set()  # The controller never said go: end, stopped.
+
+        last = [0.0]
+
+        def progress(elapsed: float, trips: int, nbytes: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= _PROGRESS_EVERY:
+                last[0] = now
+                channel.send(("progress", trips, nbytes))
+
+        result = run_load(spec, progress=progress, stop=stop, ready=ready)
+        channel.send(("done", result.to_data()))
+    except Exception as exc:  # Everything the controller should hear, as one line.
+        channel.send(("error", f"{type(exc).__name__}: {exc}"))
