@@ -2,8 +2,11 @@
 
 The command starts (or reaches) the target, runs :func:`conformance.load.run_load`
 with the options as a :class:`~conformance.load.LoadSpec`, and prints the
-result's summary (or JSON); exit 0 when nothing went wrong, 1 otherwise, 2 on
-a usage error, 3 when the target cannot be reached.
+result's summary (or JSON). With ``--hosts`` the load runs from those execnet
+gateways instead (:mod:`conformance.load.hosts`): stderr names each host's
+load process once all are ready, and the result lists every host. Exit 0
+when nothing went wrong, 1 otherwise (a host that failed mid-run included),
+2 on a usage error, 3 when the target or a host cannot be reached.
 """
 
 from __future__ import annotations
@@ -130,7 +133,9 @@ def load(args: argparse.Namespace) -> int:
             where = f" from {len(hosts)} hosts" if hosts else ""
             print(f"reactor-conformance: load on {spec.describe()} at {address}{where}")
         if hosts:
-            return _report(run_hosts(load_spec, hosts, progress=progress), args.json)
+            return _report(
+                run_hosts(load_spec, hosts, progress=progress, on_ready=_say_ready), args.json
+            )
         result = run_load(load_spec, progress=progress)
     except HostError as exc:
         print(f"reactor-conformance: {exc}", file=sys.stderr)
@@ -149,6 +154,11 @@ def load(args: argparse.Namespace) -> int:
         if result.first_error is not None:
             print(f"first error: {result.first_error}")
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _say_ready(pids: dict[str, int]) -> None:
+    where = ", ".join(f"{label} pid {pid}" for label, pid in pids.items())
+    print(f"reactor-conformance: hosts ready, go: {where}", file=sys.stderr, flush=True)
 
 
 def _report(result: HostsResult, as_json: bool) -> int:

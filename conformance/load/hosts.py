@@ -25,9 +25,11 @@ running (duration + drain + probe + ``_RUN_GRACE``), then, after a stop,
 any load (:class:`HostError`: the command's exit 3). A host that dies, says
 an error or misses the deadline after ``go`` is marked failed and named; the
 others' results are kept and the result is ``partial``. At the end the group
-of gateways is terminated: each is asked to exit, and those that have not
+of gateways is terminated (once every gateway still opening has joined it,
+``_EXIT_GRACE`` at most): each is asked to exit, and those that have not
 within ``_EXIT_GRACE`` seconds are killed, so no host can hold the
-controller.
+controller. (A gateway whose interpreter hangs while bootstrapping never
+joins the group; its thread is a daemon, and its process ends with ours.)
 
 Facts about execnet this relies on
 ----------------------------------
@@ -75,7 +77,7 @@ __all__ = [
 ]
 
 _START_GRACE = 20.0  # seconds for an interpreter to start and import, on top of the connect timeout
-_RUN_GRACE = 10.0  # seconds past duration + drain + probe before a silent host is given up
+_RUN_GRACE = 5.0  # seconds past duration + drain + probe before a silent host is given up
 _STOP_GRACE = 3.0  # seconds hosts have to report once told to stop
 _EXIT_GRACE = 3.0  # seconds gateways have to exit before they are killed
 _PROBE = 5.0  # the liveness probe's bound (processes._PROBE_TIMEOUT)
@@ -355,10 +357,13 @@ def run_hosts(
                 if stopping:
                     deadline = min(deadline, run_start + _STOP_GRACE)
     finally:
+        # A host may still be opening (an early error): wait for its gateway to
+        # be in the group before ending the group, or it would outlive the run.
+        join_by = time.monotonic() + _EXIT_GRACE
+        for opener in openers:
+            opener.join(max(0.0, join_by - time.monotonic()))
         send_all("stop")
         group.terminate(timeout=_EXIT_GRACE)
-        for opener in openers:
-            opener.join(_EXIT_GRACE)
     return _merge(spec, reports, stopped=stopping)
 
 
@@ -416,20 +421,33 @@ def share_out(spec: LoadSpec, hosts: Sequence[HostSpec]) -> list[tuple[str, Load
             f"connections ({spec.connections}) must be at least the load processes "
             f"on all hosts ({total})"
         )
-    shares = [spec.connections * p // total for p in procs]
-    for i in range(spec.connections - sum(shares)):
-        shares[i % len(shares)] += 1
+    shares = _split(spec.connections, procs)
+    storms = _split(spec.faults.connect_storm, shares)  # "in all": shared as the connections
     counts: dict[str, int] = {}
     shared = []
-    for i, (host, n, share) in enumerate(zip(hosts, procs, shares, strict=True)):
+    for i, (host, n, share, storm) in enumerate(zip(hosts, procs, shares, storms, strict=True)):
         counts[host.gateway] = counts.get(host.gateway, 0) + 1
         label = (
             host.gateway if counts[host.gateway] == 1 else f"{host.gateway}#{counts[host.gateway]}"
         )
-        own = replace(spec, connections=share, procs=n, seed=spec.seed + i * _SEED_STRIDE)
+        own = replace(
+            spec,
+            connections=share,
+            procs=n,
+            seed=spec.seed + i * _SEED_STRIDE,
+            faults=replace(spec.faults, connect_storm=storm),
+        )
         own.validate()
         shared.append((label, own))
     return shared
+
+
+def _split(total: int, weights: list[int]) -> list[int]:
+    """``total`` shared out in proportion to ``weights``, the remainder one each from the first."""
+    parts = [total * w // sum(weights) for w in weights]
+    for i in range(total - sum(parts)):
+        parts[i % len(parts)] += 1
+    return parts
 
 
 def _merge(spec: LoadSpec, reports: list[HostReport], *, stopped: bool) -> HostsResult:

@@ -1,0 +1,296 @@
+"""Load from several hosts: real popen gateways against a real echo server."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conformance.errors import UsageError
+from conformance.load import Faults, LoadSpec
+from conformance.load.hosts import (
+    HostError,
+    HostSpec,
+    HostState,
+    parse_hosts,
+    run_hosts,
+    share_out,
+)
+from conformance.load.spec import Mode
+from conformance.procfs import children
+from tests.conformance.support import run_cli
+from tests.helpers import ROOT, ServerProcess
+
+# An interpreter that starts but cannot import the project: no site-packages
+# (-S), no current directory on sys.path (-I).
+_NO_PROJECT = f"popen//python={sys.executable} -I -S"
+
+
+@pytest.fixture(scope="module")
+def single() -> Iterator[ServerProcess]:
+    with ServerProcess(["single"]) as server:
+        yield server
+
+
+def test_HostSpec_parse_reads_the_gateway_and_its_load_processes() -> None:
+    assert HostSpec.parse("popen") == HostSpec("popen")
+    assert HostSpec.parse("popen*2") == HostSpec("popen", 2)
+    assert HostSpec.parse("popen//python=python3*3") == HostSpec("popen//python=python3", 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("popen*0", "positive count"),
+        ("popen*x", "positive count"),
+        ("*2", "execnet spec"),
+        ("ssh=me@there", "ssh hosts: planned"),
+        ("_bad", "bad host"),
+    ],
+)
+def test_HostSpec_parse_refuses_bad_specs_with_a_reason(text: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        HostSpec.parse(text)
+
+
+def test_share_out_shares_connections_by_load_processes_and_labels_repeats() -> None:
+    spec = LoadSpec("127.0.0.1", 1, connections=10, procs=1, seed=7)
+    shared = share_out(spec, parse_hosts(["popen*3", "popen", "popen"]))
+    assert [label for label, _ in shared] == ["popen", "popen#2", "popen#3"]
+    assert [own.procs for _, own in shared] == [3, 1, 1]
+    assert [own.connections for _, own in shared] == [6, 2, 2]
+    assert len({own.seed for _, own in shared}) == 3
+    assert shared[0][1].seed == 7
+    with pytest.raises(ValueError, match="at least the load processes"):
+        share_out(LoadSpec("127.0.0.1", 1, connections=3), parse_hosts(["popen*2", "popen*2"]))
+
+
+def test_run_hosts_two_popen_hosts_merge_their_results(single: ServerProcess) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=6, size=100, rounds=40, duration=20.0)
+    pids: dict[str, int] = {}
+    started = time.monotonic()
+    outcome = run_hosts(spec, parse_hosts(["popen*2", "popen"]), on_ready=pids.update)
+    assert time.monotonic() - started < 20
+    assert outcome.ok, outcome.summary_line()
+    assert not outcome.partial
+    result = outcome.result
+    assert [h.label for h in outcome.hosts] == ["popen", "popen#2"]
+    assert [h.spec.connections for h in outcome.hosts] == [4, 2]
+    parts = [h.result for h in outcome.hosts]
+    assert all(part is not None for part in parts)
+    assert [part.round_trips for part in parts if part] == [4 * 40, 2 * 40]
+    assert result.round_trips == 6 * 40
+    assert result.bytes_verified == 6 * 40 * 100 == sum(p.bytes_verified for p in parts if p)
+    assert result.latency.count == 6 * 40
+    assert result.connections_opened == 6
+    assert result.server_alive is True
+    assert not result.errors
+    # Each host ran in its own interpreter, not this one.
+    assert set(pids) == {"popen", "popen#2"}
+    assert os.getpid() not in pids.values()
+    assert len(set(pids.values())) == 2
+    data = outcome.to_data()
+    assert data["ok"] is True
+    assert data["partial"] is False
+    assert [h["round_trips"] for h in data["hosts"]] == [160, 80]
+    assert [h["state"] for h in data["hosts"]] == ["done", "done"]
+    line = outcome.summary_line()
+    assert "240 round trips" in line
+    assert "hosts: popen: 160 round trips, errors 0; popen#2: 80 round trips, errors 0" in line
+
+
+@pytest.mark.parametrize(
+    ("mode", "faults"),
+    [
+        ("stream", Faults(connect_storm=40)),
+        ("pingpong", Faults(reset=0.05, half_close=0.05, connect_storm=40)),
+    ],
+)
+def test_run_hosts_modes_and_faults_are_shared_and_named_per_host(
+    single: ServerProcess, mode: Mode, faults: Faults
+) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=4, mode=mode, window=4096, duration=0.6, faults=faults)
+    outcome = run_hosts(spec, parse_hosts(["popen", "popen"]))
+    assert outcome.ok, outcome.summary_line()
+    parts = [h.result for h in outcome.hosts if h.result is not None]
+    assert len(parts) == 2
+    assert all(part.bytes_verified > 0 for part in parts)
+    assert outcome.result.bytes_verified == sum(part.bytes_verified for part in parts)
+    # The storm is 40 connections in all, not 40 per host.
+    assert [h.spec.faults.connect_storm for h in outcome.hosts] == [20, 20]
+    assert outcome.result.injected["connect-storm"] == 40
+    assert outcome.result.injected == parts[0].injected + parts[1].injected
+    hosts = outcome.to_data()["hosts"]
+    assert [h["faults_injected"] for h in hosts] == [dict(p.injected) for p in parts]
+
+
+def test_run_hosts_a_missing_python_is_one_host_error(single: ServerProcess) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=3, duration=5.0)
+    before = set(children(os.getpid()) or ())
+    started = time.monotonic()
+    with pytest.raises(HostError, match=r"^host popen//python=/nonexistent: python not found$"):
+        run_hosts(spec, parse_hosts(["popen", "popen", "popen//python=/nonexistent"]))
+    assert time.monotonic() - started < 10
+    # The hosts that did start (or were starting) are ended with the run.
+    assert set(children(os.getpid()) or ()) <= before
+
+
+def test_run_hosts_a_host_without_the_project_says_not_importable(
+    single: ServerProcess,
+) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=2, duration=5.0)
+    with pytest.raises(HostError, match="reactor-conformance not importable: .*conformance"):
+        run_hosts(spec, parse_hosts([_NO_PROJECT]))
+
+
+def test_run_hosts_a_host_killed_mid_run_is_named_and_the_others_kept(
+    single: ServerProcess,
+) -> None:
+    host, port = single.address
+    duration = 2.0
+    spec = LoadSpec(host, port, connections=4, duration=duration, drain_timeout=2.0)
+    pids: dict[str, int] = {}
+    killed: list[int] = []
+
+    def kill_once_running(elapsed: float, trips: int, nbytes: int) -> None:
+        if not killed and trips > 0:
+            killed.append(pids["popen#2"])
+            os.kill(pids["popen#2"], signal.SIGKILL)
+
+    started = time.monotonic()
+    outcome = run_hosts(
+        spec, parse_hosts(["popen", "popen"]), progress=kill_once_running, on_ready=pids.update
+    )
+    took = time.monotonic() - started
+    assert killed, "no progress came before the end"
+    # Bound: start + duration + drain + probe + grace; the survivor runs its full time.
+    assert took < duration + spec.drain_timeout + 5 + 10 + 20
+    survivor, victim = outcome.hosts
+    assert victim.state is HostState.FAILED
+    assert victim.error == f"died mid-run (pid {killed[0]})"
+    assert survivor.state is HostState.DONE
+    assert survivor.result is not None
+    assert survivor.result.round_trips > 0
+    assert outcome.partial
+    assert not outcome.ok
+    assert outcome.result.round_trips == survivor.result.round_trips
+    assert "popen#2: FAILED (died mid-run" in outcome.summary_line()
+    assert "PARTIAL" in outcome.summary_line()
+
+
+def test_run_hosts_a_host_that_stops_answering_is_given_up_within_the_bound(
+    single: ServerProcess,
+) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=4, duration=0.5, drain_timeout=0.5, connect_timeout=1.0)
+    bound = 0.5 + 0.5 + 1.0 + 5.0  # duration + drain + probe + grace
+    before = set(children(os.getpid()) or ())
+    pids: dict[str, int] = {}
+    frozen: list[int] = []
+
+    def freeze_once_running(elapsed: float, trips: int, nbytes: int) -> None:
+        if not frozen and trips > 0:
+            frozen.append(pids["popen#2"])
+            os.kill(pids["popen#2"], signal.SIGSTOP)
+
+    started = time.monotonic()
+    outcome = run_hosts(
+        spec, parse_hosts(["popen", "popen"]), progress=freeze_once_running, on_ready=pids.update
+    )
+    took = time.monotonic() - started
+    assert frozen, "no progress came before the end"
+    assert bound - 1 < took < bound + 3 + 5  # + the start and the gateways' exit grace
+    survivor, victim = outcome.hosts
+    assert victim.state is HostState.FAILED
+    assert victim.error == "did not answer in time (7s)"
+    assert survivor.state is HostState.DONE
+    assert outcome.partial
+    assert not outcome.ok
+    # The frozen host's process was killed with the group, not left behind.
+    assert set(children(os.getpid()) or ()) <= before
+
+
+def test_cli_load_hosts_json_lists_every_host() -> None:
+    result = run_cli(
+        "load", "--reference", "single", "-c", "4", "--rounds", "20", "--hosts", "popen",
+        "--hosts", "popen", "--json", timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["partial"] is False
+    assert report["round_trips"] == 80
+    assert [h["host"] for h in report["hosts"]] == ["popen", "popen#2"]
+    assert [h["round_trips"] for h in report["hosts"]] == [40, 40]
+    assert "hosts ready, go: popen pid " in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("hosts", "code", "line"),
+    [
+        (
+            ["popen", "popen//python=/nonexistent"],
+            3,
+            "reactor-conformance: host popen//python=/nonexistent: python not found",
+        ),
+        (["popen*0"], 2, "reactor-conformance: error: bad host 'popen*0'"),
+        (["ssh=me@there"], 2, "ssh hosts: planned"),
+    ],
+)
+def test_cli_load_hosts_bad_host_is_one_line_and_a_clear_exit(
+    hosts: list[str], code: int, line: str
+) -> None:
+    argv = [arg for spec in hosts for arg in ("--hosts", spec)]
+    result = run_cli("load", "--reference", "single", "-c", "2", *argv, timeout=60)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert line in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_load_hosts_a_host_killed_mid_run_exits_1_naming_it() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "conformance", "load", "--reference", "single", "-c", "4"]
+    argv += ["--duration", "3", "--hosts", "popen", "--hosts", "popen"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    stderr = proc.stderr
+    assert stderr is not None
+
+    def read_lines() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    reader = threading.Thread(target=read_lines)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 40
+        ready = ""
+        while "hosts ready" not in ready:
+            ready = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        victim = int(ready.rsplit("popen#2 pid ", 1)[1].split()[0])
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(10)
+    assert proc.returncode == 1, out
+    assert f"popen#2: FAILED (died mid-run (pid {victim}))" in out
+    assert "PARTIAL" in out
+    assert "popen: " in out
