@@ -130,7 +130,7 @@ def load(args: argparse.Namespace) -> int:
     load_spec = LoadSpec(address.host, address.port, **_load_settings(args, faults))
     try:
         if not args.json:
-            where = f" from {len(hosts)} hosts" if hosts else ""
+            where = f" from {len(hosts)} host{'s' if len(hosts) > 1 else ''}" if hosts else ""
             print(f"reactor-conformance: load on {spec.describe()} at {address}{where}")
         if hosts:
             return _report(
