@@ -66,10 +66,12 @@ from conformance.oracle import load_oracle, oracle_name
 
 __all__ = [
     "HostError",
+    "HostEvent",
     "HostReport",
     "HostSpec",
     "HostState",
     "HostsResult",
+    "IllegalHostTransition",
     "parse_hosts",
     "run_hosts",
     "serve_host",
@@ -118,6 +120,35 @@ class HostState(enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class HostEvent(enum.Enum):
+    """What happens to a host: its messages, and the controller's ``go``."""
+
+    READY = "ready"  # it said ready
+    GO = "go"  # we said go
+    DONE = "done"  # it sent its result
+    FAIL = "fail"  # it said an error, closed, or missed the deadline
+
+
+# The rules: a host is ready before it is told go; it may send its result
+# while READY when a stop came before go (its run ends at once, stopped); it
+# may fail at any point before it has ended. Once DONE or FAILED, whatever
+# still comes from it (its channel's close, a late result) changes nothing.
+_NEXT: dict[tuple[HostState, HostEvent], HostState] = {
+    (HostState.STARTING, HostEvent.READY): HostState.READY,
+    (HostState.READY, HostEvent.GO): HostState.RUNNING,
+    (HostState.READY, HostEvent.DONE): HostState.DONE,
+    (HostState.RUNNING, HostEvent.DONE): HostState.DONE,
+    (HostState.STARTING, HostEvent.FAIL): HostState.FAILED,
+    (HostState.READY, HostEvent.FAIL): HostState.FAILED,
+    (HostState.RUNNING, HostEvent.FAIL): HostState.FAILED,
+}
+_ENDED = frozenset({HostState.DONE, HostState.FAILED})
+
+
+class IllegalHostTransition(Exception):
+    """A host event that its state does not allow (a bug in the protocol's use)."""
 
 
 @dataclass(frozen=True)
@@ -169,11 +200,31 @@ class HostReport:
     result: LoadResult | None = None
     error: str | None = None
 
+    @property
+    def ended(self) -> bool:
+        """DONE or FAILED: nothing more is waited for from this host."""
+        return self.state in _ENDED
+
+    def advance(self, event: HostEvent) -> None:
+        """Move to the state the table gives; an ended host stays as it is.
+
+        Raises:
+            IllegalHostTransition: ``event`` is not allowed in this state.
+        """
+        if self.ended:
+            return
+        try:
+            self.state = _NEXT[self.state, event]
+        except KeyError:
+            raise IllegalHostTransition(
+                f"host {self.label}: {event.name} is illegal in state {self.state.name}"
+            ) from None
+
     def fail(self, error: str) -> None:
         """Mark the host failed (unless it already ended), with the reason."""
-        if self.state not in (HostState.DONE, HostState.FAILED):
-            self.state = HostState.FAILED
+        if not self.ended:
             self.error = error
+            self.advance(HostEvent.FAIL)
 
     def to_data(self) -> dict[str, Any]:
         """This host as plain data: its share, its state, its own result's figures."""
@@ -304,7 +355,7 @@ def run_hosts(
 
     def send_all(message: str) -> None:
         with lock:
-            live = [(i, ch) for i, ch in channels.items() if not _ended(reports[i])]
+            live = [(i, ch) for i, ch in channels.items() if not reports[i].ended]
         for _, channel in live:
             try:
                 channel.send(message)
@@ -322,16 +373,20 @@ def run_hosts(
     run_start = 0.0
     deadline = time.monotonic() + spec.connect_timeout + _START_GRACE
     try:
-        while not all(_ended(report) for report in reports):
+        while not all(report.ended for report in reports):
             now = time.monotonic()
             if not stopping and stop is not None and stop.is_set():
                 stopping = True
                 send_all("stop")
                 deadline = min(deadline, now + _STOP_GRACE)
             if now >= deadline:
-                what = "answer in time" if started else "become ready in time"
+                if stopping:
+                    why = f"did not stop in time ({_STOP_GRACE:.0f}s)"
+                else:
+                    what = "answer in time" if started else "become ready in time"
+                    why = f"did not {what} ({_bound(spec, started):.0f}s)"
                 for report in reports:
-                    report.fail(f"did not {what} ({_bound(spec, started):.0f}s)")
+                    report.fail(why)
                 break
             try:
                 i, message = events.get(timeout=min(SLICE, deadline - now))
@@ -350,7 +405,7 @@ def run_hosts(
                     on_ready({r.label: r.pid for r in reports if r.pid is not None})
                 send_all("go")
                 for r in reports:
-                    r.state = HostState.RUNNING
+                    r.advance(HostEvent.GO)
                 started = True
                 run_start = time.monotonic()
                 deadline = run_start + _bound(spec, started)
@@ -373,22 +428,20 @@ def _bound(spec: LoadSpec, started: bool) -> float:
     return spec.duration + spec.drain_timeout + min(_PROBE, spec.connect_timeout) + _RUN_GRACE
 
 
-def _ended(report: HostReport) -> bool:
-    return report.state in (HostState.DONE, HostState.FAILED)
-
-
 def _receive(report: HostReport, message: Any, started: bool) -> None:
     """Apply one message from a host to its report."""
     kind = message[0]
-    if kind == "ready" and report.state is HostState.STARTING:
-        report.state = HostState.READY
+    if report.ended:
+        return  # Its close after its result, or a late word after the deadline.
+    if kind == "ready":
+        report.advance(HostEvent.READY)
         report.pid = int(message[1])
         report.connections_opened = int(message[2])
     elif kind == "progress":
         report.progress = (int(message[1]), int(message[2]))
-    elif kind == "done" and not _ended(report):
+    elif kind == "done":
+        report.advance(HostEvent.DONE)
         report.result = LoadResult.from_data(report.spec, message[1])
-        report.state = HostState.DONE
     elif kind in ("unreachable", "error"):
         report.fail(str(message[1]))
     elif message == _CLOSED:

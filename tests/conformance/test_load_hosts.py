@@ -18,8 +18,11 @@ from conformance.errors import UsageError
 from conformance.load import Faults, LoadSpec
 from conformance.load.hosts import (
     HostError,
+    HostEvent,
+    HostReport,
     HostSpec,
     HostState,
+    IllegalHostTransition,
     parse_hosts,
     run_hosts,
     share_out,
@@ -59,6 +62,20 @@ def test_HostSpec_parse_reads_the_gateway_and_its_load_processes() -> None:
 def test_HostSpec_parse_refuses_bad_specs_with_a_reason(text: str, needle: str) -> None:
     with pytest.raises(UsageError, match=needle):
         HostSpec.parse(text)
+
+
+def test_HostReport_advance_follows_the_table_and_an_ended_host_stays() -> None:
+    report = HostReport("popen", LoadSpec("127.0.0.1", 1))
+    with pytest.raises(IllegalHostTransition, match="popen: GO is illegal in state STARTING"):
+        report.advance(HostEvent.GO)
+    report.advance(HostEvent.READY)
+    report.advance(HostEvent.GO)
+    assert report.state is HostState.RUNNING
+    report.advance(HostEvent.DONE)
+    report.fail("closed")  # its channel's close, after its result
+    assert report.ended
+    assert report.to_data()["state"] == "done"
+    assert report.error is None
 
 
 def test_share_out_shares_connections_by_load_processes_and_labels_repeats() -> None:
