@@ -151,6 +151,29 @@ def test_run_hosts_modes_and_faults_are_shared_and_named_per_host(
     assert [h["faults_injected"] for h in hosts] == [dict(p.injected) for p in parts]
 
 
+def test_run_hosts_a_stop_ends_every_host_early_and_the_result_is_stopped(
+    single: ServerProcess,
+) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=4, duration=30.0)
+    stop = threading.Event()
+
+    def stop_once_running(elapsed: float, trips: int, nbytes: int) -> None:
+        if trips > 0:
+            stop.set()
+
+    started = time.monotonic()
+    outcome = run_hosts(
+        spec, parse_hosts(["popen", "popen"]), progress=stop_once_running, stop=stop
+    )
+    assert time.monotonic() - started < 10
+    assert [h.state for h in outcome.hosts] == [HostState.DONE, HostState.DONE]
+    assert all(h.result is not None and h.result.stopped for h in outcome.hosts)
+    assert outcome.result.stopped
+    assert not outcome.ok
+    assert "STOPPED" in outcome.summary_line()
+
+
 def test_run_hosts_a_missing_python_is_one_host_error(single: ServerProcess) -> None:
     host, port = single.address
     spec = LoadSpec(host, port, connections=3, duration=5.0)
