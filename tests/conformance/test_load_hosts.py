@@ -287,6 +287,7 @@ def test_cli_load_hosts_json_lists_every_host() -> None:
         ),
         (["popen*0"], 2, "reactor-conformance: error: bad host 'popen*0'"),
         (["ssh=me@there"], 2, "ssh hosts: planned"),
+        (["popen", "popen*2"], 2, "connections (2) must be at least the load processes"),
     ],
 )
 def test_cli_load_hosts_bad_host_is_one_line_and_a_clear_exit(
