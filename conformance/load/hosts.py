@@ -28,8 +28,9 @@ others' results are kept and the result is ``partial``. At the end the group
 of gateways is terminated (once every gateway still opening has joined it,
 ``_EXIT_GRACE`` at most): each is asked to exit, and those that have not
 within ``_EXIT_GRACE`` seconds are killed, so no host can hold the
-controller. (A gateway whose interpreter hangs while bootstrapping never
-joins the group; its thread is a daemon, and its process ends with ours.)
+controller. (An interpreter that hangs while execnet bootstraps it fails the
+start deadline like any host that is not ready; but its gateway never joins
+the group, so its process is not ours to kill: it is left to end by itself.)
 
 Facts about execnet this relies on
 ----------------------------------
@@ -78,7 +79,7 @@ __all__ = [
     "share_out",
 ]
 
-_START_GRACE = 20.0  # seconds for an interpreter to start and import, on top of the connect timeout
+_START_GRACE = 10.0  # seconds for an interpreter to start and import, on top of the connect timeout
 _RUN_GRACE = 5.0  # seconds past duration + drain + probe before a silent host is given up
 _STOP_GRACE = 3.0  # seconds hosts have to report once told to stop
 _EXIT_GRACE = 3.0  # seconds gateways have to exit before they are killed
@@ -385,8 +386,11 @@ def run_hosts(
                 else:
                     what = "answer in time" if started else "become ready in time"
                     why = f"did not {what} ({_bound(spec, started):.0f}s)"
+                late = [r for r in reports if r.state is HostState.STARTING]
                 for report in reports:
                     report.fail(why)
+                if late and not started and not stopping:
+                    raise HostError(f"host {late[0].label}: {why}")
                 break
             try:
                 i, message = events.get(timeout=min(SLICE, deadline - now))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -184,6 +185,25 @@ def test_run_hosts_a_missing_python_is_one_host_error(single: ServerProcess) -> 
     assert time.monotonic() - started < 10
     # The hosts that did start (or were starting) are ended with the run.
     assert set(children(os.getpid()) or ()) <= before
+
+
+def test_run_hosts_a_host_that_never_gets_ready_is_one_host_error_in_time(
+    single: ServerProcess,
+) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=2, duration=5.0, connect_timeout=1.0)
+    # An "interpreter" that never answers execnet's bootstrap.
+    hung = "popen//python=sh -c 'exec sleep 60'"
+    before = set(children(os.getpid()) or ())
+    started = time.monotonic()
+    try:
+        never = f"^host {re.escape(hung)}: did not become ready in time \\(11s\\)$"
+        with pytest.raises(HostError, match=never):
+            run_hosts(spec, parse_hosts(["popen", hung]))
+        assert time.monotonic() - started < 1.0 + 10.0 + 3 + 3 + 3
+    finally:
+        for pid in set(children(os.getpid()) or ()) - before:
+            os.kill(pid, signal.SIGKILL)  # the sleep this test started, through the gateway
 
 
 def test_run_hosts_a_host_without_the_project_says_not_importable(
