@@ -81,8 +81,8 @@ def add_load_parser(commands: Any) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="Run the load from this execnet gateway too (popen, popen*2, "
-        "popen//python=PATH), *N load processes there (default: --procs); repeat per host",
+        help="Run the load from this execnet gateway (popen, popen*2, popen//python=PATH), "
+        "*N load processes there (default: --procs); repeat once per host",
     )
     load_parser.add_argument(
         "--faults",
