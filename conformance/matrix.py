@@ -89,17 +89,25 @@ class BrokenServer:
         return TargetSpec(TargetKind.SPAWN, command)
 
 
-def _module_string(path: Path, name: str) -> str | None:
-    """The string assigned to ``name`` at module level in ``path``, read without importing it."""
+def _module_value(path: Path, name: str) -> ast.expr | None:
+    """What is assigned to ``name`` at module level in ``path``, read without importing it."""
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in tree.body:
         if (
             isinstance(node, ast.Assign)
-            and [t.id for t in node.targets if isinstance(t, ast.Name)] == [name]
-            and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == name
         ):
-            return node.value.value
+            return node.value
+    return None
+
+
+def _module_string(path: Path, name: str) -> str | None:
+    """The string assigned to ``name`` at module level in ``path``, read without importing it."""
+    value = _module_value(path, name)
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return value.value
     return None
 
 
@@ -109,17 +117,11 @@ def _caught_by(path: Path) -> tuple[str, ...]:
     Raises:
         ValueError: The module has no ``CAUGHT_BY`` tuple of strings.
     """
-    tree = ast.parse(path.read_text(), filename=str(path))
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id == "CAUGHT_BY"
-        ):
-            value = ast.literal_eval(node.value)
-            if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
-                return tuple(by_id(v).id for v in value)
+    node = _module_value(path, "CAUGHT_BY")
+    if node is not None:
+        value = ast.literal_eval(node)
+        if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+            return tuple(by_id(v).id for v in value)
     raise ValueError(f"{path}: no CAUGHT_BY = ('ECHO-...', ...) tuple at module level")
 
 
@@ -131,35 +133,27 @@ def _reason(path: Path) -> str:
             level, or it is not a valid regular expression, or it matches the
             empty string (and so any report).
     """
-    tree = ast.parse(path.read_text(), filename=str(path))
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id == "REASON"
-        ):
-            if not (isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-                raise ValueError(
-                    f"{path}: REASON must be a string literal (a regular expression, r'...')"
-                )
-            pattern = node.value.value
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"{path}: REASON {pattern!r} is not a valid regular expression: {exc}"
-                ) from None
-            if compiled.search("") is not None:
-                raise ValueError(
-                    f"{path}: REASON {pattern!r} matches the empty string, so any report: "
-                    "name why the bug fails its checks"
-                )
-            return pattern
-    raise ValueError(
-        f"{path}: no REASON = r'...' at module level (the pattern every failure report "
-        "of its CAUGHT_BY checks must match)"
-    )
+    node = _module_value(path, "REASON")
+    if node is None:
+        raise ValueError(
+            f"{path}: no REASON = r'...' at module level (the pattern every failure report "
+            "of its CAUGHT_BY checks must match)"
+        )
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        raise ValueError(f"{path}: REASON must be a string literal (a regular expression, r'...')")
+    pattern = node.value
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(
+            f"{path}: REASON {pattern!r} is not a valid regular expression: {exc}"
+        ) from None
+    if compiled.search("") is not None:
+        raise ValueError(
+            f"{path}: REASON {pattern!r} matches the empty string, so any report: "
+            "name why the bug fails its checks"
+        )
+    return pattern
 
 
 def broken_servers(directory: Path) -> list[BrokenServer]:
