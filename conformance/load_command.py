@@ -81,8 +81,10 @@ def add_load_parser(commands: Any) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="Run the load from this execnet gateway (popen, popen*2, popen//python=PATH), "
-        "*N load processes there (default: --procs); repeat once per host",
+        help="Run the load from this execnet gateway: popen (a new interpreter here), "
+        "ssh=USER@HOST (python3 there, or //python=PATH; //ssh_config=FILE for ssh -F), "
+        "with *N load processes there (default: --procs); repeat once per host. A host "
+        "needs only Python 3.11+: the load generator is sent to it",
     )
     load_parser.add_argument(
         "--faults",

@@ -2,24 +2,31 @@
 
 How this works
 --------------
-Each host is an execnet gateway spec (``popen``, ``popen//python=...``), the
-transport pytest-xdist runs on, optionally with ``*N`` for N load processes
-there (:meth:`HostSpec.parse`); without it a host gets the run's ``procs``.
-The connections are shared out in proportion to the load processes.
+Each host is an execnet gateway spec, the transport pytest-xdist runs on:
+``popen`` (a new interpreter here, ``popen//python=...``) or ``ssh=user@host``
+(``//python=python3`` unless it names one; ``//ssh_config=PATH`` for ssh's
+``-F``), optionally with ``*N`` for N load processes there
+(:meth:`HostSpec.parse`); without it a host gets the run's ``procs``. The
+connections are shared out in proportion to the load processes.
 
 The controller (:func:`run_hosts`) opens one gateway per host, each from its
-own thread (a gateway that cannot start says so and the others go on), and
-runs :data:`_REMOTE_SOURCE` there: it checks the interpreter (Python 3.11+) and
-that ``conformance`` imports, then calls :func:`serve_host`, which reads the
-host's spec as plain data from the channel, runs :func:`~conformance.load.run_load`
-and, once every connection is open, says ``("ready", pid, opened)`` and waits
-for ``go``. When every host is ready the controller says ``go`` to each, at
-one instant; each host then sends its progress now and then and finally its
-result as plain data (:meth:`~conformance.load.result.LoadResult.to_data`).
+own thread (a gateway that cannot start says so and the others go on). An
+ssh host is asked first, with one short ssh command, whether it runs Python
+3.11+ (:func:`preflight`), since execnet cannot tell an ssh failure from a
+missing interpreter. The gateway then runs
+:data:`~conformance.load.remote.REMOTE_SOURCE`: the controller sends it the
+load generator's own modules (:func:`~conformance.load.remote.package_files`),
+so a host needs nothing installed but Python, and
+:func:`~conformance.load.remote.serve_host` reads the host's spec as plain
+data from the channel, runs :func:`~conformance.load.run_load` and, once every
+connection is open, says ``("ready", pid, opened)`` and waits for ``go``.
+When every host is ready the controller says ``go`` to each, at one instant;
+each host then sends its progress now and then and finally its result as
+plain data (:meth:`~conformance.load.result.LoadResult.to_data`).
 
 Every message of every host arrives on one queue (a channel callback per
 host), so the controller waits in one place, in ``SLICE``-second steps, under
-one deadline per phase: starting (connect timeout + ``_START_GRACE``), then
+one deadline per phase: starting (connect timeout + ``START_GRACE``), then
 running (duration + drain + probe + ``_RUN_GRACE``), then, after a stop,
 ``_STOP_GRACE``. A host that fails before ``go`` fails the whole run before
 any load (:class:`HostError`: the command's exit 3). A host that dies, says
@@ -42,28 +49,34 @@ Facts about execnet this relies on
 - ``Group.terminate(timeout)`` sends each gateway its exit, waits ``timeout``
   seconds for it, then kills the gateway's process.
 - A ``popen`` gateway without ``python=`` runs this interpreter
-  (``sys.executable``) in this directory, so it imports what we import.
+  (``sys.executable``) in this directory.
+- An ``ssh=`` gateway runs ``ssh [-F ssh_config] ARGS "PYTHON -c BOOTSTRAP"``;
+  when that command fails (no route, refused key, no such interpreter) the
+  bootstrap's EOF is swallowed unless ssh itself exited 255 (``HostNotFound``),
+  and the gateway is returned dead: hence the preflight.
 """
 
 from __future__ import annotations
 
 import enum
-import os
 import queue
+import shlex
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import execnet
 
+import conformance
 from conformance.errors import UsageError
 from conformance.load.connector import SLICE
-from conformance.load.processes import Progress, run_load
+from conformance.load.processes import Progress
+from conformance.load.remote import REMOTE_SOURCE, START_GRACE, package_files, spec_to_data
 from conformance.load.result import LoadResult
-from conformance.load.spec import Faults, LoadSpec
-from conformance.oracle import load_oracle, oracle_name
+from conformance.load.spec import LoadSpec
 
 __all__ = [
     "HostError",
@@ -75,32 +88,14 @@ __all__ = [
     "IllegalHostTransition",
     "parse_hosts",
     "run_hosts",
-    "serve_host",
     "share_out",
 ]
 
-_START_GRACE = 10.0  # seconds for an interpreter to start and import, on top of the connect timeout
 _RUN_GRACE = 5.0  # seconds past duration + drain + probe before a silent host is given up
 _STOP_GRACE = 3.0  # seconds hosts have to report once told to stop
 _EXIT_GRACE = 3.0  # seconds gateways have to exit before they are killed
 _PROBE = 5.0  # the liveness probe's bound (processes._PROBE_TIMEOUT)
-_PROGRESS_EVERY = 0.5  # seconds between two progress messages from a host
 _SEED_STRIDE = 100_003  # host i runs with seed + i * this, so hosts do not repeat each other
-
-#: What runs on the remote interpreter first (``channel`` is execnet's).
-_REMOTE_SOURCE = """
-import sys
-if sys.version_info < (3, 11):
-    channel.send(("unreachable", "needs Python 3.11+, has " + sys.version.split()[0]))
-else:
-    try:
-        from conformance.load.hosts import serve_host
-    except Exception as exc:
-        channel.send(("unreachable", "reactor-conformance not importable: %s: %s"
-                      % (type(exc).__name__, exc)))
-    else:
-        serve_host(channel)
-"""
 
 _CLOSED = ("closed",)  # the endmarker each host's channel callback gets at its close
 
@@ -161,11 +156,14 @@ class HostSpec:
 
     @classmethod
     def parse(cls, text: str) -> HostSpec:
-        """Read ``SPEC`` or ``SPEC*N`` (``popen``, ``popen*2``, ``popen//python=python3``).
+        """Read ``SPEC`` or ``SPEC*N`` (``popen*2``, ``ssh=me@h2//python=python3*4``).
+
+        An ``ssh=`` spec without ``python=`` runs ``python3`` on its host
+        (execnet's own default, ``python``, is absent from many systems).
 
         Raises:
             UsageError: The spec is empty, ``N`` is not a positive count, execnet
-                cannot read it, or it is not a ``popen`` gateway.
+                cannot read it, or it is neither a ``popen`` nor an ``ssh`` gateway.
         """
         gateway, star, count = text.strip().rpartition("*")
         if not star:
@@ -178,9 +176,44 @@ class HostSpec:
             xspec = execnet.XSpec(gateway)
         except (AttributeError, ValueError) as exc:
             raise UsageError(f"bad host {text!r}: {exc}") from None
-        if not xspec.popen:
-            raise UsageError(f"bad host {text!r}: only popen gateways for now (ssh hosts: planned)")
+        ssh: object = xspec.ssh  # True when given as a bare "ssh"
+        if ssh is True or (isinstance(ssh, str) and not ssh.split()):
+            raise UsageError(f"bad host {text!r}: ssh= needs a destination (ssh=user@host)")
+        if not xspec.popen and not xspec.ssh:
+            raise UsageError(
+                f"bad host {text!r}: give a popen or ssh= gateway (popen, ssh=user@host)"
+            )
+        if xspec.ssh and not xspec.python:
+            gateway += "//python=python3"
         return cls(gateway, int(count) if count else None)
+
+    @property
+    def xspec(self) -> execnet.XSpec:
+        """The gateway spec as execnet reads it."""
+        return execnet.XSpec(self.gateway)
+
+    @property
+    def name(self) -> str:
+        """How reports name the host: ``popen``, ``ssh=me@h2`` (its ssh destination)."""
+        xspec = self.xspec
+        if isinstance(xspec.ssh, str):
+            return f"ssh={xspec.ssh.split()[-1]}"
+        return self.gateway
+
+    def ssh_command(self, code: str) -> list[str]:
+        """The ssh command that runs ``python -c code`` on an ``ssh=`` host, as execnet would.
+
+        ``BatchMode`` so that a host that asks for a password fails at once
+        instead of waiting for a terminal.
+        """
+        xspec = self.xspec
+        assert isinstance(xspec.ssh, str), "only for ssh= hosts"
+        args = ["ssh", "-o", "BatchMode=yes"]
+        if xspec.ssh_config is not None:
+            args += ["-F", str(xspec.ssh_config)]
+        args += xspec.ssh.split()
+        args.append(f"{xspec.python or 'python3'} -c {shlex.quote(code)}")
+        return args
 
 
 def parse_hosts(texts: Sequence[str]) -> list[HostSpec]:
@@ -330,6 +363,8 @@ def run_hosts(
             ("host LABEL: why"); no load ran.
     """
     reports = [HostReport(label, own) for label, own in share_out(spec, hosts)]
+    files = package_files()
+    start_bound = _bound(spec, started=False)
     events: queue.Queue[tuple[int, Any]] = queue.Queue()
     group = execnet.Group()
     channels: dict[int, execnet.Channel] = {}
@@ -337,6 +372,11 @@ def run_hosts(
 
     def open_host(i: int) -> None:
         label = reports[i].label
+        if hosts[i].xspec.ssh:
+            why = preflight(hosts[i], start_bound - 1.0)
+            if why is not None:
+                events.put((i, ("unreachable", why)))
+                return
         try:
             gateway = group.makegateway(hosts[i].gateway)
         except FileNotFoundError:
@@ -346,11 +386,12 @@ def run_hosts(
             events.put((i, ("unreachable", f"gateway did not start: {type(exc).__name__}: {exc}")))
             return
         try:
-            channel = gateway.remote_exec(_REMOTE_SOURCE)
+            channel = gateway.remote_exec(REMOTE_SOURCE)
             with lock:
                 channels[i] = channel
             channel.setcallback(lambda item: events.put((i, item)), endmarker=_CLOSED)
-            channel.send(_spec_to_data(reports[i].spec))
+            channel.send((files, conformance.__version__))
+            channel.send(spec_to_data(reports[i].spec))
         except (OSError, EOFError, ValueError) as exc:
             events.put((i, ("unreachable", f"gateway closed at start ({exc or label})")))
 
@@ -372,7 +413,7 @@ def run_hosts(
     started = False
     stopping = False
     run_start = 0.0
-    deadline = time.monotonic() + spec.connect_timeout + _START_GRACE
+    deadline = time.monotonic() + spec.connect_timeout + START_GRACE
     try:
         while not all(report.ended for report in reports):
             now = time.monotonic()
@@ -426,9 +467,53 @@ def run_hosts(
     return _merge(spec, reports, stopped=stopping)
 
 
+#: What :func:`preflight` runs on an ssh host: its version, or why it cannot run the load.
+_PREFLIGHT = "import sys; print('python %d.%d.%d' % sys.version_info[:3])"
+
+
+def preflight(host: HostSpec, timeout: float) -> str | None:
+    """Ask an ``ssh=`` host, with one short ssh command, whether it can run the load.
+
+    execnet cannot tell an ssh failure from a missing interpreter (both end
+    the bootstrap), so this asks first, under ``timeout``, and turns the
+    answer into the reason a report gives.
+
+    Returns:
+        None when the host runs Python 3.11+; else why not, in a few words:
+        ``ssh failed: ...``, ``python3 not found``, ``needs Python 3.11+, has
+        3.9.2``, ``ssh did not answer within 9s``.
+    """
+    python = host.xspec.python or "python3"
+    try:
+        done = subprocess.run(
+            host.ssh_command(_PREFLIGHT),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        return "ssh not found on this machine (install openssh-client)"
+    except subprocess.TimeoutExpired:
+        return f"ssh did not answer within {timeout:.0f}s"
+    said = (done.stderr.strip().splitlines() or [""])[-1]
+    if done.returncode == 255:
+        return f"ssh failed: {said or 'exit status 255'}"
+    if done.returncode == 127:
+        return f"{python} not found"
+    words = done.stdout.split()
+    if done.returncode != 0 or len(words) < 2 or words[0] != "python":
+        return f"{python} did not run (exit status {done.returncode}): {said or done.stdout!r}"
+    version = tuple(int(part) for part in words[1].split(".")[:2])
+    if version < (3, 11):
+        return f"needs Python 3.11+, has {words[1]}"
+    return None
+
+
 def _bound(spec: LoadSpec, started: bool) -> float:
     if not started:
-        return spec.connect_timeout + _START_GRACE
+        return spec.connect_timeout + START_GRACE
     return spec.duration + spec.drain_timeout + min(_PROBE, spec.connect_timeout) + _RUN_GRACE
 
 
@@ -483,10 +568,8 @@ def share_out(spec: LoadSpec, hosts: Sequence[HostSpec]) -> list[tuple[str, Load
     counts: dict[str, int] = {}
     shared = []
     for i, (host, n, share, storm) in enumerate(zip(hosts, procs, shares, storms, strict=True)):
-        counts[host.gateway] = counts.get(host.gateway, 0) + 1
-        label = (
-            host.gateway if counts[host.gateway] == 1 else f"{host.gateway}#{counts[host.gateway]}"
-        )
+        counts[host.name] = counts.get(host.name, 0) + 1
+        label = host.name if counts[host.name] == 1 else f"{host.name}#{counts[host.name]}"
         own = replace(
             spec,
             connections=share,
@@ -517,59 +600,3 @@ def _merge(spec: LoadSpec, reports: list[HostReport], *, stopped: bool) -> Hosts
         merged.server_alive = True
     merged.stopped = merged.stopped or stopped
     return HostsResult(merged, reports)
-
-
-def _spec_to_data(spec: LoadSpec) -> dict[str, Any]:
-    return {**asdict(spec), "oracle": oracle_name(spec.oracle)}
-
-
-def _spec_from_data(data: dict[str, Any]) -> LoadSpec:
-    return LoadSpec(
-        **{**data, "faults": Faults(**data["faults"]), "oracle": load_oracle(data["oracle"])}
-    )
-
-
-def serve_host(channel: Any) -> None:
-    """The remote end: receive a spec, connect, say ready, wait for go, run, send the result.
-
-    Runs on the host's interpreter (from :data:`_REMOTE_SOURCE`) with the
-    execnet channel. Sends ``("ready", pid, opened)``, ``("progress", trips,
-    bytes)`` now and then, and ``("done", result data)``; or ``("error", why)``.
-    A ``stop`` from the controller, or its channel closing, stops the run.
-
-    Args:
-        channel: The execnet channel to the controller.
-    """
-    go = threading.Event()
-    stop = threading.Event()
-    data = channel.receive(_START_GRACE)
-
-    def on_message(item: Any) -> None:
-        if item == "go":
-            go.set()
-        else:  # "stop", or the controller's channel closed
-            stop.set()
-
-    channel.setcallback(on_message, endmarker=_CLOSED)
-    try:
-        spec = _spec_from_data(data)
-        go_by = time.monotonic() + spec.connect_timeout + _START_GRACE * 2
-
-        def ready(opened: int) -> None:
-            channel.send(("ready", os.getpid(), opened))
-            while not go.wait(SLICE) and not stop.is_set():
-                if time.monotonic() > go_by:
-                    stop.set()  # The controller never said go: end, stopped.
-
-        last = [0.0]
-
-        def progress(elapsed: float, trips: int, nbytes: int) -> None:
-            now = time.monotonic()
-            if now - last[0] >= _PROGRESS_EVERY:
-                last[0] = now
-                channel.send(("progress", trips, nbytes))
-
-        result = run_load(spec, progress=progress, stop=stop, ready=ready)
-        channel.send(("done", result.to_data()))
-    except Exception as exc:  # Everything the controller should hear, as one line.
-        channel.send(("error", f"{type(exc).__name__}: {exc}"))

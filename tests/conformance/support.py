@@ -6,19 +6,38 @@ Every spawned server is stopped by its PID (its process group) when the
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import resource
 import shlex
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from conformance.target import RunningTarget, TargetSpec, start_target
 from tests.helpers import ROOT
 
-__all__ = ["ASYNCIO_ECHO", "BROKEN", "ROOT", "broken_spawn", "run_cli", "run_pytest", "serving"]
+__all__ = [
+    "ASYNCIO_ECHO",
+    "BROKEN",
+    "ROOT",
+    "Sshd",
+    "SshdUnavailable",
+    "broken_spawn",
+    "run_cli",
+    "run_pytest",
+    "serving",
+    "sshd",
+]
 
 SERVERS = ROOT / "fixtures" / "servers"
 BROKEN = SERVERS / "broken"
@@ -98,3 +117,109 @@ def run_pytest(*argv: str, timeout: float = 180.0) -> subprocess.CompletedProces
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
     )
+
+
+class SshdUnavailable(Exception):
+    """No sshd could be started here; the message says why (a test skips with it)."""
+
+
+@dataclass(frozen=True)
+class Sshd:
+    """A running throwaway sshd on 127.0.0.1 that lets this user in with its own key.
+
+    Attributes:
+        port: Where it listens.
+        config: An ssh client config (``ssh -F``) whose host ``conformance-sshd``
+            is this server, with the key, the port and a known-hosts file of its own.
+        pid: The sshd's process id.
+    """
+
+    port: int
+    config: Path
+    pid: int
+
+    HOST = "conformance-sshd"
+
+    def gateway(self, python: str = sys.executable, extra: str = "") -> str:
+        """An execnet ``ssh=`` spec for this server, running ``python`` there."""
+        return f"ssh={self.HOST}//ssh_config={self.config}//python={python}{extra}"
+
+
+_SSHD = "/usr/sbin/sshd"
+
+
+@contextmanager
+def sshd(timeout: float = 10.0) -> Iterator[Sshd]:
+    """Start an sshd on a free loopback port with a new host key and user key; stop it by PID.
+
+    Raises:
+        SshdUnavailable: No sshd or ssh-keygen here, or the sshd did not start
+            listening within ``timeout`` (its own words, e.g. a missing
+            privilege separation directory).
+    """
+    for tool in (_SSHD, "ssh-keygen", "ssh"):
+        if shutil.which(tool) is None:
+            raise SshdUnavailable(f"{tool} not installed (Debian: openssh-server)")
+    home = Path(tempfile.mkdtemp(prefix="conformance-sshd-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for key in ("host_key", "user_key"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)],
+                check=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
+        (home / "authorized_keys").write_text((home / "user_key.pub").read_text())
+        (home / "authorized_keys").chmod(0o600)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        (home / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\n"
+            f"AuthorizedKeysFile {home / 'authorized_keys'}\nPidFile {home / 'sshd.pid'}\n"
+            "UsePAM no\nStrictModes no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            "LogLevel ERROR\n"
+        )
+        config = home / "ssh_config"
+        user = pwd.getpwuid(os.getuid()).pw_name
+        config.write_text(
+            f"Host {Sshd.HOST}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n"
+            f"  IdentityFile {home / 'user_key'}\n  IdentitiesOnly yes\n"
+            f"  StrictHostKeyChecking no\n  UserKnownHostsFile {home / 'known_hosts'}\n"
+            "  BatchMode yes\n  LogLevel ERROR\n"
+        )
+        log = (home / "sshd.log").open("wb")
+        proc = subprocess.Popen(
+            [_SSHD, "-D", "-e", "-f", str(home / "sshd_config")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                said = (home / "sshd.log").read_text(errors="replace").strip()
+                raise SshdUnavailable(f"sshd exited with status {proc.returncode}: {said}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SshdUnavailable(f"sshd did not listen within {timeout:g}s") from None
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.05)  # its exit, or the next try
+        yield Sshd(port, config, proc.pid)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        shutil.rmtree(home, ignore_errors=True)

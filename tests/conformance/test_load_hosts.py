@@ -15,8 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
+import conformance
 from conformance.errors import UsageError
-from conformance.load import Faults, LoadSpec
+from conformance.load import Faults, LoadSpec, remote
+from conformance.load import hosts as hosts_module
 from conformance.load.hosts import (
     HostError,
     HostEvent,
@@ -30,7 +32,7 @@ from conformance.load.hosts import (
 )
 from conformance.load.spec import Mode
 from conformance.procfs import children
-from tests.conformance.support import run_cli
+from tests.conformance.support import Sshd, SshdUnavailable, run_cli, sshd
 from tests.helpers import ROOT, ServerProcess
 
 # An interpreter that starts but cannot import the project: no site-packages
@@ -44,10 +46,26 @@ def single() -> Iterator[ServerProcess]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def ssh_server() -> Iterator[Sshd]:
+    """A throwaway sshd on 127.0.0.1 (skipped, with sshd's reason, where none can start)."""
+    try:
+        with sshd() as server:
+            yield server
+    except SshdUnavailable as exc:
+        pytest.skip(f"no sshd for the ssh gateway tests: {exc}")
+
+
 def test_HostSpec_parse_reads_the_gateway_and_its_load_processes() -> None:
     assert HostSpec.parse("popen") == HostSpec("popen")
     assert HostSpec.parse("popen*2") == HostSpec("popen", 2)
     assert HostSpec.parse("popen//python=python3*3") == HostSpec("popen//python=python3", 3)
+    # ssh= runs python3 unless it names an interpreter; reports name its destination.
+    h2 = HostSpec.parse("ssh=-p 2222 me@h2*4")
+    assert h2 == HostSpec("ssh=-p 2222 me@h2//python=python3", 4)
+    assert h2.name == "ssh=me@h2"
+    assert HostSpec.parse("ssh=h3//python=/opt/py/bin/python").gateway.count("python=") == 1
+    assert HostSpec.parse("popen*2").name == "popen"
 
 
 @pytest.mark.parametrize(
@@ -56,7 +74,8 @@ def test_HostSpec_parse_reads_the_gateway_and_its_load_processes() -> None:
         ("popen*0", "positive count"),
         ("popen*x", "positive count"),
         ("*2", "execnet spec"),
-        ("ssh=me@there", "ssh hosts: planned"),
+        ("ssh", "ssh= needs a destination"),
+        ("socket=127.0.0.1:8888", "give a popen or ssh= gateway"),
         ("_bad", "bad host"),
     ],
 )
@@ -206,13 +225,40 @@ def test_run_hosts_a_host_that_never_gets_ready_is_one_host_error_in_time(
             os.kill(pid, signal.SIGKILL)  # the sleep this test started, through the gateway
 
 
-def test_run_hosts_a_host_without_the_project_says_not_importable(
+def test_run_hosts_a_host_without_the_project_runs_the_copy_it_is_sent(
     single: ServerProcess,
+) -> None:
+    # No site-packages and no project on sys.path: only what the controller sends.
+    # Two load processes, so the spawned ones import the sent copy too.
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=4, size=64, rounds=20, duration=10.0)
+    outcome = run_hosts(spec, parse_hosts([_NO_PROJECT + "*2"]))
+    assert outcome.ok, outcome.summary_line()
+    assert outcome.result.round_trips == 4 * 20
+
+
+def test_run_hosts_a_host_that_cannot_import_what_it_is_sent_says_not_importable(
+    single: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host, port = single.address
     spec = LoadSpec(host, port, connections=2, duration=5.0)
-    with pytest.raises(HostError, match="reactor-conformance not importable: .*conformance"):
+    files = remote.package_files()
+    del files["conformance/load/spec.py"]
+    monkeypatch.setattr(hosts_module, "package_files", lambda: files)
+    version = re.escape(conformance.__version__)
+    with pytest.raises(
+        HostError,
+        match=f"reactor-conformance {version} not importable: ModuleNotFoundError: .*spec",
+    ):
         run_hosts(spec, parse_hosts([_NO_PROJECT]))
+
+
+def test_package_files_are_what_a_host_needs_and_no_execnet() -> None:
+    files = remote.package_files()
+    assert "conformance/load/remote.py" in files
+    assert "conformance/load/hosts.py" not in files
+    assert not any("import execnet" in source for source in files.values())
+    assert sum(len(source) for source in files.values()) < 400_000
 
 
 def test_run_hosts_a_host_killed_mid_run_is_named_and_the_others_kept(
@@ -306,7 +352,7 @@ def test_cli_load_hosts_json_lists_every_host() -> None:
             "reactor-conformance: host popen//python=/nonexistent: python not found",
         ),
         (["popen*0"], 2, "reactor-conformance: error: bad host 'popen*0'"),
-        (["ssh=me@there"], 2, "ssh hosts: planned"),
+        (["ssh="], 2, "ssh= needs a destination"),
         (["popen", "popen*2"], 2, "connections (2) must be at least the load processes"),
     ],
 )
@@ -355,3 +401,72 @@ def test_cli_load_hosts_a_host_killed_mid_run_exits_1_naming_it() -> None:
     assert f"popen#2: FAILED (died mid-run (pid {victim}))" in out
     assert "PARTIAL" in out
     assert "popen: " in out
+
+
+def test_run_hosts_an_ssh_host_and_a_popen_host_merge_their_results(
+    single: ServerProcess, ssh_server: Sshd
+) -> None:
+    # Through a real sshd, to an interpreter that has only what it is sent.
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=6, size=100, rounds=30, duration=20.0)
+    pids: dict[str, int] = {}
+    ssh = ssh_server.gateway(extra=" -I -S") + "*2"
+    outcome = run_hosts(spec, parse_hosts([ssh, "popen"]), on_ready=pids.update)
+    assert outcome.ok, outcome.summary_line()
+    assert [h.label for h in outcome.hosts] == [f"ssh={Sshd.HOST}", "popen"]
+    assert [h.result.round_trips for h in outcome.hosts if h.result] == [4 * 30, 2 * 30]
+    assert outcome.result.round_trips == 6 * 30
+    assert outcome.result.bytes_verified == 6 * 30 * 100
+    # The ssh host's load ran in a process that sshd started, not one of ours.
+    assert pids[f"ssh={Sshd.HOST}"] not in set(children(os.getpid()) or ())
+
+
+@pytest.mark.parametrize(
+    ("python", "port", "why"),
+    [
+        ("/nonexistent/python3", None, "/nonexistent/python3 not found"),
+        (sys.executable, 1, "ssh failed: .*(refused|closed|reset)"),
+    ],
+)
+def test_run_hosts_an_ssh_host_that_cannot_run_says_why_in_one_host_error(
+    single: ServerProcess, ssh_server: Sshd, python: str, port: int | None, why: str
+) -> None:
+    host, server_port = single.address
+    spec = LoadSpec(host, server_port, connections=2, duration=5.0)
+    gateway = ssh_server.gateway(python)
+    if port is not None:  # the same host and key, on a port where no sshd listens
+        gateway = f"ssh=-p {port} {Sshd.HOST}//ssh_config={ssh_server.config}//python={python}"
+    started = time.monotonic()
+    with pytest.raises(HostError, match=f"^host ssh={Sshd.HOST}: {why}"):
+        run_hosts(spec, parse_hosts(["popen", gateway]))
+    assert time.monotonic() - started < 15
+
+
+def test_run_hosts_an_ssh_host_killed_mid_run_is_named_and_the_others_kept(
+    single: ServerProcess, ssh_server: Sshd
+) -> None:
+    host, port = single.address
+    spec = LoadSpec(host, port, connections=4, duration=2.0, drain_timeout=2.0)
+    label = f"ssh={Sshd.HOST}"
+    pids: dict[str, int] = {}
+    killed: list[int] = []
+
+    def kill_once_running(elapsed: float, trips: int, nbytes: int) -> None:
+        if not killed and trips > 0:
+            killed.append(pids[label])
+            os.kill(pids[label], signal.SIGKILL)  # the host's worker, started by sshd
+
+    outcome = run_hosts(
+        spec,
+        parse_hosts(["popen", ssh_server.gateway()]),
+        progress=kill_once_running,
+        on_ready=pids.update,
+    )
+    assert killed, "no progress came before the end"
+    survivor, victim = outcome.hosts
+    assert victim.label == label
+    assert victim.state is HostState.FAILED
+    assert victim.error == f"died mid-run (pid {killed[0]})"
+    assert survivor.state is HostState.DONE
+    assert outcome.partial
+    assert f"{label}: FAILED (died mid-run" in outcome.summary_line()
