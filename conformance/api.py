@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from conformance.errors import UsageError
 from conformance.plan import Front, RunPlan, target_names
+from conformance.plan import load_hosts as parse_load_hosts
 from conformance.profiles import Profile, profile_named
 from conformance.results import RunResults
 from conformance.selection import select_checks
@@ -42,6 +43,7 @@ def check_server(
     oracle: str = "echo",
     profile: str | Profile = "ci",
     strict: bool = False,
+    load_hosts: Iterable[str] = (),
 ) -> RunResults:
     """Run conformance checks against one server and return every verdict.
 
@@ -56,6 +58,8 @@ def check_server(
         profile: How hard the property checks search; default ``ci``
             (derandomized: the same scenarios on every run, as a test suite wants).
         strict: A failed SHOULD or MAY fails too.
+        load_hosts: execnet gateways (``popen``, ``ssh=me@h2*4``) the load
+            checks run from; default: this process.
 
     Returns:
         The results: ``ok()`` is true when every MUST passed (every check,
@@ -63,7 +67,8 @@ def check_server(
         :class:`~conformance.report.FailureReport`.
 
     Raises:
-        UsageError: An unknown check, oracle or profile, or a malformed target.
+        UsageError: An unknown check, oracle, profile or load host, or a
+            malformed target.
         TargetError: The target cannot be reached, or never listens.
     """
     spec = _spec(target)
@@ -83,6 +88,7 @@ def check_server(
         strict=strict,
         profile=profile,
         front=Front.CLI,
+        load_hosts=parse_load_hosts(list(load_hosts)),
     )
     session = Session(plan)
     session.start()

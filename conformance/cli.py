@@ -262,6 +262,8 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
             f"reactor-conformance: {len(plan.checks)} checks against {target.name} "
             f"({target.spec.describe()}) at {target.address}"
         )
+    if plan.load_hosts:
+        print(f"reactor-conformance: the load checks run from {', '.join(plan.load_hosts)}")
     bound = plan.bound()
     capped = f" (--timeout {plan.timeout:g}s)" if plan.timeout is not None else ""
     print(f"reactor-conformance: the run ends within at most {bound:.0f}s{capped}")

@@ -84,6 +84,8 @@ class Harness:
             at most when its descriptor limit cannot be read (``--max-connections``);
             None: not given, :data:`DEFAULT_MAX_CONNECTIONS` is assumed, and a
             check that rests on it is not measured.
+        load_hosts: The execnet gateways the load checks run from
+            (``--load-hosts``); empty: this process.
     """
 
     def __init__(
@@ -96,9 +98,11 @@ class Harness:
         scenario: Path | None = None,
         artifacts: Path | None = None,
         max_connections: int | None = None,
+        load_hosts: tuple[str, ...] = (),
     ) -> None:
         self.address = address
         self.max_connections = max_connections
+        self.load_hosts = load_hosts
         self.artifacts = artifacts
         self.oracle_factory = oracle_factory
         self.step_timeout = step_timeout

@@ -43,6 +43,7 @@ __all__ = [
     "add_options",
     "artifacts_dir",
     "check_report_path",
+    "load_hosts",
     "max_connections",
     "plan_from_options",
     "run_timeout",
@@ -174,6 +175,15 @@ OPTIONS: tuple[Option, ...] = (
         settings={"metavar": "N"},
     ),
     Option(
+        "--load-hosts",
+        "load_hosts",
+        "Run the load checks (ECHO-LOAD-*) from this execnet gateway instead of this "
+        "process: popen, ssh=USER@HOST, SPEC*N for N load processes there; repeat once "
+        "per host (see reactor-conformance load --hosts). The target's address must be "
+        "reachable from every host",
+        settings={"action": "append", "metavar": "SPEC"},
+    ),
+    Option(
         "--no-restart",
         "no_restart",
         "A started server that exits during a check is not started again: the remaining "
@@ -259,6 +269,8 @@ class RunPlan:
             directory made when the run starts.
         max_connections: How many connections a server whose descriptor
             limit cannot be read is taken to hold at most; None: not given.
+        load_hosts: The execnet gateways the load checks run from
+            (``--load-hosts``); empty: this process.
     """
 
     targets: tuple[TargetSpec, ...]
@@ -275,6 +287,7 @@ class RunPlan:
     restart: bool = True
     artifacts: Path | None = None
     max_connections: int | None = None
+    load_hosts: tuple[str, ...] = ()
 
     def bound(self, start: float = TARGET_START_BOUND) -> float:
         """Seconds the run takes at most: each check's deadline plus its probes, per target.
@@ -300,6 +313,8 @@ class RunPlan:
             words += [_BY_DEST["conformance_profile"].name(self.front), self.profile.name]
         if self.max_connections is not None:
             words += [_BY_DEST["max_connections"].name(self.front), str(self.max_connections)]
+        for host in self.load_hosts:
+            words += [_BY_DEST["load_hosts"].name(self.front), host]
         return shlex.join(words)
 
     def to_data(self) -> dict[str, Any]:
@@ -319,6 +334,7 @@ class RunPlan:
             "restart": self.restart,
             "artifacts": str(self.artifacts) if self.artifacts is not None else None,
             "max_connections": self.max_connections,
+            "load_hosts": list(self.load_hosts),
         }
 
     @classmethod
@@ -339,6 +355,7 @@ class RunPlan:
             restart=data["restart"],
             artifacts=Path(data["artifacts"]) if data["artifacts"] is not None else None,
             max_connections=data["max_connections"],
+            load_hosts=tuple(data.get("load_hosts", ())),
         )
 
 
@@ -381,7 +398,21 @@ def plan_from_options(
         restart=not values.no_restart,
         artifacts=artifacts_dir(values.artifacts, values.report_json),
         max_connections=max_connections(values.max_connections),
+        load_hosts=load_hosts(values.load_hosts),
     )
+
+
+def load_hosts(texts: Sequence[str] | None) -> tuple[str, ...]:
+    """``--load-hosts`` values, each checked as ``load --hosts`` checks it.
+
+    Raises:
+        UsageError: One of them is not a ``popen`` or ``ssh=`` gateway spec.
+    """
+    from conformance.load.hosts import HostSpec  # execnet, only when hosts are given
+
+    for text in texts or []:
+        HostSpec.parse(text)
+    return tuple(text.strip() for text in texts or [])
 
 
 def target_specs(

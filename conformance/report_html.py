@@ -244,6 +244,7 @@ def render_html(run: RunResults) -> str:
     started = datetime.datetime.fromtimestamp(run.started, datetime.UTC)
     host = host_info()
     targets = ", ".join(f"{t.name} ({t.description} at {t.address})" for t in run.targets)
+    load_from = f"<br>Load checks from: {_e(', '.join(run.load_hosts))}" if run.load_hosts else ""
     title = f"reactor-conformance: {'passed' if run.ok() else 'failed'}"
     when = started.isoformat(timespec="seconds")
     strictness = (
@@ -265,7 +266,7 @@ def render_html(run: RunResults) -> str:
 &middot; {run.duration:.1f}s &middot; host {_e(host["name"])} ({_e(host["platform"])},
 Python {_e(host["python"])}) &middot; oracle {_e(run.oracle)}
 &middot; {strictness}
-<br>Targets: {_e(targets)}</div>
+<br>Targets: {_e(targets)}{load_from}</div>
 {_summary(run)}
 {_events(run)}
 <h2>Checks</h2>

@@ -163,6 +163,7 @@ class Session:
             ],
             strict=self.plan.strict,
             oracle=self.plan.oracle,
+            load_hosts=list(self.plan.load_hosts),
         )
 
     def gather_events(self) -> None:
@@ -198,6 +199,7 @@ class Session:
             scenario=self.plan.scenario,
             artifacts=self.artifacts,
             max_connections=self.plan.max_connections,
+            load_hosts=self.plan.load_hosts,
         )
 
     def execute(self, name: str, check: Check) -> CheckResult:

@@ -150,6 +150,8 @@ class Setup:
         max_connections: How many connections the server is taken to hold at
             most when its own descriptor limit cannot be read (``--max-connections``);
             None: not given.
+        load_hosts: The execnet gateways the load checks run from
+            (``--load-hosts``); empty: this process.
     """
 
     address: Address
@@ -159,6 +161,7 @@ class Setup:
     scenario: Path | None = None
     artifacts: Path | None = None
     max_connections: int | None = None
+    load_hosts: tuple[str, ...] = ()
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
@@ -246,6 +249,7 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
         scenario=setup.scenario,
         artifacts=setup.artifacts,
         max_connections=setup.max_connections,
+        load_hosts=setup.load_hosts,
     )
     start = time.monotonic()
     if check.needs_replies and not owes_replies(setup.oracle):

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,7 @@ from conformance.load.hosts import (
 )
 from conformance.load.spec import Mode
 from conformance.procfs import children
-from tests.conformance.support import Sshd, SshdUnavailable, run_cli, sshd
+from tests.conformance.support import Sshd, SshdUnavailable, broken_spawn, run_cli, sshd
 from tests.helpers import ROOT, ServerProcess
 
 # An interpreter that starts but cannot import the project: no site-packages
@@ -470,3 +471,58 @@ def test_run_hosts_an_ssh_host_killed_mid_run_is_named_and_the_others_kept(
     assert survivor.state is HostState.DONE
     assert outcome.partial
     assert f"{label}: FAILED (died mid-run" in outcome.summary_line()
+
+
+def test_cli_run_load_hosts_a_load_check_fails_from_the_hosts_and_names_them(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "report.json"
+    result = run_cli(
+        "run", "--spawn", broken_spawn("one_at_a_time"), "--checks", "ECHO-LOAD-1",
+        "--load-hosts", "popen", "--load-hosts", "popen", "--report-json", str(report),
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the load checks run from popen, popen" in result.stdout
+    assert "step '200 connections x 200 round trips, every byte checked, from popen, popen'" in (
+        result.stdout
+    )
+    assert "hosts: popen: " in result.stdout
+    assert "popen#2: " in result.stdout
+    assert "--load-hosts popen --load-hosts popen --checks ECHO-LOAD-1" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["load_hosts"] == ["popen", "popen"]
+    assert data["targets"][0]["results"][0]["verdict"] == "FAIL"
+
+
+def test_cli_run_load_hosts_a_host_that_cannot_start_skips_the_load_checks_saying_why(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "report.json"
+    result = run_cli(
+        "run", "--reference", "single", "--checks", "ECHO-LOAD-1", "--load-hosts",
+        "popen//python=/nonexistent", "--report-json", str(report), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (entry,) = json.loads(report.read_text())["targets"][0]["results"]
+    assert entry["verdict"] == "SKIPPED"
+    assert entry["details"] == (
+        "the load from popen//python=/nonexistent could not start: "
+        "host popen//python=/nonexistent: python not found"
+    )
+
+
+def test_cli_run_load_hosts_a_bad_spec_is_a_usage_error() -> None:
+    result = run_cli("run", "--reference", "single", "--load-hosts", "popen*0", timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "bad host 'popen*0'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_run_load_hosts_over_ssh_pass_the_reference_server(ssh_server: Sshd) -> None:
+    result = run_cli(
+        "run", "--reference", "single", "--checks", "ECHO-LOAD-1,ECHO-LOAD-3",
+        "--load-hosts", ssh_server.gateway(extra=" -I -S") + "*2", timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASS") == 2, result.stdout
