@@ -299,6 +299,18 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
                 print()
                 heading = f"[{target.name}] " if len(results.targets) > 1 else ""
                 print(heading + result.details)
+    skipped = [
+        (target.name, check.id, result.details)
+        for target in results.targets
+        for check in results.checks
+        if (result := target.result(check)).verdict is Verdict.SKIPPED and result.details
+    ]
+    if skipped:
+        print()
+        print("skipped, and why:")
+        for name, check_id, why in skipped:
+            heading = f"[{name}] " if len(results.targets) > 1 else ""
+            print(f"  {heading}{check_id}: {why}")
     print()
     if len(results.targets) > 1:
         for target in results.targets:

@@ -504,6 +504,10 @@ def test_cli_run_load_hosts_a_host_that_cannot_start_skips_the_load_checks_sayin
         "popen//python=/nonexistent", "--report-json", str(report), timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    # The text summary says why, as the JSON report does.
+    assert "skipped, and why:\n  ECHO-LOAD-1: the load from popen//python=/nonexistent " in (
+        result.stdout
+    )
     (entry,) = json.loads(report.read_text())["targets"][0]["results"]
     assert entry["verdict"] == "SKIPPED"
     assert entry["details"] == (
