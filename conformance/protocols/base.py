@@ -252,6 +252,8 @@ LINE_LIMIT = 64 * 1024
 _COMPACT = 1 << 20
 #: A failure report shows at most this many bytes of each side.
 _SHOW = 48
+#: Bytes received after the first wrong one that are kept for the report.
+_KEEP = 4096
 
 
 def short(data: bytes | bytearray | memoryview, limit: int = _SHOW) -> str:
@@ -312,7 +314,9 @@ class ReplyStreamOracle:
         self._matched = 0  # bytes of the head reply already found right
         self._scan = 0  # index in _received where the head LINE reply's CRLF search resumes
         self._finished = False
-        self._failure: Verdict | None = None
+        # The first wrong byte's index in _received, and what makes the reason
+        # from what has come by the time it is asked for.
+        self._failure: tuple[int, Callable[[], str]] | None = None
 
     def sent(self, data: bytes) -> None:
         buf = self._unframed
@@ -332,15 +336,19 @@ class ReplyStreamOracle:
         self._judge()
 
     def received(self, data: bytes) -> None:
-        self._received += data
-        self._judge()
+        if self._failure is None:
+            self._received += data
+            self._judge()
+        elif len(self._received) < self._failure[0] + _KEEP:
+            self._received += data[: self._failure[0] + _KEEP - len(self._received)]
 
     def finish(self) -> None:
         self._finished = True
 
     def verdict(self) -> Verdict:
         if self._failure is not None:
-            return self._failure
+            at, reason = self._failure
+            return Verdict(Status.FAIL, self._base + at, reason())
         offset = self._base + self._pos
         if not self._owed:
             return Verdict(Status.PASS)
@@ -363,8 +371,8 @@ class ReplyStreamOracle:
     def _name(self, owed: _Owed) -> str:
         return f"request {owed.index} ({self._model.describe(owed.request)})"
 
-    def _fail(self, at: int, reason: str) -> None:
-        self._failure = Verdict(Status.FAIL, self._base + at, reason)
+    def _fail(self, at: int, reason: Callable[[], str]) -> None:
+        self._failure = (at, reason)
 
     def _judge(self) -> None:
         if self._failure is not None:
@@ -385,11 +393,13 @@ class ReplyStreamOracle:
             self._owed.popleft()
             self._matched = 0
         if self._failure is None and not self._owed and len(recv) > self._pos:
-            extra = memoryview(recv)[self._pos :]
+            at = self._pos
             self._fail(
-                self._pos,
-                f"{len(extra)} bytes came that no request asked for "
-                f"(after {self._requests} requests): {short(extra)}",
+                at,
+                lambda: (
+                    f"bytes came that no request asked for (after the replies to all "
+                    f"{self._requests} requests): {short(recv[at:])}"
+                ),
             )
         if self._pos >= _COMPACT and self._failure is None:
             del recv[: self._pos - self._matched]
@@ -407,12 +417,15 @@ class ReplyStreamOracle:
             at = first_difference(got, part)
             reply_at = start + at
             lo = max(0, reply_at - 8)
+            shown = self._pos - start + lo  # index in _received of the reply's byte lo
             self._fail(
                 self._pos + at,
-                f"the reply to {self._name(head)} differs at its byte {reply_at}: "
-                f"expected {short(want)}"
-                + (f", from its byte {lo} {short(want[lo:])}" if lo else "")
-                + f", received {short(self._received[self._pos - start + lo : self._pos + n])}",
+                lambda: (
+                    f"the reply to {self._name(head)} differs at its byte {reply_at}: "
+                    f"expected {short(want)}"
+                    + (f", from its byte {lo} {short(want[lo:])}" if lo else "")
+                    + f", received {short(self._received[shown:])}"
+                ),
             )
             return False
         self._pos += n
@@ -429,8 +442,10 @@ class ReplyStreamOracle:
             if got != memoryview(prefix)[self._matched : self._matched + n]:
                 self._fail(
                     start,
-                    f"the reply to {self._name(head)} does not fit its pattern: expected "
-                    f"{head.expected.describe()}, received {short(recv[start : start + _SHOW])}",
+                    lambda: (
+                        f"the reply to {self._name(head)} does not fit its pattern: "
+                        f"expected {head.expected.describe()}, received {short(recv[start:])}"
+                    ),
                 )
                 return False
             self._pos += n
@@ -443,12 +458,17 @@ class ReplyStreamOracle:
             self._pos = len(recv)
             self._matched = self._pos - start
             self._scan = self._pos
-            if self._matched > LINE_LIMIT:
-                self._fail(
-                    start,
-                    f"the reply to {self._name(head)} runs {self._matched} bytes without "
-                    f"its CRLF: expected {head.expected.describe()}",
-                )
+        if (end if end >= 0 else len(recv)) - start > LINE_LIMIT:
+            self._fail(
+                start,
+                lambda: (
+                    f"the reply to {self._name(head)} runs past {LINE_LIMIT} bytes "
+                    f"without its CRLF: expected {head.expected.describe()}, "
+                    f"received {short(recv[start:])}"
+                ),
+            )
+            return False
+        if end < 0:
             return False
         self._pos = end + 2
         self._matched = self._pos - start
