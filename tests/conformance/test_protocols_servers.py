@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 import random
 import selectors
+import shlex
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -40,7 +43,9 @@ _EXAMPLES = settings(
 )
 
 
-def _server(program: str, command: str) -> Iterator[Address]:
+@contextmanager
+def _serving(program: str, command: str) -> Iterator[Address]:
+    """Start ``command`` and wait until it accepts; stop its process group at the end."""
     if shutil.which(program) is None:
         pytest.skip(f"{program} is not installed (apt-get install {program})")
     running: RunningTarget = start_target(TargetSpec(TargetKind.SPAWN, command), start_timeout=20.0)
@@ -52,17 +57,17 @@ def _server(program: str, command: str) -> Iterator[Address]:
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[Address]:
-    yield from _server(
-        "redis-server",
-        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no",
-    )
+    command = "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no"
+    with _serving("redis-server", command) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
 def memcached() -> Iterator[Address]:
     # memcached refuses to run as root unless told which user to run as.
     user = " -u root" if os.geteuid() == 0 else ""
-    yield from _server("memcached", "memcached -l 127.0.0.1 -p {port} -U 0" + user)
+    with _serving("memcached", "memcached -l 127.0.0.1 -p {port} -U 0" + user) as address:
+        yield address
 
 
 @dataclass
@@ -294,3 +299,16 @@ def test_load_connection_owes_exactly_what_the_real_server_sends(
     for (verdict, received), expected in zip(results, owed, strict=True):
         assert verdict.passed, verdict
         assert received == expected
+
+
+# -- echo and discard, against the project's own reference server -------------------------
+
+
+@pytest.mark.parametrize("name", ["echo", "discard"])
+def test_echo_and_discard_models_judge_the_reference_server(name: str) -> None:
+    command = f"{shlex.quote(sys.executable)} -m reference single --handler {name} --port {{port}}"
+    model = load_model(name)
+    rng = random.Random(3)
+    requests = [tuple(rng.randbytes(n) for n in (1, 4096, 300_000)) for _ in range(2)]
+    with _serving(sys.executable, command) as address:
+        _check(address, model, requests, send_sizes=[1000, 65536], read_sizes=[7, 65536])
