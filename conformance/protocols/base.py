@@ -44,15 +44,25 @@ start of a reply that does not fit its pattern, the first byte nobody asked
 for. :class:`ModelLoad` serves the load generator from the same
 :class:`ConnectionModel`, so the oracle and the load agree on what is owed.
 
-Writing a model::
+Writing a model (a whole one, a line protocol, is about 50 lines)::
 
-    class Upper:  # a line protocol: every line comes back in capitals
+    class UpperConnection:  # every line comes back in capitals
+        def parse_request(self, buf):
+            end = buf.find(b"\\r\\n")
+            return (bytes(buf[:end]), end + 2) if end >= 0 else len(buf) + 1
+        def apply(self, line): return Expected.exact(line.upper() + b"\\r\\n")
+        def describe(self, line): return repr(line[:40])
+
+    class UpperModel:
         name = "upper"
         capabilities = frozenset({Capability.REPLIES, Capability.HALF_CLOSE})
-        def requests(self, *, min_size=0, max_size=16, max_value=64): ...
+        def requests(self, *, min_size=0, max_size=16, max_value=64):
+            return st.lists(lines(max_size=max_value), min_size=min_size,
+                            max_size=max_size).map(tuple)
         def encode(self, requests, *, prefix): return b"".join(l + b"\\r\\n" for l in requests)
         def oracle(self): return ReplyStreamOracle(UpperConnection())
-        def load_connection(self, prefix): return ModelLoad(UpperConnection(), make_line)
+        def load_connection(self, prefix):
+            return ModelLoad(UpperConnection(), make_line, prefix.encode())
 
 A model is stateless and built without arguments, so another process gets it
 by name (:func:`conformance.protocols.model_name`,

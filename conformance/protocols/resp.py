@@ -122,8 +122,8 @@ def _int64(value: bytes) -> int | None:
 
 
 def _length(buf: bytearray, start: int, end: int, what: str) -> int:
-    text = bytes(buf[start:end])
-    if not text.isdigit():
+    text = buf[start:end]
+    if not text.isdigit():  # int() alone would take a sign, spaces and underscores
         raise InvalidRequest(f"resp: bad {what} length {short(text)}")
     return int(text)
 
