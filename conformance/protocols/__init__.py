@@ -14,7 +14,8 @@ stateless object, built without arguments, with:
   strategy of one connection's requests, a tuple of plain frozen data that
   shrinks toward few requests and small values;
 - ``encode(requests, *, prefix)``: their bytes, every key made unique to the
-  connection by ``prefix`` (unique for the server's life: keys outlive connections);
+  connection by ``prefix``. Keys outlive connections, so every connection, a
+  reconnection included, needs a prefix of its own (:func:`unique_prefix`);
 - ``oracle()``: a new :class:`conformance.oracle.Oracle` for one connection,
   fed the bytes sent and received cut anywhere, pipelined or not. Its FAIL
   offset is the first received byte where the replies stopped being right;
@@ -48,6 +49,7 @@ from conformance.protocols.base import (
     ProtocolModel,
     ReplyStreamOracle,
     skip_reason,
+    unique_prefix,
 )
 from conformance.protocols.echo import DiscardModel, EchoModel
 from conformance.protocols.memcached import MemcachedModel
@@ -71,6 +73,7 @@ __all__ = [
     "load_model",
     "model_name",
     "skip_reason",
+    "unique_prefix",
 ]
 
 #: The built-in models, by name.

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import enum
 import random
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ __all__ = [
     "check_prefix",
     "short",
     "skip_reason",
+    "unique_prefix",
 ]
 
 
@@ -159,7 +161,8 @@ class ProtocolModel(Protocol):
 
         Args:
             requests: Requests drawn from :meth:`requests`.
-            prefix: A name unique to the connection for the server's whole life.
+            prefix: A name unique to the connection for the server's whole life
+                (a reconnection is another connection): :func:`unique_prefix`.
 
         Raises:
             ValueError: ``prefix`` cannot be part of a key of this protocol.
@@ -271,6 +274,22 @@ def short(data: bytes | bytearray | memoryview, limit: int = _SHOW) -> str:
     raw = bytes(data[:limit])
     more = len(data) - len(raw)
     return repr(raw) + (f"... (+{more} bytes)" if more > 0 else "")
+
+
+def unique_prefix(connection: int) -> str:
+    """A key prefix for one connection that no other connection uses, in this run or another.
+
+    Keys outlive connections on the server (a reconnection, the next run), and a
+    connection's oracle models its own keys from nothing: give every connection,
+    each reconnection included, a prefix of its own.
+
+    Args:
+        connection: The connection's number, to read in failure reports.
+
+    Returns:
+        ``{12 random hex digits}-c{connection}``.
+    """
+    return f"{uuid.uuid4().hex[:12]}-c{connection}"
 
 
 def check_prefix(prefix: str, *, longest: int) -> bytes:

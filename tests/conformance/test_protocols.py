@@ -30,6 +30,7 @@ from conformance.protocols import (
     load_model,
     model_name,
     skip_reason,
+    unique_prefix,
 )
 from conformance.protocols.memcached import MemcachedConnection, Set, strtoull
 from conformance.protocols.resp import Command, Key, RespConnection, encode_command
@@ -216,6 +217,18 @@ def test_RespModel_oracle_refuses_bytes_that_are_not_requests() -> None:
         o.sent(b"PING\r\n")
     with pytest.raises(InvalidRequest, match="SET with options"):
         _resp_oracle().sent(encode_command([b"SET", b"k", b"v", b"NX"]))
+
+
+def test_unique_prefix_is_a_valid_prefix_of_its_own_each_time() -> None:
+    prefixes = {unique_prefix(3) for _ in range(100)}
+    assert len(prefixes) == 100
+    for prefix in prefixes:
+        assert prefix.endswith("-c3")
+        assert (
+            MemcachedModel()
+            .encode([Set(0, b"v")], prefix=prefix)
+            .startswith(b"set " + prefix.encode() + b":k0 ")
+        )
 
 
 def test_RespModel_encode_makes_keys_unique_to_the_connection() -> None:

@@ -18,7 +18,6 @@ import shutil
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance.oracle import Oracle, Verdict
-from conformance.protocols import LoadConnection, ProtocolModel, load_model
+from conformance.protocols import LoadConnection, ProtocolModel, load_model, unique_prefix
 from conformance.protocols.memcached import MAX_VALUE, Get, Incr, Set, Version
 from conformance.protocols.resp import Command, Key
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
@@ -168,11 +167,6 @@ def _read(conn: _Connection, sizes: Sequence[int], sel: selectors.BaseSelector) 
     conn.oracle.received(data)
 
 
-def _prefix(index: int) -> str:
-    """A key prefix no other connection of the server's life uses."""
-    return f"t{uuid.uuid4().hex[:12]}-c{index}"
-
-
 def _check(
     address: Address,
     model: ProtocolModel,
@@ -180,7 +174,8 @@ def _check(
     **kw: Sequence[int],
 ) -> None:
     streams = [
-        (model.oracle(), model.encode(each, prefix=_prefix(i))) for i, each in enumerate(requests)
+        (model.oracle(), model.encode(each, prefix=unique_prefix(i)))
+        for i, each in enumerate(requests)
     ]
     for (verdict, received), (_, sent) in zip(
         exchange(address, streams, **kw), streams, strict=True
@@ -230,7 +225,7 @@ def test_RespModel_judges_real_redis_read_only_after_everything_was_sent(redis: 
     value = random.Random(8).randbytes(1024 * 1024)
     requests = [Command((b"SET", Key(0), value))] + [Command((b"GET", Key(0)))] * 8
     oracle = model.oracle()
-    data = model.encode(requests, prefix=_prefix(0))
+    data = model.encode(requests, prefix=unique_prefix(0))
     with socket.create_connection((redis.host, redis.port), timeout=DEADLINE) as sock:
         sock.sendall(data)
         oracle.sent(data)
@@ -291,7 +286,7 @@ def test_load_connection_owes_exactly_what_the_real_server_sends(
     streams = []
     owed = []
     for i in range(3):
-        load: LoadConnection = model.load_connection(_prefix(i))
+        load: LoadConnection = model.load_connection(unique_prefix(i))
         pairs = [load.next_request(rng, size) for _ in range(100 if size < 1000 else 10)]
         streams.append((model.oracle(), b"".join(p[0] for p in pairs)))
         owed.append(b"".join(p[1] for p in pairs))
