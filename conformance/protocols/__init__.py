@@ -27,6 +27,21 @@ Models are named by a string so that another process can have one:
 :func:`load_model` reads ``echo``, ``discard``, ``resp``, ``memcached`` or
 ``package.module:Class``, and :func:`model_name` writes it.
 
+How the rest of the suite uses one:
+
+- a check declares the capabilities it needs (the random-byte checks
+  ``ANY_BYTES``, checks of what comes back ``REPLIES``, checks of the close
+  after the client's FIN ``HALF_CLOSE``) and is SKIPPED with
+  ``skip_reason(model, capability)`` when that is not None;
+- a scenario's connection draws ``model.requests()``, sends
+  ``model.encode(requests, prefix=unique_prefix(i))`` cut as it likes, and
+  judges with ``model.oracle()``;
+- the load names the model to its processes with :func:`model_name`; each
+  process calls :func:`load_model` once, ``load_connection(unique_prefix(i))``
+  per connection, then for each message
+  ``request, owed = conn.next_request(rng, size)``: it sends ``request`` and
+  checks the bytes that come back against ``owed``, byte for byte.
+
 A request/reply protocol's model only writes a :class:`ConnectionModel`
 (framing, state, the reply owed) and gets its oracle and its load from
 :class:`ReplyStreamOracle` and :class:`ModelLoad`; see
