@@ -382,9 +382,10 @@ class ReplyStreamOracle:
         if not self._owed:
             return Verdict(Status.PASS)
         head = self._owed[0]
+        count = len(self._owed)
         what = (
-            f"{len(self._owed)} replies owed, the first to {self._name(head)}: "
-            f"expected {head.expected.describe()}"
+            f"{count} {'reply' if count == 1 else 'replies'} owed, the first to "
+            f"{self._name(head)}: expected {head.expected.describe()}"
         )
         if self._finished:
             came = self._received[self._pos - self._matched :]

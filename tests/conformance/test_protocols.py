@@ -150,7 +150,7 @@ def test_RespModel_oracle_fails_a_missing_reply_at_the_end_of_the_exchange() -> 
     verdict = o.verdict()
     assert verdict.failed
     assert verdict.offset == 9
-    assert "1 replies owed, the first to request 1 (GET k)" in verdict.reason
+    assert "1 reply owed, the first to request 1 (GET k)" in verdict.reason
     assert "$-1" in verdict.reason
 
 
