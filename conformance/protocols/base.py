@@ -265,6 +265,8 @@ LINE_LIMIT = 64 * 1024
 _COMPACT = 1 << 20
 #: A failure report shows at most this many bytes of each side.
 _SHOW = 48
+#: ... and this many from a little before the first wrong byte, deep in a long reply.
+_WINDOW = 24
 #: Bytes received after the first wrong one that are kept for the report.
 _KEEP = 4096
 
@@ -451,10 +453,10 @@ class ReplyStreamOracle:
             self._fail(
                 self._pos + at,
                 lambda: (
-                    f"the reply to {self._name(head)} differs at its byte {reply_at}: "
-                    f"expected {short(want)}"
-                    + (f", from its byte {lo} {short(want[lo:])}" if lo else "")
-                    + f", received {short(self._received[shown:])}"
+                    f"the reply to {self._name(head)} differs at its byte {reply_at}"
+                    + (f" of {len(want)}, from its byte {lo}" if lo else "")
+                    + f": expected {short(want[lo:], _WINDOW if lo else _SHOW)}, "
+                    f"received {short(self._received[shown:], _WINDOW if lo else _SHOW)}"
                 ),
             )
             return False
