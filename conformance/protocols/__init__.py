@@ -1,0 +1,182 @@
+"""Protocol models: what a server speaks, so that checks send valid requests and judge replies.
+
+How this works
+--------------
+A model (:class:`ProtocolModel`, in :mod:`conformance.protocols.base`) is a
+stateless object, built without arguments, with:
+
+- ``name`` (``resp``) and ``capabilities``, a frozenset of :class:`Capability`:
+  ``REPLIES`` (the server answers), ``HALF_CLOSE`` (after the client's FIN it
+  still sends all it owes, then closes), ``ANY_BYTES`` (any byte string is a
+  valid request stream). :func:`skip_reason` gives a check that needs a
+  capability the model lacks its SKIPPED reason;
+- ``requests(*, min_size=0, max_size=16, max_value=4096)``: a Hypothesis
+  strategy of one connection's requests, a tuple of plain frozen data that
+  shrinks toward few requests and small values;
+- ``encode(requests, *, prefix)``: their bytes, every key made unique to the
+  connection by ``prefix``. Keys outlive connections, so every connection, a
+  reconnection included, needs a prefix of its own (:func:`unique_prefix`);
+- ``oracle()``: a new :class:`conformance.oracle.Oracle` for one connection,
+  fed the bytes sent and received cut anywhere, pipelined or not. Its FAIL
+  offset is the first received byte where the replies stopped being right;
+- ``load_connection(prefix)``: an object whose ``next_request(rng, size)``
+  gives the next request's bytes and the exact bytes a correct server owes for
+  it (:class:`LoadConnection`), for the load generator: cheap, no Hypothesis.
+
+Models are named by a string so that another process can have one:
+:func:`load_model` reads ``echo``, ``discard``, ``resp``, ``memcached`` or
+``package.module:Class``, and :func:`model_name` writes it.
+
+How the rest of the suite uses one:
+
+- a check declares the capabilities it needs (the random-byte checks
+  ``ANY_BYTES``, checks of what comes back ``REPLIES``, checks of the close
+  after the client's FIN ``HALF_CLOSE``) and is SKIPPED with
+  ``skip_reason(model, capability)`` when that is not None;
+- a scenario's connection draws ``model.requests()``, sends
+  ``model.encode(requests, prefix=unique_prefix(i))`` cut as it likes, and
+  judges with ``model.oracle()``;
+- the load names the model to its processes with :func:`model_name`; each
+  process calls :func:`load_model` once, ``load_connection(unique_prefix(i))``
+  per connection, then for each message
+  ``request, owed = conn.next_request(rng, size)``: it sends ``request`` and
+  checks the bytes that come back against ``owed``, byte for byte.
+
+A request/reply protocol's model only writes a :class:`ConnectionModel`
+(framing, state, the reply owed) and gets its oracle and its load from
+:class:`ReplyStreamOracle` and :class:`ModelLoad`; see
+:mod:`conformance.protocols.base`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from conformance.errors import UsageError
+from conformance.protocols.base import (
+    Capability,
+    ConnectionModel,
+    Expected,
+    InvalidRequest,
+    LoadConnection,
+    Match,
+    ModelLoad,
+    ProtocolModel,
+    ReplyStreamOracle,
+    skip_reason,
+    unique_prefix,
+)
+from conformance.protocols.echo import DiscardModel, EchoModel
+from conformance.protocols.memcached import MemcachedModel
+from conformance.protocols.resp import RespModel
+
+__all__ = [
+    "MODELS",
+    "Capability",
+    "ConnectionModel",
+    "DiscardModel",
+    "EchoModel",
+    "Expected",
+    "InvalidRequest",
+    "LoadConnection",
+    "Match",
+    "MemcachedModel",
+    "ModelLoad",
+    "ProtocolModel",
+    "ReplyStreamOracle",
+    "RespModel",
+    "load_model",
+    "model_name",
+    "skip_reason",
+    "unique_prefix",
+]
+
+#: The built-in models, by name.
+MODELS: dict[str, type[ProtocolModel]] = {
+    "echo": EchoModel,
+    "discard": DiscardModel,
+    "resp": RespModel,
+    "memcached": MemcachedModel,
+}
+
+_GIVE = "give echo, discard, resp, memcached or package.module:Class"
+
+
+def load_model(spec: str) -> ProtocolModel:
+    """The model ``spec`` names.
+
+    Args:
+        spec: ``echo``, ``discard``, ``resp``, ``memcached``, or
+            ``package.module:Class`` (a class built without arguments, or a
+            model object the module holds).
+
+    Returns:
+        The model.
+
+    Raises:
+        UsageError: Saying what is wrong: an unknown name, a module that
+            cannot be imported, a missing attribute, a constructor that fails,
+            or an object without a model's attributes.
+    """
+    known = MODELS.get(spec)
+    if known is not None:
+        return known()
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"unknown protocol {spec!r}: {_GIVE}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # A user's module: any failure to import is a usage error.
+        raise UsageError(
+            f"bad protocol {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc})"
+        ) from None
+    found: object = module
+    for part in attr.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise UsageError(f"bad protocol {spec!r}: {module_name} has no {attr}")
+    if isinstance(found, type):
+        try:
+            found = found()
+        except Exception as exc:  # A user's constructor: any failure is a usage error.
+            raise UsageError(
+                f"bad protocol {spec!r}: {attr}() failed ({type(exc).__name__}: {exc}); "
+                "a model is built without arguments"
+            ) from None
+    if not isinstance(found, ProtocolModel):
+        raise UsageError(
+            f"bad protocol {spec!r}: {attr} is not a protocol model; it needs name, "
+            "capabilities, requests, encode, oracle and load_connection "
+            "(see conformance.protocols)"
+        )
+    bad = [c for c in found.capabilities if not isinstance(c, Capability)]
+    if not isinstance(found.name, str) or bad:
+        raise UsageError(
+            f"bad protocol {spec!r}: its name must be a string and its capabilities "
+            f"members of conformance.protocols.Capability (got {found.name!r}, {bad!r})"
+        )
+    return found
+
+
+def model_name(model: ProtocolModel) -> str:
+    """The name :func:`load_model` reads back: a built-in's name, else ``module:Class``.
+
+    Args:
+        model: A model.
+
+    Returns:
+        Its name.
+
+    Raises:
+        ValueError: Its class is defined inside a function, so no other process can import it.
+    """
+    cls = type(model)
+    for name, known in MODELS.items():
+        if cls is known:
+            return name
+    if "<locals>" in cls.__qualname__:
+        raise ValueError(
+            f"the model {cls.__qualname__} is defined inside a function: "
+            "define it at a module's top level so that other processes can import it"
+        )
+    return f"{cls.__module__}:{cls.__qualname__}"

@@ -1,0 +1,103 @@
+"""Echo (RFC 862) and discard (RFC 863) as protocol models.
+
+How this works
+--------------
+Any byte string is a valid request stream for both, so a request is just
+bytes and a stream is their concatenation (no keys, so the prefix is not
+used). Their oracles are :class:`conformance.oracle.EchoOracle` and
+:class:`conformance.oracle.DiscardOracle` themselves, so a model gives the
+same verdicts as the oracle it wraps. The load generator's request is random
+bytes, owed back whole (echo) or not at all (discard).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from hypothesis import strategies as st
+
+from conformance.oracle import DiscardOracle, EchoOracle, Oracle
+from conformance.protocols.base import Capability, LoadConnection
+from conformance.strategies import payloads
+
+__all__ = ["DiscardModel", "EchoModel"]
+
+
+class _EchoLoad:
+    """Random bytes, owed back whole."""
+
+    __slots__ = ()
+
+    def next_request(self, rng: random.Random, size: int) -> tuple[bytes, bytes]:
+        data = rng.randbytes(size)
+        return data, data
+
+
+class _DiscardLoad:
+    """Random bytes, owed nothing."""
+
+    __slots__ = ()
+
+    def next_request(self, rng: random.Random, size: int) -> tuple[bytes, bytes]:
+        return rng.randbytes(size), b""
+
+
+def _chunks(
+    *, min_size: int, max_size: int, max_value: int
+) -> st.SearchStrategy[tuple[bytes, ...]]:
+    return st.lists(
+        payloads(min_size=1, max_size=max(1, max_value)), min_size=min_size, max_size=max_size
+    ).map(tuple)
+
+
+class EchoModel:
+    """RFC 862: every byte sent comes back, in order; after the client's FIN, then the close."""
+
+    name = "echo"
+    capabilities = frozenset({Capability.REPLIES, Capability.HALF_CLOSE, Capability.ANY_BYTES})
+    lacks: Mapping[Capability, str] = {}
+
+    def requests(
+        self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
+    ) -> st.SearchStrategy[tuple[bytes, ...]]:
+        """Payloads, each one request; see :class:`~conformance.protocols.base.ProtocolModel`."""
+        return _chunks(min_size=min_size, max_size=max_size, max_value=max_value)
+
+    def encode(self, requests: Sequence[bytes], *, prefix: str) -> bytes:
+        """The payloads, one after another (echo has no keys: ``prefix`` is not used)."""
+        return b"".join(requests)
+
+    def oracle(self) -> Oracle:
+        """A new :class:`~conformance.oracle.EchoOracle`."""
+        return EchoOracle()
+
+    def load_connection(self, prefix: str) -> LoadConnection:
+        """Random bytes of ``size``, owed back whole."""
+        return _EchoLoad()
+
+
+class DiscardModel:
+    """RFC 863: the server reads everything, sends nothing back, closes after the client's FIN."""
+
+    name = "discard"
+    capabilities = frozenset({Capability.HALF_CLOSE, Capability.ANY_BYTES})
+    lacks: Mapping[Capability, str] = {Capability.REPLIES: "a discard server sends nothing back"}
+
+    def requests(
+        self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
+    ) -> st.SearchStrategy[tuple[bytes, ...]]:
+        """Payloads, each one request; see :class:`~conformance.protocols.base.ProtocolModel`."""
+        return _chunks(min_size=min_size, max_size=max_size, max_value=max_value)
+
+    def encode(self, requests: Sequence[bytes], *, prefix: str) -> bytes:
+        """The payloads, one after another (discard has no keys: ``prefix`` is not used)."""
+        return b"".join(requests)
+
+    def oracle(self) -> Oracle:
+        """A new :class:`~conformance.oracle.DiscardOracle`."""
+        return DiscardOracle()
+
+    def load_connection(self, prefix: str) -> LoadConnection:
+        """Random bytes of ``size``, owed nothing."""
+        return _DiscardLoad()
