@@ -262,6 +262,8 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
             f"reactor-conformance: {len(plan.checks)} checks against {target.name} "
             f"({target.spec.describe()}) at {target.address}"
         )
+    if plan.protocol != "echo":
+        print(f"reactor-conformance: the checks speak the {plan.protocol} protocol model")
     if plan.load_hosts:
         print(f"reactor-conformance: the load checks run from {', '.join(plan.load_hosts)}")
     bound = plan.bound()
@@ -295,7 +297,9 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     for target in results.targets:
         for check in results.checks:
             result = target.result(check)
-            if result.verdict in (Verdict.FAIL, Verdict.NON_STRICT) and result.details:
+            if result.verdict in (Verdict.FAIL, Verdict.NON_STRICT, Verdict.ERROR) and (
+                result.details
+            ):
                 print()
                 heading = f"[{target.name}] " if len(results.targets) > 1 else ""
                 print(heading + result.details)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +38,9 @@ from pathlib import Path
 import trio
 
 from conformance.client import Connection
-from conformance.oracle import OracleFactory
+from conformance.oracle import OracleFactory, owes_replies
 from conformance.profiles import DEFAULT, Profile
+from conformance.protocols import Capability, EchoModel, ProtocolModel, request_stream
 from conformance.target import Address
 from conformance.transcript import (
     CheckFailure,
@@ -86,6 +88,8 @@ class Harness:
             check that rests on it is not measured.
         load_hosts: The execnet gateways the load checks run from
             (``--load-hosts``); empty: this process.
+        model: The protocol the server speaks (``--protocol``): what
+            :meth:`payload` and :meth:`message` send; echo by default.
     """
 
     def __init__(
@@ -99,8 +103,10 @@ class Harness:
         artifacts: Path | None = None,
         max_connections: int | None = None,
         load_hosts: tuple[str, ...] = (),
+        model: ProtocolModel | None = None,
     ) -> None:
         self.address = address
+        self.model: ProtocolModel = model if model is not None else EchoModel()
         self.max_connections = max_connections
         self.load_hosts = load_hosts
         self.artifacts = artifacts
@@ -123,6 +129,29 @@ class Harness:
         fails, its verdict is SKIPPED with ``reason``, never PASS.
         """
         self.unmeasured.append(reason)
+
+    def payload(self, size: int, seed: int, *, connection: int = 0) -> bytes:
+        """About ``size`` bytes for one connection to send, in the run's protocol.
+
+        Under echo (any model whose every byte string is a request): exactly
+        ``size`` random bytes from ``seed``. Under another model: whole
+        requests of that size or a little more, with keys of their own
+        (:func:`~conformance.protocols.request_stream`).
+        """
+        return request_stream(self.model, size, seed, connection=connection)
+
+    @property
+    def owes_replies(self) -> bool:
+        """Whether the server answers what it is sent: the oracle says, or the model promises."""
+        if Capability.ANY_BYTES in self.model.capabilities:
+            return owes_replies(self.oracle_factory)
+        return Capability.REPLIES in self.model.capabilities
+
+    def message(self, data: bytes) -> bytes:
+        """``data`` itself where any bytes are a request, else one short request in its place."""
+        if Capability.ANY_BYTES in self.model.capabilities:
+            return data
+        return request_stream(self.model, len(data), zlib.crc32(data))
 
     def elapsed(self) -> float:
         """Seconds since the harness was made."""

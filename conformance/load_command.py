@@ -92,6 +92,14 @@ def add_load_parser(commands: Any) -> None:
         metavar="SPEC",
         help="Faults during the load: reset=P%%,half-close=P%%,slow-reader=P%%,connect-storm=N",
     )
+    load_parser.add_argument(
+        "--protocol",
+        default="echo",
+        metavar="MODEL",
+        help="Send this protocol model's requests and check every reply byte for byte: "
+        "echo, discard, resp (Redis), memcached or package.module:Model; --size is then "
+        "each value's size (default: %(default)s)",
+    )
     load_parser.add_argument("--seed", type=int, default=1, help="Seed of payloads and faults")
     load_parser.add_argument("--json", action="store_true", help="Print the result as JSON")
     load_parser.set_defaults(command=load)
@@ -184,4 +192,5 @@ def _load_settings(args: argparse.Namespace, faults: Faults) -> dict[str, Any]:
         "procs": args.procs,
         "faults": faults,
         "seed": args.seed,
+        "protocol": args.protocol,
     }

@@ -31,6 +31,7 @@ from conformance.harness import DEFAULT_MAX_CONNECTIONS
 from conformance.health import MAX_RESTARTS
 from conformance.oracle import load_oracle
 from conformance.profiles import DEFAULT, PROFILES, Profile
+from conformance.protocols import load_model
 from conformance.selection import select_checks, split_list
 from conformance.target import REFERENCE_MODELS, TargetKind, TargetSpec
 
@@ -120,6 +121,15 @@ OPTIONS: tuple[Option, ...] = (
         "What the server should answer: echo, discard or package.module:Class "
         "(default: %(default)s)",
         settings={"default": "echo", "metavar": "SPEC"},
+    ),
+    Option(
+        "--protocol",
+        "protocol",
+        "The protocol the server speaks, so that checks send its requests and judge its "
+        "replies: echo, discard, resp (Redis), memcached (its text protocol) or "
+        "package.module:Model; checks that need what it does not promise are SKIPPED "
+        "(default: echo, or what --oracle names)",
+        settings={"metavar": "MODEL"},
     ),
     Option(
         "--checks",
@@ -257,6 +267,8 @@ class RunPlan:
         names: A short name per target, unique in the run.
         checks: The selected checks, in catalogue order.
         oracle: The oracle's spec (``echo``, ``discard``, ``module:Class``).
+        protocol: The protocol model's spec (``echo``, ``resp``,
+            ``module:Model``); a model other than echo brings its own oracle.
         strict: A failed SHOULD or MAY fails the run.
         profile: How hard the property checks search.
         scenario: A saved scenario the property checks replay.
@@ -277,6 +289,7 @@ class RunPlan:
     names: tuple[str, ...]
     checks: tuple[Check, ...]
     oracle: str = "echo"
+    protocol: str = "echo"
     strict: bool = False
     profile: Profile = DEFAULT
     scenario: Path | None = None
@@ -307,6 +320,8 @@ class RunPlan:
         words = [*shlex.split(self.front.value), *spec.options()]
         if self.oracle != "echo":
             words += [_BY_DEST["oracle"].name(self.front), self.oracle]
+        if self.protocol != "echo":
+            words += [_BY_DEST["protocol"].name(self.front), self.protocol]
         if self.strict:
             words.append(_BY_DEST["conformance_strict"].name(self.front))
         if self.profile is not DEFAULT:
@@ -324,6 +339,7 @@ class RunPlan:
             "names": list(self.names),
             "checks": [check.id for check in self.checks],
             "oracle": self.oracle,
+            "protocol": self.protocol,
             "strict": self.strict,
             "profile": self.profile.name,
             "scenario": str(self.scenario) if self.scenario is not None else None,
@@ -345,6 +361,7 @@ class RunPlan:
             names=tuple(data["names"]),
             checks=tuple(by_id[i] for i in data["checks"]),
             oracle=data["oracle"],
+            protocol=data.get("protocol", "echo"),
             strict=data["strict"],
             profile=PROFILES[data["profile"]],
             scenario=Path(data["scenario"]) if data["scenario"] is not None else None,
@@ -378,6 +395,13 @@ def plan_from_options(
     if not checks:
         raise UsageError("no check selected")
     load_oracle(values.oracle)
+    protocol = values.protocol or "echo"
+    load_model(protocol)
+    if protocol != "echo" and values.oracle != "echo":
+        raise UsageError(
+            f"--protocol {protocol} judges replies with its own oracle: drop --oracle "
+            f"{values.oracle}, or use --protocol echo"
+        )
     check_report_path(values.report_json, "--report-json")
     check_report_path(values.report_html, "--report-html")
     name = values.conformance_profile
@@ -388,6 +412,7 @@ def plan_from_options(
         names=tuple(target_names(specs)),
         checks=checks,
         oracle=values.oracle,
+        protocol=protocol,
         strict=bool(values.conformance_strict),
         profile=PROFILES[name],
         scenario=scenario_file(values.scenario),

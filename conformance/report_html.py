@@ -264,7 +264,7 @@ def render_html(run: RunResults) -> str:
 <h1>reactor-conformance report</h1>
 <div class="meta">Suite {_e(__version__)} &middot; started {_e(when)}
 &middot; {run.duration:.1f}s &middot; host {_e(host["name"])} ({_e(host["platform"])},
-Python {_e(host["python"])}) &middot; oracle {_e(run.oracle)}
+Python {_e(host["python"])}) &middot; protocol {_e(run.protocol)} &middot; oracle {_e(run.oracle)}
 &middot; {strictness}
 <br>Targets: {_e(targets)}{load_from}</div>
 {_summary(run)}

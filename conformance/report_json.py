@@ -113,6 +113,7 @@ def to_json(run: RunResults) -> dict[str, Any]:
         "host": host_info(),
         "strict": run.strict,
         "oracle": run.oracle,
+        "protocol": run.protocol,
         "load_hosts": list(run.load_hosts),
         "ok": run.ok(),
         "summary": _summary(run.totals()),

@@ -219,6 +219,7 @@ class RunResults:
         targets: The targets, in the order given.
         strict: Whether a failed SHOULD or MAY failed the run.
         oracle: The oracle's name.
+        protocol: The protocol model's name (``echo``, ``resp``...).
         load_hosts: The execnet gateways the load checks ran from; empty:
             the suite's own process.
         started: When the run began (seconds since the epoch).
@@ -229,6 +230,7 @@ class RunResults:
     targets: list[TargetRun]
     strict: bool = False
     oracle: str = "echo"
+    protocol: str = "echo"
     load_hosts: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     finished: float | None = None

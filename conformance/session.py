@@ -34,6 +34,7 @@ from conformance.checks.base import LIVENESS_PAYLOAD
 from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState, process_state
 from conformance.oracle import load_oracle, owes_replies
 from conformance.plan import RunPlan
+from conformance.protocols import Capability, load_model, request_stream
 from conformance.report import FailureReport
 from conformance.results import NOT_RUN, CheckResult, RunResults, TargetRun, Verdict
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
@@ -113,7 +114,8 @@ class Session:
         self.artifacts = artifacts if artifacts is not None else plan.artifacts
         #: Whether this session made the artifacts directory (it says so at the end).
         self.made_artifacts = False
-        self._oracle = load_oracle(plan.oracle)
+        self._model = load_model(plan.protocol)
+        self._oracle = self._model.oracle if plan.protocol != "echo" else load_oracle(plan.oracle)
         self._keepers: list[Keeper] = []
 
     def start(self) -> None:
@@ -163,6 +165,7 @@ class Session:
             ],
             strict=self.plan.strict,
             oracle=self.plan.oracle,
+            protocol=self.plan.protocol,
             load_hosts=list(self.plan.load_hosts),
         )
 
@@ -200,6 +203,7 @@ class Session:
             artifacts=self.artifacts,
             max_connections=self.plan.max_connections,
             load_hosts=self.plan.load_hosts,
+            model=self._model,
         )
 
     def execute(self, name: str, check: Check) -> CheckResult:
@@ -360,7 +364,11 @@ class Session:
         RST) within :data:`PROBE_TIMEOUT` seconds. Whether the reply is right
         is the checks' business, not this probe's.
         """
-        owes = owes_replies(setup.oracle)
+        if Capability.ANY_BYTES in setup.model.capabilities:
+            owes, message = owes_replies(setup.oracle), LIVENESS_PAYLOAD
+        else:
+            owes = Capability.REPLIES in setup.model.capabilities
+            message = request_stream(setup.model, len(LIVENESS_PAYLOAD), 0)
         address = setup.address
         try:
             sock = socket.create_connection((address.host, address.port), timeout=PROBE_TIMEOUT)
@@ -372,12 +380,12 @@ class Session:
             if not owes:
                 return None
             try:
-                sock.sendall(LIVENESS_PAYLOAD)
+                sock.sendall(message)
                 sock.recv(1)
             except TimeoutError:
                 return (
                     f"a fresh connection to {address} got nothing back within "
-                    f"{PROBE_TIMEOUT:g}s of a {len(LIVENESS_PAYLOAD)}-byte message"
+                    f"{PROBE_TIMEOUT:g}s of a {len(message)}-byte message"
                 )
             except OSError:
                 pass  # A reset is an answer: something is there.

@@ -30,15 +30,16 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from conformance.harness import CheckFailure, Harness, StepTimeout
-from conformance.oracle import EchoOracle, OracleFactory, oracle_name, owes_replies
+from conformance.oracle import EchoOracle, OracleFactory, oracle_name
 from conformance.profiles import DEFAULT, Profile
+from conformance.protocols import Capability, EchoModel, ProtocolModel, skip_reason
 from conformance.report import FailureReport
 from conformance.rules import Level, Rule
 from conformance.target import Address
@@ -105,6 +106,11 @@ class Check:
         rules: The rules (:mod:`conformance.rules`) it judges besides its own
             level: a failure that names one of them is judged at that rule's
             level. ``level`` is then the strictest of them.
+        any_bytes: It sends bytes of its own choosing (every byte value, a
+            NUL, half a line), which only a protocol whose every byte string
+            is a request can answer (echo, discard); False: it sends the run's
+            protocol's requests (``Harness.payload``, ``Harness.message``), so
+            it runs under any model.
     """
 
     id: str
@@ -118,6 +124,19 @@ class Check:
     timeout: float = 60.0
     needs_replies: bool = False
     rules: tuple[Rule, ...] = ()
+    any_bytes: bool = True
+
+    @property
+    def needs(self) -> frozenset[Capability]:
+        """What the run's protocol model must promise for this check to apply."""
+        needs = set()
+        if self.any_bytes:
+            needs.add(Capability.ANY_BYTES)
+        if self.needs_replies:
+            needs.add(Capability.REPLIES)
+        if any(rule.id.startswith("HALFCLOSE-") for rule in self.rules):
+            needs.add(Capability.HALF_CLOSE)
+        return frozenset(needs)
 
     def __post_init__(self) -> None:
         strictest = min((_STRICTNESS[r.level] for r in self.rules), default=None)
@@ -152,6 +171,7 @@ class Setup:
             None: not given.
         load_hosts: The execnet gateways the load checks run from
             (``--load-hosts``); empty: this process.
+        model: The protocol the server speaks (``--protocol``).
     """
 
     address: Address
@@ -162,6 +182,7 @@ class Setup:
     artifacts: Path | None = None
     max_connections: int | None = None
     load_hosts: tuple[str, ...] = ()
+    model: ProtocolModel = field(default_factory=EchoModel)
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
@@ -224,7 +245,7 @@ LIVENESS_PAYLOAD = b"still alive?\x00\xff\r\n"
 async def liveness(h: Harness, step: str = "liveness") -> None:
     """A fresh connection is still served: a short message comes back, promptly."""
     conn = await h.connect(step, timeout=5.0)
-    await conn.send(LIVENESS_PAYLOAD, step=f"{step}: send a short message", timeout=5.0)
+    await conn.send(h.message(LIVENESS_PAYLOAD), step=f"{step}: send a short message", timeout=5.0)
     await conn.settle(step=f"{step}: read its reply", timeout=5.0)
     conn.close()
 
@@ -250,9 +271,14 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
         artifacts=setup.artifacts,
         max_connections=setup.max_connections,
         load_hosts=setup.load_hosts,
+        model=setup.model,
     )
     start = time.monotonic()
-    if check.needs_replies and not owes_replies(setup.oracle):
+    for capability in sorted(check.needs, key=lambda c: c.value):
+        why = skip_reason(setup.model, capability)
+        if why is not None:
+            return Outcome(check, None, 0.0, unmeasured=why)
+    if check.needs_replies and not harness.owes_replies:
         return Outcome(
             check,
             None,

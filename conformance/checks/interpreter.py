@@ -8,14 +8,23 @@ reading for a while); at the end each connection reads what it is still
 owed, or, after a half-close, reads the rest and then the server's FIN (each
 part judged by its rule, :mod:`conformance.rules`), and the oracle judges the
 whole exchange. Every step runs under the harness's deadlines.
+
+Under a protocol model, a scenario's requests are drawn with the template key
+prefix (:data:`~conformance.protocols.TEMPLATE`); each connection the
+interpreter opens (a reconnection too) puts fresh keys in its place before
+sending, since keys outlive connections on the server and each oracle models
+its own connection's keys from nothing.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import trio
 
 from conformance.checks.base import liveness
 from conformance.harness import Connection, Divergence, Harness
+from conformance.protocols import Capability, fresh_keys
 from conformance.scenario import (
     HalfClose,
     Pause,
@@ -44,9 +53,16 @@ class _Runner:
         self.recv_scope: trio.CancelScope | None = None
         self.reader_done = trio.Event()
         self.count = 0
+        self.fresh = Capability.ANY_BYTES not in h.model.capabilities
+        self.keys = b""
+
+    def _connected(self) -> None:
+        """A new connection: new keys for its requests."""
+        self.keys = uuid.uuid4().hex[:12].encode()
 
     async def run(self) -> None:
         conn = await self.h.connect(self.name, rcvbuf=self.script.rcvbuf)
+        self._connected()
         half_closed = False
         async with trio.open_nursery() as nursery:
             await self._start_reader(nursery, conn)
@@ -54,6 +70,8 @@ class _Runner:
                 where = f"{self.name} step {n}"
                 match step:
                     case Send(data, chunks):
+                        if self.fresh:
+                            data = fresh_keys(data, self.keys)
                         await conn.send(data, chunks=chunks or None, step=f"{where}: send")
                     case Pause(seconds):
                         await trio.sleep(seconds)
@@ -76,6 +94,7 @@ class _Runner:
                         conn = await self.h.connect(
                             f"{self.name}.{self.count}", rcvbuf=self.script.rcvbuf
                         )
+                        self._connected()
                         await self._start_reader(nursery, conn)
                     case HalfClose():
                         await conn.shutdown_write()

@@ -305,7 +305,8 @@ async def wait_full(limit: ServerLimit) -> tuple[bool, int]:
 
 async def round_trip(conn: Connection, when: str) -> None:
     """Send a short message on ``conn`` and read what the oracle says is owed."""
-    await conn.send(f"{conn.name} {when}\n".encode(), step=f"send on {conn.name} {when}")
+    message = conn.harness.message(f"{conn.name} {when}\n".encode())
+    await conn.send(message, step=f"send on {conn.name} {when}")
     await conn.settle(step=f"read the reply on {conn.name} {when}", timeout=10.0)
 
 
@@ -370,5 +371,6 @@ LIMIT_CHECKS: tuple[Check, ...] = (
           "leave it serving: the excess waits or is refused, and once they close a fresh "
           "connection is served (its limit: /proc, else --max-connections; SKIPPED when it "
           "is too high to exceed)", "storm", Level.MUST, RFC9293_OPEN,
-          more_connections_than_descriptors, fault=True, heavy=True, timeout=120.0),
+          more_connections_than_descriptors, fault=True, heavy=True, timeout=120.0,
+          any_bytes=False),
 )  # fmt: skip

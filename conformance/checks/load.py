@@ -42,6 +42,7 @@ from conformance.harness import CheckFailure, Harness
 from conformance.load import Faults, LoadResult, LoadSpec, run_load
 from conformance.load.driver import FAULT_SUFFIX
 from conformance.load.hosts import HostError, HostState, parse_hosts, run_hosts
+from conformance.protocols import model_name
 from conformance.rules import HALFCLOSE_DATA
 
 __all__ = ["LOAD_CHECKS"]
@@ -70,7 +71,9 @@ def _run(h: Harness, spec: LoadSpec, stop: threading.Event) -> tuple[LoadResult,
 async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadResult:
     # A check wants the first failure, promptly: stop at the first error, and call a
     # connection stalled after the suite's usual step deadline.
-    spec = dataclasses.replace(spec, stop_on_error=True, drain_timeout=5.0)
+    spec = dataclasses.replace(
+        spec, stop_on_error=True, drain_timeout=5.0, protocol=model_name(h.model)
+    )
     if h.load_hosts:
         step += f", from {', '.join(h.load_hosts)}"
     with h.step(step, timeout=timeout):
@@ -154,13 +157,13 @@ async def faults_under_load(h: Harness) -> None:
 LOAD_CHECKS: tuple[Check, ...] = (
     Check("ECHO-LOAD-1", "200 connections x 200 round trips under load, every byte exact",
           "load", Level.MUST, RFC862, many_round_trips, heavy=True, timeout=120.0,
-          needs_replies=True),
+          needs_replies=True, any_bytes=False),
     Check("ECHO-LOAD-2", "1,000 concurrent connections held and served, every byte exact",
           "load", Level.SHOULD, RFC862, thousand_connections, heavy=True, timeout=120.0,
-          needs_replies=True),
+          needs_replies=True, any_bytes=False),
     Check("ECHO-LOAD-3", "Resets, half-closes, slow readers and a connect storm during load "
           "leave every other connection exact and the server serving; a half-closed "
           "connection still gets all it is owed", "load", Level.MUST, RFC9293_RESET,
           faults_under_load, fault=True, heavy=True, timeout=90.0, needs_replies=True,
-          rules=(HALFCLOSE_DATA,)),
+          rules=(HALFCLOSE_DATA,), any_bytes=False),
 )  # fmt: skip

@@ -55,6 +55,7 @@ from conformance.checks.core import HALF_CLOSE
 from conformance.checks.interpreter import interpret
 from conformance.harness import CheckFailure, Harness
 from conformance.profiles import PROFILES, Limits
+from conformance.protocols import ProtocolModel
 from conformance.scenario import (
     HalfClose,
     Reset,
@@ -103,6 +104,9 @@ def _fresh(template: Harness) -> Harness:
         step_timeout=template.profile.step_timeout,
         profile=template.profile,
         artifacts=template.artifacts,
+        max_connections=template.max_connections,
+        load_hosts=template.load_hosts,
+        model=template.model,
     )
 
 
@@ -247,39 +251,43 @@ def _search(
         raise _failure_report(minimal, first, blob, outer, where) from None
 
 
+#: Makes a property check's search from the profile's limits and the run's model.
+Search = Callable[[Limits, ProtocolModel], st.SearchStrategy[Scenario]]
+
+
 def _property(
-    strategy: Callable[[Limits], st.SearchStrategy[Scenario]],
+    strategy: Search,
     *,
     check_liveness: bool = False,
     max_examples: int | None = None,
 ) -> Callable[[Harness], Any]:
     async def body(h: Harness) -> None:
-        search = strategy(h.profile.limits)
+        search = strategy(h.profile.limits, h.model)
         await run_in_thread(lambda stop: _search(h, search, check_liveness, stop, max_examples))
 
     return body
 
 
-def _echo_scenarios(lim: Limits) -> st.SearchStrategy[Scenario]:
-    return scenarios(limits=lim)
+def _echo_scenarios(lim: Limits, model: ProtocolModel) -> st.SearchStrategy[Scenario]:
+    return scenarios(limits=lim, model=model)
 
 
-def _reset_scenarios(lim: Limits) -> st.SearchStrategy[Scenario]:
-    return scenarios(limits=lim, reset=True).filter(
+def _reset_scenarios(lim: Limits, model: ProtocolModel) -> st.SearchStrategy[Scenario]:
+    return scenarios(limits=lim, reset=True, model=model).filter(
         lambda s: any(isinstance(step, Reset) for c in s.connections for step in c.steps)
     )
 
 
-def _concurrent_scenarios(lim: Limits) -> st.SearchStrategy[Scenario]:
-    return concurrent_scenarios(limits=lim)
+def _concurrent_scenarios(lim: Limits, model: ProtocolModel) -> st.SearchStrategy[Scenario]:
+    return concurrent_scenarios(limits=lim, model=model)
 
 
-def _backpressure_scenarios(lim: Limits) -> st.SearchStrategy[Scenario]:
-    return backpressure_scenarios()
+def _backpressure_scenarios(lim: Limits, model: ProtocolModel) -> st.SearchStrategy[Scenario]:
+    return backpressure_scenarios(model=model)
 
 
-def _half_close_scenarios(lim: Limits) -> st.SearchStrategy[Scenario]:
-    return scenarios(limits=lim, half_close=True).filter(
+def _half_close_scenarios(lim: Limits, model: ProtocolModel) -> st.SearchStrategy[Scenario]:
+    return scenarios(limits=lim, half_close=True, model=model).filter(
         lambda s: any(isinstance(step, HalfClose) for c in s.connections for step in c.steps)
     )
 
@@ -287,20 +295,23 @@ def _half_close_scenarios(lim: Limits) -> st.SearchStrategy[Scenario]:
 PROPERTY_CHECKS: tuple[Check, ...] = (
     Check("PROP-ECHO-1", "For any scenario of sends, pauses, reads, stalled readers and "
           "reconnects, every connection gets back exactly its own bytes, in order",
-          "property", Level.MUST, RFC862, _property(_echo_scenarios), heavy=True, timeout=240.0),
+          "property", Level.MUST, RFC862, _property(_echo_scenarios), heavy=True, timeout=240.0,
+          any_bytes=False),
     Check("PROP-CONCURRENT-1", "For any set of connections sending bursts in small writes "
           "while reading, each gets back exactly its own bytes, in order", "property",
-          Level.MUST, RFC862, _property(_concurrent_scenarios), heavy=True, timeout=240.0),
+          Level.MUST, RFC862, _property(_concurrent_scenarios), heavy=True, timeout=240.0,
+          any_bytes=False),
     Check("PROP-BACKPRESSURE-1", "For any bulk send from clients with a tiny window that stop "
           "reading for a while (the server's send returns short), every byte comes back",
           "property", Level.MUST, RFC9293_FLOW,
-          _property(_backpressure_scenarios, max_examples=4), heavy=True, timeout=240.0),
+          _property(_backpressure_scenarios, max_examples=4), heavy=True, timeout=240.0,
+          any_bytes=False),
     Check("PROP-ALIVE-1", "For any scenario in which clients reset mid-stream, the others get "
           "their bytes and a fresh connection is served afterwards", "property", Level.MUST,
           RFC9293_RESET, _property(_reset_scenarios, check_liveness=True), fault=True,
-          heavy=True, timeout=240.0),
+          heavy=True, timeout=240.0, any_bytes=False),
     Check("PROP-HALFCLOSE-1", "For any scenario ending in half-closes, each half-closed "
           "connection gets all it is owed (MUST), then FIN, not RST (SHOULD)", "property",
           Level.MUST, RFC9293_CLOSE, _property(_half_close_scenarios), heavy=True,
-          timeout=240.0, rules=HALF_CLOSE),
+          timeout=240.0, rules=HALF_CLOSE, any_bytes=False),
 )  # fmt: skip

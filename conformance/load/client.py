@@ -22,9 +22,12 @@ import enum
 import select
 import socket
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from conformance.oracle import first_difference
+
+if TYPE_CHECKING:
+    from conformance.protocols import LoadConnection
 
 __all__ = ["Client", "ClientEvent", "ClientState", "IllegalTransition", "WrongBytes"]
 
@@ -99,6 +102,9 @@ class Client:
         reply: The connection's oracle's ``expected_reply``: what a correct
             server owes for the bytes sent; None when that is the bytes
             themselves (echo), so the hot path makes no call.
+        source: Under a protocol model, where the connection's requests come
+            from, each with the exact reply it is owed (then ``pattern`` and
+            ``reply`` are unused); None: messages are cut from ``pattern``.
     """
 
     __slots__ = (
@@ -118,6 +124,7 @@ class Client:
         "events",
         "measured",
         "reply",
+        "source",
     )
 
     def __init__(
@@ -126,6 +133,7 @@ class Client:
         sock: socket.socket,
         pattern: bytes,
         reply: Callable[[bytes], bytes] | None,
+        source: LoadConnection | None = None,
     ) -> None:
         self.index = index
         self.sock = sock
@@ -145,6 +153,7 @@ class Client:
         self.events = select.EPOLLIN  # the interest registered with epoll
         self.measured = True  # the current round's latency counts
         self.reply = reply
+        self.source = source
 
     def advance(self, event: ClientEvent) -> ClientState:
         """Move to the state the table gives for ``event``.

@@ -117,6 +117,13 @@ class Driver:
         self.pattern_len = (
             spec.size + PATTERN_SHIFTS if spec.mode == "pingpong" else 2 * max(spec.window, 65536)
         )
+        #: The protocol model whose requests the connections send; None: random bytes.
+        self.model = spec.model()
+        if self.model is not None:
+            from conformance.protocols import unique_prefix  # with the model, not without
+
+            self.pattern_len = 0
+            self.prefix = unique_prefix
 
     # -- connections --------------------------------------------------------------
 
@@ -208,11 +215,15 @@ class Driver:
     def add_client(self, index: int, sock: socket.socket) -> Client:
         """A connected socket joins the run as connection ``index``."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        oracle = reply_oracle(self.spec.oracle)
-        # Echo owes the message itself: no call per round (None tells the client so).
-        echoes = type(oracle).expected_reply is EchoOracle.expected_reply
-        reply = None if echoes else oracle.expected_reply
-        client = Client(index, sock, self.rng.randbytes(self.pattern_len), reply)
+        if self.model is not None:
+            source = self.model.load_connection(self.prefix(index))
+            client = Client(index, sock, b"", None, source)
+        else:
+            oracle = reply_oracle(self.spec.oracle)
+            # Echo owes the message itself: no call per round (None tells the client so).
+            echoes = type(oracle).expected_reply is EchoOracle.expected_reply
+            reply = None if echoes else oracle.expected_reply
+            client = Client(index, sock, self.rng.randbytes(self.pattern_len), reply)
         client.last_progress = time.monotonic()
         self.clients[client.fd] = client
         self.ep.register(client.fd, _IN)
@@ -340,10 +351,14 @@ class Driver:
 
     def send_next(self, client: Client, now_ns: int) -> None:
         """Ping-pong: start the next round trip."""
-        shift = client.rounds % PATTERN_SHIFTS  # a window sliding over the pattern
-        message = client.pattern[shift : shift + self.size]
-        reply = client.reply
-        client.expect += message if reply is None else reply(message)
+        if client.source is not None:
+            message, owed = client.source.next_request(self.rng, self.size)
+            client.expect += owed
+        else:
+            shift = client.rounds % PATTERN_SHIFTS  # a window sliding over the pattern
+            message = client.pattern[shift : shift + self.size]
+            reply = client.reply
+            client.expect += message if reply is None else reply(message)
         client.sent_at = now_ns
         client.measured = True
         self.send(client, message)
@@ -356,6 +371,14 @@ class Driver:
             return
         plen = len(client.pattern) // 2
         room = self.spec.window - len(client.expect)  # at most a window per call, owed or not
+        while client.source is not None and client.out is None and room > 0:
+            if client.state is _CLOSED:
+                return
+            request, owed = client.source.next_request(self.rng, min(self.size, room))
+            client.stream_pos += len(request)
+            client.expect += owed
+            room -= max(len(request), len(owed))
+            self.send(client, request)
         while client.out is None and room > 0 and client.state is not _CLOSED:
             start = client.stream_pos % plen
             size = min(room, 65536)

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import random
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conformance.load.connector import SLICE, StopEvent, wait_connected, wait_ready
 from conformance.load.driver import Driver
@@ -44,6 +45,9 @@ from conformance.load.loop import run
 from conformance.load.result import LoadResult
 from conformance.load.spec import LoadError, LoadSpec, reply_oracle
 from conformance.oracle import EchoOracle, OracleFactory
+
+if TYPE_CHECKING:
+    from conformance.protocols import ProtocolModel
 
 __all__ = ["probe_alive", "run_load"]
 
@@ -107,6 +111,7 @@ def run_load(
             timeout=min(_PROBE_TIMEOUT, spec.connect_timeout),
             oracle=spec.oracle,
             stop=stop,
+            model=spec.model(),
         )
         if stop is not None and stop.is_set():
             result.stopped = True
@@ -256,6 +261,7 @@ def probe_alive(
     timeout: float = _PROBE_TIMEOUT,
     oracle: OracleFactory = EchoOracle,
     stop: StopEvent | None = None,
+    model: ProtocolModel | None = None,
 ) -> bool:
     """Whether a fresh connection gets the right answer to a short probe.
 
@@ -266,14 +272,21 @@ def probe_alive(
         oracle: Says what the probe is owed (a :class:`~conformance.oracle.ReplyOracle`).
         stop: Looked at between two ``SLICE``-second waits; when set, the
             probe gives up (and says False).
+        model: A protocol model (:meth:`LoadSpec.model`): the probe is one of
+            its requests, owed its exact reply, instead of a few raw bytes.
 
     Returns:
         True when what ``oracle`` says is owed came back within ``timeout``;
         when nothing is owed (discard), when the server answered the probe and
         our FIN with its own FIN and no byte.
     """
-    probe = b"alive?\0\xff"
-    owed = reply_oracle(oracle).expected_reply(probe)
+    if model is not None:
+        from conformance.protocols import unique_prefix
+
+        probe, owed = model.load_connection(unique_prefix(0)).next_request(random.Random(0), 8)
+    else:
+        probe = b"alive?\0\xff"
+        owed = reply_oracle(oracle).expected_reply(probe)
     deadline = time.monotonic() + timeout
     try:
         with wait_connected(host, port, deadline, stop) as sock:

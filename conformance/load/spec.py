@@ -14,15 +14,24 @@ correct server owes for each message it sends (:class:`~conformance.oracle.Reply
 so the oracle decides what is right, while the generator keeps no more than
 the bytes still owed, as thousands of connections at full speed need. An
 oracle that can only judge whole transcripts is refused by :meth:`LoadSpec.validate`.
+
+With ``protocol`` naming a model (``resp``, ``memcached``; see
+:mod:`conformance.protocols`) each connection sends that model's requests
+instead, and checks the replies against the exact bytes the model owes for
+each (``next_request``), the same byte-for-byte way; keys are unique to the
+connection. Half-close faults need a model that promises half-close semantics.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from conformance.oracle import EchoOracle, OracleFactory, ReplyOracle, oracle_name
+
+if TYPE_CHECKING:
+    from conformance.protocols import ProtocolModel
 
 __all__ = ["Faults", "LoadError", "LoadSpec", "Mode", "reply_oracle"]
 
@@ -125,6 +134,7 @@ class LoadSpec:
     drain_timeout: float = 10.0
     stop_on_error: bool = False
     oracle: OracleFactory = EchoOracle
+    protocol: str = "echo"
 
     def validate(self) -> None:
         """Check every setting.
@@ -148,7 +158,35 @@ class LoadSpec:
             raise ValueError(f"procs ({self.procs}) cannot exceed connections")
         if self.mode not in ("pingpong", "stream"):
             raise ValueError(f"mode must be pingpong or stream, got {self.mode!r}")
-        reply_oracle(self.oracle)
+        model = self.model()
+        if model is None:
+            reply_oracle(self.oracle)
+            return
+        from conformance.protocols import Capability, skip_reason
+
+        why = skip_reason(model, Capability.HALF_CLOSE)
+        if self.faults.half_close > 0 and why is not None:
+            raise ValueError(
+                "half-close faults judge what is owed after the client's FIN, but "
+                + why.removeprefix("does not apply: ")
+            )
+
+    def model(self) -> ProtocolModel | None:
+        """The protocol model whose requests the load sends, or None for random bytes.
+
+        None for echo, and for any model whose every byte string is a request
+        (discard): the load then sends random bytes, judged by ``oracle``.
+
+        Raises:
+            UsageError: ``protocol`` names no model.
+        """
+        if self.protocol == "echo":
+            return None
+        # Imported here: the load without a model runs where Hypothesis is not installed.
+        from conformance.protocols import Capability, load_model
+
+        model = load_model(self.protocol)
+        return None if Capability.ANY_BYTES in model.capabilities else model
 
 
 def reply_oracle(factory: OracleFactory) -> ReplyOracle:

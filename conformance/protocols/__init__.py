@@ -54,6 +54,7 @@ import importlib
 
 from conformance.errors import UsageError
 from conformance.protocols.base import (
+    TEMPLATE,
     Capability,
     ConnectionModel,
     Expected,
@@ -63,7 +64,10 @@ from conformance.protocols.base import (
     ModelLoad,
     ProtocolModel,
     ReplyStreamOracle,
+    fresh_keys,
+    request_stream,
     skip_reason,
+    template_prefix,
     unique_prefix,
 )
 from conformance.protocols.echo import DiscardModel, EchoModel
@@ -87,6 +91,10 @@ __all__ = [
     "RespModel",
     "load_model",
     "model_name",
+    "TEMPLATE",
+    "fresh_keys",
+    "request_stream",
+    "template_prefix",
     "skip_reason",
     "unique_prefix",
 ]

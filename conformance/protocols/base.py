@@ -94,6 +94,10 @@ __all__ = [
     "ProtocolModel",
     "ReplyStreamOracle",
     "check_prefix",
+    "TEMPLATE",
+    "fresh_keys",
+    "request_stream",
+    "template_prefix",
     "short",
     "skip_reason",
     "unique_prefix",
@@ -196,6 +200,68 @@ def skip_reason(model: ProtocolModel, capability: Capability) -> str | None:
     why = lacks.get(capability)
     tail = f" ({why})" if why else ""
     return f"does not apply: the {model.name} model does not promise {capability.value}{tail}"
+
+
+#: The largest value one request of :func:`request_stream` carries.
+STREAM_VALUE = 256 * 1024
+
+
+#: The key prefix that scenarios are drawn with (:func:`template_prefix`); the
+#: scenario interpreter puts a fresh one in its place for each connection it opens.
+TEMPLATE = b"000000000000-c"
+
+
+def template_prefix(connection: int = 0) -> str:
+    """A prefix of :func:`unique_prefix`'s shape, the same on every draw (for scenarios)."""
+    return f"{TEMPLATE.decode()}{connection}"
+
+
+def fresh_keys(data: bytes, fresh: bytes) -> bytes:
+    """``data`` with the template prefix's 12 digits replaced by ``fresh`` (12 hex digits).
+
+    The lengths stay the same, so a request's framing (RESP's lengths) holds.
+    """
+    if len(fresh) != len(TEMPLATE) - 2:
+        raise ValueError("fresh keys are 12 hex digits")
+    return data.replace(TEMPLATE, fresh + b"-c")
+
+
+def request_stream(
+    model: ProtocolModel,
+    size: int,
+    seed: int,
+    *,
+    connection: int = 0,
+    prefix: str | None = None,
+) -> bytes:
+    """About ``size`` bytes of the model's requests for one connection, with keys of its own.
+
+    What a check sends where it would send ``size`` random bytes: for a model
+    whose every byte string is a request (echo, discard), exactly those random
+    bytes (``random.Random(seed).randbytes(size)``); for the others, whole
+    requests from the model's load source (values of at most
+    :data:`STREAM_VALUE` bytes, so that a large stream is many requests and
+    large replies) until there are ``size`` bytes or more.
+
+    Args:
+        model: The run's model.
+        size: How many bytes to send, at least one request's worth.
+        seed: Makes the requests (and the random bytes) the same on a replay
+            (the keys differ: each call gets a prefix of its own).
+        connection: The connection's number, for the keys' prefix.
+        prefix: The keys' prefix; default: a new :func:`unique_prefix`.
+    """
+    rng = random.Random(seed)
+    if Capability.ANY_BYTES in model.capabilities:
+        return rng.randbytes(size)
+    source = model.load_connection(prefix if prefix is not None else unique_prefix(connection))
+    parts: list[bytes] = []
+    total = 0
+    while total < size:
+        request, _ = source.next_request(rng, max(1, min(size - total, STREAM_VALUE)))
+        parts.append(request)
+        total += len(request)
+    return b"".join(parts)
 
 
 class Match(enum.Enum):
