@@ -36,6 +36,8 @@ Facts about memcached this relies on (1.6, checked against ``memcached`` 1.6.18)
 - ``noreply`` (the last word) silences the reply, errors from the command line
   included. ``incr`` wraps around at 2**64 and writes the new number over the
   old one, padded with spaces to the old length when it is not longer.
+- ``incr`` refuses an empty value, and one stored in chunks (an item over
+  512 KiB), as not numeric.
 - ``<exptime>``: 0 never expires, up to 30 days is relative, more is a Unix
   time, negative has expired already.
 """
@@ -57,6 +59,7 @@ __all__ = [
     "STORE",
     "VERSION",
     "Item",
+    "item_size",
     "MemcacheHandler",
     "MemcacheProtocol",
     "max_value_length",
@@ -66,6 +69,9 @@ __all__ = [
 KEY_MAX_LENGTH = 250
 #: Largest item, header included (memcached's default ``-I 1m``).
 ITEM_SIZE_MAX = 1024 * 1024
+#: Items larger than this are stored in chunks, which ``incr`` refuses (memcached's
+#: ``slab_chunk_size_max``, half a slab page).
+_CHUNK_MAX = ITEM_SIZE_MAX // 2
 #: What ``version`` answers.
 VERSION = b"1.6.0-reference"
 #: Bytes an unended command line may hold before the connection is closed.
@@ -131,10 +137,14 @@ def safe_strtol(text: bytes) -> int | None:
     return (value + 2**31) % 2**32 - 2**31  # Stored in an int32_t.
 
 
+def item_size(key: bytes, flags: int, length: int) -> int:
+    """The bytes memcached takes for an item: header, CAS, key, flags, data and \\r\\n."""
+    return 48 + 8 + len(key) + 1 + (4 if flags else 0) + length + 2
+
+
 def max_value_length(key: bytes, flags: int) -> int:
     """The longest value that ``set`` stores under ``key`` with ``flags``."""
-    header = 48 + 8 + len(key) + 1 + (4 if flags else 0) + 2
-    return ITEM_SIZE_MAX - header
+    return ITEM_SIZE_MAX - item_size(key, flags, 0)
 
 
 def _expiry(exptime: int, now: float) -> float:
@@ -335,7 +345,8 @@ class MemcacheProtocol:
                 reply = _NOT_FOUND
             else:
                 old = item.data
-                value = safe_strtoull(old + b"\r\n") if old else None
+                numeric = old and item_size(key, item.flags, len(old)) <= _CHUNK_MAX
+                value = safe_strtoull(old + b"\r\n") if numeric else None
                 if value is None:
                     reply = _NON_NUMERIC
                 else:

@@ -416,6 +416,10 @@ def test_MemcacheProtocol_replies_as_memcached_does(stream: bytes, replies: byte
         (b"set n 0 0 5\r\n12 ab\r\nincr n 1\r\n", b"STORED\r\n13\r\n"),
         (b"set n 0 0 2\r\n-1\r\nincr n 1\r\n",
          b"STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
+        # an item over 512 KiB is stored in chunks: not a number to incr
+        (b"set n 0 0 524228\r\n1" + b" " * 524227 + b"\r\nincr n 1\r\n", b"STORED\r\n2\r\n"),
+        (b"set n 3 0 524225\r\n1" + b" " * 524224 + b"\r\nincr n 1\r\n",
+         b"STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
         (b"set n 0 0 0\r\n\r\nincr n 1\r\n",
          b"STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
         (b"set n 0 0 20\r\n18446744073709551616\r\nincr n 1\r\n",
@@ -907,6 +911,8 @@ MEMCACHED_EDGES = [
     b"set a 0 0 1048517\r\n" + b"x" * 1048517 + b"\r\nget a\r\n",
     b"set a 5 0 1048513\r\n" + b"x" * 1048513 + b"\r\nget a\r\n",
     b"set a 0 2592001 1\r\nx\r\nget a\r\nset a 0 2592000 1\r\nx\r\nget a\r\n",
+    b"set a 0 0 524228\r\n1" + b" " * 524227 + b"\r\nincr a 1\r\n",
+    b"set a 0 0 524229\r\n1" + b" " * 524228 + b"\r\nincr a 1\r\n",
 ]
 
 
