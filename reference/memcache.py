@@ -63,6 +63,8 @@ __all__ = [
     "MemcacheHandler",
     "MemcacheProtocol",
     "max_value_length",
+    "safe_strtol",
+    "safe_strtoull",
 ]
 
 #: Longest key, in bytes.

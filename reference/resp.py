@@ -61,6 +61,8 @@ __all__ = [
     "RespHandler",
     "RespParser",
     "split_inline",
+    "string2ll",
+    "unknown_command",
 ]
 
 #: Largest bulk string accepted (Redis's default ``proto-max-bulk-len``, 512 MiB).
@@ -430,8 +432,9 @@ class RespHandler:
         parser = self._parser
         replies: list[bytes] = []
         for argv in parser.feed(data):
-            replies.append(self.execute(argv))
-            if argv[0].lower() == b"quit":
+            name = argv[0].lower()
+            replies.append(self._run(name, argv))
+            if name == b"quit":
                 self._closed = True
                 break
         if parser.error is not None and not self._closed:
@@ -443,13 +446,20 @@ class RespHandler:
             transport.close()
 
     def execute(self, argv: list[bytes]) -> bytes:
-        """Run one command against the store; return its reply."""
-        entry = _COMMANDS.get(argv[0].lower())
+        """Run one command against the store; return its reply.
+
+        Args:
+            argv: The command's name and arguments, as the parser gives them.
+        """
+        return self._run(argv[0].lower(), argv)
+
+    def _run(self, name: bytes, argv: list[bytes]) -> bytes:
+        entry = _COMMANDS.get(name)
         if entry is None:
             return unknown_command(argv)
         arity, command = entry
         if (arity > 0 and len(argv) != arity) or len(argv) < -arity:
-            return _wrong_arity(argv[0].lower())
+            return _wrong_arity(name)
         return command(self._store, argv)
 
     def eof_received(self) -> bool | None:

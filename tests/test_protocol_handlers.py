@@ -750,6 +750,25 @@ def test_Server_increments_as_the_real_server_does(served: Served) -> None:
         assert exchange(sock, requests, expect=len(replies)) == replies
 
 
+@pytest.mark.parametrize(
+    ("protocol", "requests", "replies"),
+    [
+        ("resp", b"SET a x\r\nGET a\r\n", b"+OK\r\n$1\r\nx\r\n"),
+        ("memcached", b"set a 0 0 1\r\nx\r\nget a\r\n", b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"),
+    ],
+)
+def test_Server_builds_the_handler_with_work_in_sub_reactor_processes(
+    protocol: str, requests: bytes, replies: bytes
+) -> None:
+    model = MODELS["multi-process"]
+    with ServerProcess([*model, "--handler", protocol, "--work", "cpu:100"]) as server:
+        server.wait_for_log(rf"sub-1: serving {protocol}, work cpu:100")
+        server.wait_for_log(rf"sub-2: serving {protocol}, work cpu:100")
+        for _ in range(2):  # Round-robin: one connection to each process.
+            with connect(server.address, timeout=30) as sock:
+                assert exchange(sock, requests, chunks=[3], expect=len(replies)) == replies
+
+
 # -- the same bytes to the real servers ---------------------------------------------------
 
 
