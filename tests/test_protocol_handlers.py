@@ -882,12 +882,30 @@ RESP_ERRORS = [
 ]
 
 
+def random_resp_requests(rng: random.Random, count: int) -> bytes:
+    """Whole RESP requests, right and wrong, on a few keys: multibulk and inline."""
+    names = [b"PING", b"ping", b"ECHO", b"SET", b"GET", b"Get", b"INCR", b"incr", b"DEL", b"foo"]
+    values = [b"", b"0", b"1", b"-1", b"01", b"9223372036854775807", b"-9223372036854775808"]
+    values += [b"abc", b"a b", b"\r\n", b"\0", b"x" * 130, b"k", b"nx", b"XX"]
+    words = [b"k", b"1", b"'a b'", b'"x\\x41"', b"v", b"-3"]
+    requests = []
+    for _ in range(count):
+        if rng.random() < 0.75:
+            args = [rng.choice(values) for _ in range(rng.randint(0, 3))]
+            requests.append(command(rng.choice(names), *args))
+        else:
+            line = [rng.choice(names)] + [rng.choice(words) for _ in range(rng.randint(0, 3))]
+            requests.append(b" ".join(line) + rng.choice([b"\r\n", b"\n"]))
+    return b"".join(requests)
+
+
 @on_resp
 def test_RespHandler_replies_byte_for_byte_as_redis_server(
     redis_server: tuple[str, int], served: Served
 ) -> None:
     marker = unique("end")
-    stream = b"".join(RESP_EDGES) + command(b"ECHO", marker)
+    randoms = random_resp_requests(random.Random(11), 400)
+    stream = b"".join(RESP_EDGES) + randoms + command(b"ECHO", marker)
     mine = replies_until(served.address, stream, bulk(marker))
     real = replies_until(redis_server, stream, bulk(marker))
     assert mine == real
@@ -935,13 +953,45 @@ MEMCACHED_EDGES = [
 ]
 
 
+def random_memcached_requests(rng: random.Random, count: int) -> bytes:
+    """memcached requests, right and wrong, on a few keys; none waits for more data."""
+    keys = [b"a", b"b", b"k\x01", b"noreply", b"0"]
+    numbers = [b"0", b"1", b"-1", b"+2", b"007", b"18446744073709551615", b"18446744073709551616"]
+    numbers += [b"4294967296", b"x", b"-0", b"2592001"]
+    values = [b"", b"1", b"10", b" 5", b"abc", b"18446744073709551615", b"-1", b"12 x", b"\r\n"]
+    requests = []
+    for _ in range(count):
+        r = rng.random()
+        if r < 0.35:
+            value = rng.choice(values)
+            length = len(value) - (rng.random() < 0.2)  # never more: no set waits
+            words = [b"set", rng.choice(keys), rng.choice(numbers[:5])]
+            words += [rng.choice([b"0", b"-1", b"2592001"]), b"%d" % length]
+            words += [b"noreply"] * (rng.random() < 0.2) + [b"extra"] * (rng.random() < 0.05)
+            end = rng.choice([b"\r\n", b"\r\n", b"xx\r\n"])
+            requests.append(b" ".join(words) + b"\r\n" + value + end)
+        elif r < 0.55:
+            names = b" ".join(rng.choice(keys) for _ in range(rng.randint(0, 3)))
+            requests.append(b"get " + names + rng.choice([b"\r\n", b"\n"]))
+        elif r < 0.75:
+            words = [b"incr", rng.choice(keys)] + rng.choices(numbers, k=rng.randint(0, 2))
+            requests.append(b" ".join(words + [b"noreply"] * (rng.random() < 0.2)) + b"\r\n")
+        elif r < 0.9:
+            extra = rng.choices([b"0", b"1", b"noreply"], k=rng.randint(0, 2))
+            requests.append(b" ".join([b"delete", rng.choice(keys), *extra]) + b"\r\n")
+        else:
+            requests.append(rng.choice([b"\r\n", b"foo bar\r\n", b"GET a\r\n", b"  get a\r\n"]))
+    return b"".join(requests)
+
+
 @on_memcached
 def test_MemcacheHandler_replies_byte_for_byte_as_memcached(
     real_memcached: tuple[str, int], served: Served
 ) -> None:
     marker = unique("end")
     end = b"set m 0 0 %d\r\n%s\r\nget m\r\n" % (len(marker), marker)
-    stream = b"".join(MEMCACHED_EDGES) + b"version\r\n" + end
+    randoms = random_memcached_requests(random.Random(13), 400)
+    stream = b"".join(MEMCACHED_EDGES) + b"version\r\n" + randoms + end
     expected_end = value_reply(b"m", 0, marker)
     mine = replies_until(served.address, stream, expected_end)
     real = replies_until(real_memcached, stream, expected_end)
