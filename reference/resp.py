@@ -15,10 +15,11 @@ so that the same bytes get the same replies:
   commands) before any NUL byte; the byte after a count line's ``\\r`` and the
   two after bulk data are skipped unread.
 - The parser keeps its place inside a multibulk (arguments still to come, the
-  length of the bulk being read), so each byte is looked at once however the
-  request is split; a bulk string waits in the buffer until it is whole, and
-  the buffer is trimmed once per call, from the front (``del buf[:pos]``,
-  which CPython does without moving the rest).
+  length of the bulk being read), so a request that comes in many pieces is
+  never parsed again from its start; a bulk string waits in the buffer, unread,
+  until it is whole, and the buffer is trimmed once per call, from the front
+  (``del buf[:pos]``, which CPython does without moving the rest). So a value
+  of many MiB costs its copies into the buffer and out of it, no more.
 - A malformed request is a protocol error: the commands before it are still
   returned, :attr:`RespParser.error` says what was wrong, and nothing more is
   read. Redis answers ``-ERR Protocol error: ...`` and closes the connection;
