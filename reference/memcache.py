@@ -23,6 +23,13 @@ memcached does. ``quit`` closes it too. :class:`MemcacheHandler` sends the
 replies to one ``data_received`` in one ``send``; at the peer's EOF it returns
 ``None``: the core sends every reply owed, then closes.
 
+Where it differs from memcached on purpose: a reply is sent as soon as its
+request is read (memcached holds the replies to earlier requests while it
+waits for a data block), and a ``get`` with a key too long answers
+``CLIENT_ERROR bad command line format`` alone (memcached 1.6.18 also drops
+the replies to earlier requests that it has not sent yet). Other commands
+(``gets``, ``add``, ``decr``, ``stats``, the meta commands...) get ``ERROR``.
+
 Facts about memcached this relies on (1.6, checked against ``memcached`` 1.6.18)
 -------------------------------------------------------------------------------
 - Numbers are read with ``strtoull``/``strtol``: leading white space and a

@@ -30,8 +30,10 @@ shared by the connections of its server process and sends all the replies to
 one ``data_received`` in one ``send``. The commands: ``PING [msg]``,
 ``ECHO msg``, ``SET key value [NX|XX]``, ``GET key``, ``INCR key``,
 ``DEL key [key ...]``, ``QUIT``; the replies, errors included, are byte for
-byte those of Redis 7. At the peer's EOF it returns ``None``: the core sends
-every reply still owed, then closes (Redis drops them).
+byte those of Redis 7. SET's other options (``EX``, ``PX``, ``GET``,
+``KEEPTTL``...) are not served: they get ``-ERR syntax error``, and every other
+command Redis's unknown-command error. At the peer's EOF it returns ``None``:
+the core sends every reply still owed, then closes (Redis drops them).
 
 Facts about Redis this relies on (Redis 7.0, checked against ``redis-server``)
 -----------------------------------------------------------------------------
