@@ -12,8 +12,10 @@ from reference.acceptor import Acceptor
 from reference.connection import Connection, ConnState
 from reference.handler import HANDLERS, DiscardHandler, EchoHandler, Handler, Transport
 from reference.loop import EventLoop
+from reference.memcache import MemcacheHandler
 from reference.multi import ProcessReactor
 from reference.reactor import LoopPool, Reactor
+from reference.resp import RespHandler
 from reference.server import ConnectionOptions, ListenError, Server, bind_listener
 from reference.workers import PooledHandler, Strand, WorkerPool
 
@@ -28,11 +30,13 @@ __all__ = [
     "HANDLERS",
     "Handler",
     "ListenError",
+    "MemcacheHandler",
     "Server",
     "LoopPool",
     "PooledHandler",
     "ProcessReactor",
     "Reactor",
+    "RespHandler",
     "Strand",
     "WorkerPool",
     "Transport",

@@ -214,7 +214,9 @@ def add_model_parsers(
             "--handler",
             choices=sorted(HANDLERS),
             default="echo",
-            help="Protocol to serve: echo (RFC 862) or discard (RFC 863) (default: %(default)s)",
+            help="Protocol to serve: echo (RFC 862), discard (RFC 863), resp (a few Redis "
+            "commands: PING ECHO SET GET INCR DEL) or memcached (its text protocol: get set "
+            "delete incr version) (default: %(default)s)",
         )
         parser.add_argument(
             "--high-water",

@@ -1,4 +1,4 @@
-"""The handler contract, and the two handlers the servers ship with.
+"""The handler contract, and the handlers the servers ship with.
 
 A *handler* is the protocol logic of one connection; the reactor core owns the
 socket and calls the handler in asyncio's order::
@@ -42,6 +42,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from reference.memcache import MemcacheHandler
+from reference.resp import RespHandler
 
 __all__ = [
     "Transport",
@@ -124,10 +127,14 @@ class DiscardHandler:
         pass
 
 
-#: The handlers a server can be started with, by ``--handler`` name.
+#: The handlers a server can be started with, by ``--handler`` name. ``resp``
+#: and ``memcached`` keep their values in a store shared by the connections of
+#: one server process (see :mod:`reference.resp`, :mod:`reference.memcache`).
 HANDLERS: dict[str, HandlerFactory] = {
     "echo": EchoHandler,
     "discard": DiscardHandler,
+    "resp": RespHandler,
+    "memcached": MemcacheHandler,
 }
 
 
