@@ -51,6 +51,7 @@ from conformance.checks import Check, Outcome, Setup, by_id, run_check
 from conformance.errors import TargetError
 from conformance.oracle import load_oracle
 from conformance.profiles import PROFILES
+from conformance.protocols import load_model
 from conformance.target import TargetKind, TargetSpec, start_target
 
 __all__ = [
@@ -70,7 +71,8 @@ class BrokenServer:
 
     ``reason`` is its module's ``REASON``: the pattern every declared check's
     failure report must match (:meth:`explains`). ``oracle`` is what judges
-    it (its module's ``ORACLE``; default ``echo``).
+    it (its module's ``ORACLE``; default ``echo``); ``protocol`` the protocol
+    model the checks speak to it (its module's ``PROTOCOL``; default ``echo``).
     """
 
     name: str
@@ -78,6 +80,7 @@ class BrokenServer:
     caught_by: tuple[str, ...]
     reason: str
     oracle: str = "echo"
+    protocol: str = "echo"
 
     def explains(self, report: str) -> bool:
         """Whether ``report`` (a rendered failure report) matches ``reason``: names this bug."""
@@ -169,6 +172,7 @@ def broken_servers(directory: Path) -> list[BrokenServer]:
             _caught_by(path),
             _reason(path),
             _module_string(path, "ORACLE") or "echo",
+            _module_string(path, "PROTOCOL") or "echo",
         )
         for path in sorted(directory.glob("*.py"))
         if not path.name.startswith("_")
@@ -176,9 +180,15 @@ def broken_servers(directory: Path) -> list[BrokenServer]:
 
 
 def run_against(
-    spec: TargetSpec, check: Check, start_timeout: float = 20.0, *, oracle: str = "echo"
+    spec: TargetSpec,
+    check: Check,
+    start_timeout: float = 20.0,
+    *,
+    oracle: str = "echo",
+    protocol: str = "echo",
 ) -> Outcome:
-    """Start ``spec`` afresh, run ``check`` against it (judged by ``oracle``), stop it.
+    """Start ``spec`` afresh, run ``check`` against it (judged by ``oracle``, or the
+    ``protocol`` model's own oracle), stop it.
 
     Raises:
         TargetError: The server did not start listening.
@@ -187,11 +197,15 @@ def run_against(
     # the matrix draws the same scenarios.
     with start_target(spec, start_timeout=start_timeout) as running:
         flag = f" --oracle {oracle}" if oracle != "echo" else ""
+        model = load_model(protocol)
+        if protocol != "echo":
+            flag += f" --protocol {protocol}"
         setup = Setup(
             running.address,
-            load_oracle(oracle),
+            model.oracle if protocol != "echo" else load_oracle(oracle),
             replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}{flag}",
             profile=PROFILES["ci"],
+            model=model,
         )
         return run_check(check, setup)
 
@@ -201,7 +215,7 @@ def catches(server: BrokenServer, check: Check) -> Outcome:
 
     An outcome with an error (a fault in the suite) is no catch.
     """
-    return run_against(server.spec(), check, oracle=server.oracle)
+    return run_against(server.spec(), check, oracle=server.oracle, protocol=server.protocol)
 
 
 @dataclass(frozen=True)
