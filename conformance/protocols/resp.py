@@ -298,7 +298,9 @@ def _commands(max_value: int) -> st.SearchStrategy[Command]:
     )
 
 
-def _make_load_request(rng: random.Random, size: int, prefix: bytes) -> bytes:
+def _make_load_request(
+    rng: random.Random, size: int, prefix: bytes
+) -> tuple[tuple[bytes, ...], bytes]:
     """A request owed an exact reply: mostly SET and GET of ``size`` bytes, some INCR, DEL..."""
     key = key_bytes(prefix, rng.randrange(2))
     roll = rng.random()
@@ -316,7 +318,7 @@ def _make_load_request(rng: random.Random, size: int, prefix: bytes) -> bytes:
         args = (b"PING",)
     else:
         args = (b"ECHO", rng.randbytes(size))
-    return encode_command(args)
+    return args, encode_command(args)
 
 
 class RespModel:
