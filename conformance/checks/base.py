@@ -41,7 +41,7 @@ from conformance.oracle import EchoOracle, OracleFactory, oracle_name
 from conformance.profiles import DEFAULT, Profile
 from conformance.protocols import Capability, EchoModel, ProtocolModel, skip_reason
 from conformance.report import FailureReport
-from conformance.rules import Level, Rule
+from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA, Level, Rule
 from conformance.target import Address
 
 __all__ = [
@@ -134,7 +134,7 @@ class Check:
             needs.add(Capability.ANY_BYTES)
         if self.needs_replies:
             needs.add(Capability.REPLIES)
-        if any(rule.id.startswith("HALFCLOSE-") for rule in self.rules):
+        if any(rule in (HALFCLOSE_DATA, HALFCLOSE_CLOSE) for rule in self.rules):
             needs.add(Capability.HALF_CLOSE)
         return frozenset(needs)
 
