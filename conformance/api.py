@@ -16,6 +16,7 @@ from conformance.errors import UsageError
 from conformance.plan import Front, RunPlan, target_names
 from conformance.plan import load_hosts as parse_load_hosts
 from conformance.profiles import Profile, profile_named
+from conformance.protocols import judged_by
 from conformance.results import RunResults
 from conformance.selection import select_checks
 from conformance.session import Session
@@ -41,6 +42,7 @@ def check_server(
     *,
     checks: Iterable[str] = (),
     oracle: str = "echo",
+    protocol: str = "echo",
     profile: str | Profile = "ci",
     strict: bool = False,
     load_hosts: Iterable[str] = (),
@@ -55,6 +57,9 @@ def check_server(
             :class:`~conformance.target.TargetSpec`.
         checks: IDs or patterns (``ECHO-RESET-*``); default: every check.
         oracle: ``echo``, ``discard`` or ``package.module:Class``.
+        protocol: The protocol model the checks speak (``resp``,
+            ``memcached``, ``package.module:Model``); a model other than echo
+            brings its own oracle, so ``oracle`` is then left as it is.
         profile: How hard the property checks search; default ``ci``
             (derandomized: the same scenarios on every run, as a test suite wants).
         strict: A failed SHOULD or MAY fails too.
@@ -67,8 +72,8 @@ def check_server(
         :class:`~conformance.report.FailureReport`.
 
     Raises:
-        UsageError: An unknown check, oracle, profile or load host, or a
-            malformed target.
+        UsageError: An unknown check, oracle, protocol, profile or load host,
+            or a malformed target.
         TargetError: The target cannot be reached, or never listens.
     """
     spec = _spec(target)
@@ -80,11 +85,13 @@ def check_server(
             profile = profile_named(profile)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    judged_by(protocol, oracle)
     plan = RunPlan(
         targets=(spec,),
         names=tuple(target_names([spec])),
         checks=selected,
         oracle=oracle,
+        protocol=protocol,
         strict=strict,
         profile=profile,
         front=Front.CLI,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import socket
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +39,13 @@ import trio
 from conformance.client import Connection
 from conformance.oracle import OracleFactory, owes_replies
 from conformance.profiles import DEFAULT, Profile
-from conformance.protocols import Capability, EchoModel, ProtocolModel, request_stream
+from conformance.protocols import (
+    Capability,
+    EchoModel,
+    ProtocolModel,
+    message_for,
+    request_stream,
+)
 from conformance.target import Address
 from conformance.transcript import (
     CheckFailure,
@@ -149,9 +154,7 @@ class Harness:
 
     def message(self, data: bytes) -> bytes:
         """``data`` itself where any bytes are a request, else one short request in its place."""
-        if Capability.ANY_BYTES in self.model.capabilities:
-            return data
-        return request_stream(self.model, len(data), zlib.crc32(data))
+        return message_for(self.model, data)
 
     def elapsed(self) -> float:
         """Seconds since the harness was made."""

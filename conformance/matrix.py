@@ -49,9 +49,8 @@ from pathlib import Path
 
 from conformance.checks import Check, Outcome, Setup, by_id, run_check
 from conformance.errors import TargetError
-from conformance.oracle import load_oracle
 from conformance.profiles import PROFILES
-from conformance.protocols import load_model
+from conformance.protocols import judged_by
 from conformance.target import TargetKind, TargetSpec, start_target
 
 __all__ = [
@@ -197,12 +196,12 @@ def run_against(
     # the matrix draws the same scenarios.
     with start_target(spec, start_timeout=start_timeout) as running:
         flag = f" --oracle {oracle}" if oracle != "echo" else ""
-        model = load_model(protocol)
+        model, judge = judged_by(protocol, oracle)
         if protocol != "echo":
             flag += f" --protocol {protocol}"
         setup = Setup(
             running.address,
-            model.oracle if protocol != "echo" else load_oracle(oracle),
+            judge,
             replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}{flag}",
             profile=PROFILES["ci"],
             model=model,

@@ -29,9 +29,8 @@ from conformance.checks import CATALOGUE, CATEGORIES, Check
 from conformance.errors import UsageError
 from conformance.harness import DEFAULT_MAX_CONNECTIONS
 from conformance.health import MAX_RESTARTS
-from conformance.oracle import load_oracle
 from conformance.profiles import DEFAULT, PROFILES, Profile
-from conformance.protocols import load_model
+from conformance.protocols import judged_by
 from conformance.selection import select_checks, split_list
 from conformance.target import REFERENCE_MODELS, TargetKind, TargetSpec
 
@@ -394,14 +393,8 @@ def plan_from_options(
     checks = tuple(select_checks(split_list(values.checks), split_list(values.category)))
     if not checks:
         raise UsageError("no check selected")
-    load_oracle(values.oracle)
     protocol = values.protocol or "echo"
-    load_model(protocol)
-    if protocol != "echo" and values.oracle != "echo":
-        raise UsageError(
-            f"--protocol {protocol} judges replies with its own oracle: drop --oracle "
-            f"{values.oracle}, or use --protocol echo"
-        )
+    judged_by(protocol, values.oracle)
     check_report_path(values.report_json, "--report-json")
     check_report_path(values.report_html, "--report-html")
     name = values.conformance_profile

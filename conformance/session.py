@@ -32,9 +32,9 @@ from typing import Any
 from conformance.checks import Check, Outcome, Setup, run_check
 from conformance.checks.base import LIVENESS_PAYLOAD
 from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState, process_state
-from conformance.oracle import load_oracle, owes_replies
+from conformance.oracle import owes_replies
 from conformance.plan import RunPlan
-from conformance.protocols import Capability, load_model, request_stream
+from conformance.protocols import Capability, judged_by, message_for
 from conformance.report import FailureReport
 from conformance.results import NOT_RUN, CheckResult, RunResults, TargetRun, Verdict
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
@@ -114,8 +114,7 @@ class Session:
         self.artifacts = artifacts if artifacts is not None else plan.artifacts
         #: Whether this session made the artifacts directory (it says so at the end).
         self.made_artifacts = False
-        self._model = load_model(plan.protocol)
-        self._oracle = self._model.oracle if plan.protocol != "echo" else load_oracle(plan.oracle)
+        self._model, self._oracle = judged_by(plan.protocol, plan.oracle)
         self._keepers: list[Keeper] = []
 
     def start(self) -> None:
@@ -368,7 +367,7 @@ class Session:
             owes, message = owes_replies(setup.oracle), LIVENESS_PAYLOAD
         else:
             owes = Capability.REPLIES in setup.model.capabilities
-            message = request_stream(setup.model, len(LIVENESS_PAYLOAD), 0)
+            message = message_for(setup.model, LIVENESS_PAYLOAD)
         address = setup.address
         try:
             sock = socket.create_connection((address.host, address.port), timeout=PROBE_TIMEOUT)

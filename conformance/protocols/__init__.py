@@ -51,8 +51,10 @@ A request/reply protocol's model only writes a :class:`ConnectionModel`
 from __future__ import annotations
 
 import importlib
+import zlib
 
 from conformance.errors import UsageError
+from conformance.oracle import OracleFactory, load_oracle
 from conformance.protocols.base import (
     TEMPLATE,
     Capability,
@@ -90,6 +92,8 @@ __all__ = [
     "ReplyStreamOracle",
     "RespModel",
     "load_model",
+    "judged_by",
+    "message_for",
     "model_name",
     "TEMPLATE",
     "fresh_keys",
@@ -98,6 +102,35 @@ __all__ = [
     "skip_reason",
     "unique_prefix",
 ]
+
+
+def judged_by(protocol: str, oracle: str) -> tuple[ProtocolModel, OracleFactory]:
+    """The run's model and the oracle that judges each connection, from ``--protocol``/``--oracle``.
+
+    A model other than echo brings its own oracle; under echo (the default)
+    ``--oracle`` judges (``echo``, ``discard``, ``package.module:Class``).
+
+    Raises:
+        UsageError: Either names nothing, or both are given.
+    """
+    model = load_model(protocol)
+    if protocol == "echo":
+        return model, load_oracle(oracle)
+    if oracle != "echo":
+        raise UsageError(
+            f"--protocol {protocol} judges replies with its own oracle: drop --oracle "
+            f"{oracle}, or use --protocol echo"
+        )
+    return model, model.oracle
+
+
+def message_for(model: ProtocolModel, data: bytes) -> bytes:
+    """``data`` itself where any bytes are a request, else one short request of the model in
+    its place (the same one for the same ``data``, with keys of its own)."""
+    if Capability.ANY_BYTES in model.capabilities:
+        return data
+    return request_stream(model, len(data), zlib.crc32(data))
+
 
 #: The built-in models, by name.
 MODELS: dict[str, type[ProtocolModel]] = {

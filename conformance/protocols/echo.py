@@ -43,30 +43,28 @@ class _DiscardLoad:
         return rng.randbytes(size), b""
 
 
-def _chunks(
-    *, min_size: int, max_size: int, max_value: int
-) -> st.SearchStrategy[tuple[bytes, ...]]:
-    return st.lists(
-        payloads(min_size=1, max_size=max(1, max_value)), min_size=min_size, max_size=max_size
-    ).map(tuple)
-
-
-class EchoModel:
-    """RFC 862: every byte sent comes back, in order; after the client's FIN, then the close."""
-
-    name = "echo"
-    capabilities = frozenset({Capability.REPLIES, Capability.HALF_CLOSE, Capability.ANY_BYTES})
-    lacks: Mapping[Capability, str] = {}
+class _AnyBytes:
+    """What echo and discard share: any bytes are requests, one payload each, no keys."""
 
     def requests(
         self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
     ) -> st.SearchStrategy[tuple[bytes, ...]]:
         """Payloads, each one request; see :class:`~conformance.protocols.base.ProtocolModel`."""
-        return _chunks(min_size=min_size, max_size=max_size, max_value=max_value)
+        return st.lists(
+            payloads(min_size=1, max_size=max(1, max_value)), min_size=min_size, max_size=max_size
+        ).map(tuple)
 
     def encode(self, requests: Sequence[bytes], *, prefix: str) -> bytes:
-        """The payloads, one after another (echo has no keys: ``prefix`` is not used)."""
+        """The payloads, one after another (no keys: ``prefix`` is not used)."""
         return b"".join(requests)
+
+
+class EchoModel(_AnyBytes):
+    """RFC 862: every byte sent comes back, in order; after the client's FIN, then the close."""
+
+    name = "echo"
+    capabilities = frozenset({Capability.REPLIES, Capability.HALF_CLOSE, Capability.ANY_BYTES})
+    lacks: Mapping[Capability, str] = {}
 
     def oracle(self) -> Oracle:
         """A new :class:`~conformance.oracle.EchoOracle`."""
@@ -77,22 +75,12 @@ class EchoModel:
         return _EchoLoad()
 
 
-class DiscardModel:
+class DiscardModel(_AnyBytes):
     """RFC 863: the server reads everything, sends nothing back, closes after the client's FIN."""
 
     name = "discard"
     capabilities = frozenset({Capability.HALF_CLOSE, Capability.ANY_BYTES})
     lacks: Mapping[Capability, str] = {Capability.REPLIES: "a discard server sends nothing back"}
-
-    def requests(
-        self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
-    ) -> st.SearchStrategy[tuple[bytes, ...]]:
-        """Payloads, each one request; see :class:`~conformance.protocols.base.ProtocolModel`."""
-        return _chunks(min_size=min_size, max_size=max_size, max_value=max_value)
-
-    def encode(self, requests: Sequence[bytes], *, prefix: str) -> bytes:
-        """The payloads, one after another (discard has no keys: ``prefix`` is not used)."""
-        return b"".join(requests)
 
     def oracle(self) -> Oracle:
         """A new :class:`~conformance.oracle.DiscardOracle`."""

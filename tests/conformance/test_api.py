@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import conformance
@@ -49,3 +51,20 @@ def test_check_server_says_what_is_wrong_with_its_arguments() -> None:
         conformance.check_server("single", checks=["ECHO-BASIC-1"], profile="quick")
     with pytest.raises(TargetError):
         conformance.check_server(f"127.0.0.1:{free_port()}", checks=["ECHO-BASIC-1"])
+
+
+def test_check_server_speaks_a_protocol_model_and_skips_what_does_not_apply() -> None:
+    spawn = f"{sys.executable} -m reference single --port {{port}} --handler resp"
+    results = conformance.check_server(
+        spawn, checks=["ECHO-BASIC-1", "ECHO-BASIC-3", "ECHO-PIPELINE-1"], protocol="resp"
+    )
+    (target,) = results.targets
+    verdicts = {c.id: target.result(c).verdict for c in results.checks}
+    assert verdicts == {
+        "ECHO-BASIC-1": Verdict.PASS,
+        "ECHO-BASIC-3": Verdict.SKIPPED,
+        "ECHO-PIPELINE-1": Verdict.PASS,
+    }
+    assert results.protocol == "resp"
+    with pytest.raises(UsageError, match="--protocol resp judges replies with its own oracle"):
+        conformance.check_server(spawn, protocol="resp", oracle="discard")
