@@ -27,6 +27,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -339,6 +340,21 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _discard_stdout() -> None:
+    """Send what is still buffered for stdout nowhere, so that exiting does not fail again.
+
+    Into ``/dev/null`` where this user can write it; elsewhere (it is a regular
+    file only root may write on some machines) into an unlinked temporary file.
+    """
+    try:
+        sink = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        with tempfile.TemporaryFile() as spare:
+            sink = os.dup(spare.fileno())
+    os.dup2(sink, sys.stdout.fileno())
+    os.close(sink)
+
+
 @contextmanager
 def _watchdog(bound: float) -> Iterator[None]:
     """End the run (as SIGTERM does: partial reports, servers stopped) if it passes ``bound``.
@@ -387,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.command(args)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, as other tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
         return EXIT_FAILED
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, _Stopped) else int(signal.SIGINT)

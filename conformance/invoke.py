@@ -16,6 +16,8 @@ failed one). None of that belongs in a conformance run, so :func:`run_pytest`:
   directory of its own and names it with ``-c``, and that directory with
   ``--rootdir``, so no configuration file is searched for;
 - passes ``--noconftest``, so no ``conftest.py`` is imported;
+- turns off pytest's ``logging`` plugin (``-p no:logging``): the run logs
+  nothing through it, and it would open ``/dev/null`` for writing at start;
 - runs with ``PYTEST_ADDOPTS`` and ``PYTEST_PLUGINS`` removed and
   ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, and loads by name exactly the
   plugins the suite uses (:data:`PLUGINS`). xdist's workers are started from
@@ -30,7 +32,12 @@ Facts about pytest this relies on
   is a character device, so ``-c /dev/null`` fails where ``/dev/null`` is a
   regular file; a real ``pytest.ini`` works in every version.
 - ``-p NAME`` imports the module NAME as a plugin before the command line is
-  parsed, also when plugin autoloading is disabled.
+  parsed, also when plugin autoloading is disabled; ``-p no:NAME`` blocks a
+  built-in plugin.
+- pytest's ``logging`` plugin opens its log file at configure, ``os.devnull``
+  when none is set. Where ``/dev/null`` is a regular file owned by root (some
+  containers), a user who cannot write it gets ``PermissionError`` and pytest
+  an INTERNALERROR before any test runs.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ def owned_configuration() -> Iterator[list[str]]:
             os.environ.pop(name, None)
         os.environ[_AUTOLOAD] = "1"
         try:
-            args = ["-c", str(ini), "--rootdir", directory, "--noconftest"]
+            args = ["-c", str(ini), "--rootdir", directory, "--noconftest", "-p", "no:logging"]
             for plugin in PLUGINS:
                 args += ["-p", plugin]
             yield args

@@ -53,7 +53,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -64,6 +65,7 @@ __all__ = [
     "LISTENING",
     "LineReader",
     "Spawned",
+    "no_input",
     "parse_listening",
     "spawn",
     "spawn_listening",
@@ -78,6 +80,23 @@ HEAD = 20
 
 #: How many stderr lines an error message quotes.
 _QUOTED = 3
+
+
+@contextmanager
+def no_input() -> Iterator[int]:
+    """A descriptor to give a child as its stdin, on which a read gives EOF at once.
+
+    It is the read end of a pipe whose write end is closed, not ``/dev/null``:
+    on some machines that is a regular file only root may write, and
+    ``subprocess.DEVNULL`` opens it for reading and writing. The descriptor is
+    closed when the block ends (the child keeps its own copy).
+    """
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    try:
+        yield read_end
+    finally:
+        os.close(read_end)
 
 
 def parse_listening(line: str) -> tuple[str, int] | None:
@@ -374,17 +393,18 @@ def spawn(
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     full_env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        with no_input() as stdin:
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
     except OSError as exc:
         raise TargetError(f"cannot start {shlex.join(argv)}: {exc.strerror or exc}") from None
     log: IO[str] | None = None

@@ -294,13 +294,18 @@ class ProcessReactor:
         ]
         if self._verbose:
             argv.append("-v")
+        # A closed pipe as stdin, not /dev/null: where that is a regular file
+        # only root may write, subprocess.DEVNULL (opened read-write) fails.
+        no_input, closed = os.pipe()
+        os.close(closed)
         try:
-            process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=no_input)
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
+            os.close(no_input)
         ours.setblocking(False)
         sub = _SubReactor(index, process, ours)
         sub.on_ready = lambda mask: self._on_channel(sub, mask)

@@ -59,6 +59,7 @@ from conformance.errors import EXIT_USAGE, UsageError  # noqa: E402
 from conformance.profiles import PROFILES  # noqa: E402
 from conformance.results import Verdict, format_counts  # noqa: E402
 from conformance.selection import select_checks, split_list  # noqa: E402
+from conformance.spawn import no_input  # noqa: E402
 from conformance.target import TargetKind, TargetSpec  # noqa: E402
 from reference.cli import at_least  # noqa: E402
 
@@ -220,10 +221,10 @@ def run_once(argv: list[str], number: int, out: Path, timeout: float) -> Run:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     start = time.monotonic()
-    with log.open("wb") as sink:
+    with log.open("wb") as sink, no_input() as stdin:
         proc = subprocess.Popen(
             [*argv, "--report-json", str(report)],
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=env,

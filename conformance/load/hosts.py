@@ -77,6 +77,7 @@ from conformance.load.processes import Progress
 from conformance.load.remote import REMOTE_SOURCE, START_GRACE, package_files, spec_to_data
 from conformance.load.result import LoadResult
 from conformance.load.spec import LoadSpec
+from conformance.spawn import no_input
 
 __all__ = [
     "HostError",
@@ -485,14 +486,15 @@ def preflight(host: HostSpec, timeout: float) -> str | None:
     """
     python = host.xspec.python or "python3"
     try:
-        done = subprocess.run(
-            host.ssh_command(_PREFLIGHT),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        with no_input() as stdin:
+            done = subprocess.run(
+                host.ssh_command(_PREFLIGHT),
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
     except FileNotFoundError:
         return "ssh not found on this machine (install openssh-client)"
     except subprocess.TimeoutExpired:

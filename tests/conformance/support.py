@@ -32,7 +32,12 @@ __all__ = [
     "ROOT",
     "Sshd",
     "SshdUnavailable",
+    "NOBODY",
+    "as_nobody",
     "broken_spawn",
+    "directory_for_others",
+    "environment_for_nobody",
+    "python_for_nobody",
     "run_cli",
     "run_pytest",
     "serving",
@@ -223,3 +228,66 @@ def sshd(timeout: float = 10.0) -> Iterator[Sshd]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout)
         shutil.rmtree(home, ignore_errors=True)
+
+
+#: The user ID of ``nobody``, under which tests run the suite as another user.
+NOBODY = 65534
+
+
+def as_nobody(*argv: str) -> list[str]:
+    """``argv`` run as ``nobody`` (``setpriv``; the caller must be root)."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+@contextmanager
+def directory_for_others() -> Iterator[Path]:
+    """A directory another user may write in (pytest's own are private), removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="conformance-shared-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def environment_for_nobody(shared: Path) -> dict[str, str]:
+    """An environment in which ``nobody`` imports the suite and what it needs.
+
+    tox keeps its virtualenvs private (``.tox`` is mode 0700), so this
+    environment's packages are copied where ``nobody`` can read them.
+    """
+    site = shared / "site-packages"
+    for path in sys.path:
+        if path.endswith("site-packages") and Path(path).is_dir():
+            shutil.copytree(
+                path, site, symlinks=True, dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "conformance", "reference"),
+            )  # fmt: skip
+    site.chmod(0o755)
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]),
+        HOME=str(shared),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+
+
+def python_for_nobody(shared: Path, env: dict[str, str]) -> tuple[str | None, str]:
+    """A Python of this version that ``nobody`` can run with the suite, or None and why not.
+
+    This test run's own Python first; where ``nobody`` cannot reach it (under
+    a home directory of mode 0700), the system's ``python3`` of the same version.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    tried: list[str] = []
+    for python in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")):
+        if python is None:
+            continue
+        can = subprocess.run(
+            as_nobody("sh", "-c", f'exec "{python}" -c "import sys, conformance.cli; print(sys.version)"'),
+            capture_output=True, text=True, timeout=60, env=env, cwd=shared,
+        )  # fmt: skip
+        if can.returncode == 0 and can.stdout.startswith(version):
+            return python, ""
+        tried.append(f"{python}: {(can.stderr.strip() or can.stdout.strip())[-200:]}")
+    return None, "nobody cannot run a Python " + version + " with the suite: " + "; ".join(tried)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,12 @@ from pathlib import Path
 import pytest
 
 from conformance.invoke import IGNORED_ENVIRONMENT, owned_configuration
+from tests.conformance.support import (
+    as_nobody,
+    directory_for_others,
+    environment_for_nobody,
+    python_for_nobody,
+)
 from tests.helpers import ROOT
 
 _SUMMARY = "reactor-conformance: 1 passed, 0 failed, 0 non-strict, 0 skipped"
@@ -108,3 +115,53 @@ def test_wheel_without_extras_runs_a_check_from_an_empty_directory(tmp_path: Pat
     assert result.returncode == 0, result
     assert _SUMMARY in result.stdout
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("setpriv", "unshare", "mount")),
+    reason="needs root, setpriv, unshare and mount to give the run a /dev/null it cannot write",
+)
+@pytest.mark.timeout(300)
+def test_run_needs_no_writable_dev_null() -> None:
+    """As ``nobody``, where ``/dev/null`` is a regular file that root owns (some containers).
+
+    A private mount namespace binds such a file over ``/dev/null`` for this one
+    command; the run starts servers (a process-mode reference server, whose
+    sub-reactors are processes too) and writes its reports there, and its
+    output is cut short by ``head`` (the broken pipe path).
+    """
+    with directory_for_others() as shared:
+        env = environment_for_nobody(shared)
+        python, why = python_for_nobody(shared, env)
+        if python is None:
+            pytest.skip(why)
+        null = shared / "null"
+        null.write_bytes(b"")
+        null.chmod(0o644)
+        server = f"{python} -m reference multi --mode process --sub-reactors 2 --port {{port}}"
+        run = shlex.join(
+            as_nobody(
+                python, "-m", "conformance", "run", "--spawn", server,
+                "--checks", "ECHO-BASIC-1,ECHO-HALFCLOSE-1", "--report-json",
+                str(shared / "report.json"), "--artifacts", str(shared / "artifacts"),
+            )
+        )  # fmt: skip
+        script = (
+            f"mount --bind {shlex.quote(str(null))} /dev/null || exit 99\n"
+            f"test -c /dev/null && exit 98\n"
+            f"{run} > {shlex.quote(str(shared / 'out.txt'))} 2>&1; echo $? > {shared / 'rc'}\n"
+            f"{run} 2>&1 | head -1\n"
+        )
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            capture_output=True, text=True, timeout=240, env=env, cwd=shared,
+        )  # fmt: skip
+        if result.returncode in (98, 99):
+            pytest.skip(f"cannot bind a regular file over /dev/null here: {result.stderr.strip()}")
+        out = (shared / "out.txt").read_text()
+        assert (shared / "rc").read_text().strip() == "0", out
+        assert "2 passed, 0 failed" in out, out
+        assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+        assert result.stdout.startswith("reactor-conformance:"), result.stdout
+        assert null.read_bytes() == b""
+        assert '"verdict": "PASS"' in (shared / "report.json").read_text()

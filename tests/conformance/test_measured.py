@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +23,17 @@ from conformance.checks.resources import server_processes
 from conformance.harness import Harness
 from conformance.oracle import EchoOracle
 from conformance.target import RunningTarget, TargetKind, TargetSpec
-from tests.conformance.support import ROOT, run_cli, serving
+from tests.conformance.support import (
+    ROOT,
+    as_nobody,
+    directory_for_others,
+    environment_for_nobody,
+    python_for_nobody,
+    run_cli,
+    serving,
+)
 
 RESOURCE_CHECKS = ("ECHO-STORM-1", "ECHO-STORM-2", "ECHO-CPU-1", "ECHO-MEM-1")
-NOBODY = 65534
 
 
 @pytest.fixture
@@ -54,39 +60,8 @@ def test_a_server_behind_a_wrapper_is_found_by_its_socket() -> None:
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory another user may write in (pytest's own are private)."""
-    path = Path(tempfile.mkdtemp(prefix="conformance-hidden-"))
-    path.chmod(0o777)
-    try:
+    with directory_for_others() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _as_nobody(*argv: str) -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
-
-
-def _environment_for_nobody(shared: Path) -> dict[str, str]:
-    """An environment in which ``nobody`` imports the suite and what it needs.
-
-    tox keeps its virtualenvs private (``.tox`` is mode 0700), so this
-    environment's packages are copied where ``nobody`` can read them.
-    """
-    site = shared / "site-packages"
-    for path in sys.path:
-        if path.endswith("site-packages") and Path(path).is_dir():
-            shutil.copytree(
-                path, site, symlinks=True, dirs_exist_ok=True,
-                ignore=shutil.ignore_patterns("__pycache__", "conformance", "reference"),
-            )  # fmt: skip
-    site.chmod(0o755)
-    return dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]),
-        HOME=str(shared),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
 
 
 @pytest.mark.skipif(
@@ -98,16 +73,13 @@ def test_resource_checks_are_skipped_with_the_reason_when_the_server_is_hidden(
     single: RunningTarget, shared_dir: Path
 ) -> None:
     report = shared_dir / "report.json"
-    env = _environment_for_nobody(shared_dir)
-    can = subprocess.run(
-        _as_nobody(sys.executable, "-c", "import conformance.cli"),
-        capture_output=True, text=True, timeout=60, env=env, cwd=shared_dir,
-    )  # fmt: skip
-    if can.returncode != 0:
-        pytest.skip(f"nobody cannot run this Python with the suite: {can.stderr.strip()[-300:]}")
+    env = environment_for_nobody(shared_dir)
+    python, why = python_for_nobody(shared_dir, env)
+    if python is None:
+        pytest.skip(why)
     result = subprocess.run(
-        _as_nobody(
-            sys.executable, "-m", "conformance", "run", "--target", str(single.address),
+        as_nobody(
+            python, "-m", "conformance", "run", "--target", str(single.address),
             "--checks", ",".join(RESOURCE_CHECKS), "--report-json", str(report),
             "--artifacts", str(shared_dir / "artifacts"),
         ),
@@ -132,7 +104,10 @@ def test_resource_checks_are_skipped_with_the_reason_when_the_server_is_hidden(
 def test_LIMIT_against_a_hidden_server_is_skipped_unless_its_limit_is_given(
     shared_dir: Path,
 ) -> None:
-    env = _environment_for_nobody(shared_dir)
+    env = environment_for_nobody(shared_dir)
+    python, why = python_for_nobody(shared_dir, env)
+    if python is None:
+        pytest.skip(why)
     command = f"ulimit -n 1024 && exec {sys.executable} -m reference single --port {{port}}"
     spec = TargetSpec(TargetKind.SPAWN, f"sh -c '{command}'")
     verdicts = {}
@@ -140,8 +115,8 @@ def test_LIMIT_against_a_hidden_server_is_skipped_unless_its_limit_is_given(
         for extra in ((), ("--max-connections", "1024")):
             report = shared_dir / f"limit{len(extra)}.json"
             result = subprocess.run(
-                _as_nobody(
-                    sys.executable, "-m", "conformance", "run", "--target",
+                as_nobody(
+                    python, "-m", "conformance", "run", "--target",
                     str(running.address), "--checks", "ECHO-LIMIT-1", *extra,
                     "--report-json", str(report), "--artifacts", str(shared_dir / "artifacts"),
                 ),
