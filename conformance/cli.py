@@ -330,6 +330,12 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     print(paint(Verdict.PASS if ok else Verdict.FAIL, line, colour))
     for kind, path in written:
         print(f"reactor-conformance: {kind.upper() if kind != 'JUnit' else kind} report: {path}")
+    for target in results.targets:
+        if target.never_answered():
+            print(
+                f"reactor-conformance: {target.name} accepts connections but answered no "
+                "check: it fails"
+            )
     never = [t.name for t in results.targets if t.never_usable()]
     if never:
         print(

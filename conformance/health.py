@@ -167,7 +167,9 @@ class TargetEvent:
     """Something that happened to a target during the run, for the reports.
 
     Attributes:
-        kind: ``exited`` or ``unreachable``.
+        kind: ``exited``; ``unreachable`` (a fresh connection is refused or
+            not accepted); ``silent`` (connections are accepted, but a short
+            message gets nothing back: the server fails, it is not unreachable).
         check: The check during which it happened, if one claimed it.
         detail: How: ``exited with signal 13 (SIGPIPE)``, or what the probe saw.
         at: When (seconds since the epoch).
@@ -188,6 +190,10 @@ class TargetEvent:
         during = f" during {self.check}" if self.check else " between two checks"
         if self.kind == "unreachable":
             return f"stopped answering{during} ({self.detail}); {self.outcome}"
+        if self.kind == "silent":
+            return (
+                f"accepts connections but stopped answering{during} ({self.detail}); {self.outcome}"
+            )
         return f"{self.detail}{during}; {self.outcome}"
 
     def to_data(self) -> dict[str, Any]:
@@ -247,18 +253,27 @@ class Board:
             return None
 
     def unreachable(self, name: str) -> dict[str, Any] | None:
-        """``{"check", "detail", "at"}`` when a check found the target unreachable."""
+        """``{"check", "detail", "at", "accepts"}`` when a check found the target unreachable.
+
+        ``accepts``: it accepted the probe's connection, and sent nothing back.
+        """
         try:
             found: dict[str, Any] = json.loads((self.path / f"{name}.unreachable").read_text())
         except (FileNotFoundError, ValueError):
             return None
         return found
 
-    def mark_unreachable(self, name: str, check: str, detail: str) -> bool:
-        """Record that the target stopped answering during ``check``; False if already recorded."""
+    def mark_unreachable(
+        self, name: str, check: str, detail: str, *, accepts: bool = False
+    ) -> bool:
+        """Record that the target stopped answering during ``check``; False if already recorded.
+
+        Args:
+            accepts: It still accepts connections (it answers nothing on them).
+        """
         return self._create_once(
             self.path / f"{name}.unreachable",
-            json.dumps({"check": check, "detail": detail, "at": time.time()}),
+            json.dumps({"check": check, "detail": detail, "at": time.time(), "accepts": accepts}),
         )
 
     def claim_exit(self, name: str, generation: int, check: str) -> bool:
@@ -360,7 +375,7 @@ class Board:
         if gone is not None:
             events.append(
                 TargetEvent(
-                    "unreachable",
+                    "silent" if gone.get("accepts") else "unreachable",
                     gone["check"],
                     gone["detail"],
                     gone["at"],

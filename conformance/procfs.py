@@ -36,7 +36,9 @@ Facts about ``/proc`` these rely on
 - ``/proc/net/tcp`` and ``tcp6``: addresses are hex, each 32-bit word in
   network order read as a little-endian word (``0100007F:1F90`` is
   127.0.0.1:8080); the tenth field is the socket's inode (0 for a socket in
-  TIME_WAIT, which no process holds).
+  TIME_WAIT, which no process holds, and for a connection that waits in its
+  listener's accept queue: the kernel completed the handshake, the server has
+  not called ``accept``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from pathlib import Path
 
 __all__ = [
     "UNLIMITED",
+    "accepted",
     "children",
     "cpu_seconds",
     "descriptor_limit",
@@ -266,3 +269,44 @@ def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:
         if seen > limit:
             break
     return owners
+
+
+def accepted(server: tuple[str, int], client: tuple[str, int]) -> bool | None:
+    """Whether the server has accepted the connection from ``client``, as its kernel lists it.
+
+    Args:
+        server: The address the client connected to.
+        client: The client's own address (``getsockname``).
+
+    Returns:
+        True when a process holds the server's end, False when it still waits
+        in the listener's accept queue (inode 0), None when the server's end is
+        not listed here (another host or network namespace) or has closed.
+    """
+    wanted = set()
+    for local, remote in ((server, client), _mapped(server, client)):
+        try:
+            wanted.add((_proc_address(*local), _proc_address(*remote)))
+        except ValueError:
+            continue
+    for family in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / family).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and (fields[1], fields[2]) in wanted and fields[3] == _ESTABLISHED:
+                return fields[9] != "0"
+    return None
+
+
+#: The state of an established connection in ``/proc/net/tcp*`` (``TCP_ESTABLISHED``).
+_ESTABLISHED = "01"
+
+
+def _mapped(
+    server: tuple[str, int], client: tuple[str, int]
+) -> tuple[tuple[str, int], tuple[str, int]]:
+    """The pair as an IPv6 socket serving IPv4 lists it (``::ffff:a.b.c.d``)."""
+    return (f"::ffff:{server[0]}", server[1]), (f"::ffff:{client[0]}", client[1])

@@ -204,10 +204,21 @@ class TargetRun:
         found = [e.check for e in self.events if e.kind == "unreachable"]
         if not found:
             return False
+        return not self.measured_beside(found)
+
+    def never_answered(self) -> bool:
+        """It accepts connections but answered none: no check but the one that found it measured it.
+
+        Such a target is reachable: the run fails it (exit 1), it does not
+        call it unreachable (exit 3).
+        """
+        found = [e.check for e in self.events if e.kind == "silent"]
+        return bool(found) and not self.measured_beside(found)
+
+    def measured_beside(self, found: list[str | None]) -> bool:
+        """Whether a check other than those in ``found`` measured the target."""
         measured = (Verdict.PASS, Verdict.FAIL, Verdict.NON_STRICT)
-        return not any(
-            r.verdict in measured for check, r in self.results.items() if check not in found
-        )
+        return any(r.verdict in measured for check, r in self.results.items() if check not in found)
 
 
 @dataclass

@@ -34,12 +34,27 @@ from conformance.checks.base import LIVENESS_PAYLOAD
 from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState, process_state
 from conformance.oracle import owes_replies
 from conformance.plan import RunPlan
+from conformance.procfs import accepted
 from conformance.protocols import Capability, judged_by, message_for
 from conformance.report import FailureReport
 from conformance.results import NOT_RUN, CheckResult, RunResults, TargetRun, Verdict
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
-__all__ = ["LiveTarget", "PlannedRun", "Session"]
+__all__ = ["LiveTarget", "PlannedRun", "Session", "Silence"]
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Why a target did not serve the probe's fresh connection.
+
+    Attributes:
+        detail: What the probe saw, in words.
+        accepts: The server accepted the connection (and sent nothing back);
+            False: refused, not accepted, or waiting in the accept queue.
+    """
+
+    detail: str
+    accepts: bool
 
 
 @dataclass(frozen=True)
@@ -291,15 +306,19 @@ class Session:
             return self._exited(name, check, ended, result)
         if silent is None:
             return result
+        detail = silent.detail
         if state.pid is not None and process_state(state.pid) in ("T", "t"):
-            silent += "; its process is stopped (SIGSTOP or a debugger), not exited"
-        if self.board.mark_unreachable(name, check.id, silent):
+            detail += "; its process is stopped (SIGSTOP or a debugger), not exited"
+        if self.board.mark_unreachable(name, check.id, detail, accepts=silent.accepts):
+            if silent.accepts:
+                kind, what = "TargetSilent", "accepts connections but stopped answering"
+            else:
+                kind, what = "TargetUnreachable", "stopped answering"
             return self._fail_for_target(
                 check,
                 result,
-                "TargetUnreachable",
-                f"the target stopped answering during this check ({silent}); the remaining "
-                "checks are skipped",
+                kind,
+                f"the target {what} during this check ({detail}); the remaining checks are skipped",
                 (),
             )
         gone = self.board.unreachable(name) or {}
@@ -355,13 +374,16 @@ class Session:
             )
         return replace(result, verdict=Verdict.FAIL, failure=failure, reason="")
 
-    def _unanswered(self, setup: Setup) -> str | None:
+    def _unanswered(self, setup: Setup) -> Silence | None:
         """Why the target does not serve a fresh connection at all, or None when it does.
 
         Served means: the connection is accepted and, when the oracle owes a
         reply to a short message, anything at all comes back (bytes, FIN or
         RST) within :data:`PROBE_TIMEOUT` seconds. Whether the reply is right
-        is the checks' business, not this probe's.
+        is the checks' business, not this probe's. A connection that the
+        kernel completed but that still waits in the listener's accept queue
+        (``/proc/net/tcp``) was not accepted: the server is unreachable, not
+        silent.
         """
         if Capability.ANY_BYTES in setup.model.capabilities:
             owes, message = owes_replies(setup.oracle), LIVENESS_PAYLOAD
@@ -372,9 +394,12 @@ class Session:
         try:
             sock = socket.create_connection((address.host, address.port), timeout=PROBE_TIMEOUT)
         except TimeoutError:
-            return f"a fresh connection to {address} was not accepted within {PROBE_TIMEOUT:g}s"
+            return Silence(
+                f"a fresh connection to {address} was not accepted within {PROBE_TIMEOUT:g}s",
+                accepts=False,
+            )
         except OSError as exc:
-            return f"a fresh connection to {address}: {exc.strerror or exc}"
+            return Silence(f"a fresh connection to {address}: {exc.strerror or exc}", False)
         with sock:
             if not owes:
                 return None
@@ -382,9 +407,16 @@ class Session:
                 sock.sendall(message)
                 sock.recv(1)
             except TimeoutError:
-                return (
-                    f"a fresh connection to {address} got nothing back within "
-                    f"{PROBE_TIMEOUT:g}s of a {len(message)}-byte message"
+                if accepted(sock.getpeername()[:2], sock.getsockname()[:2]) is False:
+                    return Silence(
+                        f"a fresh connection to {address} still waits in its listen queue "
+                        f"after {PROBE_TIMEOUT:g}s: the server does not accept",
+                        accepts=False,
+                    )
+                return Silence(
+                    f"a fresh connection to {address} was accepted and got nothing back "
+                    f"within {PROBE_TIMEOUT:g}s of a {len(message)}-byte message",
+                    accepts=True,
                 )
             except OSError:
                 pass  # A reset is an answer: something is there.

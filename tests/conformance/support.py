@@ -280,11 +280,12 @@ def python_for_nobody(shared: Path, env: dict[str, str]) -> tuple[str | None, st
     """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     tried: list[str] = []
+    probe = "import sys, conformance.cli; print(sys.version)"
     for python in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")):
         if python is None:
             continue
         can = subprocess.run(
-            as_nobody("sh", "-c", f'exec "{python}" -c "import sys, conformance.cli; print(sys.version)"'),
+            as_nobody("sh", "-c", f'exec "{python}" -c "{probe}"'),
             capture_output=True, text=True, timeout=60, env=env, cwd=shared,
         )  # fmt: skip
         if can.returncode == 0 and can.stdout.startswith(version):

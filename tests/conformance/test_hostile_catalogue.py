@@ -6,7 +6,7 @@ Each server in ``fixtures/servers/hostile/`` declares, in its module-level
 
 - ``exit``: the exit code;
 - ``events``: the kinds of target events the run must report (``exited``,
-  ``unreachable``), each naming a check that FAILs for it;
+  ``unreachable``, ``silent``), each naming a check that FAILs for it;
 - ``max_failed``: the most checks that may FAIL (what happened to the target
   is reported once, not as a cascade of refused connections);
 - ``bound``: the seconds the whole run must end within.
@@ -50,7 +50,7 @@ def test_every_hostile_server_declares_how_the_run_ends() -> None:
         expect = _expect(path)
         assert set(expect) == {"exit", "events", "max_failed", "bound"}, path.name
         assert expect["exit"] in (0, 1, 3), path.name
-        assert set(expect["events"]) <= {"exited", "unreachable"}, path.name
+        assert set(expect["events"]) <= {"exited", "unreachable", "silent"}, path.name
 
 
 @pytest.mark.timeout(900)

@@ -200,3 +200,29 @@ def test_listening_inodes_finds_a_listener_at_its_address_or_the_wildcard(
         assert procfs.listening_inodes(ask, port) == {inode}
         assert procfs.socket_owners({inode}) == {os.getpid()}
     assert procfs.listening_inodes(ask, port) == set()
+
+
+def test_accepted_tells_a_connection_in_the_accept_queue_from_an_accepted_one() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        server = listener.getsockname()
+        with socket.create_connection(server, timeout=5) as client:
+            assert procfs.accepted(server, client.getsockname()) is False
+            ours, _ = listener.accept()
+            with ours:
+                assert procfs.accepted(server, client.getsockname()) is True
+    assert procfs.accepted(("192.0.2.1", 9), ("192.0.2.2", 9)) is None
+
+
+def test_accepted_sees_an_ipv6_listener_that_serves_ipv4() -> None:
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("::", 0))
+        listener.listen(8)
+        server = ("127.0.0.1", listener.getsockname()[1])
+        with socket.create_connection(server, timeout=5) as client:
+            assert procfs.accepted(server, client.getsockname()) is False
+            ours, _ = listener.accept()
+            with ours:
+                assert procfs.accepted(server, client.getsockname()) is True
