@@ -8,9 +8,11 @@ goes through the connection's own oracle.
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from conformance.harness import Harness
 
 __all__ = ["Connection"]
+
+#: Seconds a step that is owed bytes may see no byte move either way (see the harness).
+STALL_AFTER = 3.0
 
 #: ``tcpi_state`` of a socket whose FIN the peer has acknowledged (linux/tcp_states.h).
 _TCP_FIN_WAIT2 = 5
@@ -51,6 +56,35 @@ class Connection:
         self.sock = sock
         self.transcript = transcript
         self.oracle = oracle
+        #: The progress deadlines of the steps running on this connection.
+        self._watches: list[trio.CancelScope] = []
+
+    # -- progress ----------------------------------------------------------
+
+    @contextmanager
+    def watching(self, progress: trio.CancelScope) -> Iterator[None]:
+        """Run the block under ``progress``, a step's progress deadline on this connection.
+
+        While bytes are owed, the deadline is :data:`STALL_AFTER` seconds after
+        the last byte that moved either way; while nothing is owed, there is
+        none. Bytes that move push it back (:meth:`progressed`).
+        """
+        self._watches.append(progress)
+        try:
+            self.progressed()
+            with progress:
+                yield
+        finally:
+            self._watches.remove(progress)
+
+    def progressed(self) -> None:
+        """A byte moved, or the step began: set the progress deadlines anew."""
+        if not self._watches:
+            return
+        owed = self.oracle.verdict().pending
+        deadline = trio.current_time() + STALL_AFTER if owed else math.inf
+        for progress in self._watches:
+            progress.deadline = deadline
 
     # -- sending -----------------------------------------------------------
 
@@ -94,6 +128,7 @@ class Connection:
                     n = await self._send_some(chunk, name)
                     self.transcript.sent += chunk[:n]
                     self.transcript.events.append(Event(self.harness.elapsed(), "send", n))
+                    self.progressed()
                     chunk = chunk[n:]
                     offset += n
                 if pause and pause_every and turn % pause_every == 0:
@@ -136,6 +171,7 @@ class Connection:
                 self.oracle.sent(bytes(chunk[:n]))
                 self.transcript.sent += chunk[:n]
                 self.transcript.events.append(Event(self.harness.elapsed(), "send", n))
+                self.progressed()
                 offset += n
         return offset
 
@@ -156,6 +192,7 @@ class Connection:
         self.transcript.received += data
         self.transcript.events.append(Event(self.harness.elapsed(), "recv", len(data)))
         self.oracle.received(data)
+        self.progressed()
         return data
 
     def _judge(self, step: str) -> Verdict:

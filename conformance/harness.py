@@ -10,6 +10,16 @@ satisfied, half-close, reset, close. Every step runs under a deadline
 naming the step and the connection, so a server that hangs fails the check
 instead of hanging the run.
 
+A step on a connection also has a progress deadline: while the oracle says
+bytes are owed, some byte must move on it, either way, at least every
+:data:`STALL_AFTER` seconds (each send and each read pushes the deadline
+back, :meth:`Connection.progressed`). A server that holds what it owes is
+then judged :class:`Stalled` in seconds, not at the end of the step's whole
+deadline, which stays for a transfer that is slow but keeps moving. Both are
+liveness findings: nothing came in time. A data rule (RFC 862,
+HALFCLOSE-DATA) fails only on a byte that differs, is added, or is missing
+when the server ends the connection.
+
 Each connection keeps a :class:`~conformance.transcript.Transcript`: every
 byte sent and received, an event list with times relative to the start of
 the check, and how the connection ended. Each connection also feeds its own
@@ -28,6 +38,7 @@ Facts about TCP the steps rely on:
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections.abc import Iterator
@@ -36,7 +47,7 @@ from pathlib import Path
 
 import trio
 
-from conformance.client import Connection
+from conformance.client import STALL_AFTER, Connection
 from conformance.oracle import OracleFactory, owes_replies
 from conformance.profiles import DEFAULT, Profile
 from conformance.protocols import (
@@ -52,6 +63,7 @@ from conformance.transcript import (
     Divergence,
     Ending,
     Event,
+    Stalled,
     StepTimeout,
     Transcript,
 )
@@ -63,7 +75,9 @@ __all__ = [
     "Ending",
     "Event",
     "DEFAULT_MAX_CONNECTIONS",
+    "STALL_AFTER",
     "Harness",
+    "Stalled",
     "StepTimeout",
     "Transcript",
 ]
@@ -125,6 +139,9 @@ class Harness:
         self.unmeasured: list[str] = []
         self.connections: list[Connection] = []
         self.current_step: str | None = None
+        #: When the check's own deadline passes (``time.monotonic()``): what a
+        #: search on another thread must fit in. Infinite outside a check.
+        self.ends_at = math.inf
         self._start = time.monotonic()
 
     def not_measured(self, reason: str) -> None:
@@ -182,31 +199,40 @@ class Harness:
 
         Raises:
             StepTimeout: The deadline passed; the connection's ending is TIMEOUT.
+            Stalled: Bytes were owed on ``conn`` and none moved either way for
+                :data:`STALL_AFTER` seconds.
         """
         seconds = self.step_timeout if timeout is None else timeout
         self.current_step = name
+        progress = trio.CancelScope()
         try:
             with trio.fail_after(seconds) as scope:
-                yield scope
+                if conn is None:
+                    yield scope
+                else:
+                    with conn.watching(progress):
+                        yield scope
         except trio.TooSlowError:
-            where = ""
-            if conn is not None:
-                conn.transcript.end(Ending.TIMEOUT)
-                where = (
-                    f" on connection {conn.name} ({len(conn.transcript.sent)} bytes sent, "
-                    f"{len(conn.transcript.received)} received)"
-                )
+            assert conn is None or not progress.cancelled_caught
             what = (
                 f"nothing arrived for {seconds:g}s"
                 if idle
                 else f"did not complete within {seconds:g}s"
             )
             raise StepTimeout(
-                f"{what}{where}",
+                f"liveness: {what}{_where(conn)}",
                 step=name,
                 transcript=conn.transcript if conn is not None else None,
                 verdict=conn.oracle.verdict() if conn is not None else None,
             ) from None
+        if conn is not None and progress.cancelled_caught:
+            raise Stalled(
+                f"liveness: nothing moved either way for {STALL_AFTER:g}s while bytes "
+                f"were owed{_where(conn)}",
+                step=name,
+                transcript=conn.transcript,
+                verdict=conn.oracle.verdict(),
+            )
 
     def close_all(self) -> None:
         """Close every connection still open (the end of a check, passed or failed)."""
@@ -260,3 +286,14 @@ class Harness:
                 ) from None
         transcript.events.append(Event(self.elapsed(), "connect"))
         return conn
+
+
+def _where(conn: Connection | None) -> str:
+    """The connection a step failed on, with what went each way; ends it as timed out."""
+    if conn is None:
+        return ""
+    conn.transcript.end(Ending.TIMEOUT)
+    return (
+        f" on connection {conn.name} ({len(conn.transcript.sent)} bytes sent, "
+        f"{len(conn.transcript.received)} received)"
+    )

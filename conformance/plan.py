@@ -168,8 +168,9 @@ OPTIONS: tuple[Option, ...] = (
         "--conformance-timeout",
         "conformance_timeout",
         "Stop the run after SECONDS: checks not run by then are SKIPPED, a check "
-        "running then is cut short (default: no cap; the run's bound, the sum of its "
-        "checks' deadlines, is printed when it starts)",
+        "running then is cut short (default: 480 per target; none: no cap, the run "
+        "then ends within the sum of its checks' deadlines; the bound is printed when "
+        "it starts)",
         short="--timeout",
         settings={"metavar": "SECONDS"},
     ),
@@ -222,8 +223,12 @@ OPTIONS: tuple[Option, ...] = (
 
 _BY_DEST = {option.dest: option for option in OPTIONS}
 #: Seconds one check may take beyond its own deadline: the probe of its target after
-#: a failure, waiting for a restarted target, the record of an exit.
-CHECK_OVERHEAD = 15.0
+#: a failure (at most 5 s), waiting for an exit to be recorded, the test item itself.
+CHECK_OVERHEAD = 8.0
+#: Seconds a run may take per target unless ``--timeout`` says otherwise: a server
+#: that is slow in every check is judged in minutes, and the checks not reached by
+#: then are SKIPPED (the run then exits 1: it did not measure everything).
+DEFAULT_TIMEOUT = 480.0
 #: Seconds to start one target and to stop it.
 TARGET_START_BOUND = 30.0
 #: The options that name targets.
@@ -307,7 +312,7 @@ class RunPlan:
         Args:
             start: Seconds to start (and at the end stop) one target.
         """
-        per_target = sum(check.timeout + CHECK_OVERHEAD for check in self.checks)
+        per_target = sum(check.deadline(self.profile) + CHECK_OVERHEAD for check in self.checks)
         per_target += start * (1 + (MAX_RESTARTS if self.restart else 0))
         whole = len(self.targets) * per_target
         if self.timeout is not None:
@@ -412,7 +417,7 @@ def plan_from_options(
         report_json=values.report_json,
         report_html=values.report_html,
         front=front,
-        timeout=run_timeout(values.conformance_timeout),
+        timeout=run_timeout(values.conformance_timeout, len(specs)),
         restart=not values.no_restart,
         artifacts=artifacts_dir(values.artifacts, values.report_json),
         max_connections=max_connections(values.max_connections),
@@ -497,20 +502,26 @@ def check_report_path(value: str | None, option: str) -> str | None:
     return value
 
 
-def run_timeout(text: str | float | None) -> float | None:
-    """The seconds of ``--timeout``: a finite number above zero.
+def run_timeout(text: str | float | None, targets: int = 1) -> float | None:
+    """The seconds of ``--timeout``: a finite number above zero, or ``none`` for no cap.
+
+    Args:
+        text: The option's value; None: not given, :data:`DEFAULT_TIMEOUT` per target.
+        targets: How many targets the run has.
 
     Raises:
-        UsageError: It is not one.
+        UsageError: It is neither.
     """
     if text is None:
+        return DEFAULT_TIMEOUT * max(1, targets)
+    if isinstance(text, str) and text.strip().lower() == "none":
         return None
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--timeout {text}: not a number of seconds") from None
+        raise UsageError(f"--timeout {text}: not a number of seconds (or none)") from None
     if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"--timeout {text}: give a number of seconds above 0")
+        raise UsageError(f"--timeout {text}: give a number of seconds above 0, or none")
     return value
 
 

@@ -391,6 +391,7 @@ class Session:
             owes = Capability.REPLIES in setup.model.capabilities
             message = message_for(setup.model, LIVENESS_PAYLOAD)
         address = setup.address
+        began = time.monotonic()
         try:
             sock = socket.create_connection((address.host, address.port), timeout=PROBE_TIMEOUT)
         except TimeoutError:
@@ -403,6 +404,8 @@ class Session:
         with sock:
             if not owes:
                 return None
+            # The connect and the reply share the probe's time.
+            sock.settimeout(max(0.5, PROBE_TIMEOUT - (time.monotonic() - began)))
             try:
                 sock.sendall(message)
                 sock.recv(1)

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from conformance.oracle import Verdict
 from conformance.rules import Rule
 
-__all__ = ["CheckFailure", "Divergence", "Ending", "Event", "StepTimeout", "Transcript"]
+__all__ = [
+    "CheckFailure",
+    "Divergence",
+    "Ending",
+    "Event",
+    "Stalled",
+    "StepTimeout",
+    "Transcript",
+]
 
 
 class Ending(enum.Enum):
@@ -91,15 +99,28 @@ class CheckFailure(Exception):
         self.verdict = verdict
         self.rule = rule
 
+    @property
+    def liveness(self) -> bool:
+        """A liveness finding (nothing came in time), not a wrong, missing or added byte."""
+        return isinstance(self, StepTimeout)
+
     def under(self, rule: Rule) -> CheckFailure:
-        """This failure, judged by ``rule`` (unless it already names one)."""
-        if self.rule is None:
+        """This failure, judged by ``rule`` (unless it already names one).
+
+        A liveness finding is judged by no data rule: a reply that has not come
+        yet was not lost, so it stays the check's own finding, at its level.
+        """
+        if self.rule is None and not self.liveness:
             self.rule = rule
         return self
 
 
 class StepTimeout(CheckFailure):
-    """A step missed its deadline: the server hung, or is far too slow."""
+    """Liveness: a step missed its deadline, the server hung or is far too slow."""
+
+
+class Stalled(StepTimeout):
+    """Liveness: bytes were owed and nothing moved either way for the progress deadline."""
 
 
 class Divergence(CheckFailure):

@@ -99,7 +99,8 @@ class Check:
             a storm beside them would break (the property checks); heavy
             checks do not run at once under xdist (one ``xdist_group``, and
             a lock per target).
-        timeout: Seconds for the whole check, liveness included.
+        timeout: Seconds for the whole check, liveness included (a search's
+            come from the run's profile instead: :meth:`deadline`).
         needs_replies: What it checks rests on the server's replies (load
             round trips, replies piling up): under an oracle that owes none
             (discard), it does not apply and is SKIPPED with that reason.
@@ -111,6 +112,8 @@ class Check:
             is a request can answer (echo, discard); False: it sends the run's
             protocol's requests (``Harness.payload``, ``Harness.message``), so
             it runs under any model.
+        searches: A property check: it searches for a failing scenario, under
+            the profile's deadline.
     """
 
     id: str
@@ -121,10 +124,15 @@ class Check:
     body: CheckBody
     fault: bool = False
     heavy: bool = False
-    timeout: float = 60.0
+    timeout: float = 10.0
     needs_replies: bool = False
     rules: tuple[Rule, ...] = ()
     any_bytes: bool = True
+    searches: bool = False
+
+    def deadline(self, profile: Profile) -> float:
+        """Seconds the check may take under ``profile``: a search's are the profile's."""
+        return profile.check_seconds if self.searches else self.timeout
 
     @property
     def needs(self) -> frozenset[Capability]:
@@ -287,7 +295,8 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
             f"{oracle_name(setup.oracle)} oracle owes none",
         )
     failure: CheckFailure | None = None
-    limit = check.timeout if timeout is None else max(0.0, min(timeout, check.timeout))
+    deadline = check.deadline(setup.profile)
+    limit = deadline if timeout is None else max(0.0, min(timeout, deadline))
     try:
         trio.run(_main, check, harness, limit)
     except Exception as exc:  # An exception group from a nursery, or one failure.
@@ -308,6 +317,7 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
 
 
 async def _main(check: Check, harness: Harness, limit: float) -> None:
+    harness.ends_at = time.monotonic() + limit
     try:
         with trio.fail_after(limit):
             await check.body(harness)

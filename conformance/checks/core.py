@@ -100,7 +100,7 @@ async def sizes_small_to_large(h: Harness) -> None:
 
 async def sizes_16mib(h: Harness) -> None:
     conn = await h.connect("c1")
-    await conn.exchange(h.payload(16 * MIB, 16), read_size=MIB, timeout=60.0)
+    await conn.exchange(h.payload(16 * MIB, 16), read_size=MIB, timeout=30.0)
 
 
 # -- partial writes ----------------------------------------------------------
@@ -118,7 +118,7 @@ async def partial_small_writes(h: Harness) -> None:
 
 async def partial_small_reads(h: Harness) -> None:
     conn = await h.connect("c1")
-    await conn.exchange(h.payload(MIB, 2), read_size=31, timeout=20.0)
+    await conn.exchange(h.payload(MIB, 2), read_size=31, timeout=15.0)
 
 
 async def partial_server_short_sends(h: Harness) -> None:
@@ -128,7 +128,7 @@ async def partial_server_short_sends(h: Harness) -> None:
         read_size=4096,
         read_pause=0.001,
         read_pause_every=16,
-        timeout=30.0,
+        timeout=20.0,
     )
 
 
@@ -189,7 +189,7 @@ async def slow_reader_does_not_delay_others(h: Harness) -> None:
     for i in range(50):
         await busy.send(h.message(b"are you there %d?\n" % i), timeout=2.0)
         await busy.settle(step=f"round trip {i} on busy while slow does not read", timeout=2.0)
-    await slow.settle(step="read everything back on slow", timeout=30.0)
+    await slow.settle(step="read everything back on slow", timeout=20.0)
 
 
 # -- close and reset -----------------------------------------------------------
@@ -301,7 +301,7 @@ async def storm(h: Harness, count: int, concurrency: int, send: int) -> None:
                     conn.close()
             h.connections.remove(conn)
 
-    with h.step(f"storm of {count} connections, {concurrency} at a time", timeout=100.0):
+    with h.step(f"storm of {count} connections, {concurrency} at a time", timeout=40.0):
         async with trio.open_nursery() as nursery:
             for i in range(count):
                 nursery.start_soon(one, i)
@@ -361,57 +361,60 @@ CORE_CHECKS: tuple[Check, ...] = (
           "basic", Level.MUST, RFC862, basic_short, any_bytes=False),
     Check("ECHO-BASIC-2", "Connections opened and closed (FIN or RST) without data leave "
           "the server serving", "basic", Level.MUST, RFC9293_CLOSE, basic_empty, fault=True,
-          any_bytes=False),
+          timeout=15.0, any_bytes=False),
     Check("ECHO-BASIC-3", "Every byte value 0..255 comes back unchanged", "basic",
           Level.MUST, RFC862, basic_byte_values),
     Check("ECHO-BASIC-4", "NUL-heavy payloads come back unchanged, nothing cut at a NUL",
           "basic", Level.MUST, RFC862, basic_nul),
     Check("ECHO-SIZE-1", "Messages of 1 byte to 1 MiB+1 on one connection come back whole",
-          "basic", Level.MUST, RFC862, sizes_small_to_large, any_bytes=False),
+          "basic", Level.MUST, RFC862, sizes_small_to_large, timeout=20.0, any_bytes=False),
     Check("ECHO-SIZE-2", "16 MiB sent in one write comes back whole, in order", "basic",
-          Level.MUST, RFC862, sizes_16mib, heavy=True, timeout=90.0, any_bytes=False),
+          Level.MUST, RFC862, sizes_16mib, heavy=True, timeout=40.0, any_bytes=False),
     Check("ECHO-PARTIAL-1", "One payload sent in thousands of tiny paced writes "
           "(TCP_NODELAY) comes back in order", "partial-write", Level.MUST, RFC862,
-          partial_small_writes, any_bytes=False),
+          partial_small_writes, timeout=20.0, any_bytes=False),
     Check("ECHO-PARTIAL-2", "One 1 MiB write read back through 31-byte reads", "partial-write",
-          Level.MUST, RFC862, partial_small_reads, any_bytes=False),
+          Level.MUST, RFC862, partial_small_reads, timeout=25.0, any_bytes=False),
     Check("ECHO-PARTIAL-3", "A client with a tiny window that reads slowly (the server's send "
           "returns short) still gets every byte in order", "partial-write", Level.MUST,
-          RFC9293_FLOW, partial_server_short_sends, heavy=True, any_bytes=False),
+          RFC9293_FLOW, partial_server_short_sends, heavy=True, timeout=30.0, any_bytes=False),
     Check("ECHO-PIPELINE-1", "100 bursts (the last of 16 KiB) sent before any read come back "
           "in order", "concurrency", Level.MUST, RFC862, pipelined_bursts, any_bytes=False),
     Check("ECHO-DUPLEX-1", "Sending and reading at the same time, 4 MiB both ways",
-          "concurrency", Level.MUST, RFC862, duplex, any_bytes=False),
+          "concurrency", Level.MUST, RFC862, duplex, timeout=20.0, any_bytes=False),
     Check("ECHO-MANY-1", "200 interleaved connections each get their own bytes in their own "
-          "order", "fairness", Level.MUST, RFC862, many_interleaved, any_bytes=False),
+          "order", "fairness", Level.MUST, RFC862, many_interleaved, timeout=15.0, any_bytes=False),
     Check("ECHO-FAIR-1", "50 idle connections (one mid-message) do not delay a busy one",
-          "fairness", Level.MUST, RFC862, idle_does_not_delay_busy, any_bytes=False),
+          "fairness", Level.MUST, RFC862, idle_does_not_delay_busy, timeout=20.0, any_bytes=False),
     Check("ECHO-FAIR-2", "A client that does not read (the server's send would block) does "
           "not delay the others, and later gets everything", "fairness", Level.MUST,
-          RFC9293_FLOW, slow_reader_does_not_delay_others, heavy=True, any_bytes=False),
+          RFC9293_FLOW, slow_reader_does_not_delay_others, heavy=True, timeout=40.0,
+          any_bytes=False),
     Check("ECHO-HALFCLOSE-1", "A client that sends its data and FIN before reading gets every "
           "byte back (MUST), then the server's FIN (SHOULD)", "close", Level.MUST,
-          RFC9293_CLOSE, half_close_flushes, rules=HALF_CLOSE, any_bytes=False),
+          RFC9293_CLOSE, half_close_flushes, rules=HALF_CLOSE, timeout=25.0, any_bytes=False),
     Check("ECHO-HALFCLOSE-2", "After an empty half-closed stream nothing comes back (MUST), "
           "then the server's FIN (SHOULD)", "close", Level.MUST, RFC9293_CLOSE,
           half_close_empty, rules=HALF_CLOSE, any_bytes=False),
     Check("ECHO-HALFCLOSE-3", "A client that half-closes while its replies are still "
           "queued in the server, and reads through a tiny window, gets every byte (MUST), "
           "then the server's FIN (SHOULD)", "close", Level.MUST, RFC9293_CLOSE,
-          half_close_with_replies_queued, heavy=True, timeout=45.0, rules=HALF_CLOSE,
+          half_close_with_replies_queued, heavy=True, timeout=25.0, rules=HALF_CLOSE,
           any_bytes=False),
     Check("ECHO-RESET-1", "Clients that reset mid-stream leave the server serving", "reset",
-          Level.MUST, RFC9293_RESET, reset_mid_stream, fault=True, any_bytes=False),
+          Level.MUST, RFC9293_RESET, reset_mid_stream, fault=True, timeout=20.0, any_bytes=False),
     Check("ECHO-RESET-2", "A reset while the server has replies queued for that client "
           "(ECONNRESET/EPIPE) leaves it serving the others", "reset", Level.MUST,
-          RFC9293_RESET, reset_with_data_queued, fault=True, heavy=True, any_bytes=False),
+          RFC9293_RESET, reset_with_data_queued, fault=True, heavy=True, timeout=20.0,
+          any_bytes=False),
     Check("ECHO-RESET-3", "Clients that close with replies unread, some after a half-close "
           "(ECONNRESET, EPIPE, SIGPIPE), leave the server serving", "reset", Level.MUST,
-          RFC9293_RESET, close_without_reading, fault=True, heavy=True, any_bytes=False),
+          RFC9293_RESET, close_without_reading, fault=True, heavy=True, timeout=25.0,
+          any_bytes=False),
     Check("ECHO-STORM-1", "3000 connect-and-close connections (FIN and RST) leak no "
           "descriptor and leave the server serving", "storm", Level.MUST, RFC9293_CLOSE,
-          connect_close_storm, fault=True, heavy=True, timeout=120.0, any_bytes=False),
+          connect_close_storm, fault=True, heavy=True, timeout=50.0, any_bytes=False),
     Check("ECHO-STORM-2", "500 clients that send 8 KiB and vanish without reading leave the "
           "server serving", "storm", Level.MUST, RFC9293_RESET, send_and_vanish_storm,
-          fault=True, heavy=True, timeout=120.0, any_bytes=False),
+          fault=True, heavy=True, timeout=40.0, any_bytes=False),
 )  # fmt: skip

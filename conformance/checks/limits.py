@@ -88,7 +88,7 @@ CONCURRENCY = 128
 #: Seconds one connect may take (a full backlog drops SYNs: the client retries).
 CONNECT_TIMEOUT = 3.0
 #: Seconds all the connects may take together.
-OPEN_TIMEOUT = 60.0
+OPEN_TIMEOUT = 40.0
 #: Seconds to wait for the server to take what it can, and how long its
 #: descriptor count must stay still for it to have taken all it will.
 FILL_TIMEOUT = 10.0
@@ -371,6 +371,6 @@ LIMIT_CHECKS: tuple[Check, ...] = (
           "leave it serving: the excess waits or is refused, and once they close a fresh "
           "connection is served (its limit: /proc, else --max-connections; SKIPPED when it "
           "is too high to exceed)", "storm", Level.MUST, RFC9293_OPEN,
-          more_connections_than_descriptors, fault=True, heavy=True, timeout=120.0,
+          more_connections_than_descriptors, fault=True, heavy=True, timeout=60.0,
           any_bytes=False),
 )  # fmt: skip

@@ -117,9 +117,9 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
 
 async def many_round_trips(h: Harness) -> None:
     spec = LoadSpec(
-        h.address.host, h.address.port, connections=200, rounds=200, size=64, duration=60.0
+        h.address.host, h.address.port, connections=200, rounds=200, size=64, duration=35.0
     )
-    await _load(h, "200 connections x 200 round trips, every byte checked", spec, 90)
+    await _load(h, "200 connections x 200 round trips, every byte checked", spec, 40)
 
 
 async def thousand_connections(h: Harness) -> None:
@@ -129,10 +129,10 @@ async def thousand_connections(h: Harness) -> None:
         connections=1000,
         rounds=5,
         size=128,
-        duration=60.0,
+        duration=35.0,
         connect_timeout=10.0,
     )
-    await _load(h, "1000 concurrent connections x 5 round trips", spec, 90)
+    await _load(h, "1000 concurrent connections x 5 round trips", spec, 40)
 
 
 async def faults_under_load(h: Harness) -> None:
@@ -141,7 +141,7 @@ async def faults_under_load(h: Harness) -> None:
         h.address.host, h.address.port, connections=100, size=256, duration=3.0, faults=faults
     )
     result = await _load(
-        h, "100 connections for 3s with resets, half-closes, slow readers, a storm", spec, 60
+        h, "100 connections for 3s with resets, half-closes, slow readers, a storm", spec, 30
     )
     missing = [
         kind for kind in ("reset", "half-close", "connect-storm") if not result.injected[kind]
@@ -156,14 +156,14 @@ async def faults_under_load(h: Harness) -> None:
 
 LOAD_CHECKS: tuple[Check, ...] = (
     Check("ECHO-LOAD-1", "200 connections x 200 round trips under load, every byte exact",
-          "load", Level.MUST, RFC862, many_round_trips, heavy=True, timeout=120.0,
+          "load", Level.MUST, RFC862, many_round_trips, heavy=True, timeout=45.0,
           needs_replies=True, any_bytes=False),
     Check("ECHO-LOAD-2", "1,000 concurrent connections held and served, every byte exact",
-          "load", Level.SHOULD, RFC862, thousand_connections, heavy=True, timeout=120.0,
+          "load", Level.SHOULD, RFC862, thousand_connections, heavy=True, timeout=45.0,
           needs_replies=True, any_bytes=False),
     Check("ECHO-LOAD-3", "Resets, half-closes, slow readers and a connect storm during load "
           "leave every other connection exact and the server serving; a half-closed "
           "connection still gets all it is owed", "load", Level.MUST, RFC9293_RESET,
-          faults_under_load, fault=True, heavy=True, timeout=90.0, needs_replies=True,
+          faults_under_load, fault=True, heavy=True, timeout=35.0, needs_replies=True,
           rules=(HALFCLOSE_DATA,), any_bytes=False),
 )  # fmt: skip

@@ -53,7 +53,7 @@ from conformance.checks.base import (
 )
 from conformance.checks.core import HALF_CLOSE
 from conformance.checks.interpreter import interpret
-from conformance.harness import CheckFailure, Harness
+from conformance.harness import CheckFailure, Harness, StepTimeout
 from conformance.profiles import PROFILES, Limits
 from conformance.protocols import ProtocolModel
 from conformance.scenario import (
@@ -94,7 +94,20 @@ class _Abandoned(BaseException):
     """The check's deadline passed: stop searching at once (no shrinking)."""
 
 
+class _Found(BaseException):
+    """Stop shrinking: the smallest failing scenario found so far is the one reported."""
+
+
+class _SearchedOut(BaseException):
+    """The search's share of the check's deadline is spent, with no failure found."""
+
+
+#: Seconds one scenario may take at most (less when the check's deadline is nearer).
 _EXAMPLE_TIMEOUT = 60.0
+#: Seconds kept at the end of a property check's deadline, to report what it found.
+_MARGIN = 2.0
+#: Scenarios a search must have run, when its time is up, for a pass to mean something.
+_MIN_EXAMPLES = 5
 
 
 def _fresh(template: Harness) -> Harness:
@@ -110,16 +123,23 @@ def _fresh(template: Harness) -> Harness:
     )
 
 
-def _run_example(h: Harness, scenario: Scenario, check_liveness: bool) -> None:
-    """Run one scenario in its own ``trio.run``; raise its first CheckFailure."""
+def _run_example(
+    h: Harness, scenario: Scenario, check_liveness: bool, seconds: float = _EXAMPLE_TIMEOUT
+) -> None:
+    """Run one scenario in its own ``trio.run``, within ``seconds``; raise its first CheckFailure.
+
+    Raises:
+        CheckFailure: The server failed the scenario.
+        StepTimeout: The whole scenario did not complete within ``seconds``.
+    """
 
     async def main() -> None:
         try:
-            with trio.fail_after(_EXAMPLE_TIMEOUT):
+            with trio.fail_after(seconds):
                 await interpret(h, scenario, check_liveness=check_liveness)
         except trio.TooSlowError:
-            raise CheckFailure(
-                f"the scenario did not complete within {_EXAMPLE_TIMEOUT:g}s",
+            raise StepTimeout(
+                f"liveness: the scenario did not complete within {seconds:g}s",
                 step=h.current_step,
             ) from None
         finally:
@@ -160,7 +180,7 @@ def _failure_report(
     ]
     if blob:
         lines.append(blob)
-    return CheckFailure(
+    return type(failure)(
         "\n".join(lines),
         step=failure.step,
         transcript=failure.transcript,
@@ -193,6 +213,12 @@ def _search(
 
     failures: list[tuple[Scenario, CheckFailure, Harness]] = []
     shrink_until: list[float] = []
+    ran = 0
+    # The check's deadline holds the search, then the shrinking, then the report.
+    ends = outer.ends_at - _MARGIN
+    reserve = min(profile.shrink_seconds, max(0.0, ends - time.monotonic()) / 3)
+    search_until = ends - reserve
+    limit = min(profile.max_examples, max_examples or 10**6)
 
     @settings(
         deadline=None,
@@ -200,27 +226,41 @@ def _search(
         print_blob=True,
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
-        **{
-            **profile.hypothesis_settings(),
-            "max_examples": min(profile.max_examples, max_examples or 10**6),
-        },
+        **{**profile.hypothesis_settings(), "max_examples": limit},
     )
     @given(strategy)
     def holds(scenario: Scenario) -> None:
+        nonlocal ran
         if stop.is_set():
             raise _Abandoned
-        if shrink_until and time.monotonic() > shrink_until[0]:
-            # Shrinking has had its time: let every further candidate pass, so
-            # Hypothesis ends with the smallest failing scenario found so far.
-            return
+        now = time.monotonic()
+        if failures:
+            if now > shrink_until[0]:
+                raise _Found  # Shrinking has had its time.
+        elif now > search_until:
+            raise _SearchedOut
+        seconds = min(_EXAMPLE_TIMEOUT, (shrink_until[0] if failures else ends) - now)
         example = _fresh(outer)
         try:
-            _run_example(example, scenario, check_liveness)
-        except CheckFailure as failure:
-            failures.append((scenario, failure, example))
-            if not shrink_until:
-                shrink_until.append(time.monotonic() + profile.shrink_seconds)
+            _run_example(example, scenario, check_liveness, seconds)
+        except StepTimeout as timeout:
+            if seconds < _EXAMPLE_TIMEOUT and time.monotonic() >= now + seconds:
+                # Cut short by the check's own deadline, not by the server.
+                raise (_Found if failures else _SearchedOut) from timeout
+            _failed(scenario, timeout, example)
             raise
+        except CheckFailure as failure:
+            _failed(scenario, failure, example)
+            raise
+        ran += 1
+
+    def _failed(scenario: Scenario, failure: CheckFailure, example: Harness) -> None:
+        failures.append((scenario, failure, example))
+        if len(failures) == 1:
+            # Each try of a stalled scenario costs a stall: a liveness failure is
+            # reported as found; a wrong byte is shrunk for the time reserved.
+            shrink = 0.0 if failure.liveness else reserve
+            shrink_until.append(min(time.monotonic() + shrink, ends))
 
     def report(value: object) -> None:
         if not stop.is_set():  # An abandoned search has nobody to tell.
@@ -231,22 +271,36 @@ def _search(
             holds()
     except _Abandoned:
         raise
-    except Exception as exc:
+    except _SearchedOut:
+        if ran < min(_MIN_EXAMPLES, limit):
+            outer.not_measured(
+                f"only {ran} of {limit} scenarios ran within the check's deadline of "
+                f"{profile.check_seconds:g}s (profile {profile.name}), none failed: the "
+                "server answers too slowly for a search"
+            )
+        return
+    except (_Found, Exception) as exc:
         if not failures:
             raise
         minimal, first, where = failures[-1]
         notes = getattr(exc, "__notes__", [])
         blob = "\n".join(n for n in notes if "reproduce_failure" in n or "@seed" in n)
-        if not blob and isinstance(exc, Flaky):
+        if isinstance(exc, _Found) and first.liveness and len(failures) == 1:
+            blob = (
+                "a liveness failure is not shrunk (each try would wait out a stall): "
+                "this is the scenario that failed; the saved scenario replays it exactly"
+            )
+        elif isinstance(exc, _Found):
+            blob = (
+                f"shrinking stopped after {reserve:.0f}s (the share of the check's "
+                f"deadline of {profile.check_seconds:g}s kept for it, profile "
+                f"{profile.name}): this is the smallest failing scenario found by then; "
+                "the saved scenario replays it exactly"
+            )
+        elif not blob and isinstance(exc, Flaky):
             blob = (
                 "Hypothesis saw this scenario fail, then pass on a rerun: the failure "
                 "depends on timing; the saved scenario replays it (it may take a few tries)"
-            )
-        elif not blob and shrink_until and time.monotonic() > shrink_until[0]:
-            blob = (
-                f"shrinking stopped after {profile.shrink_seconds:g}s (profile "
-                f"{profile.name}): this is the smallest failing scenario found by then; "
-                "the saved scenario replays it exactly"
             )
         raise _failure_report(minimal, first, blob, outer, where) from None
 
@@ -295,23 +349,23 @@ def _half_close_scenarios(lim: Limits, model: ProtocolModel) -> st.SearchStrateg
 PROPERTY_CHECKS: tuple[Check, ...] = (
     Check("PROP-ECHO-1", "For any scenario of sends, pauses, reads, stalled readers and "
           "reconnects, every connection gets back exactly its own bytes, in order",
-          "property", Level.MUST, RFC862, _property(_echo_scenarios), heavy=True, timeout=240.0,
+          "property", Level.MUST, RFC862, _property(_echo_scenarios), heavy=True, searches=True,
           any_bytes=False),
     Check("PROP-CONCURRENT-1", "For any set of connections sending bursts in small writes "
           "while reading, each gets back exactly its own bytes, in order", "property",
-          Level.MUST, RFC862, _property(_concurrent_scenarios), heavy=True, timeout=240.0,
+          Level.MUST, RFC862, _property(_concurrent_scenarios), heavy=True, searches=True,
           any_bytes=False),
     Check("PROP-BACKPRESSURE-1", "For any bulk send from clients with a tiny window that stop "
           "reading for a while (the server's send returns short), every byte comes back",
           "property", Level.MUST, RFC9293_FLOW,
-          _property(_backpressure_scenarios, max_examples=4), heavy=True, timeout=240.0,
+          _property(_backpressure_scenarios, max_examples=4), heavy=True, searches=True,
           any_bytes=False),
     Check("PROP-ALIVE-1", "For any scenario in which clients reset mid-stream, the others get "
           "their bytes and a fresh connection is served afterwards", "property", Level.MUST,
           RFC9293_RESET, _property(_reset_scenarios, check_liveness=True), fault=True,
-          heavy=True, timeout=240.0, any_bytes=False),
+          heavy=True, searches=True, any_bytes=False),
     Check("PROP-HALFCLOSE-1", "For any scenario ending in half-closes, each half-closed "
           "connection gets all it is owed (MUST), then FIN, not RST (SHOULD)", "property",
           Level.MUST, RFC9293_CLOSE, _property(_half_close_scenarios), heavy=True,
-          timeout=240.0, rules=HALF_CLOSE, any_bytes=False),
+          searches=True, rules=HALF_CLOSE, any_bytes=False),
 )  # fmt: skip

@@ -197,7 +197,7 @@ async def memory_bounded_under_non_readers(h: Harness) -> None:
             offer,
             stall=1.0,
             step=f"send up to {HOG_OFFER // MIB} MiB on {hog.name} without reading",
-            timeout=60.0,
+            timeout=30.0,
         )
 
     async with trio.open_nursery() as nursery:
@@ -242,10 +242,10 @@ RESOURCE_CHECKS: tuple[Check, ...] = (
     Check("ECHO-CPU-1", "After the client's half-close the server goes idle, no busy loop on "
           "EOF (watches the server's CPU in /proc; SKIPPED when its process is not visible)",
           "resources", Level.SHOULD, RFC9293_CLOSE, idle_after_half_close, heavy=True,
-          timeout=30.0, any_bytes=False),
+          timeout=20.0, any_bytes=False),
     Check("ECHO-MEM-1", f"{HOGS} clients that each send 96 MiB at once without reading "
           "cannot make the server take more than 64 MiB from any of them, nor grow by more "
           "than 48 MiB in all (memory: /proc; SKIPPED when its process is not visible)",
           "resources", Level.SHOULD, RFC9293_FLOW, memory_bounded_under_non_readers,
-          fault=True, heavy=True, timeout=90.0, needs_replies=True, any_bytes=False),
+          fault=True, heavy=True, timeout=45.0, needs_replies=True, any_bytes=False),
 )  # fmt: skip

@@ -15,8 +15,17 @@ import pytest
 import trio
 
 from conformance.checks import Check, Level, Setup, run_check
-from conformance.harness import CheckFailure, Divergence, Ending, Harness, StepTimeout
+from conformance.harness import (
+    STALL_AFTER,
+    CheckFailure,
+    Divergence,
+    Ending,
+    Harness,
+    Stalled,
+    StepTimeout,
+)
 from conformance.oracle import EchoOracle
+from conformance.rules import HALFCLOSE_DATA
 from conformance.target import Address
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -150,6 +159,71 @@ def test_Connection_settle_idle_deadline_is_on_progress_not_on_the_whole() -> No
     with pytest.raises(StepTimeout, match="nothing arrived for 0.5s") as caught:
         with_server(silent, idle)
     assert caught.value.step == "read it all"
+
+
+async def holds_after_the_first_byte(stream: trio.SocketStream) -> None:
+    """Echoes the first byte of the connection, then holds every other byte; never closes."""
+    first = True
+    async for data in stream:
+        if first:
+            await stream.send_all(data[:1])
+            first = False
+    await trio.sleep_forever()  # After the client's FIN: neither the rest nor a FIN.
+
+
+def test_Harness_step_owed_bytes_that_stop_moving_fails_as_a_stall_before_its_deadline() -> None:
+    async def body(h: Harness) -> None:
+        conn = await h.connect("held")
+        await conn.send(b"hello?")
+        await conn.settle(step="wait for the echo", timeout=60.0)
+
+    with pytest.raises(Stalled) as info:
+        with_server(holds_after_the_first_byte, body)
+    failure = info.value
+    assert failure.liveness
+    assert failure.step == "wait for the echo"
+    assert f"nothing moved either way for {STALL_AFTER:g}s while bytes were owed" in (
+        failure.message
+    )
+    assert "on connection held (6 bytes sent, 1 received)" in failure.message
+    assert failure.verdict is not None
+    assert failure.verdict.pending
+
+
+def test_Harness_a_slow_transfer_that_keeps_moving_is_not_a_stall() -> None:
+    payload = bytes(range(30))  # 1.5 s of trickle, one byte every 50 ms.
+
+    async def body(h: Harness) -> None:
+        conn = await h.connect("c1")
+        await conn.send(payload)
+        await conn.settle(step="read it all", timeout=20.0)
+
+    (transcript,) = with_server(trickles, body).transcripts
+    assert bytes(transcript.received) == payload
+
+
+def test_Harness_nothing_owed_means_no_stall() -> None:
+    async def body(h: Harness) -> None:
+        conn = await h.connect("c1")
+        await conn.send(b"x")
+        await conn.settle()
+        with h.step("wait on a connection that owes nothing", conn, timeout=STALL_AFTER + 1):
+            await trio.sleep(STALL_AFTER + 0.5)  # Waiting is what the step does.
+
+    with_server(echo, body)
+
+
+def test_a_stall_after_the_FIN_is_liveness_not_a_data_rule() -> None:
+    async def body(h: Harness) -> None:
+        conn = await h.connect("c1")
+        await conn.send(b"abc")
+        await conn.shutdown_write()
+        await conn.expect_owed_then_fin(timeout=60.0)
+
+    with pytest.raises(Stalled) as info:
+        with_server(holds_after_the_first_byte, body)
+    assert info.value.rule is None  # Not HALFCLOSE-DATA: nothing was lost, nothing came.
+    assert info.value.under(HALFCLOSE_DATA).rule is None
 
 
 def test_Harness_sees_the_servers_RST_and_judges_what_is_missing() -> None:

@@ -141,12 +141,15 @@ def test_hostile_servers_are_all_here() -> None:
         "closes_at_once",
         "crashes_on_reset",
         "dies_of_sigpipe",
+        "echoes_lines_only",
         "exits_after",
         "freezes_after",
         "leaks_to_emfile",
         "never_accepts",
         "never_reads",
         "rate_limits",
+        "slow_first_reply",
+        "stops_after_64k",
     ]
 
 
