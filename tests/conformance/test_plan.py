@@ -10,10 +10,18 @@ import json
 
 import pytest
 
-from conformance.checks import by_id
+from conformance.checks import CATALOGUE, by_id
 from conformance.errors import UsageError
-from conformance.harness import DEFAULT_MAX_CONNECTIONS
-from conformance.plan import Front, RunPlan, add_options, max_connections, plan_from_options
+from conformance.harness import DEFAULT_MAX_CONNECTIONS, DEFAULT_STEP_TIMEOUT
+from conformance.plan import (
+    DEFAULT_TIMEOUT,
+    Front,
+    RunPlan,
+    add_options,
+    max_connections,
+    plan_from_options,
+)
+from conformance.profiles import PROFILES
 from conformance.session import LiveTarget, Session
 from conformance.target import Address, TargetSpec
 
@@ -69,3 +77,30 @@ def test_Session_setup_gives_every_check_max_connections() -> None:
     assert session.setup("reference-single").max_connections == 300
     worker = Session.for_worker(json.loads(json.dumps(session.to_worker())))
     assert worker.setup("reference-single").max_connections == 300
+
+
+def test_the_whole_catalogue_ends_within_ten_minutes_by_default() -> None:
+    plan = plan_from_options(_options(), Front.CLI)
+    assert len(plan.checks) == len(CATALOGUE)
+    assert plan.timeout == DEFAULT_TIMEOUT
+    assert plan.bound() < 600
+    # Each check keeps its own deadline; the run's --timeout is what bounds their sum.
+    uncapped = plan_from_options(_options("--timeout", "none"), Front.CLI)
+    assert uncapped.timeout is None
+    assert uncapped.bound() > plan.bound()
+    for check in plan.checks:
+        assert 0 < check.deadline(plan.profile) <= 120, check.id
+
+
+def test_the_default_timeout_is_per_target() -> None:
+    two = plan_from_options(_options("--reference", "single", "--reference", "pool"), Front.CLI)
+    assert two.timeout == 2 * DEFAULT_TIMEOUT
+    assert plan_from_options(_options("--timeout", "90"), Front.CLI).timeout == 90
+
+
+def test_a_property_checks_deadline_is_its_profiles() -> None:
+    check = by_id("PROP-ECHO-1")
+    for profile in PROFILES.values():
+        assert check.deadline(profile) == profile.check_seconds
+        assert profile.step_timeout >= DEFAULT_STEP_TIMEOUT
+    assert by_id("ECHO-SIZE-2").deadline(PROFILES["ci"]) == by_id("ECHO-SIZE-2").timeout
