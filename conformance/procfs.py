@@ -7,7 +7,8 @@ in exactly one place here: ``stat`` by :func:`_stat_fields` (CPU time, parent),
 ``status`` by :func:`_status_bytes` (resident memory, its peak), ``fd/`` by
 :func:`open_descriptors` and :func:`socket_owners`, ``limits`` by
 :func:`descriptor_limit`, ``task/*/children`` by
-:func:`children`, ``net/tcp*`` by :func:`socket_inode` and :func:`listening_inodes`.
+:func:`children`, ``net/tcp*`` by :func:`_tcp_sockets` (for :func:`socket_inode` and
+:func:`listening_inodes`).
 
 A process can exit between two readings, or belong to another user; every
 reading then returns None (or an empty set of owners) rather than raising, so
@@ -37,6 +38,16 @@ Facts about ``/proc`` these rely on
   network order read as a little-endian word (``0100007F:1F90`` is
   127.0.0.1:8080); the tenth field is the socket's inode (0 for a socket in
   TIME_WAIT, which no process holds).
+- An IPv6 socket serves IPv4 too unless ``IPV6_V6ONLY`` is set (off by
+  default on Linux: ``net.ipv6.bindv6only`` is 0). Its IPv4 peers and its own
+  IPv4 addresses are then listed in ``tcp6``, IPv4-mapped: 127.0.0.1 as
+  ``::ffff:127.0.0.1``, written ``0000000000000000FFFF00000100007F``. So a
+  server listening on ``::`` (dual-stack) or on ``::ffff:127.0.0.1`` serves
+  a client of 127.0.0.1, and both its listener and its end of each
+  connection are in ``tcp6`` (the JVM opens its sockets so: an IPv4 address
+  is bound IPv4-mapped, the wildcard of ``new InetSocketAddress(port)`` as
+  ``::``). ``tcp6`` does not say whether ``IPV6_V6ONLY`` is set, so a
+  listener on ``::`` is taken to serve IPv4 as well.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
@@ -173,32 +185,70 @@ def children(pid: int) -> list[int] | None:
     return found
 
 
-def _proc_address(host: str, port: int) -> str:
-    """An address as ``/proc/net/tcp*`` writes it."""
-    packed = ipaddress.ip_address(host).packed
-    words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
-    return f"{''.join(words)}:{port:04X}"
+def _numeric(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``host`` as an address; an IPv4-mapped IPv6 address as the IPv4 address it maps.
+
+    Raises:
+        ValueError: ``host`` is not a numeric address (a host name).
+    """
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _proc_addresses(host: str, port: int) -> set[str]:
+    """The ways ``/proc/net/tcp*`` may write an address: ``HEX:PORT``, in either file.
+
+    An IPv4 address (or an IPv4-mapped one) is written as itself in ``tcp``
+    and IPv4-mapped in ``tcp6``; another IPv6 address only as itself.
+
+    Raises:
+        ValueError: ``host`` is not a numeric address.
+    """
+    ip = _numeric(host)
+    forms = [ip.packed]
+    if ip.version == 4:
+        forms.append(ipaddress.IPv6Address(f"::ffff:{ip}").packed)
+    found = set()
+    for packed in forms:
+        words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
+        found.add(f"{''.join(words)}:{port:04X}")
+    return found
+
+
+def _tcp_sockets() -> Iterator[list[str]]:
+    """The fields of each socket in ``/proc/net/tcp`` then ``tcp6`` held by some process.
+
+    A file that cannot be read gives none.
+    """
+    for family in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / family).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] != "0":  # 0: TIME_WAIT, held by no process.
+                yield fields
 
 
 def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     """The inode of the TCP socket bound to ``local`` and connected to ``remote``.
 
+    An IPv4 pair is also looked for IPv4-mapped in ``tcp6``: the server's end
+    of a connection a dual-stack listener accepted from an IPv4 client.
+
     Args:
-        local: The socket's own address, ``(host, port)``.
+        local: The socket's own address, ``(host, port)``, numeric.
         remote: Its peer's address.
 
     Returns:
         The inode, or None if no such socket is listed (or it is in TIME_WAIT).
     """
-    family = "tcp6" if ":" in local[0] else "tcp"
-    want = (_proc_address(*local), _proc_address(*remote))
-    try:
-        lines = (PROC / "net" / family).read_text().splitlines()[1:]
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 9 and (fields[1], fields[2]) == want and fields[9] != "0":
+    ours, theirs = _proc_addresses(*local), _proc_addresses(*remote)
+    for fields in _tcp_sockets():
+        if fields[1] in ours and fields[2] in theirs:
             return int(fields[9])
     return None
 
@@ -207,30 +257,34 @@ def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
 _LISTEN = "0A"
 
 
+def _serving(host: str, port: int) -> set[str]:
+    """The local addresses (``HEX:PORT``) at which a listener serves clients of ``host:port``.
+
+    ``host`` itself and the wildcard of its family; for IPv4, ``::`` too (a
+    dual-stack listener). A host name is matched on the wildcards only.
+    """
+    wildcards = _proc_addresses("0.0.0.0", port) | _proc_addresses("::", port)
+    try:
+        ip = _numeric(host)
+    except ValueError:
+        return wildcards
+    if ip.version == 6:
+        wildcards = _proc_addresses("::", port)  # An IPv4 listener serves no IPv6 client.
+    return _proc_addresses(host, port) | wildcards
+
+
 def listening_inodes(host: str, port: int) -> set[int]:
     """The inodes of the sockets listening on ``port`` at ``host`` (or at any address).
 
     Returns:
         Every match in ``/proc/net/tcp`` and ``tcp6``: a server bound to
-        ``host`` itself, or to the wildcard address; empty when none is listed.
+        ``host`` itself (for IPv4, as itself or IPv4-mapped), or to the
+        wildcard address (``::`` serves IPv4 as well); empty when none is listed.
     """
-    try:
-        wanted = {_proc_address(host, port)}
-    except ValueError:
-        wanted = set()  # A host name: matched by port on the wildcard only.
-    wanted |= {_proc_address("0.0.0.0", port), _proc_address("::", port)}
-    found: set[int] = set()
-    for family in ("tcp", "tcp6"):
-        try:
-            lines = (PROC / "net" / family).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            listening = len(fields) > 9 and fields[3] == _LISTEN and fields[1] in wanted
-            if listening and fields[9] != "0":
-                found.add(int(fields[9]))
-    return found
+    wanted = _serving(host, port)
+    return {
+        int(fields[9]) for fields in _tcp_sockets() if fields[3] == _LISTEN and fields[1] in wanted
+    }
 
 
 def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:

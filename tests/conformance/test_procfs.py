@@ -200,3 +200,70 @@ def test_listening_inodes_finds_a_listener_at_its_address_or_the_wildcard(
         assert procfs.listening_inodes(ask, port) == {inode}
         assert procfs.socket_owners({inode}) == {os.getpid()}
     assert procfs.listening_inodes(ask, port) == set()
+
+
+def _inode(sock: socket.socket) -> int:
+    """The inode of ``sock``, from its link in ``/proc/self/fd``."""
+    return int(os.readlink(f"/proc/self/fd/{sock.fileno()}")[len("socket:[") : -1])
+
+
+def _ipv6_listener(bind: str, *, v6only: bool = False) -> socket.socket:
+    """A bound, not yet listening, IPv6 socket; the test skips where IPv6 is missing."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((bind, 0))
+    except OSError as exc:
+        sock.close()
+        pytest.skip(f"cannot bind an IPv6 socket to {bind} here: {exc}")
+    return sock
+
+
+@pytest.mark.parametrize("bind", ["::ffff:127.0.0.1", "::", "::ffff:0.0.0.0"])
+def test_listening_inodes_finds_an_ipv6_listener_that_serves_ipv4(bind: str) -> None:
+    with _ipv6_listener(bind) as listener:
+        port = listener.getsockname()[1]
+        assert procfs.listening_inodes("127.0.0.1", port) == set()  # Bound, not yet listening.
+        listener.listen(8)
+        inode = _inode(listener)
+        assert procfs.listening_inodes("127.0.0.1", port) == {inode}
+        assert procfs.listening_inodes("::ffff:127.0.0.1", port) == {inode}
+        assert procfs.socket_owners({inode}) == {os.getpid()}
+    assert procfs.listening_inodes("127.0.0.1", port) == set()
+
+
+def test_listening_inodes_keeps_each_family_to_its_own_addresses() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as ipv4:
+        port = ipv4.getsockname()[1]
+        assert procfs.listening_inodes("127.0.0.1", port) == {_inode(ipv4)}
+        assert procfs.listening_inodes("127.0.0.2", port) == set()
+        assert procfs.listening_inodes("::1", port) == set()  # An IPv4 listener serves no [::1].
+    with socket.create_server(("0.0.0.0", 0)) as wildcard:
+        port = wildcard.getsockname()[1]
+        assert procfs.listening_inodes("127.0.0.1", port) == {_inode(wildcard)}
+        assert procfs.listening_inodes("::1", port) == set()
+    with _ipv6_listener("::1") as ipv6:
+        ipv6.listen(8)
+        port = ipv6.getsockname()[1]
+        assert procfs.listening_inodes("::1", port) == {_inode(ipv6)}
+        assert procfs.listening_inodes("127.0.0.1", port) == set()
+
+
+@pytest.mark.parametrize("bind", ["::ffff:127.0.0.1", "::"])
+def test_socket_inode_finds_both_ends_of_an_ipv4_connection_to_an_ipv6_listener(
+    bind: str,
+) -> None:
+    with _ipv6_listener(bind) as listener:
+        listener.listen(8)
+        listener.settimeout(10.0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10.0) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockname()[0] == "::ffff:127.0.0.1"  # Listed in tcp6.
+                # As the suite asks: the pair its own IPv4 socket sees, the other way round.
+                server_end = procfs.socket_inode(client.getpeername(), client.getsockname())
+                assert server_end == _inode(accepted)
+                assert procfs.socket_inode(client.getsockname(), client.getpeername()) == (
+                    _inode(client)
+                )
