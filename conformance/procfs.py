@@ -1,5 +1,7 @@
 """What ``/proc`` says about a process: descriptors, their limit, CPU, memory, children, sockets.
 
+And about TCP listeners: their backlog, and how often an accept queue overflowed.
+
 How this works
 --------------
 Each reading is one function over a PID, and each file of ``/proc`` is parsed
@@ -8,7 +10,10 @@ in exactly one place here: ``stat`` by :func:`_stat_fields` (CPU time, parent),
 :func:`open_descriptors` and :func:`socket_owners`, ``limits`` by
 :func:`descriptor_limit`, ``task/*/children`` by
 :func:`children`, ``net/tcp*`` by :func:`_tcp_sockets` (for :func:`socket_inode` and
-:func:`listening_inodes`).
+:func:`listening_inodes`), ``net/netstat`` by :func:`listen_overflows`. One
+reading is not in ``/proc`` at all: the backlog of a listening socket
+(:func:`listen_backlogs`) comes from the kernel's socket diagnostics over
+netlink (``sock_diag``, what ``ss`` reads), since ``/proc`` does not show it.
 
 A process can exit between two readings, or belong to another user; every
 reading then returns None (or an empty set of owners) rather than raising, so
@@ -48,12 +53,29 @@ Facts about ``/proc`` these rely on
   is bound IPv4-mapped, the wildcard of ``new InetSocketAddress(port)`` as
   ``::``). ``tcp6`` does not say whether ``IPV6_V6ONLY`` is set, so a
   listener on ``::`` is taken to serve IPv4 as well.
+- For a listening socket, the fifth field's second half (``rx_queue``) is the
+  length of its accept queue; the first half (``tx_queue``) is *not* its
+  backlog (it reads 0). The backlog given to ``listen()`` (capped at
+  ``net.core.somaxconn``) is only given by ``sock_diag`` (``NETLINK_SOCK_DIAG``,
+  ``inet_diag_msg.idiag_wqueue`` of a socket in ``TCP_LISTEN``: the Send-Q
+  ``ss -l`` shows), which any user may ask about any socket of its network
+  namespace.
+- ``/proc/net/netstat`` holds pairs of lines, names then values, each line
+  opening with its group (``TcpExt:``). ``ListenOverflows`` counts, for the
+  whole network namespace since boot, each time a handshake's SYN or final
+  ACK was dropped because a listener's accept queue was full (Linux queues
+  ``backlog + 1``); the client retries the SYN after 1 s, 3 s, 7 s... or
+  thinks itself connected and retransmits its data, so the connection looks
+  stalled. A counter for the whole machine (its network namespace): any
+  listener there bumps it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +85,8 @@ __all__ = [
     "children",
     "cpu_seconds",
     "descriptor_limit",
+    "listen_backlogs",
+    "listen_overflows",
     "listening_inodes",
     "open_descriptors",
     "parent_pid",
@@ -320,3 +344,99 @@ def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:
         if seen > limit:
             break
     return owners
+
+
+# -- sock_diag: what /proc does not say ------------------------------------------
+
+#: ``NETLINK_SOCK_DIAG`` and its one request (``linux/sock_diag.h``, ``linux/inet_diag.h``).
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+#: ``nlmsghdr``: length, type, flags, sequence, port.
+_HEADER = struct.Struct("=IHHII")
+#: ``inet_diag_req_v2``: family, protocol, extensions, pad, states; the socket id left zero.
+_REQUEST = struct.Struct("=BBBBI48x")
+#: ``inet_diag_msg``: family, state, timer, retransmits, the socket id (skipped),
+#: expires, rqueue, wqueue, uid, inode.
+_MESSAGE = struct.Struct("=BBBB48xIIIII")
+
+
+def _listen_backlogs_by_inode() -> dict[int, int]:
+    """The backlog of every listening TCP socket here, by inode (empty if netlink is refused)."""
+    found: dict[int, int] = {}
+    try:
+        diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    except (OSError, AttributeError):  # Not Linux, or a sandbox that refuses netlink.
+        return found
+    with diag:
+        diag.settimeout(2.0)
+        for sequence, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            request = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << int(_LISTEN, 16))
+            header = _HEADER.pack(
+                _HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, sequence, 0
+            )
+            try:
+                diag.send(header + request)
+                _read_dump(diag, found)
+            except OSError:
+                break  # (A timeout): what the other dump would read could be this one's rest.
+    return found
+
+
+def _read_dump(diag: socket.socket, found: dict[int, int]) -> None:
+    """Read one dump's messages into ``found`` (inode: wqueue) until its end."""
+    while True:
+        data = diag.recv(1 << 16)
+        if not data:
+            return
+        offset = 0
+        while offset + _HEADER.size <= len(data):
+            length, kind = _HEADER.unpack_from(data, offset)[:2]
+            if kind in (_NLMSG_DONE, _NLMSG_ERROR) or length < _HEADER.size:
+                return
+            body = offset + _HEADER.size
+            if length >= _HEADER.size + _MESSAGE.size:
+                fields = _MESSAGE.unpack_from(data, body)
+                found[fields[-1]] = fields[-3]
+            offset += (length + 3) & ~3
+
+
+def listen_backlogs(host: str, port: int) -> list[int]:
+    """The backlogs of the sockets listening at ``host:port``, as given to ``listen()``.
+
+    The sockets are those of :func:`listening_inodes` (several with
+    ``SO_REUSEPORT``); each backlog is as the kernel holds it, capped at
+    ``net.core.somaxconn``.
+
+    Returns:
+        One backlog per socket, smallest first; empty when none is listed or
+        the kernel's socket diagnostics cannot be read here.
+    """
+    inodes = listening_inodes(host, port)
+    if not inodes:
+        return []
+    backlogs = _listen_backlogs_by_inode()
+    return sorted(backlogs[inode] for inode in inodes if inode in backlogs)
+
+
+def listen_overflows() -> int | None:
+    """How many times a listener's accept queue overflowed on this machine (``ListenOverflows``).
+
+    A system-wide counter (every listener of this network namespace, since
+    boot): compare two readings, and mind that other processes bump it too.
+
+    Returns:
+        The count, or None if ``/proc/net/netstat`` cannot be read or lacks it.
+    """
+    try:
+        lines = (PROC / "net" / "netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            count = table.get("ListenOverflows")
+            return None if count is None else int(count)
+    return None

@@ -7,6 +7,7 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,3 +268,39 @@ def test_socket_inode_finds_both_ends_of_an_ipv4_connection_to_an_ipv6_listener(
                 assert procfs.socket_inode(client.getsockname(), client.getpeername()) == (
                     _inode(client)
                 )
+
+
+@pytest.mark.parametrize(("bind", "backlog"), [("127.0.0.1", 7), ("::ffff:127.0.0.1", 9)])
+def test_listen_backlogs_reads_the_backlog_given_to_listen(bind: str, backlog: int) -> None:
+    sock = _ipv6_listener(bind) if ":" in bind else socket.create_server((bind, 0), backlog=backlog)
+    with sock:
+        sock.listen(backlog)
+        port = sock.getsockname()[1]
+        assert procfs.listen_backlogs("127.0.0.1", port) == [backlog]
+        assert procfs.listen_backlogs("::1", port) == []  # Nothing listens there.
+
+
+def test_listen_backlogs_are_capped_at_somaxconn() -> None:
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    with socket.create_server(("127.0.0.1", 0), backlog=somaxconn + 100) as sock:
+        assert procfs.listen_backlogs("127.0.0.1", sock.getsockname()[1]) == [somaxconn]
+
+
+def test_listen_overflows_grows_when_an_accept_queue_overflows() -> None:
+    before = procfs.listen_overflows()
+    assert before is not None
+    # Backlog 0: the kernel queues one connection; nothing is accepted, so the
+    # next handshakes find the queue full.
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        clients = [socket.socket() for _ in range(8)]
+        try:
+            for client in clients:
+                client.setblocking(False)
+                client.connect_ex(listener.getsockname())
+            deadline = time.monotonic() + 10.0
+            while (procfs.listen_overflows() or 0) <= before:
+                assert time.monotonic() < deadline, "no overflow counted within 10s"
+                time.sleep(0.02)  # Handshakes are the kernel's: poll the counter, bounded.
+        finally:
+            for client in clients:
+                client.close()
