@@ -1,5 +1,8 @@
 """What ``/proc`` says about a process: descriptors, their limit, CPU, memory, children, sockets.
 
+And about TCP sockets: who holds a listener or a connection, whether a
+connection was accepted, and how often an accept queue overflowed.
+
 How this works
 --------------
 Each reading is one function over a PID, and each file of ``/proc`` is parsed
@@ -7,7 +10,10 @@ in exactly one place here: ``stat`` by :func:`_stat_fields` (CPU time, parent),
 ``status`` by :func:`_status_bytes` (resident memory, its peak), ``fd/`` by
 :func:`open_descriptors` and :func:`socket_owners`, ``limits`` by
 :func:`descriptor_limit`, ``task/*/children`` by
-:func:`children`, ``net/tcp*`` by :func:`socket_inode` and :func:`listening_inodes`.
+:func:`children`, ``net/tcp*`` by :func:`_tcp_sockets` (for :func:`socket_inode`,
+:func:`listening_inodes` and :func:`accepted`), ``net/netstat`` by
+:func:`listen_overflows`. The backlog of a listening socket is not in
+``/proc`` at all: :mod:`conformance.sockdiag` reads it.
 
 A process can exit between two readings, or belong to another user; every
 reading then returns None (or an empty set of owners) rather than raising, so
@@ -39,6 +45,27 @@ Facts about ``/proc`` these rely on
   TIME_WAIT, which no process holds, and for a connection that waits in its
   listener's accept queue: the kernel completed the handshake, the server has
   not called ``accept``).
+- An IPv6 socket serves IPv4 too unless ``IPV6_V6ONLY`` is set (off by
+  default on Linux: ``net.ipv6.bindv6only`` is 0). Its IPv4 peers and its own
+  IPv4 addresses are then listed in ``tcp6``, IPv4-mapped: 127.0.0.1 as
+  ``::ffff:127.0.0.1``, written ``0000000000000000FFFF00000100007F``. So a
+  server listening on ``::`` (dual-stack) or on ``::ffff:127.0.0.1`` serves
+  a client of 127.0.0.1, and both its listener and its end of each
+  connection are in ``tcp6`` (the JVM opens its sockets so: an IPv4 address
+  is bound IPv4-mapped, the wildcard of ``new InetSocketAddress(port)`` as
+  ``::``). ``tcp6`` does not say whether ``IPV6_V6ONLY`` is set, so a
+  listener on ``::`` is taken to serve IPv4 as well.
+- For a listening socket, the fifth field's second half (``rx_queue``) is the
+  length of its accept queue; the first half (``tx_queue``) is *not* its
+  backlog (it reads 0): :mod:`conformance.sockdiag` asks the kernel for that.
+- ``/proc/net/netstat`` holds pairs of lines, names then values, each line
+  opening with its group (``TcpExt:``). ``ListenOverflows`` counts, for the
+  whole network namespace since boot, each time a handshake's SYN or final
+  ACK was dropped because a listener's accept queue was full (Linux queues
+  ``backlog + 1``); the client retries the SYN after 1 s, 3 s, 7 s... or
+  thinks itself connected and retransmits its data, so the connection looks
+  stalled. A counter for the whole machine (its network namespace): any
+  listener there bumps it.
 """
 
 from __future__ import annotations
@@ -46,14 +73,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "LISTEN",
     "UNLIMITED",
     "accepted",
     "children",
     "cpu_seconds",
     "descriptor_limit",
+    "listen_overflows",
     "listening_inodes",
     "open_descriptors",
     "parent_pid",
@@ -176,53 +206,44 @@ def children(pid: int) -> list[int] | None:
     return found
 
 
-def _proc_address(host: str, port: int) -> str:
-    """An address as ``/proc/net/tcp*`` writes it."""
-    packed = ipaddress.ip_address(host).packed
-    words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
-    return f"{''.join(words)}:{port:04X}"
+def _numeric(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``host`` as an address; an IPv4-mapped IPv6 address as the IPv4 address it maps.
 
-
-def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """The inode of the TCP socket bound to ``local`` and connected to ``remote``.
-
-    Args:
-        local: The socket's own address, ``(host, port)``.
-        remote: Its peer's address.
-
-    Returns:
-        The inode, or None if no such socket is listed (or it is in TIME_WAIT).
+    Raises:
+        ValueError: ``host`` is not a numeric address (a host name).
     """
-    family = "tcp6" if ":" in local[0] else "tcp"
-    want = (_proc_address(*local), _proc_address(*remote))
-    try:
-        lines = (PROC / "net" / family).read_text().splitlines()[1:]
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 9 and (fields[1], fields[2]) == want and fields[9] != "0":
-            return int(fields[9])
-    return None
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
-#: The state of a listening socket in ``/proc/net/tcp*`` (``TCP_LISTEN``).
-_LISTEN = "0A"
+def _proc_addresses(host: str, port: int) -> set[str]:
+    """The ways ``/proc/net/tcp*`` may write an address: ``HEX:PORT``, in either file.
 
+    An IPv4 address (or an IPv4-mapped one) is written as itself in ``tcp``
+    and IPv4-mapped in ``tcp6``; another IPv6 address only as itself.
 
-def listening_inodes(host: str, port: int) -> set[int]:
-    """The inodes of the sockets listening on ``port`` at ``host`` (or at any address).
-
-    Returns:
-        Every match in ``/proc/net/tcp`` and ``tcp6``: a server bound to
-        ``host`` itself, or to the wildcard address; empty when none is listed.
+    Raises:
+        ValueError: ``host`` is not a numeric address.
     """
-    try:
-        wanted = {_proc_address(host, port)}
-    except ValueError:
-        wanted = set()  # A host name: matched by port on the wildcard only.
-    wanted |= {_proc_address("0.0.0.0", port), _proc_address("::", port)}
-    found: set[int] = set()
+    ip = _numeric(host)
+    forms = [ip.packed]
+    if ip.version == 4:
+        forms.append(ipaddress.IPv6Address(f"::ffff:{ip}").packed)
+    found = set()
+    for packed in forms:
+        words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
+        found.add(f"{''.join(words)}:{port:04X}")
+    return found
+
+
+def _tcp_sockets(*, held: bool = True) -> Iterator[list[str]]:
+    """The fields of each socket in ``/proc/net/tcp`` then ``tcp6`` held by some process.
+
+    ``held=False``: every socket listed, those that no process holds (inode 0)
+    too. A file that cannot be read gives none.
+    """
     for family in ("tcp", "tcp6"):
         try:
             lines = (PROC / "net" / family).read_text().splitlines()[1:]
@@ -230,10 +251,62 @@ def listening_inodes(host: str, port: int) -> set[int]:
             continue
         for line in lines:
             fields = line.split()
-            listening = len(fields) > 9 and fields[3] == _LISTEN and fields[1] in wanted
-            if listening and fields[9] != "0":
-                found.add(int(fields[9]))
-    return found
+            if len(fields) > 9 and (fields[9] != "0" or not held):  # 0: held by no process.
+                yield fields
+
+
+def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The inode of the TCP socket bound to ``local`` and connected to ``remote``.
+
+    An IPv4 pair is also looked for IPv4-mapped in ``tcp6``: the server's end
+    of a connection a dual-stack listener accepted from an IPv4 client.
+
+    Args:
+        local: The socket's own address, ``(host, port)``, numeric.
+        remote: Its peer's address.
+
+    Returns:
+        The inode, or None if no such socket is listed (or it is in TIME_WAIT).
+    """
+    ours, theirs = _proc_addresses(*local), _proc_addresses(*remote)
+    for fields in _tcp_sockets():
+        if fields[1] in ours and fields[2] in theirs:
+            return int(fields[9])
+    return None
+
+
+#: The state of a listening socket in ``/proc/net/tcp*`` (``TCP_LISTEN``).
+LISTEN = "0A"
+
+
+def _serving(host: str, port: int) -> set[str]:
+    """The local addresses (``HEX:PORT``) at which a listener serves clients of ``host:port``.
+
+    ``host`` itself and the wildcard of its family; for IPv4, ``::`` too (a
+    dual-stack listener). A host name is matched on the wildcards only.
+    """
+    wildcards = _proc_addresses("0.0.0.0", port) | _proc_addresses("::", port)
+    try:
+        ip = _numeric(host)
+    except ValueError:
+        return wildcards
+    if ip.version == 6:
+        wildcards = _proc_addresses("::", port)  # An IPv4 listener serves no IPv6 client.
+    return _proc_addresses(host, port) | wildcards
+
+
+def listening_inodes(host: str, port: int) -> set[int]:
+    """The inodes of the sockets listening on ``port`` at ``host`` (or at any address).
+
+    Returns:
+        Every match in ``/proc/net/tcp`` and ``tcp6``: a server bound to
+        ``host`` itself (for IPv4, as itself or IPv4-mapped), or to the
+        wildcard address (``::`` serves IPv4 as well); empty when none is listed.
+    """
+    wanted = _serving(host, port)
+    return {
+        int(fields[9]) for fields in _tcp_sockets() if fields[3] == LISTEN and fields[1] in wanted
+    }
 
 
 def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:
@@ -275,7 +348,7 @@ def accepted(server: tuple[str, int], client: tuple[str, int]) -> bool | None:
     """Whether the server has accepted the connection from ``client``, as its kernel lists it.
 
     Args:
-        server: The address the client connected to.
+        server: The address the client connected to, numeric.
         client: The client's own address (``getsockname``).
 
     Returns:
@@ -283,21 +356,13 @@ def accepted(server: tuple[str, int], client: tuple[str, int]) -> bool | None:
         in the listener's accept queue (inode 0), None when the server's end is
         not listed here (another host or network namespace) or has closed.
     """
-    wanted = set()
-    for local, remote in ((server, client), _mapped(server, client)):
-        try:
-            wanted.add((_proc_address(*local), _proc_address(*remote)))
-        except ValueError:
-            continue
-    for family in ("tcp", "tcp6"):
-        try:
-            lines = (PROC / "net" / family).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and (fields[1], fields[2]) in wanted and fields[3] == _ESTABLISHED:
-                return fields[9] != "0"
+    try:
+        ours, theirs = _proc_addresses(*server), _proc_addresses(*client)
+    except ValueError:
+        return None
+    for fields in _tcp_sockets(held=False):
+        if fields[1] in ours and fields[2] in theirs and fields[3] == _ESTABLISHED:
+            return fields[9] != "0"
     return None
 
 
@@ -305,8 +370,22 @@ def accepted(server: tuple[str, int], client: tuple[str, int]) -> bool | None:
 _ESTABLISHED = "01"
 
 
-def _mapped(
-    server: tuple[str, int], client: tuple[str, int]
-) -> tuple[tuple[str, int], tuple[str, int]]:
-    """The pair as an IPv6 socket serving IPv4 lists it (``::ffff:a.b.c.d``)."""
-    return (f"::ffff:{server[0]}", server[1]), (f"::ffff:{client[0]}", client[1])
+def listen_overflows() -> int | None:
+    """How many times a listener's accept queue overflowed on this machine (``ListenOverflows``).
+
+    A system-wide counter (every listener of this network namespace, since
+    boot): compare two readings, and mind that other processes bump it too.
+
+    Returns:
+        The count, or None if ``/proc/net/netstat`` cannot be read or lacks it.
+    """
+    try:
+        lines = (PROC / "net" / "netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            count = table.get("ListenOverflows")
+            return None if count is None else int(count)
+    return None

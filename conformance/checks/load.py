@@ -24,13 +24,22 @@ With ``--load-hosts`` the load runs from those execnet gateways
 failure's summary gives each host's part. A host that cannot start or does
 not finish is not the server's doing: the check records it as not measured,
 and is SKIPPED with that reason unless what the other hosts measured fails it.
+
+A failure that an overflowing accept queue explains (connects that time out,
+connections stalled or reset before their first byte) names the listen
+backlog as its likely cause when the kernel's ``ListenOverflows`` counter
+(read before the load and after it) grew and the server's listener, on this
+machine, queues fewer connections than the load opens at once
+(:func:`_backlog_overflowed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Any
 
+from conformance import procfs
 from conformance.checks.base import (
     RFC862,
     RFC9293_RESET,
@@ -44,6 +53,7 @@ from conformance.load.driver import FAULT_SUFFIX
 from conformance.load.hosts import HostError, HostState, parse_hosts, run_hosts
 from conformance.protocols import model_name
 from conformance.rules import HALFCLOSE_DATA
+from conformance.sockdiag import listen_backlogs
 
 __all__ = ["LOAD_CHECKS"]
 
@@ -76,6 +86,7 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
     )
     if h.load_hosts:
         step += f", from {', '.join(h.load_hosts)}"
+    overflows = procfs.listen_overflows()
     with h.step(step, timeout=timeout):
         result, summary, whole = await run_in_thread(lambda stop: _run(h, spec, stop))
     if not whole and not result.errors:
@@ -101,9 +112,10 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
         if "expected" in first:
             extra = f" (expected {first['expected']}, received {first['received']})"
         alive = "" if result.server_alive else "; the server no longer answers a new connection"
+        cause = _backlog_overflowed(h, spec, first, overflows)
         raise CheckFailure(
             f"errors under load: {dict(result.errors)}; first: {first.get('kind')}{where}: "
-            f"{detail}{extra}{alive}. Load: {summary}",
+            f"{detail}{extra}{alive}. {cause}Load: {summary}",
             step=step,
             rule=rule,
         )
@@ -113,6 +125,42 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
             step="count the round trips",
         )
     return result
+
+
+def _backlog_overflowed(
+    h: Harness, spec: LoadSpec, first: dict[str, Any], before: int | None
+) -> str:
+    """A sentence naming the listen backlog as the likely cause of ``first``; else "".
+
+    Said only when all of these hold: the first error is one a full accept
+    queue causes (a connect that failed or timed out, a connection stalled or
+    reset before its first byte came back); the server's listener is on this
+    machine (so the counter is its kernel's) and queues fewer connections
+    than the load opens at once (else its queue cannot have overflowed); and
+    the system-wide ``ListenOverflows`` grew since ``before``. Other
+    processes may bump that counter too, so the sentence says "on this machine".
+    """
+    kind, offset = first.get("kind"), first.get("offset")
+    if not (kind == "connect" or (kind in ("stalled", "reset") and offset == 0)):
+        return ""
+    after = procfs.listen_overflows()
+    if before is None or after is None or after <= before:
+        return ""
+    backlogs = listen_backlogs(h.address.host, h.address.port)
+    at_once = spec.connections + spec.faults.connect_storm
+    if not backlogs or sum(b + 1 for b in backlogs) >= at_once:  # Linux queues backlog + 1.
+        return ""
+    grew = after - before
+    times = "once" if grew == 1 else f"{grew} times"
+    listens = "a backlog of " if len(backlogs) == 1 else "backlogs of "
+    return (
+        f"A listen backlog overflowed {times} on this machine during this check (TcpExt "
+        "ListenOverflows, which counts every listener here), and the server listens with "
+        f"{listens}{', '.join(map(str, backlogs))} while this check opens {at_once} "
+        "connections at once: the kernel most likely dropped connections the server did not "
+        "accept in time; give it a larger backlog (listen()'s argument, capped by "
+        "net.core.somaxconn). "
+    )
 
 
 async def many_round_trips(h: Harness) -> None:

@@ -145,6 +145,7 @@ def test_hostile_servers_are_all_here() -> None:
         "exits_after",
         "freezes_after",
         "leaks_to_emfile",
+        "listens_ipv4_mapped",
         "never_accepts",
         "never_reads",
         "rate_limits",

@@ -7,12 +7,14 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conformance import procfs
+from conformance.sockdiag import listen_backlogs
 
 #: A child that obeys one command per message on a SOCK_SEQPACKET socket:
 #: ``open N`` opens N more sockets, ``connect PORT`` connects to 127.0.0.1:PORT
@@ -226,3 +228,106 @@ def test_accepted_sees_an_ipv6_listener_that_serves_ipv4() -> None:
             ours, _ = listener.accept()
             with ours:
                 assert procfs.accepted(server, client.getsockname()) is True
+
+
+def _inode(sock: socket.socket) -> int:
+    """The inode of ``sock``, from its link in ``/proc/self/fd``."""
+    return int(os.readlink(f"/proc/self/fd/{sock.fileno()}")[len("socket:[") : -1])
+
+
+def _ipv6_listener(bind: str, *, v6only: bool = False) -> socket.socket:
+    """A bound, not yet listening, IPv6 socket; the test skips where IPv6 is missing."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((bind, 0))
+    except OSError as exc:
+        sock.close()
+        pytest.skip(f"cannot bind an IPv6 socket to {bind} here: {exc}")
+    return sock
+
+
+@pytest.mark.parametrize("bind", ["::ffff:127.0.0.1", "::", "::ffff:0.0.0.0"])
+def test_listening_inodes_finds_an_ipv6_listener_that_serves_ipv4(bind: str) -> None:
+    with _ipv6_listener(bind) as listener:
+        port = listener.getsockname()[1]
+        assert procfs.listening_inodes("127.0.0.1", port) == set()  # Bound, not yet listening.
+        listener.listen(8)
+        inode = _inode(listener)
+        assert procfs.listening_inodes("127.0.0.1", port) == {inode}
+        assert procfs.listening_inodes("::ffff:127.0.0.1", port) == {inode}
+        assert procfs.socket_owners({inode}) == {os.getpid()}
+    assert procfs.listening_inodes("127.0.0.1", port) == set()
+
+
+def test_listening_inodes_keeps_each_family_to_its_own_addresses() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as ipv4:
+        port = ipv4.getsockname()[1]
+        assert procfs.listening_inodes("127.0.0.1", port) == {_inode(ipv4)}
+        assert procfs.listening_inodes("127.0.0.2", port) == set()
+        assert procfs.listening_inodes("::1", port) == set()  # An IPv4 listener serves no [::1].
+    with socket.create_server(("0.0.0.0", 0)) as wildcard:
+        port = wildcard.getsockname()[1]
+        assert procfs.listening_inodes("127.0.0.1", port) == {_inode(wildcard)}
+        assert procfs.listening_inodes("::1", port) == set()
+    with _ipv6_listener("::1") as ipv6:
+        ipv6.listen(8)
+        port = ipv6.getsockname()[1]
+        assert procfs.listening_inodes("::1", port) == {_inode(ipv6)}
+        assert procfs.listening_inodes("127.0.0.1", port) == set()
+
+
+@pytest.mark.parametrize("bind", ["::ffff:127.0.0.1", "::"])
+def test_socket_inode_finds_both_ends_of_an_ipv4_connection_to_an_ipv6_listener(
+    bind: str,
+) -> None:
+    with _ipv6_listener(bind) as listener:
+        listener.listen(8)
+        listener.settimeout(10.0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10.0) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockname()[0] == "::ffff:127.0.0.1"  # Listed in tcp6.
+                # As the suite asks: the pair its own IPv4 socket sees, the other way round.
+                server_end = procfs.socket_inode(client.getpeername(), client.getsockname())
+                assert server_end == _inode(accepted)
+                assert procfs.socket_inode(client.getsockname(), client.getpeername()) == (
+                    _inode(client)
+                )
+
+
+@pytest.mark.parametrize(("bind", "backlog"), [("127.0.0.1", 7), ("::ffff:127.0.0.1", 9)])
+def test_listen_backlogs_reads_the_backlog_given_to_listen(bind: str, backlog: int) -> None:
+    sock = _ipv6_listener(bind) if ":" in bind else socket.create_server((bind, 0), backlog=backlog)
+    with sock:
+        sock.listen(backlog)
+        port = sock.getsockname()[1]
+        assert listen_backlogs("127.0.0.1", port) == [backlog]
+        assert listen_backlogs("::1", port) == []  # Nothing listens there.
+
+
+def test_listen_backlogs_are_capped_at_somaxconn() -> None:
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    with socket.create_server(("127.0.0.1", 0), backlog=somaxconn + 100) as sock:
+        assert listen_backlogs("127.0.0.1", sock.getsockname()[1]) == [somaxconn]
+
+
+def test_listen_overflows_grows_when_an_accept_queue_overflows() -> None:
+    before = procfs.listen_overflows()
+    assert before is not None
+    # Backlog 0: the kernel queues one connection; nothing is accepted, so the
+    # next handshakes find the queue full.
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        clients = [socket.socket() for _ in range(8)]
+        try:
+            for client in clients:
+                client.setblocking(False)
+                client.connect_ex(listener.getsockname())
+            deadline = time.monotonic() + 10.0
+            while (procfs.listen_overflows() or 0) <= before:
+                assert time.monotonic() < deadline, "no overflow counted within 10s"
+                time.sleep(0.02)  # Handshakes are the kernel's: poll the counter, bounded.
+        finally:
+            for client in clients:
+                client.close()
