@@ -23,14 +23,21 @@ takes no argument (``--oracle package.module:Class``)::
 
 An oracle may also say in advance what a correct server sends back for the
 bytes sent (:class:`ReplyOracle`, a fifth method ``expected_reply``): echo
-owes the bytes themselves, discard owes nothing. The load generator needs this
-to check every reply of thousands of connections without keeping their streams.
+owes the bytes themselves, discard owes nothing. The load generator then
+checks every reply of thousands of connections without keeping their streams;
+without it, the load asks each connection's oracle its verdict after every
+read, as the harness does (:mod:`conformance.load.spec`).
+
+A user's oracle is code the suite calls: :func:`guarded` wraps it so that an
+exception it raises becomes :class:`OracleError`, which a check reports as an
+ERROR (a fault on the judging side), never as a verdict on the server.
 """
 
 from __future__ import annotations
 
 import enum
 import importlib
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -41,13 +48,16 @@ __all__ = [
     "DiscardOracle",
     "EchoOracle",
     "Oracle",
+    "OracleError",
     "OracleFactory",
     "ORACLES",
     "ReplyOracle",
     "Status",
     "Verdict",
     "first_difference",
+    "guarded",
     "load_oracle",
+    "named_oracle",
     "oracle_name",
     "owes_replies",
 ]
@@ -286,3 +296,125 @@ def oracle_name(factory: OracleFactory) -> str:
             return name
     module = getattr(factory, "__module__", "?")
     return f"{module}:{getattr(factory, '__qualname__', repr(factory))}"
+
+
+def named_oracle(factory: OracleFactory) -> str | None:
+    """:func:`oracle_name` when :func:`load_oracle` reads it back to ``factory`` itself.
+
+    Another process (a load process, a load host) makes its oracles from
+    this name; None when no name does (a class defined inside a function, a
+    bound method), or when the name cannot be loaded here.
+    """
+    name = oracle_name(factory)
+    try:
+        return name if load_oracle(name) is factory else None
+    except UsageError:
+        return None
+
+
+class OracleError(Exception):
+    """An oracle's own code raised: a fault on the judging side, not the server's.
+
+    A check that meets one ends in ERROR, whatever the server did.
+    """
+
+
+def _raised(name: str, method: str, exc: Exception) -> OracleError:
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = f" (at {last.filename}:{last.lineno}, in {last.name})"
+    return OracleError(
+        f"the oracle {name} raised in {method}(): {type(exc).__name__}: {exc}{where}"
+    )
+
+
+class _Guarded:
+    """A user's oracle whose every call turns an exception into :class:`OracleError`."""
+
+    __slots__ = ("_inner", "_name")
+
+    def __init__(self, inner: Oracle, name: str) -> None:
+        self._inner = inner
+        self._name = name
+
+    def sent(self, data: bytes) -> None:
+        try:
+            self._inner.sent(data)
+        except Exception as exc:  # A user's code: anything it raises is its fault.
+            raise _raised(self._name, "sent", exc) from exc
+
+    def received(self, data: bytes) -> None:
+        try:
+            self._inner.received(data)
+        except Exception as exc:
+            raise _raised(self._name, "received", exc) from exc
+
+    def finish(self) -> None:
+        try:
+            self._inner.finish()
+        except Exception as exc:
+            raise _raised(self._name, "finish", exc) from exc
+
+    def verdict(self) -> Verdict:
+        try:
+            verdict = self._inner.verdict()
+        except Exception as exc:
+            raise _raised(self._name, "verdict", exc) from exc
+        if not isinstance(verdict, Verdict):
+            raise OracleError(
+                f"the oracle {self._name} returned {verdict!r} from verdict(), not a Verdict"
+            )
+        return verdict
+
+
+class _GuardedReply(_Guarded):
+    """A guarded :class:`ReplyOracle`: ``expected_reply`` is guarded too."""
+
+    __slots__ = ("_reply",)
+
+    def __init__(self, inner: ReplyOracle, name: str) -> None:
+        super().__init__(inner, name)
+        self._reply = inner.expected_reply
+
+    def expected_reply(self, data: bytes) -> bytes:
+        try:
+            owed = self._reply(data)
+        except Exception as exc:
+            raise _raised(self._name, "expected_reply", exc) from exc
+        if not isinstance(owed, bytes | bytearray):
+            raise OracleError(
+                f"the oracle {self._name} returned {type(owed).__name__} from "
+                "expected_reply(), not bytes"
+            )
+        return owed
+
+
+def guarded(factory: OracleFactory) -> OracleFactory:
+    """``factory``, whose oracles raise :class:`OracleError` when the oracle's own code raises.
+
+    The built-in oracles are the suite's own code and come back as they are
+    (no call in between on the load generator's hot path).
+
+    Args:
+        factory: An oracle factory, as :func:`load_oracle` gives.
+
+    Returns:
+        A factory of the same oracles, each call guarded; its oracles are
+        :class:`ReplyOracle` exactly when ``factory``'s are.
+    """
+    if factory in ORACLES.values():
+        return factory
+    name = oracle_name(factory)
+
+    def make() -> Oracle:
+        try:
+            inner = factory()
+        except Exception as exc:
+            raise _raised(name, "__init__", exc) from exc
+        if isinstance(inner, ReplyOracle):
+            return _GuardedReply(inner, name)
+        return _Guarded(inner, name)
+
+    return make

@@ -413,7 +413,7 @@ def plan_from_options(
         protocol=protocol,
         strict=bool(values.conformance_strict),
         profile=PROFILES[name],
-        scenario=scenario_file(values.scenario),
+        scenario=scenario_file(values.scenario, checks),
         report_json=values.report_json,
         report_html=values.report_html,
         front=front,
@@ -571,20 +571,32 @@ def artifacts_dir(value: str | None, report_json: str | None) -> Path | None:
     return path.resolve()
 
 
-def scenario_file(path: str | None) -> Path | None:
+def scenario_file(path: str | None, checks: Sequence[Check] = CATALOGUE) -> Path | None:
     """The saved scenario at ``path``, checked; None when no path is given.
 
     Raises:
-        UsageError: It cannot be read, or is not a scenario.
+        UsageError: It cannot be read, is not a scenario that can be replayed
+            (:func:`~conformance.scenario.read_saved`), or was saved from what
+            is not a property check, or from one not among ``checks`` (the
+            run's), so that nothing would replay it.
     """
     if path is None:
         return None
-    from conformance.scenario import from_json
+    from conformance.scenario import read_saved
 
     try:
-        from_json(Path(path).read_text())
+        saved = read_saved(Path(path).read_text())
     except OSError as exc:
         raise UsageError(f"cannot read scenario {path!r}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise UsageError(f"{path}: {exc}") from None
+        raise UsageError(f"--scenario {path}: {exc}") from None
+    if not any(c.id == saved.check and c.category == "property" for c in CATALOGUE):
+        raise UsageError(
+            f"--scenario {path}: saved from {saved.check!r}, which is not a property check"
+        )
+    if not any(c.id == saved.check for c in checks):
+        raise UsageError(
+            f"--scenario {path}: saved from {saved.check}, which this run does not "
+            f"select, so nothing would replay it: add --checks {saved.check}"
+        )
     return Path(path)

@@ -21,21 +21,34 @@ Steps:
 Scenarios are frozen dataclasses, print as a short step list
 (:func:`describe`), and round-trip through JSON (:func:`to_json`,
 :func:`from_json`) so a failing one can be saved and replayed exactly.
+
+A saved scenario (``--scenario FILE``) says which check it was saved from
+(``"check"``): a check searches for scenarios of its own kind (half-closes
+for PROP-HALFCLOSE-1, resets for PROP-ALIVE-1), so another check's scenario
+would not test what it claims. :func:`read_saved` reads one and refuses,
+with one line, what cannot be replayed at all (not JSON, an unknown
+``format``, no connection with a step, no check named);
+:meth:`SavedScenario.skip_reason` says why a check does not replay one
+saved from another.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FORMAT",
     "HalfClose",
     "Pause",
     "Read",
     "Reconnect",
     "Reset",
+    "SavedScenario",
     "Scenario",
     "Script",
     "Send",
@@ -43,8 +56,12 @@ __all__ = [
     "StopReading",
     "describe",
     "from_json",
+    "read_saved",
     "to_json",
 ]
+
+#: The ``format`` a scenario file carries; a file with another is refused.
+FORMAT = "reactor-conformance scenario 1"
 
 
 @dataclass(frozen=True)
@@ -170,15 +187,30 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
     raise AssertionError(f"unknown step {step!r}")
 
 
+def _seconds(value: Any) -> float:
+    seconds = float(value)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"a pause must be a number of seconds, got {value!r}")
+    return seconds
+
+
+def _size(value: Any) -> int:
+    size = int(value)
+    if size < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {value!r}")
+    return size
+
+
 def _step_from_dict(item: dict[str, Any]) -> Step:
     if "send" in item:
-        return Send(base64.b64decode(item["send"]), tuple(int(c) for c in item.get("chunks", ())))
+        data = base64.b64decode(item["send"], validate=True)
+        return Send(data, tuple(_size(c) for c in item.get("chunks", ())))
     if "pause" in item:
-        return Pause(float(item["pause"]))
+        return Pause(_seconds(item["pause"]))
     if "read" in item:
-        return Read(int(item["read"]))
+        return Read(_size(item["read"]))
     if "stop_reading" in item:
-        return StopReading(float(item["stop_reading"]))
+        return StopReading(_seconds(item["stop_reading"]))
     if "half_close" in item:
         return HalfClose()
     if "reset" in item:
@@ -188,16 +220,43 @@ def _step_from_dict(item: dict[str, Any]) -> Step:
     raise ValueError(f"unknown step in scenario file: {item!r}")
 
 
-def to_json(scenario: Scenario) -> str:
-    """The scenario as JSON (payloads in base64)."""
-    data = {
-        "format": "reactor-conformance scenario 1",
-        "connections": [
-            {"rcvbuf": script.rcvbuf, "steps": [_step_to_dict(s) for s in script.steps]}
-            for script in scenario.connections
-        ],
-    }
+def to_json(scenario: Scenario, *, check: str | None = None) -> str:
+    """The scenario as JSON (payloads in base64).
+
+    Args:
+        scenario: The scenario.
+        check: The ID of the check it is saved from; a file without one is
+            not replayed by ``--scenario``.
+    """
+    data: dict[str, Any] = {"format": FORMAT}
+    if check is not None:
+        data["check"] = check
+    data["connections"] = [
+        {"rcvbuf": script.rcvbuf, "steps": [_step_to_dict(s) for s in script.steps]}
+        for script in scenario.connections
+    ]
     return json.dumps(data, indent=1)
+
+
+def _parse(text: str) -> tuple[Scenario, dict[str, Any]]:
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or "format" not in data:
+            raise ValueError('no "format" field')
+        if data["format"] != FORMAT:
+            raise ValueError(f"unknown format {data['format']!r}, this version reads {FORMAT!r}")
+        scenario = Scenario(
+            tuple(
+                Script(
+                    tuple(_step_from_dict(s) for s in c["steps"]),
+                    None if c.get("rcvbuf") is None else _size(c["rcvbuf"]),
+                )
+                for c in data["connections"]
+            )
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"not a scenario file: {exc}") from None
+    return scenario, data
 
 
 def from_json(text: str) -> Scenario:
@@ -206,14 +265,41 @@ def from_json(text: str) -> Scenario:
     Raises:
         ValueError: The text is not such a scenario; the message says where.
     """
-    try:
-        data = json.loads(text)
-        connections = data["connections"]
-        return Scenario(
-            tuple(
-                Script(tuple(_step_from_dict(s) for s in c["steps"]), c.get("rcvbuf"))
-                for c in connections
-            )
+    return _parse(text)[0]
+
+
+@dataclass(frozen=True)
+class SavedScenario:
+    """A scenario file as ``--scenario`` replays it: the scenario and the check it came from."""
+
+    scenario: Scenario
+    check: str
+
+    def skip_reason(self, check: str, path: Path | str) -> str | None:
+        """Why ``check`` does not replay this scenario, or None when it does (its own)."""
+        if check == self.check:
+            return None
+        return (
+            f"does not apply: the scenario {path} was saved from {self.check}, not from "
+            f"{check}; a check replays only its own scenarios (add --checks {self.check})"
         )
-    except (KeyError, TypeError, json.JSONDecodeError, ValueError) as exc:
-        raise ValueError(f"not a scenario file: {exc}") from None
+
+
+def read_saved(text: str) -> SavedScenario:
+    """Read a saved scenario, refusing one that cannot be replayed at all.
+
+    Raises:
+        ValueError: In one line: it is not a scenario file (not JSON, an
+            unknown format, a malformed step), has no connection with a
+            step (nothing to replay), or names no check it was saved from.
+    """
+    scenario, data = _parse(text)
+    if not any(script.steps for script in scenario.connections):
+        raise ValueError("the scenario has no connection with a step: there is nothing to replay")
+    check = data.get("check")
+    if not isinstance(check, str) or not check:
+        raise ValueError(
+            'the scenario does not name the check it was saved from ("check"); '
+            "a check saves its failing scenarios with it: rerun the check to get one"
+        )
+    return SavedScenario(scenario, check)

@@ -19,6 +19,13 @@ judged here (the load moves on); ECHO-HALFCLOSE-1/2/3 judge that.
 Sized to run in a few seconds against the reference servers on two cores;
 10,000 connections (C10K) live in ``tools/c10k.py``.
 
+The run's oracle judges the load (``--oracle``, under the echo model; a
+protocol model such as ``resp`` judges with its own requests and replies):
+the load processes get its name and make it themselves, so every reply is
+judged as the harness judges one. An oracle that raises makes the check an
+ERROR (:class:`~conformance.oracle.OracleError`); one whose verdict cannot
+say when a reply is complete makes it SKIPPED, with why, rather than guessed.
+
 With ``--load-hosts`` the load runs from those execnet gateways
 (:func:`~conformance.load.hosts.run_hosts`), its step names them and a
 failure's summary gives each host's part. A host that cannot start or does
@@ -51,7 +58,8 @@ from conformance.harness import CheckFailure, Harness
 from conformance.load import Faults, LoadResult, LoadSpec, run_load
 from conformance.load.driver import FAULT_SUFFIX
 from conformance.load.hosts import HostError, HostState, parse_hosts, run_hosts
-from conformance.protocols import model_name
+from conformance.oracle import OracleError, named_oracle, oracle_name
+from conformance.protocols import Capability, model_name
 from conformance.rules import HALFCLOSE_DATA
 from conformance.sockdiag import listen_backlogs
 
@@ -81,14 +89,28 @@ def _run(h: Harness, spec: LoadSpec, stop: threading.Event) -> tuple[LoadResult,
 async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadResult:
     # A check wants the first failure, promptly: stop at the first error, and call a
     # connection stalled after the suite's usual step deadline.
-    spec = dataclasses.replace(
-        spec, stop_on_error=True, drain_timeout=5.0, protocol=model_name(h.model)
-    )
+    spec = dataclasses.replace(spec, stop_on_error=True, drain_timeout=5.0)
+    if Capability.ANY_BYTES in h.model.capabilities:
+        oracle = named_oracle(h.oracle_factory)
+        if oracle is None:
+            h.not_measured(
+                f"the oracle {oracle_name(h.oracle_factory)} cannot be made again from its "
+                "name, as each load process must: give a class at a module's top level"
+            )
+            return LoadResult(spec)
+        spec = dataclasses.replace(spec, oracle=oracle)
+    else:
+        spec = dataclasses.replace(spec, protocol=model_name(h.model))
     if h.load_hosts:
         step += f", from {', '.join(h.load_hosts)}"
     overflows = procfs.listen_overflows()
     with h.step(step, timeout=timeout):
         result, summary, whole = await run_in_thread(lambda stop: _run(h, spec, stop))
+    if result.oracle_error is not None:
+        raise OracleError(result.oracle_error)  # The judging side's fault: an ERROR.
+    if result.unjudged is not None and not result.errors:
+        h.not_measured(f"the load could not be judged: {result.unjudged}")
+        return result
     if not whole and not result.errors:
         return result  # Not measured (recorded): nothing to judge.
     if not result.ok:

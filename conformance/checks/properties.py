@@ -61,7 +61,7 @@ from conformance.scenario import (
     Reset,
     Scenario,
     describe,
-    from_json,
+    read_saved,
     to_json,
 )
 from conformance.strategies import (
@@ -154,8 +154,8 @@ def _run_example(
         raise found from None
 
 
-def _save(scenario: Scenario, folder: Path | None) -> Path:
-    text = to_json(scenario)
+def _save(scenario: Scenario, folder: Path | None, check: str) -> Path:
+    text = to_json(scenario, check=check)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     if folder is None:
         folder = Path(tempfile.gettempdir()) / "reactor-conformance"
@@ -166,9 +166,14 @@ def _save(scenario: Scenario, folder: Path | None) -> Path:
 
 
 def _failure_report(
-    scenario: Scenario, failure: CheckFailure, blob: str, outer: Harness, example: Harness
+    scenario: Scenario,
+    failure: CheckFailure,
+    blob: str,
+    outer: Harness,
+    example: Harness,
+    check: str,
 ) -> CheckFailure:
-    path = _save(scenario, outer.artifacts)
+    path = _save(scenario, outer.artifacts, check)
     outer.transcripts.extend(example.transcripts)
     lines = [
         f"{failure.message}",
@@ -195,20 +200,30 @@ def _search(
     check_liveness: bool,
     stop: threading.Event,
     max_examples: int | None = None,
+    *,
+    check: str,
 ) -> None:
     """Search for a failing scenario (or replay the saved one); raise CheckFailure if found.
 
-    ``max_examples`` caps the profile's number of examples (for costly scenarios).
+    ``max_examples`` caps the profile's number of examples (for costly scenarios);
+    ``check`` is the check's ID, saved with a failing scenario. A saved scenario is
+    replayed only by the check it was saved from: another check is SKIPPED, with why.
     """
     saved = outer.scenario
     profile = outer.profile
     if saved is not None:
-        scenario = from_json(Path(saved).read_text())
+        replay = read_saved(Path(saved).read_text())  # (checked when the run was planned)
+        why = replay.skip_reason(check, saved)
+        if why is not None:
+            outer.not_measured(why)
+            return
+        scenario = replay.scenario
         example = _fresh(outer)
+        seconds = min(_EXAMPLE_TIMEOUT, outer.ends_at - _MARGIN - time.monotonic())
         try:
-            _run_example(example, scenario, check_liveness)
+            _run_example(example, scenario, check_liveness, max(1.0, seconds))
         except CheckFailure as failure:
-            raise _failure_report(scenario, failure, "", outer, example) from None
+            raise _failure_report(scenario, failure, "", outer, example, check) from None
         return
 
     failures: list[tuple[Scenario, CheckFailure, Harness]] = []
@@ -302,7 +317,7 @@ def _search(
                 "Hypothesis saw this scenario fail, then pass on a rerun: the failure "
                 "depends on timing; the saved scenario replays it (it may take a few tries)"
             )
-        raise _failure_report(minimal, first, blob, outer, where) from None
+        raise _failure_report(minimal, first, blob, outer, where, check) from None
 
 
 #: Makes a property check's search from the profile's limits and the run's model.
@@ -317,7 +332,10 @@ def _property(
 ) -> Callable[[Harness], Any]:
     async def body(h: Harness) -> None:
         search = strategy(h.profile.limits, h.model)
-        await run_in_thread(lambda stop: _search(h, search, check_liveness, stop, max_examples))
+        check = next(c.id for c in PROPERTY_CHECKS if c.body is body)  # (saved with a scenario)
+        await run_in_thread(
+            lambda stop: _search(h, search, check_liveness, stop, max_examples, check=check)
+        )
 
     return body
 

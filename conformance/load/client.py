@@ -7,7 +7,11 @@ A :class:`Client` is plain state and does no I/O; the driver
 still owes, in order (what its oracle's ``expected_reply`` said for each
 message sent); ``out`` what the socket has not taken yet.
 :meth:`Client.receive` checks what came back against what is owed and takes
-it off. Its life is one enum and one table (below): the driver moves it with
+it off. A connection judged by its oracle's verdict
+(:class:`~conformance.load.spec.Judging` ``VERDICT``) has a
+:class:`VerdictJudge` instead, and ``expect`` stays empty: the judge's
+``owes`` says whether a reply is still owed (:meth:`Client.owes` asks either).
+Its life is one enum and one table (below): the driver moves it with
 :meth:`Client.advance`, and an event the table does not allow raises
 :class:`IllegalTransition` naming the state and the event.
 
@@ -24,12 +28,19 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from conformance.oracle import first_difference
+from conformance.oracle import Oracle, Status, Verdict, first_difference
 
 if TYPE_CHECKING:
     from conformance.protocols import LoadConnection
 
-__all__ = ["Client", "ClientEvent", "ClientState", "IllegalTransition", "WrongBytes"]
+__all__ = [
+    "Client",
+    "ClientEvent",
+    "ClientState",
+    "IllegalTransition",
+    "VerdictJudge",
+    "WrongBytes",
+]
 
 
 class ClientState(enum.Enum):
@@ -92,6 +103,51 @@ class WrongBytes(NamedTuple):
     fields: dict[str, Any]  # offset, and for a mismatch the bytes on both sides (hex)
 
 
+class VerdictJudge:
+    """One connection's oracle, asked for its verdict after every message sent and read received.
+
+    ``owes`` is True while the verdict is PENDING (a reply is still owed).
+
+    Args:
+        oracle: The connection's own oracle (guarded: what it raises is
+            :class:`~conformance.oracle.OracleError`).
+    """
+
+    __slots__ = ("oracle", "owes", "reason")
+
+    def __init__(self, oracle: Oracle) -> None:
+        self.oracle = oracle
+        self.owes = False
+        self.reason = ""  # the last PENDING verdict's words
+
+    def sent(self, data: bytes) -> WrongBytes | None:
+        """Tell the oracle ``data`` went out; what is wrong, if its verdict is FAIL already."""
+        self.oracle.sent(data)
+        return self._ask()
+
+    def received(self, data: bytes) -> WrongBytes | None:
+        """Tell the oracle ``data`` came back; what is wrong, if its verdict is FAIL."""
+        self.oracle.received(data)
+        return self._ask()
+
+    def finish(self) -> Verdict:
+        """The exchange is over (the peer's bytes are all in): the oracle's last verdict."""
+        self.oracle.finish()
+        verdict = self.oracle.verdict()
+        self.owes = verdict.status is Status.PENDING
+        return verdict
+
+    def _ask(self) -> WrongBytes | None:
+        verdict = self.oracle.verdict()
+        if verdict.status is Status.FAIL:
+            self.owes = False
+            fields: dict[str, Any] = {"offset": verdict.offset}
+            return WrongBytes("mismatch", verdict.reason or "the oracle says FAIL", fields)
+        self.owes = verdict.status is Status.PENDING
+        self.reason = verdict.reason
+        return None
+
+
 class Client:
     """One connection of a load process.
 
@@ -105,6 +161,9 @@ class Client:
         source: Under a protocol model, where the connection's requests come
             from, each with the exact reply it is owed (then ``pattern`` and
             ``reply`` are unused); None: messages are cut from ``pattern``.
+        judge: The connection's oracle, asked for its verdict (then ``reply``
+            is unused and ``expect`` stays empty); None: replies are compared
+            with the bytes owed.
     """
 
     __slots__ = (
@@ -125,6 +184,7 @@ class Client:
         "measured",
         "reply",
         "source",
+        "judge",
     )
 
     def __init__(
@@ -134,6 +194,7 @@ class Client:
         pattern: bytes,
         reply: Callable[[bytes], bytes] | None,
         source: LoadConnection | None = None,
+        judge: VerdictJudge | None = None,
     ) -> None:
         self.index = index
         self.sock = sock
@@ -154,6 +215,19 @@ class Client:
         self.measured = True  # the current round's latency counts
         self.reply = reply
         self.source = source
+        self.judge = judge
+
+    def owes(self) -> bool:
+        """Whether the server still owes this connection a reply (or part of one)."""
+        judge = self.judge
+        return bool(self.expect) if judge is None else judge.owes
+
+    def owed_words(self) -> str:
+        """What is owed, in a few words, for an error's detail."""
+        judge = self.judge
+        if judge is None:
+            return f"{len(self.expect)} bytes still owed"
+        return f"a reply still owed (the oracle: {judge.reason or 'PENDING'})"
 
     def advance(self, event: ClientEvent) -> ClientState:
         """Move to the state the table gives for ``event``.
@@ -186,6 +260,13 @@ class Client:
             None when they are right (``verified`` then counts them), else what
             is wrong, with its offset in the stream.
         """
+        if self.judge is not None:
+            wrong = self.judge.received(data)
+            if wrong is None:
+                self.verified += len(data)
+            elif wrong.fields["offset"] is None:  # The oracle did not say where.
+                wrong.fields["offset"] = self.verified
+            return wrong
         expect = self.expect
         if not isinstance(expect, bytearray):
             expect = self.expect = bytearray(expect)

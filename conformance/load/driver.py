@@ -24,14 +24,19 @@ A client is acted on only while it is still the driver's: a dropped one is
 - *stream*: each connection keeps up to ``window`` bytes in flight, sending
   from a random pattern and checking what comes back.
 
-Each connection's oracle says what a correct server owes for each message
-(``expected_reply``, see :mod:`conformance.load.spec`); every byte received
-is compared with the byte owed at the same offset of the stream, and the first
-difference is reported with its connection and offset. With an oracle that
-owes nothing (discard), any byte back is an error, and a round ends when the
-socket has taken the whole message: the driver asks for write readiness only
-then (:meth:`Driver.await_writable`), so round trips count messages handed
-to the kernel and the server must keep reading for them to go on.
+Each connection's oracle judges what comes back (:func:`~conformance.load.spec.judging`):
+either it says what a correct server owes for each message (echo, or its
+``expected_reply``) and every byte received is compared with the byte owed at
+the same offset of the stream, or it is told every message and every read and
+its verdict says whether the reply is wrong, still owed or complete. The
+first difference is reported with its connection and offset. With an oracle
+that owes nothing (discard), any byte back is an error, and a round ends when
+the socket has taken the whole message: the driver asks for write readiness
+only then (:meth:`Driver.await_writable`), so round trips count messages
+handed to the kernel and the server must keep reading for them to go on.
+
+A user's oracle that raises (:class:`~conformance.oracle.OracleError`) ends
+the run (:meth:`Driver.oracle_failed`): the result says so, and judges nothing.
 
 Facts about the OS this relies on
 ---------------------------------
@@ -53,12 +58,12 @@ import socket
 import time
 from typing import Any
 
-from conformance.load.client import Client, ClientEvent, ClientState
+from conformance.load.client import Client, ClientEvent, ClientState, VerdictJudge
 from conformance.load.connector import CONNECT_BATCH, Connector, StopEvent
 from conformance.load.faults import TICK, inject_after_round
 from conformance.load.result import LoadResult
-from conformance.load.spec import LoadSpec, reply_oracle
-from conformance.oracle import EchoOracle
+from conformance.load.spec import Judging, LoadSpec, judging
+from conformance.oracle import EchoOracle, OracleError, OracleFactory, ReplyOracle, Status
 
 __all__ = ["FAULT_SUFFIX", "Driver"]
 
@@ -107,18 +112,29 @@ class Driver:
         #: Latencies (us) of measured round trips not yet in the histogram.
         self.latencies: list[int] = []
         self.running = False  # the clock runs: a new connection starts sending at once
+        self.started = 0.0  # when the clock started (monotonic)
         self.draining = False
         self.halted = False  # an error with stop_on_error, or the stop event: end the run now
         self.stream = spec.mode == "stream"
         self.size = spec.size
-        #: No faults and no round count: after a round trip, just send the next.
-        self.plain = not spec.faults.any and spec.rounds is None and not self.stream
+        #: The protocol model whose requests the connections send; None: random bytes.
+        self.model = spec.model()
+        #: Makes each connection's oracle, and how it judges (without a model).
+        self.oracle: OracleFactory = EchoOracle
+        self.judging = Judging.ECHO
+        if self.model is None:
+            self.oracle, self.judging = judging(spec.oracle)
+        #: No faults, no round count, bytes owed known: after a round trip, just send the next.
+        self.plain = (
+            not spec.faults.any
+            and spec.rounds is None
+            and not self.stream
+            and self.judging is not Judging.VERDICT
+        )
         self.storm_left = 0
         self.pattern_len = (
             spec.size + PATTERN_SHIFTS if spec.mode == "pingpong" else 2 * max(spec.window, 65536)
         )
-        #: The protocol model whose requests the connections send; None: random bytes.
-        self.model = spec.model()
         if self.model is not None:
             from conformance.protocols import unique_prefix  # with the model, not without
 
@@ -137,6 +153,13 @@ class Driver:
         so does the stop event, within a tick. Connects still under way then
         are abandoned.
         """
+        try:
+            self._connect_all()
+        except OracleError as exc:
+            self.oracle_failed(exc)
+            self.connector.close_all()
+
+    def _connect_all(self) -> None:
         spec = self.spec
         _raise_fd_limit(self.count + CONNECT_BATCH + 64)  # (storm connects come on top)
         deadline = time.monotonic() + spec.connect_timeout
@@ -219,11 +242,16 @@ class Driver:
             source = self.model.load_connection(self.prefix(index))
             client = Client(index, sock, b"", None, source)
         else:
-            oracle = reply_oracle(self.spec.oracle)
-            # Echo owes the message itself: no call per round (None tells the client so).
-            echoes = type(oracle).expected_reply is EchoOracle.expected_reply
-            reply = None if echoes else oracle.expected_reply
-            client = Client(index, sock, self.rng.randbytes(self.pattern_len), reply)
+            pattern = self.rng.randbytes(self.pattern_len)
+            if self.judging is Judging.ECHO:
+                # Echo owes the message itself: no call per round (None tells the client so).
+                client = Client(index, sock, pattern, None)
+            else:
+                oracle = self.oracle()
+                if isinstance(oracle, ReplyOracle) and self.judging is Judging.REPLY:
+                    client = Client(index, sock, pattern, oracle.expected_reply)
+                else:
+                    client = Client(index, sock, pattern, None, judge=VerdictJudge(oracle))
         client.last_progress = time.monotonic()
         self.clients[client.fd] = client
         self.ep.register(client.fd, _IN)
@@ -236,6 +264,24 @@ class Driver:
             self.top_up(client)
         else:
             self.send_next(client, now_ns)
+
+    def oracle_failed(self, exc: OracleError) -> None:
+        """The oracle's own code raised: the run ends, and its result says why."""
+        if self.result.oracle_error is None:
+            self.result.oracle_error = str(exc)
+        self.halted = True
+
+    def cannot_judge(self, client: Client, how: Status) -> None:
+        """``client``'s oracle could not tell whether its reply is complete: the run ends."""
+        if self.result.unjudged is None:
+            self.result.unjudged = (
+                f"the oracle {self.spec.oracle} cannot judge a reply as it comes: on "
+                f"connection {client.index} its verdict stayed PENDING after "
+                f"{client.verified} bytes came back and nothing more came, and was "
+                f"{how.value} once told the exchange was over; the load needs a verdict "
+                "that turns PASS as soon as a reply is complete, or expected_reply(data)"
+            )
+        self.halted = True
 
     def stop_requested(self) -> bool:
         """Whether the stop event is set; if so, the run is halted and its result ``stopped``."""
@@ -342,7 +388,7 @@ class Driver:
             return
         if n == len(out):
             client.out = None
-            if client.expect:  # Wait for the reply; with nothing owed, see on_writable.
+            if client.owes():  # Wait for the reply; with nothing owed, see on_writable.
                 self.set_events(client, client.events & ~_OUT)
             if self.stream:
                 self.top_up(client)
@@ -357,13 +403,21 @@ class Driver:
         else:
             shift = client.rounds % PATTERN_SHIFTS  # a window sliding over the pattern
             message = client.pattern[shift : shift + self.size]
-            reply = client.reply
-            client.expect += message if reply is None else reply(message)
+            judge = client.judge
+            if judge is not None:
+                wrong = judge.sent(message)  # Before the bytes can come back.
+                if wrong is not None:
+                    self.error(wrong.kind, client, wrong.detail, **wrong.fields)
+                    self.replace(client, rst=True)
+                    return
+            else:
+                reply = client.reply
+                client.expect += message if reply is None else reply(message)
         client.sent_at = now_ns
         client.measured = True
         self.send(client, message)
-        if not client.expect:
-            self.await_writable(client)
+        if not client.expect and (client.judge is None or not client.judge.owes):
+            self.await_writable(client)  # Nothing owed (discard), or not any more.
 
     def top_up(self, client: Client) -> None:
         """Stream: send until ``window`` bytes are in flight."""
@@ -402,7 +456,7 @@ class Driver:
         # Write interest with nothing queued comes from await_writable: nothing is
         # owed (a protocol with no replies) and the socket took all that was sent.
         self.set_events(client, client.events & ~_OUT)
-        if client.expect or not client.events & _IN:
+        if client.owes() or not client.events & _IN:
             return  # Owed a reply after all, or a slow reader's pause (it resumes at a tick).
         if self.stream:
             self.top_up(client)
@@ -414,8 +468,9 @@ class Driver:
     def on_readable(self, client: Client) -> None:
         # Ask for no more than is owed (or a little, to catch extra bytes): a
         # large recv allocates a large buffer on every call.
+        size = min(len(client.expect), _READ_SIZE) or (4096 if client.judge is None else 65536)
         try:
-            data = client.sock.recv(min(len(client.expect), _READ_SIZE) or 4096)
+            data = client.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -437,7 +492,7 @@ class Driver:
         if self.stream:
             client.last_progress = time.monotonic()
             self.top_up(client)
-        elif client.expect:
+        elif client.expect or (client.judge is not None and client.judge.owes):
             if client.state is _SLOW_READER:
                 client.last_progress = time.monotonic()
         else:
@@ -471,13 +526,24 @@ class Driver:
     def on_eof(self, client: Client) -> None:
         state = client.state
         client.advance(ClientEvent.PEER_EOF)
-        if state is _HALF_CLOSED and not client.expect:
+        owed = client.owed_words()
+        done = state is _HALF_CLOSED and not client.owes()
+        if state is _HALF_CLOSED and client.judge is not None:
+            # After its FIN the exchange is over: the oracle's last word judges it.
+            verdict = client.judge.finish()
+            done = verdict.passed
+            owed = f"a wrong or short reply (the oracle: {verdict.reason})"
+            if verdict.pending:  # Not judged: neither an error nor a pass.
+                self.cannot_judge(client, verdict.status)
+                self.replace(client)
+                return
+        if done:
             self.result.observed["half-close-echoed"] += 1
         else:
             self.error(
                 "eof",
                 client,
-                f"server closed the connection with {len(client.expect)} bytes still owed",
+                f"server closed the connection with {owed}",
                 offset=client.verified,
                 state=state,
             )

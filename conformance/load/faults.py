@@ -121,7 +121,7 @@ def resume_slow_reader(driver: Driver, client: Client, now: float) -> bool:
         return False
     driver.set_events(client, client.events | select.EPOLLIN)
     client.last_progress = now
-    if not client.expect:  # Nothing owed (discard): the round ends at write readiness.
+    if not client.owes():  # Nothing owed (discard): the round ends at write readiness.
         driver.await_writable(client)
     return True
 

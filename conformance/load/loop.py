@@ -21,7 +21,13 @@ or the connect storm's): its event goes to
 When the time (or the count) is up, no new data is sent and every connection
 waits for what it is owed, up to a deadline; what is still missing then is an
 error ("stalled"), so no byte goes unchecked. Connects still under way are
-abandoned then: nothing is owed on them.
+abandoned then: nothing is owed on them. A connection judged by its oracle's
+verdict (:func:`stalled`) is told the exchange is over first: a verdict that
+then turns PASS (or stays PENDING) shows an oracle that cannot judge a reply
+as it comes, not a server that holds bytes, and the run ends unjudged.
+
+An oracle that raises (:class:`~conformance.oracle.OracleError`) ends the
+run where it is, with what was measured and the error in the result.
 
 The stop event is looked at once per tick, never per message: when it is
 set, the run ends at that tick, while running or draining, and the result
@@ -39,8 +45,9 @@ from conformance.load.client import Client, ClientState
 from conformance.load.driver import Driver
 from conformance.load.faults import TICK, resume_slow_reader, storm
 from conformance.load.result import LoadResult
+from conformance.oracle import OracleError
 
-__all__ = ["housekeeping", "run"]
+__all__ = ["housekeeping", "run", "stalled"]
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -57,19 +64,36 @@ def housekeeping(driver: Driver, now: float) -> None:
             continue  # (dropped by the time its turn came)
         if client.state is _SLOW_READER and resume_slow_reader(driver, client, now):
             continue
-        if client.expect and now - progress_time(driver, client) > driver.spec.drain_timeout:
-            driver.error(
-                "stalled",
+        if client.owes() and now - progress_time(driver, client) > driver.spec.drain_timeout:
+            stalled(
+                driver,
                 client,
                 f"nothing came back for {driver.spec.drain_timeout:.0f}s with "
-                f"{len(client.expect)} bytes owed",
-                offset=client.verified,
+                f"{client.owed_words()}",
             )
             driver.drop(client, rst=True)  # A new connection would most likely stall too.
     if driver.connector.pending:
         driver.connects_expired(now)
     if driver.storm_left > 0 and not driver.draining:
         storm(driver)
+
+
+def stalled(driver: Driver, client: Client, detail: str) -> None:
+    """``client`` is owed a reply that does not come: "stalled", unless its oracle cannot tell.
+
+    A connection judged by its oracle's verdict is told the exchange is over
+    (``finish``): only a FAIL then blames the server; a PASS, or a verdict
+    still PENDING, shows that the oracle could not tell that the reply was
+    complete, and the run ends unjudged (:meth:`Driver.cannot_judge`).
+    """
+    judge = client.judge
+    if judge is not None:
+        verdict = judge.finish()
+        if not verdict.failed:
+            driver.cannot_judge(client, verdict.status)
+            return
+        detail = f"{detail}; told the exchange was over, the oracle says: {verdict.reason}"
+    driver.error("stalled", client, detail, offset=client.verified)
 
 
 def progress_time(driver: Driver, client: Client) -> float:
@@ -108,12 +132,24 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
     Returns:
         This process's result (``server_alive`` left unset).
     """
-    spec = driver.spec
     if driver.halted or not driver.clients:
         return finish(driver, 0)  # The connecting phase ended the run, or opened nothing.
+    try:
+        fast_bytes = _drive(driver, on_progress)
+    except OracleError as exc:
+        driver.oracle_failed(exc)
+        if not driver.result.seconds:
+            driver.result.seconds = time.monotonic() - driver.started
+        fast_bytes = 0
+    return finish(driver, fast_bytes)
+
+
+def _drive(driver: Driver, on_progress: Callable[[int, int], None] | None) -> int:
+    """:func:`run`'s loop; returns the bytes its fast path verified and did not fold in yet."""
+    spec = driver.spec
     driver.storm_left = round(spec.faults.connect_storm * driver.count / spec.connections)
     driver.running = True
-    start = time.monotonic()
+    start = driver.started = time.monotonic()
     end = start + spec.duration
     now_ns = time.monotonic_ns()
     for opened in list(driver.clients.values()):
@@ -193,20 +229,15 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
             owed = [
                 c
                 for c in clients.values()
-                if c.expect or c.out is not None or c.state is _SLOW_READER
+                if c.owes() or c.out is not None or c.state is _SLOW_READER
             ]
             if not owed:
                 break
             if now >= drain_end:
                 for late in owed:
-                    driver.error(
-                        "stalled",
-                        late,
-                        f"{len(late.expect)} bytes still owed when the run ended",
-                        offset=late.verified,
-                    )
+                    stalled(driver, late, f"{late.owed_words()} when the run ended")
                 break
-    return finish(driver, fast_bytes)
+    return fast_bytes
 
 
 def finish(driver: Driver, fast_bytes: int) -> LoadResult:

@@ -3,7 +3,8 @@
 How this works
 --------------
 :func:`run_load` validates the spec, runs the load and then checks, with
-:func:`probe_alive`, that the server still answers a fresh connection.
+:func:`probe_alive`, that the server still answers a fresh connection
+(unless the oracle raised or could not judge: then nothing is judged).
 
 With one process the :class:`~conformance.load.driver.Driver` runs here. With
 ``procs`` > 1 each load process (``spawn``, so nothing is inherited but the
@@ -43,8 +44,15 @@ from conformance.load.connector import SLICE, StopEvent, wait_connected, wait_re
 from conformance.load.driver import Driver
 from conformance.load.loop import run
 from conformance.load.result import LoadResult
-from conformance.load.spec import LoadError, LoadSpec, reply_oracle
-from conformance.oracle import EchoOracle, OracleFactory
+from conformance.load.spec import LoadError, LoadSpec
+from conformance.oracle import (
+    EchoOracle,
+    Oracle,
+    OracleError,
+    OracleFactory,
+    guarded,
+    load_oracle,
+)
 
 if TYPE_CHECKING:
     from conformance.protocols import ProtocolModel
@@ -104,19 +112,24 @@ def run_load(
         result = run(driver, one)
     else:
         result = _run_processes(spec, progress, stop, ready)
-    if not result.stopped:
+    if result.stopped or result.oracle_error is not None or result.unjudged is not None:
+        return result
+    try:
         alive = probe_alive(
             spec.host,
             spec.port,
             timeout=min(_PROBE_TIMEOUT, spec.connect_timeout),
-            oracle=spec.oracle,
+            oracle=load_oracle(spec.oracle),
             stop=stop,
             model=spec.model(),
         )
-        if stop is not None and stop.is_set():
-            result.stopped = True
-        else:
-            result.server_alive = alive
+    except OracleError as exc:
+        result.oracle_error = str(exc)
+        return result
+    if stop is not None and stop.is_set():
+        result.stopped = True
+    else:
+        result.server_alive = alive
     return result
 
 
@@ -269,24 +282,33 @@ def probe_alive(
         host: The server's address.
         port: The server's port.
         timeout: Seconds for the whole probe: connect, send and reply.
-        oracle: Says what the probe is owed (a :class:`~conformance.oracle.ReplyOracle`).
+        oracle: Judges the probe's reply, as it judges a load connection's:
+            it is told the probe and every read, and its verdict says whether
+            the reply is right and complete.
         stop: Looked at between two ``SLICE``-second waits; when set, the
             probe gives up (and says False).
         model: A protocol model (:meth:`LoadSpec.model`): the probe is one of
             its requests, owed its exact reply, instead of a few raw bytes.
 
     Returns:
-        True when what ``oracle`` says is owed came back within ``timeout``;
-        when nothing is owed (discard), when the server answered the probe and
-        our FIN with its own FIN and no byte.
+        True when the reply came back right within ``timeout``; when nothing
+        is owed (discard), when the server answered the probe and our FIN
+        with its own FIN and no byte. A reply the oracle still calls PENDING
+        at the deadline is judged as the exchange's end: PASS then is True.
+
+    Raises:
+        OracleError: The oracle's own code raised (a user's oracle, guarded).
     """
     if model is not None:
         from conformance.protocols import unique_prefix
 
         probe, owed = model.load_connection(unique_prefix(0)).next_request(random.Random(0), 8)
+        judge: Oracle = EchoOracle()
+        judge.sent(owed)  # Owed exactly these bytes: judged as their echo.
     else:
         probe = b"alive?\0\xff"
-        owed = reply_oracle(oracle).expected_reply(probe)
+        judge = guarded(oracle)()
+        judge.sent(probe)
     deadline = time.monotonic() + timeout
     try:
         with wait_connected(host, port, deadline, stop) as sock:
@@ -298,21 +320,25 @@ def probe_alive(
                     out = out[sock.send(out) :]
                 except (BlockingIOError, InterruptedError):
                     continue
-            if not owed:
-                sock.shutdown(socket.SHUT_WR)
-            got = b""
-            while wait_ready(sock, select.POLLIN, deadline, stop):
+            verdict = judge.verdict()
+            owes = verdict.pending
+            if not owes:
+                sock.shutdown(socket.SHUT_WR)  # Nothing owed: the server's FIN answers ours.
+            while not verdict.failed and wait_ready(sock, select.POLLIN, deadline, stop):
                 try:
-                    chunk = sock.recv(len(owed) - len(got) if owed else 4096)
+                    chunk = sock.recv(4096)
                 except (BlockingIOError, InterruptedError):
                     continue
-                if not owed:
-                    return not chunk  # Our FIN answered with the server's, and no byte.
                 if not chunk:
-                    return False
-                got += chunk
-                if len(got) == len(owed):
-                    return got == owed
+                    judge.finish()
+                    return judge.verdict().passed
+                judge.received(chunk)
+                verdict = judge.verdict()
+                if owes and verdict.passed:
+                    return True
+            if verdict.pending and not (stop is not None and stop.is_set()):
+                judge.finish()  # At the deadline: the oracle's last word on what came.
+                return judge.verdict().passed
             return False
     except OSError:
         return False

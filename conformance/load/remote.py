@@ -22,6 +22,12 @@ channel, runs :func:`~conformance.load.run_load` and, once every connection
 is open, says ``("ready", pid, opened)`` and waits for ``go``; it sends its
 progress now and then and finally its result as plain data.
 
+The spec names its oracle (``echo``, ``discard`` or ``package.module:Class``)
+and the host imports it there: a user's oracle module is not sent, so it
+must be importable on the host (installed there, or on its ``PYTHONPATH``;
+a ``popen`` host runs in this directory, with this environment). When it is
+not, the host says so before any load, naming the oracle.
+
 This module imports nothing outside the standard library and the modules it
 sends (not execnet: on the host execnet is only its bootstrapped
 ``gateway_base``).
@@ -36,10 +42,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from conformance.errors import UsageError
 from conformance.load.connector import SLICE
 from conformance.load.processes import run_load
 from conformance.load.spec import Faults, LoadSpec
-from conformance.oracle import load_oracle, oracle_name
+from conformance.oracle import load_oracle
 
 __all__ = [
     "PROGRESS_EVERY",
@@ -47,6 +54,7 @@ __all__ = [
     "START_GRACE",
     "package_files",
     "serve_host",
+    "oracle_here",
     "spec_from_data",
     "spec_to_data",
 ]
@@ -118,19 +126,26 @@ def package_files() -> dict[str, str]:
 
 
 def spec_to_data(spec: LoadSpec) -> dict[str, Any]:
-    """``spec`` as plain data for a channel (the oracle by name)."""
-    return {**asdict(spec), "oracle": oracle_name(spec.oracle)}
+    """``spec`` as plain data for a channel (its oracle and protocol by name)."""
+    return asdict(spec)
 
 
 def spec_from_data(data: dict[str, Any]) -> LoadSpec:
-    """The spec that :func:`spec_to_data` wrote.
+    """The spec that :func:`spec_to_data` wrote."""
+    return LoadSpec(**{**data, "faults": Faults(**data["faults"])})
 
-    Raises:
-        UsageError: Its oracle cannot be imported here.
-    """
-    return LoadSpec(
-        **{**data, "faults": Faults(**data["faults"]), "oracle": load_oracle(data["oracle"])}
-    )
+
+def oracle_here(spec: LoadSpec) -> str | None:
+    """None when the spec's oracle can be made on this host; else why not, in one line."""
+    try:
+        load_oracle(spec.oracle)
+    except UsageError as exc:
+        return (
+            f"the oracle {spec.oracle} is not importable on this host ({exc}): a user's "
+            "oracle module is not sent to a load host, it must be importable there "
+            "(installed, or on its PYTHONPATH)"
+        )
+    return None
 
 
 def serve_host(channel: Any) -> None:
@@ -157,6 +172,10 @@ def serve_host(channel: Any) -> None:
     channel.setcallback(on_message, endmarker=_CLOSED)
     try:
         spec = spec_from_data(data)
+        why = oracle_here(spec)
+        if why is not None:
+            channel.send(("error", why))
+            return
         go_by = time.monotonic() + spec.connect_timeout + START_GRACE * 2
 
         def ready(opened: int) -> None:

@@ -12,7 +12,9 @@ each load process to the parent, which reads it back with
 
 A run ended early by its stop event is ``stopped``: its figures cover what
 ran, it is not ``ok`` (nothing was shown to be right), and the summary line
-says so.
+says so. So is a run whose oracle raised (``oracle_error``: a fault on the
+judging side) or could not judge a reply as it came (``unjudged``): each
+ends the run at once, and is neither the server's failure nor its pass.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any
 
 from conformance.histogram import Histogram
 from conformance.load.spec import LoadSpec
-from conformance.oracle import oracle_name
 
 __all__ = ["LoadResult", "format_json"]
 
@@ -37,6 +38,10 @@ class LoadResult:
     ``stopped`` is True when the caller's stop event ended the run before
     its time was up (or before the liveness probe answered): the rest is a
     partial result, and ``server_alive`` is then None.
+
+    ``oracle_error`` says what the oracle's own code raised, and ``unjudged``
+    why the oracle could not judge the replies; either ended the run, and
+    the liveness probe was not run.
     """
 
     spec: LoadSpec
@@ -51,11 +56,19 @@ class LoadResult:
     connections_opened: int = 0
     server_alive: bool | None = None
     stopped: bool = False
+    oracle_error: str | None = None
+    unjudged: str | None = None
 
     @property
     def ok(self) -> bool:
         """No byte went wrong, nothing stalled, the run was not stopped, and the server answered."""
-        return not self.errors and self.server_alive is not False and not self.stopped
+        return (
+            not self.errors
+            and self.server_alive is not False
+            and not self.stopped
+            and self.oracle_error is None
+            and self.unjudged is None
+        )
 
     @property
     def round_trips_per_second(self) -> float:
@@ -74,7 +87,7 @@ class LoadResult:
         """
         return {
             "target": f"{self.spec.host}:{self.spec.port}",
-            "spec": {**asdict(self.spec), "oracle": oracle_name(self.spec.oracle)},
+            "spec": asdict(self.spec),
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "round_trips": self.round_trips,
@@ -90,6 +103,8 @@ class LoadResult:
             "connections_opened": self.connections_opened,
             "server_alive": self.server_alive,
             "stopped": self.stopped,
+            "oracle_error": self.oracle_error,
+            "unjudged": self.unjudged,
         }
 
     @classmethod
@@ -116,6 +131,8 @@ class LoadResult:
             connections_opened=data["connections_opened"],
             server_alive=data["server_alive"],
             stopped=data["stopped"],
+            oracle_error=data.get("oracle_error"),
+            unjudged=data.get("unjudged"),
         )
 
     @classmethod
@@ -143,6 +160,8 @@ class LoadResult:
             result.observed.update(part.observed)
             result.connections_opened += part.connections_opened
             result.stopped = result.stopped or part.stopped
+            result.oracle_error = result.oracle_error or part.oracle_error
+            result.unjudged = result.unjudged or part.unjudged
         return result
 
     def summary_line(self) -> str:
@@ -164,6 +183,10 @@ class LoadResult:
             line += f"; server {alive} at the end"
         if data["stopped"]:
             line += "; STOPPED before the end (partial result)"
+        if data["oracle_error"]:
+            line += f"; ORACLE ERROR: {data['oracle_error']}"
+        if data["unjudged"]:
+            line += f"; NOT JUDGED: {data['unjudged']}"
         return line
 
 

@@ -7,13 +7,30 @@ Plain data, checked once: :meth:`Faults.parse` reads the ``--faults`` text,
 touches a socket; the driver (:mod:`conformance.load.driver`) reads a spec and
 the processes (:mod:`conformance.load.processes`) hand it to each load process.
 
-Replies are judged by the spec's oracle (``oracle``, a factory, the echo
-oracle by default). The load generator asks each connection's oracle what a
-correct server owes for each message it sends (:class:`~conformance.oracle.ReplyOracle`,
-``expected_reply``) and checks what comes back against that, byte for byte:
-so the oracle decides what is right, while the generator keeps no more than
-the bytes still owed, as thousands of connections at full speed need. An
-oracle that can only judge whole transcripts is refused by :meth:`LoadSpec.validate`.
+Replies are judged by the oracle ``oracle`` names (``echo``, the default,
+``discard`` or ``package.module:Class``, as ``--oracle`` takes it): a name,
+so that every load process, and every host, makes its own from it.
+:func:`judging` says how, once per process:
+
+- ``ECHO``: the built-in echo oracle; what a message is owed is the message
+  itself, compared with what comes back byte for byte (the fast path);
+- ``REPLY``: an oracle with its own ``expected_reply``
+  (:class:`~conformance.oracle.ReplyOracle`) says what each message is owed;
+  the generator compares what comes back with that, byte for byte, and keeps
+  no more than the bytes still owed (discard owes nothing);
+- ``VERDICT``: any other oracle, asked as the harness asks it: each
+  connection's oracle is told every message sent and every read received,
+  and its verdict says whether the reply is right (FAIL, with its offset),
+  still owed (PENDING) or complete (PASS: the next round starts). The
+  generator cannot tell how many bytes are owed, so stream mode, which keeps
+  a window of them in flight, needs ``REPLY`` (:meth:`LoadSpec.validate`).
+  An oracle whose verdict stays PENDING after a reply came, and turns PASS
+  only once told the exchange is over, cannot judge a stream as it comes:
+  the run says so (``LoadResult.unjudged``) rather than blame the server.
+
+A user's oracle is guarded (:func:`~conformance.oracle.guarded`): what it
+raises ends the run with ``LoadResult.oracle_error``, never a verdict on the
+server.
 
 With ``protocol`` naming a model (``resp``, ``memcached``; see
 :mod:`conformance.protocols`) each connection sends that model's requests
@@ -24,16 +41,24 @@ connection. Half-close faults need a model that promises half-close semantics.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from conformance.oracle import EchoOracle, OracleFactory, ReplyOracle, oracle_name
+from conformance.oracle import (
+    DiscardOracle,
+    EchoOracle,
+    OracleFactory,
+    ReplyOracle,
+    guarded,
+    load_oracle,
+)
 
 if TYPE_CHECKING:
     from conformance.protocols import ProtocolModel
 
-__all__ = ["Faults", "LoadError", "LoadSpec", "Mode", "reply_oracle"]
+__all__ = ["Faults", "Judging", "LoadError", "LoadSpec", "Mode", "judging"]
 
 Mode = Literal["pingpong", "stream"]
 
@@ -104,9 +129,9 @@ class LoadSpec:
 
     ``duration`` bounds the run in seconds; ``rounds`` (ping-pong only) stops
     each connection after that many round trips instead, with ``duration``
-    then as the upper bound. ``oracle`` makes each connection's oracle; it
-    must be a :class:`~conformance.oracle.ReplyOracle`, and picklable (a
-    class) when ``procs`` > 1.
+    then as the upper bound. ``oracle`` names the oracle that judges each
+    connection (see the module docstring); a user's must be importable in
+    every load process and on every host.
 
     ``connect_timeout`` is one deadline for the whole set of connections
     (each load process's share), not one per connection: connects never wait
@@ -133,7 +158,7 @@ class LoadSpec:
     connect_timeout: float = 10.0
     drain_timeout: float = 10.0
     stop_on_error: bool = False
-    oracle: OracleFactory = EchoOracle
+    oracle: str = "echo"
     protocol: str = "echo"
 
     def validate(self) -> None:
@@ -141,6 +166,7 @@ class LoadSpec:
 
         Raises:
             ValueError: Naming the first setting out of range.
+            UsageError: ``oracle`` or ``protocol`` names nothing that can be loaded here.
         """
         if not 1 <= self.connections <= 100_000:
             raise ValueError(f"connections must be between 1 and 100000, got {self.connections}")
@@ -160,7 +186,13 @@ class LoadSpec:
             raise ValueError(f"mode must be pingpong or stream, got {self.mode!r}")
         model = self.model()
         if model is None:
-            reply_oracle(self.oracle)
+            _, how = judging(self.oracle)
+            if how is Judging.VERDICT and self.mode == "stream":
+                raise ValueError(
+                    f"stream mode keeps a window of bytes in flight, which needs to know how "
+                    f"many bytes each message is owed: the oracle {self.oracle} has no "
+                    "expected_reply(data) to say so; use pingpong mode"
+                )
             return
         from conformance.protocols import Capability, skip_reason
 
@@ -189,22 +221,40 @@ class LoadSpec:
         return None if Capability.ANY_BYTES in model.capabilities else model
 
 
-def reply_oracle(factory: OracleFactory) -> ReplyOracle:
-    """Make one oracle with ``factory`` and check it can say what each message is owed.
+class Judging(enum.Enum):
+    """How a load connection's replies are judged (see the module docstring)."""
+
+    ECHO = "echo"
+    REPLY = "reply"
+    VERDICT = "verdict"
+
+
+#: The built-ins' ``expected_reply``: a user's subclass that inherits one has
+#: not said what its own oracle owes.
+_BUILT_IN_REPLIES = (EchoOracle.expected_reply, DiscardOracle.expected_reply)
+
+
+def judging(oracle: str) -> tuple[OracleFactory, Judging]:
+    """The oracle ``oracle`` names, guarded, and how the load judges with it.
 
     Args:
-        factory: An oracle factory (a class, usually).
+        oracle: ``echo``, ``discard`` or ``package.module:Class``.
 
     Returns:
-        A new oracle.
+        A factory of one (guarded) oracle per connection, and how replies
+        are judged: ``ECHO`` for the built-in echo oracle, ``REPLY`` for an
+        oracle that defines ``expected_reply`` (or the built-in discard),
+        else ``VERDICT``.
 
     Raises:
-        ValueError: Its oracles have no ``expected_reply``.
+        UsageError: ``oracle`` cannot be loaded here.
     """
-    oracle = factory()
-    if not isinstance(oracle, ReplyOracle):
-        raise ValueError(
-            f"oracle {oracle_name(factory)} cannot be used for load: it needs a method "
-            "expected_reply(data) -> bytes saying what a correct server owes for data"
-        )
-    return oracle
+    factory = load_oracle(oracle)
+    if factory is EchoOracle:
+        return factory, Judging.ECHO
+    if factory is DiscardOracle:
+        return factory, Judging.REPLY
+    sample = factory()
+    if isinstance(sample, ReplyOracle) and type(sample).expected_reply not in _BUILT_IN_REPLIES:
+        return guarded(factory), Judging.REPLY
+    return guarded(factory), Judging.VERDICT

@@ -11,12 +11,16 @@ from conformance.oracle import (
     DiscardOracle,
     EchoOracle,
     Oracle,
+    OracleError,
     ReplyOracle,
     Status,
     first_difference,
+    guarded,
     load_oracle,
+    named_oracle,
     oracle_name,
 )
+from tests.conformance.example_oracles import ReceivedRaises
 
 
 def test_EchoOracle_is_pending_until_everything_came_back() -> None:
@@ -172,3 +176,39 @@ def test_oracle_name_is_read_back_by_load_oracle() -> None:
     assert oracle_name(DiscardOracle) == "discard"
     assert oracle_name(LoudEcho) == f"{__name__}:LoudEcho"
     assert load_oracle(oracle_name(LoudEcho)) is LoudEcho
+
+
+class _Sulks(EchoOracle):
+    """A user's oracle whose own code fails when a byte comes back."""
+
+    def received(self, data: bytes) -> None:
+        raise KeyError("sulk")
+
+
+class _Shouts(_Sulks):
+    def expected_reply(self, data: bytes) -> bytes:
+        raise ValueError("no reply")
+
+
+def test_guarded_turns_what_a_user_oracle_raises_into_OracleError() -> None:
+    o = guarded(_Sulks)()
+    o.sent(b"ab")
+    assert o.verdict().pending
+    with pytest.raises(OracleError, match=r"_Sulks raised in received\(\): KeyError: 'sulk'"):
+        o.received(b"a")
+    assert not isinstance(guarded(ReceivedRaises)(), ReplyOracle)  # None where it had none.
+    reply = guarded(_Shouts)()
+    assert isinstance(reply, ReplyOracle)
+    with pytest.raises(OracleError, match=r"raised in expected_reply\(\): ValueError"):
+        reply.expected_reply(b"x")
+    assert guarded(EchoOracle) is EchoOracle  # The suite's own code: no call in between.
+
+
+def test_named_oracle_is_a_name_that_loads_back_to_the_same_factory() -> None:
+    assert named_oracle(EchoOracle) == "echo"
+    assert named_oracle(_Sulks) == f"{__name__}:_Sulks"
+
+    class Local(EchoOracle):
+        pass
+
+    assert named_oracle(Local) is None  # No other process can make it.
