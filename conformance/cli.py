@@ -64,6 +64,7 @@ from conformance.results import (
     use_colour,
 )
 from conformance.session import PlannedRun, Session
+from conformance.target import TargetKind, server_nofile_header
 from reference.cli import ArgumentParser, add_model_parsers, at_least, serve
 
 __all__ = ["build_parser", "main"]
@@ -263,6 +264,10 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
             f"reactor-conformance: {len(plan.checks)} checks against {target.name} "
             f"({target.spec.describe()}) at {target.address}"
         )
+        for note in session.board.notes(target.name) if session.board is not None else ():
+            print(f"reactor-conformance: {target.name}: {note.detail}")
+    if any(t.spec.kind is not TargetKind.ADDRESS for t in session.targets):
+        print(f"reactor-conformance: {server_nofile_header(plan.server_nofile)}")
     if plan.protocol != "echo":
         print(f"reactor-conformance: the checks speak the {plan.protocol} protocol model")
     if plan.load_hosts:

@@ -9,8 +9,10 @@ what they know through a :class:`Board`, a private directory of small files:
 - ``NAME.state.json``, written only by the process that owns the target (by
   :class:`Keeper`, atomically: write, then rename): its generation (0, then
   1 after the first restart...), its status (``up``, ``restarting``,
-  ``down``), where it listens, its PID, and every exit it saw (how: "exited
-  with signal 13 (SIGPIPE)", when, and the last lines of its stderr).
+  ``down``), where it listens, its PID, every exit it saw (how: "exited
+  with signal 13 (SIGPIPE)", when, and the last lines of its stderr), and
+  its notes: the server daemonized (its PID is the daemon's from then on),
+  a process the run could not stop.
 - ``NAME.exit-G``, created (``O_EXCL``, so once) by the check that claims
   the exit of generation G: the check that was running when the process
   died. That check FAILs naming the exit; any other check that was running
@@ -23,7 +25,11 @@ what they know through a :class:`Board`, a private directory of small files:
 A :class:`Keeper` (one per started target, on the owning process) waits on
 the target's process in a thread; when it exits, the keeper records how,
 then restarts it (at most :data:`MAX_RESTARTS` times) unless the run says
-``--no-restart``. Before each check the session waits until its target is
+``--no-restart``. A command that exits 0 while a process it started listens
+on its handed-out port has daemonized
+(:meth:`~conformance.target.RunningTarget.find_daemon`): the keeper follows
+that process instead, and its end is the target's exit. Before each check
+the session waits until its target is
 ``up`` (:meth:`Board.wait_ready`); after it, it looks for an exit of the
 generation it ran against (:meth:`Board.exit_during`).
 """
@@ -42,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.errors import TargetError
+from conformance.strays import command_line
 from conformance.target import Address, RunningTarget
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "Board",
     "Exit",
     "Keeper",
+    "Note",
     "TargetEvent",
     "TargetState",
     "describe_exit",
@@ -117,6 +125,30 @@ class Exit:
 
 
 @dataclass(frozen=True)
+class Note:
+    """Something about a target that is not an exit: it daemonized, a process outlived the run.
+
+    Attributes:
+        kind: ``daemonized`` or ``left running``.
+        generation: Which start of the target it concerns.
+        detail: What, in words: ``the server daemonized: PID 12 (CMD)``.
+        at: When (seconds since the epoch).
+    """
+
+    kind: str
+    generation: int
+    detail: str
+    at: float
+
+
+#: What the run did about each kind of :class:`Note`.
+_NOTE_OUTCOMES = {
+    "daemonized": "followed as the target: its PID is the one watched, measured and stopped",
+    "left running": "the run could not stop it",
+}
+
+
+@dataclass(frozen=True)
 class TargetState:
     """The target as its owner last recorded it.
 
@@ -128,6 +160,7 @@ class TargetState:
         pid: Its process, when the suite started it.
         exits: Every exit seen, oldest first.
         down_reason: Why it is ``down``: no restart wanted, too many, or the restart failed.
+        notes: It daemonized; a process outlived the run.
     """
 
     generation: int
@@ -137,6 +170,7 @@ class TargetState:
     pid: int | None
     exits: tuple[Exit, ...] = ()
     down_reason: str = ""
+    notes: tuple[Note, ...] = ()
 
     @property
     def address(self) -> Address:
@@ -159,6 +193,7 @@ class TargetState:
             data["pid"],
             exits,
             data["down_reason"],
+            tuple(Note(**n) for n in data.get("notes", ())),
         )
 
 
@@ -169,7 +204,8 @@ class TargetEvent:
     Attributes:
         kind: ``exited``; ``unreachable`` (a fresh connection is refused or
             not accepted); ``silent`` (connections are accepted, but a short
-            message gets nothing back: the server fails, it is not unreachable).
+            message gets nothing back: the server fails, it is not unreachable);
+            ``daemonized`` or ``left running``.
         check: The check during which it happened, if one claimed it.
         detail: How: ``exited with signal 13 (SIGPIPE)``, or what the probe saw.
         at: When (seconds since the epoch).
@@ -187,6 +223,8 @@ class TargetEvent:
 
     def line(self) -> str:
         """One line for people."""
+        if self.kind in _NOTE_OUTCOMES:
+            return f"{self.detail}; {self.outcome}"
         during = f" during {self.check}" if self.check else " between two checks"
         if self.kind == "unreachable":
             return f"stopped answering{during} ({self.detail}); {self.outcome}"
@@ -251,6 +289,11 @@ class Board:
             return TargetState.from_data(json.loads((self.path / f"{name}.state.json").read_text()))
         except FileNotFoundError:
             return None
+
+    def notes(self, name: str) -> tuple[Note, ...]:
+        """What the owner noted about ``name`` besides its exits (it daemonized...)."""
+        state = self.state(name)
+        return state.notes if state is not None else ()
 
     def unreachable(self, name: str) -> dict[str, Any] | None:
         """``{"check", "detail", "at", "accepts"}`` when a check found the target unreachable.
@@ -343,6 +386,8 @@ class Board:
                 for record in state.exits:
                     if record.generation == generation:
                         return record
+                if state.generation == generation and state.pid is not None:
+                    pid = state.pid  # The owner followed the server into its daemon.
             if not process_gone(pid):
                 if time.monotonic() >= until_gone:
                     return None
@@ -371,6 +416,10 @@ class Board:
                         record.stderr,
                     )
                 )
+            events += [
+                TargetEvent(note.kind, None, note.detail, note.at, _NOTE_OUTCOMES[note.kind])
+                for note in state.notes
+            ]
         gone = self.unreachable(name)
         if gone is not None:
             events.append(
@@ -399,6 +448,10 @@ class Board:
 class Keeper:
     """Keeps one started target: records its exits and restarts it (the owning process only).
 
+    A command that exits 0 while a process it started listens on its
+    handed-out port has daemonized: the keeper follows that process (a
+    ``daemonized`` note, its PID published) and the daemon's end is the exit.
+
     Args:
         name: The target's name in the run.
         board: Where to record.
@@ -424,13 +477,17 @@ class Keeper:
         self._lock = threading.Lock()
         self._stopping = False
         self._exits: list[Exit] = []
+        self._notes: list[Note] = []
+        self._status = ("up", "")
         self.generation = 0
+        self._note_daemon()
         self._publish("up")
         self._thread = threading.Thread(target=self._watch, name=f"keeper of {name}", daemon=True)
         if running.server is not None:
             self._thread.start()
 
     def _publish(self, status: str, down_reason: str = "") -> None:
+        self._status = (status, down_reason)
         address = self.running.address
         self.board.publish(
             self.name,
@@ -442,17 +499,53 @@ class Keeper:
                 self.running.pid,
                 tuple(self._exits),
                 down_reason,
+                tuple(self._notes),
             ),
+        )
+
+    def _note_daemon(self) -> None:
+        daemon = self.running.daemon
+        if daemon is not None:
+            detail = f"the server daemonized: PID {daemon} ({command_line(daemon) or '?'})"
+            self._notes.append(Note("daemonized", self.generation, detail, time.time()))
+
+    def _note_left(self, running: RunningTarget) -> None:
+        for pid in sorted(running.left):
+            detail = f"PID {pid} ({command_line(pid) or '?'}) still runs after SIGKILL"
+            self._notes.append(Note("left running", self.generation, detail, time.time()))
+        running.left.clear()
+
+    def _wait_end(self, running: RunningTarget) -> str | None:
+        """Wait until the target's process ends; say how, or None when the keeper is stopping."""
+        server = running.server
+        assert server is not None
+        if running.daemon is None:
+            code = server.proc.wait()
+            with self._lock:
+                # The target accepted already: a daemon holds the socket by now.
+                daemon = None if self._stopping or code != 0 else running.find_daemon()
+                if daemon is None:
+                    return describe_exit(code)
+                running.follow(daemon)
+                self._note_daemon()
+                self._publish("up")
+        while not running.wait_daemon(1.0):
+            if self._stopping:
+                return None
+        return (
+            f"exited (the daemon, PID {running.daemon}: not a child of the suite, so its "
+            "status is not visible)"
         )
 
     def _watch(self) -> None:
         while True:
-            server = self.running.server
+            running = self.running
+            server = running.server
             assert server is not None
-            code = server.proc.wait()
+            how = self._wait_end(running)
             server.stderr.join(1.0)  # Its last words, once the pipe closes.
             with self._lock:
-                if self._stopping:
+                if self._stopping or how is None:
                     return
                 restart = self._restarts_wanted and len(self._exits) < MAX_RESTARTS
                 reason = ""
@@ -461,10 +554,9 @@ class Keeper:
                 elif not restart:
                     reason = f"it exited {MAX_RESTARTS + 1} times"
                 tail = tuple(server.stderr.lines()[-STDERR_LINES:])
-                self._exits.append(
-                    Exit(self.generation, describe_exit(code), time.time(), tail, restart)
-                )
-                server.stop(1.0)  # Whatever it forked goes with it.
+                self._exits.append(Exit(self.generation, how, time.time(), tail, restart))
+                running.stop(1.0)  # Whatever it forked goes with it, strays included.
+                self._note_left(running)
                 self._publish("restarting" if restart else "down", reason)
                 if not restart:
                     return
@@ -482,13 +574,21 @@ class Keeper:
                     return
                 self.running = new
                 self.generation += 1
+                self._note_daemon()
                 self._publish("up")
 
     def stop(self) -> None:
-        """Stop the target and the watching (SIGTERM to its group, then SIGKILL)."""
+        """Stop the target and the watching: its group, then by PID what left the group.
+
+        A process that outlives even SIGKILL is published as a ``left running`` note.
+        """
         with self._lock:
             self._stopping = True
             running = self.running
         running.stop()
         if self._thread.is_alive():
             self._thread.join(30.0)
+        if running.left:
+            with self._lock:
+                self._note_left(running)
+                self._publish(*self._status)

@@ -32,7 +32,13 @@ from conformance.health import MAX_RESTARTS
 from conformance.profiles import DEFAULT, PROFILES, Profile
 from conformance.protocols import judged_by
 from conformance.selection import select_checks, split_list
-from conformance.target import REFERENCE_MODELS, TargetKind, TargetSpec
+from conformance.target import (
+    REFERENCE_MODELS,
+    SERVER_NOFILE,
+    TargetKind,
+    TargetSpec,
+    server_nofile,
+)
 
 __all__ = [
     "OPTIONS",
@@ -185,6 +191,14 @@ OPTIONS: tuple[Option, ...] = (
         settings={"metavar": "N"},
     ),
     Option(
+        "--server-nofile",
+        "server_nofile",
+        "The soft descriptor limit (RLIMIT_NOFILE) the servers the suite starts begin "
+        "with, at most the hard limit, so that ECHO-LIMIT-1 can exceed it; inherit keeps "
+        f"the suite's own (default: {SERVER_NOFILE}, the common soft limit)",
+        settings={"metavar": "N|inherit"},
+    ),
+    Option(
         "--load-hosts",
         "load_hosts",
         "Run the load checks (ECHO-LOAD-*) from this execnet gateway instead of this "
@@ -287,6 +301,8 @@ class RunPlan:
             limit cannot be read is taken to hold at most; None: not given.
         load_hosts: The execnet gateways the load checks run from
             (``--load-hosts``); empty: this process.
+        server_nofile: The soft descriptor limit the servers it starts begin
+            with (``--server-nofile``); None: the suite's own.
     """
 
     targets: tuple[TargetSpec, ...]
@@ -305,6 +321,7 @@ class RunPlan:
     artifacts: Path | None = None
     max_connections: int | None = None
     load_hosts: tuple[str, ...] = ()
+    server_nofile: int | None = SERVER_NOFILE
 
     def bound(self, start: float = TARGET_START_BOUND) -> float:
         """Seconds the run takes at most: each check's deadline plus its probes, per target.
@@ -334,6 +351,9 @@ class RunPlan:
             words += [_BY_DEST["max_connections"].name(self.front), str(self.max_connections)]
         for host in self.load_hosts:
             words += [_BY_DEST["load_hosts"].name(self.front), host]
+        if self.server_nofile != SERVER_NOFILE:
+            nofile = "inherit" if self.server_nofile is None else str(self.server_nofile)
+            words += [_BY_DEST["server_nofile"].name(self.front), nofile]
         return shlex.join(words)
 
     def to_data(self) -> dict[str, Any]:
@@ -355,6 +375,7 @@ class RunPlan:
             "artifacts": str(self.artifacts) if self.artifacts is not None else None,
             "max_connections": self.max_connections,
             "load_hosts": list(self.load_hosts),
+            "server_nofile": self.server_nofile,
         }
 
     @classmethod
@@ -377,6 +398,7 @@ class RunPlan:
             artifacts=Path(data["artifacts"]) if data["artifacts"] is not None else None,
             max_connections=data["max_connections"],
             load_hosts=tuple(data.get("load_hosts", ())),
+            server_nofile=data.get("server_nofile", SERVER_NOFILE),
         )
 
 
@@ -422,6 +444,7 @@ def plan_from_options(
         artifacts=artifacts_dir(values.artifacts, values.report_json),
         max_connections=max_connections(values.max_connections),
         load_hosts=load_hosts(values.load_hosts),
+        server_nofile=server_nofile(values.server_nofile),
     )
 
 

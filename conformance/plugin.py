@@ -74,7 +74,7 @@ from conformance.results import (
     format_table,
 )
 from conformance.session import PlannedRun, Session
-from conformance.target import Address
+from conformance.target import Address, TargetKind, server_nofile_header
 
 __all__ = [
     "CHECK_PROPERTY",
@@ -378,10 +378,17 @@ class Recorder:
             for event in target.events:
                 xml.add_global_property(EVENT_PROPERTY, f"{target.name}: {event.line()}")
 
-    def pytest_report_header(self) -> str:
+    def pytest_report_header(self) -> list[str]:
         plan = self.session.plan
         capped = f" (--conformance-timeout {plan.timeout:g}s)" if plan.timeout else ""
-        return f"conformance: the run ends within at most {plan.bound():.0f}s{capped}"
+        lines = [f"conformance: the run ends within at most {plan.bound():.0f}s{capped}"]
+        board, targets = self.session.board, self.session.targets
+        if any(t.spec.kind is not TargetKind.ADDRESS for t in targets):
+            lines.append(f"conformance: {server_nofile_header(plan.server_nofile)}")
+        for target in targets:
+            notes = board.notes(target.name) if board is not None else ()
+            lines += [f"conformance: {target.name}: {note.detail}" for note in notes]
+        return lines
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         run = self.results

@@ -150,7 +150,7 @@ class Session:
                 log = self.artifacts / f"{name}.stderr.log"
 
                 def begin(spec: TargetSpec = spec, log: Path = log) -> RunningTarget:
-                    return start_target(spec, stderr_log=log)
+                    return start_target(spec, stderr_log=log, nofile=self.plan.server_nofile)
 
                 running = begin()
                 self._keepers.append(

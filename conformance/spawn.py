@@ -16,9 +16,15 @@ the wait fails.
 
 :meth:`Spawned.stop` sends SIGTERM to the group, waits, then SIGKILL, and
 SIGKILL once more for any process of the group that outlived its leader (the
-children of a forking server). :meth:`Spawned.kill` is the short way for a
+children of a forking server); then it stops, by PID, the processes of the
+command's session that left its group (``setpgid``) and started after it
+(:mod:`conformance.strays`). :meth:`Spawned.kill` is the short way for a
 test's teardown: SIGKILL to the group while its leader runs, nothing once the
 leader is gone, so that a test can still see a child its server left behind.
+
+``nofile`` sets the command's soft ``RLIMIT_NOFILE`` in the child, between
+``fork`` and ``exec``, so that the server runs under it from its first
+instruction.
 
 This is a module of its own, not part of :mod:`conformance.target`, because
 three users share it: the suite's targets (which add ``{port}`` and waiting
@@ -38,6 +44,10 @@ Facts about the OS this relies on
   it: the process and every child that inherited it. So EOF on stdout means
   the server is exiting or has exited, but a server's exit alone does not
   give EOF while a child of it lives.
+- ``preexec_fn`` runs in the child after ``fork`` (and after ``setsid``),
+  before ``exec``; a resource limit set there is inherited by the program
+  exec'd. Only a plain ``setrlimit`` with values computed beforehand runs
+  there: the child of a threaded parent must not take locks.
 - SIGTERM may be caught or ignored; SIGKILL cannot be, and a killed process is
   reaped by ``wait`` at once unless it is stuck in the kernel.
 """
@@ -48,17 +58,19 @@ import collections
 import itertools
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from conformance.errors import TargetError
+from conformance.strays import session_members, start_ticks, stop_processes
 
 __all__ = [
     "HEAD",
@@ -67,6 +79,7 @@ __all__ = [
     "Spawned",
     "no_input",
     "parse_listening",
+    "soft_nofile",
     "spawn",
     "spawn_listening",
 ]
@@ -216,9 +229,14 @@ class Spawned:
     Attributes:
         argv: The command, as run.
         proc: The process.
-        pid: Its PID, which is also its process group's ID.
+        pid: Its PID, which is also its process group's ID and its session's.
+        started: Its start time in clock ticks since boot
+            (:func:`~conformance.strays.start_ticks`): whatever it starts starts
+            then or later. None where ``/proc`` cannot tell.
         stdout: The reader of its stdout.
         stderr: The reader of its stderr.
+        left: The processes (``{pid: start time}``) that :meth:`stop` could
+            not end, even with SIGKILL.
     """
 
     def __init__(
@@ -233,6 +251,8 @@ class Spawned:
         self.argv = argv
         self.proc = proc
         self.pid = proc.pid
+        self.started = start_ticks(proc.pid)
+        self.left: dict[int, int] = {}
         self.stdout = LineReader(proc.stdout, keep=keep, name=f"stdout of {proc.pid}")
         self.stderr = LineReader(
             proc.stderr, keep=keep, name=f"stderr of {proc.pid}", copy=stderr_log
@@ -302,11 +322,18 @@ class Spawned:
         tail = " | ".join(self.stderr.lines()[-_QUOTED:])
         return f"{shlex.join(self.argv)} {what}" + (f"; stderr: {tail}" if tail else "")
 
-    def stop(self, grace: float = 5.0) -> int:
+    def stop(self, grace: float = 5.0, strays: Callable[[], dict[int, int]] | None = None) -> int:
         """Stop the group: SIGTERM, ``grace`` seconds, SIGKILL; then SIGKILL to any survivor.
+
+        Then the processes of its session that left the group (and started
+        after it), and those ``strays`` finds, are stopped by PID, before the
+        readers are joined (they may hold its pipes); those that still run are
+        in :attr:`left`.
 
         Args:
             grace: Seconds to wait after each signal.
+            strays: Finds more processes to stop by PID (``{pid: start time}``),
+                once the group is gone.
 
         Returns:
             The leader's exit code (negative: the signal that ended it).
@@ -324,6 +351,10 @@ class Spawned:
         # Children of a forking server (socat fork) share its group; SIGKILL ends
         # any that outlived their leader.
         _signal_group(self.pid, signal.SIGKILL)
+        if self.started is not None:
+            found = session_members([self.pid], self.started)
+            found |= strays() if strays is not None else {}
+            self.left |= stop_processes(found, grace)
         self._join_readers(grace)
         return self.proc.returncode
 
@@ -365,6 +396,24 @@ def _signal_group(pid: int, signum: int) -> None:
         pass  # The group is already gone.
 
 
+def soft_nofile(nofile: int) -> int:
+    """The soft descriptor limit a server asked to start under ``nofile`` gets: at most the hard."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
+
+
+def _limit_descriptors(nofile: int | None) -> Callable[[], None] | None:
+    """What the child runs before ``exec`` to start under ``nofile`` descriptors (None: nothing)."""
+    if nofile is None:
+        return None
+    limits = (soft_nofile(nofile), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+    return limit
+
+
 def spawn(
     command: Sequence[str] | str,
     *,
@@ -372,6 +421,7 @@ def spawn(
     cwd: str | os.PathLike[str] | None = None,
     keep: int | None = 20,
     stderr_log: Path | None = None,
+    nofile: int | None = None,
 ) -> Spawned:
     """Start ``command`` in a process group of its own, its output read by two threads.
 
@@ -383,6 +433,8 @@ def spawn(
         cwd: Its working directory (default: this one's).
         keep: How many of the last lines of each stream to keep; None keeps all.
         stderr_log: A file that every line of its stderr is appended to.
+        nofile: The soft descriptor limit (``RLIMIT_NOFILE``) it starts under,
+            capped at the hard limit (:func:`soft_nofile`); None: this process's.
 
     Returns:
         The running process; stop it with :meth:`Spawned.stop`.
@@ -404,6 +456,7 @@ def spawn(
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=_limit_descriptors(nofile),
             )
     except OSError as exc:
         raise TargetError(f"cannot start {shlex.join(argv)}: {exc.strerror or exc}") from None

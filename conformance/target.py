@@ -12,7 +12,21 @@ command, it replaces ``{port}`` with a free port, or else waits for the
 command to print ``listening on HOST:PORT``; either way it then waits, under a
 deadline, until the address accepts a connection. Starting, reading the
 command's output, waiting for that line and stopping its process group are
-:mod:`conformance.spawn`'s; this module adds what only a target needs.
+:mod:`conformance.spawn`'s; this module adds what only a target needs:
+
+- The descriptor limit a started server begins with (``--server-nofile``,
+  :data:`SERVER_NOFILE` by default), set before it runs.
+- A server that daemonizes: the command exits 0 while a process it started
+  listens on the port the run handed out. :meth:`RunningTarget.find_daemon`
+  finds that process by its listening socket and its start time
+  (:mod:`conformance.strays`), and :meth:`RunningTarget.follow` makes it the
+  target's process: its PID is the one the run watches, measures and stops.
+  The port is the proof that the process is the run's: a command that prints
+  its port is not followed (its port was not handed out by the run).
+- :meth:`RunningTarget.stop` stops, after the command's group and session,
+  every process that listens on the handed-out port and started after the
+  command, and the sessions those processes lead: nothing the run started
+  outlives it.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import resource
 import shlex
 import socket
 import subprocess
@@ -29,10 +44,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conformance.errors import TargetError, UsageError
-from conformance.spawn import Spawned, spawn
+from conformance.spawn import Spawned, soft_nofile, spawn
+from conformance.strays import (
+    listeners,
+    session_members,
+    sessions_of,
+    start_ticks,
+    wait_gone,
+)
 
 __all__ = [
     "REFERENCE_MODELS",
+    "SERVER_NOFILE",
     "Address",
     "RunningTarget",
     "TargetKind",
@@ -40,11 +63,19 @@ __all__ = [
     "free_port",
     "parse_address",
     "probe",
+    "server_nofile",
+    "server_nofile_header",
     "start_target",
 ]
 
 #: The models ``--reference`` accepts.
 REFERENCE_MODELS = ("single", "pool", "multi")
+
+#: The soft descriptor limit a started server begins with unless ``--server-nofile``
+#: says otherwise: the common default (``ulimit -n``), so that ECHO-LIMIT-1 can exceed it.
+SERVER_NOFILE = 1024
+#: What ``--server-nofile`` takes to keep the suite's own limit.
+INHERIT = "inherit"
 
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\[\]:\s]+)):(?P<port>\d+)$")
 
@@ -194,23 +225,116 @@ class RunningTarget:
         address: Where it listens.
         server: The process the suite started, or None.
         proc: That process's :class:`subprocess.Popen`, or None.
-        pid: Its PID, or None.
+        handed_out: Whether the run gave the command its port (``{port}``).
+        daemon: The process the command daemonized into, once followed
+            (:meth:`follow`); None until then.
+        left: The processes (``{pid: start time}``) that :meth:`stop` could not end.
     """
 
-    def __init__(self, spec: TargetSpec, address: Address, server: Spawned | None = None) -> None:
+    def __init__(
+        self,
+        spec: TargetSpec,
+        address: Address,
+        server: Spawned | None = None,
+        *,
+        handed_out: bool = False,
+    ) -> None:
         self.spec = spec
         self.address = address
         self.server = server
         self.proc: subprocess.Popen[str] | None = server.proc if server is not None else None
-        self.pid = server.pid if server is not None else None
+        self.handed_out = handed_out
+        self.daemon: int | None = None
+        self._daemon_started = 0
+        self.left: dict[int, int] = {}
 
-    def stop(self, grace: float = 5.0) -> int | None:
-        """Stop the process the suite started: SIGTERM to its group, then SIGKILL.
+    @property
+    def pid(self) -> int | None:
+        """The target's process: the daemon once followed, else the one started; None if neither."""
+        if self.daemon is not None:
+            return self.daemon
+        return self.server.pid if self.server is not None else None
+
+    def alive(self) -> bool:
+        """Whether the target's process (the daemon, once followed) still runs."""
+        if self.daemon is not None:
+            return start_ticks(self.daemon) == self._daemon_started
+        return self.server is not None and self.server.alive()
+
+    def find_daemon(self, timeout: float = 0.0) -> int | None:
+        """The process the command daemonized into, if it exited 0 and one listens on its port.
+
+        It is the earliest started of the processes that listen on the port
+        the run handed out and started after the command (a daemon's workers
+        that share its socket started later).
+
+        Args:
+            timeout: Seconds to wait for one to listen (the daemon may bind
+                after its parent exited).
 
         Returns:
-            Its exit code, or None when the suite started nothing.
+            Its PID, or None: the command runs, exited otherwise than with 0,
+            its port was not handed out, or no such process listens.
         """
-        return self.server.stop(grace) if self.server is not None else None
+        server = self.server
+        if server is None or not self.handed_out or server.started is None:
+            return None
+        if server.proc.poll() != 0:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            found = listeners(self.address.host, self.address.port, server.started)
+            found.pop(server.pid, None)
+            if found:
+                return min(found, key=lambda pid: (found[pid], pid))
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)  # Looking at /proc for a listener, under the deadline.
+
+    def follow(self, pid: int) -> None:
+        """Take ``pid`` (from :meth:`find_daemon`) as the target's process from now on."""
+        started = start_ticks(pid)
+        if started is not None:
+            self.daemon, self._daemon_started = pid, started
+
+    def wait_daemon(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, for the followed daemon to end; True once it has."""
+        if self.daemon is None:
+            return True
+        return wait_gone(self.daemon, self._daemon_started, timeout)
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """Stop everything the suite started for this target.
+
+        The command's process group, then its session's processes that left
+        the group (:meth:`Spawned.stop`), then, by PID, the followed daemon,
+        every process that listens on the port the run handed out and
+        started after the command, and the processes of the sessions those
+        lead. What still runs after SIGKILL is kept in :attr:`left`.
+
+        Returns:
+            The command's exit code, or None when the suite started nothing.
+        """
+        server = self.server
+        if server is None:
+            return None
+        code = server.stop(grace, self._strays)
+        self.left |= server.left
+        return code
+
+    def _strays(self) -> dict[int, int]:
+        """The followed daemon, the handed-out port's listeners, and their sessions' processes."""
+        server = self.server
+        if server is None or server.started is None:
+            return {}
+        found: dict[int, int] = {}
+        if self.daemon is not None and self.alive():
+            found[self.daemon] = self._daemon_started
+        if self.handed_out:
+            found |= listeners(self.address.host, self.address.port, server.started)
+        if found:
+            found |= session_members(sessions_of(found), server.started)
+        return found
 
     def __enter__(self) -> RunningTarget:
         return self
@@ -219,19 +343,68 @@ class RunningTarget:
         self.stop()
 
 
+def server_nofile(text: str | int | None) -> int | None:
+    """The limit of ``--server-nofile``: descriptors above 0, or None for ``inherit``.
+
+    Args:
+        text: The option's value; None (not given) is :data:`SERVER_NOFILE`.
+
+    Raises:
+        UsageError: It is neither.
+    """
+    if text is None:
+        return SERVER_NOFILE
+    if isinstance(text, str) and text.strip() == INHERIT:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(
+            f"--server-nofile {text}: give a number of descriptors above 0, for example "
+            f"{SERVER_NOFILE}, or {INHERIT} to keep the suite's own limit"
+        )
+    return value
+
+
+def server_nofile_header(nofile: int | None) -> str:
+    """What a run's header says of the descriptor limit its started servers begin with."""
+    if nofile is None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limit = "no limit" if soft == resource.RLIM_INFINITY else str(soft)
+        return (
+            f"spawned servers inherit the suite's soft descriptor limit ({limit}) "
+            f"(--server-nofile {INHERIT})"
+        )
+    soft = soft_nofile(nofile)
+    capped = f" {nofile}, capped at the hard limit" if soft != nofile else ""
+    return f"spawned servers start with a soft descriptor limit of {soft} (--server-nofile{capped})"
+
+
 def _reference_command(model: str) -> list[str]:
     return [sys.executable, "-m", "reference", model, "--port", "0"]
 
 
 def start_target(
-    spec: TargetSpec, *, start_timeout: float = 20.0, stderr_log: Path | None = None
+    spec: TargetSpec,
+    *,
+    start_timeout: float = 20.0,
+    stderr_log: Path | None = None,
+    nofile: int | None = None,
 ) -> RunningTarget:
     """Make the target ready: probe an address, or start a command and wait for it.
+
+    A command that exits 0 while a process it started listens on the port
+    the run handed out has daemonized: that process is followed
+    (:meth:`RunningTarget.follow`).
 
     Args:
         spec: The target.
         start_timeout: Seconds a started server has to accept a connection.
         stderr_log: A file that a started server's stderr is appended to.
+        nofile: The soft descriptor limit a started server begins with
+            (capped at the hard limit); None: the suite's own.
 
     Returns:
         The running target; stop it with :meth:`RunningTarget.stop`.
@@ -261,26 +434,42 @@ def start_target(
             fixed = Address("127.0.0.1", free_port())
             command = command.replace("{port}", str(fixed.port))
         argv = shlex.split(command)
-    server = spawn(argv, env=env, stderr_log=stderr_log)
-    running = RunningTarget(spec, fixed or Address("127.0.0.1", 0), server)
+    server = spawn(argv, env=env, stderr_log=stderr_log, nofile=nofile)
+    running = RunningTarget(
+        spec, fixed or Address("127.0.0.1", 0), server, handed_out=fixed is not None
+    )
     deadline = time.monotonic() + start_timeout
     try:
         if fixed is None:
             running.address = Address(*server.wait_listening(start_timeout))
-        _wait_accepting(running.address, server, deadline, start_timeout)
+        _wait_accepting(running, deadline, start_timeout)
     except BaseException:
         running.stop()
         raise
     return running
 
 
-def _wait_accepting(
-    address: Address, server: Spawned, deadline: float, start_timeout: float
-) -> None:
-    """Probe the address until it accepts, the process exits, or the deadline passes."""
+def _wait_accepting(running: RunningTarget, deadline: float, start_timeout: float) -> None:
+    """Probe the address until it accepts, the process exits, or the deadline passes.
+
+    A command that exits 0 is followed into its daemon, if one listens on
+    its port before the deadline.
+    """
+    server = running.server
+    assert server is not None
+    address = running.address
     while True:
-        if not server.alive():
-            raise TargetError(server.why_not_listening(start_timeout))
+        if not running.alive():
+            if running.daemon is not None:
+                raise TargetError(
+                    f"{shlex.join(server.argv)} daemonized (PID {running.daemon}), and its "
+                    f"daemon exited before it accepted connections on {address}"
+                )
+            daemon = running.find_daemon(max(deadline - time.monotonic(), 0.0))
+            if daemon is None:
+                raise TargetError(_not_listening(running, start_timeout))
+            running.follow(daemon)
+            continue
         error = probe(address, timeout=1.0)
         if error is None:
             return
@@ -289,10 +478,31 @@ def _wait_accepting(
                 f"{shlex.join(server.argv)} does not accept connections on {address} "
                 f"within {start_timeout:g}s: {_reason(error)}"
             )
+        if running.daemon is not None:
+            running.wait_daemon(0.05)  # Between probes, an exit ends the wait early.
+            continue
         try:
-            server.proc.wait(0.05)  # Between probes, an exit ends the wait early.
+            server.proc.wait(0.05)
         except subprocess.TimeoutExpired:
             pass
+
+
+def _not_listening(running: RunningTarget, start_timeout: float) -> str:
+    """Why a started command is not listening: its exit, and for an exit with 0, what was sought."""
+    server = running.server
+    assert server is not None
+    why = server.why_not_listening(start_timeout)
+    if server.proc.returncode != 0:
+        return why
+    if running.handed_out:
+        return (
+            f"{why}; nothing it started listens on {running.address} "
+            f"within {start_timeout:g}s (a server that daemonizes is followed to its daemon)"
+        )
+    return (
+        f"{why}; if it daemonizes, give it its port with {{port}} so that the suite "
+        "can find its daemon by that port"
+    )
 
 
 def _reason(exc: OSError) -> str:

@@ -5,11 +5,13 @@ Each test starts one server as the suite does (its own process group, the
 connect that hangs, a reply that never comes, a frozen or dead process, a
 refused port. Every wait is for an event under a deadline (a socket timeout,
 an exit, a ``/proc`` reading that changes); every server is killed by its
-process group at teardown.
+process group at teardown, and whatever left the group (a daemon, a worker in
+a session of its own) by its PID, found by the port it listens on.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -23,6 +25,7 @@ import pytest
 
 from conformance import procfs
 from conformance.spawn import Spawned, spawn_listening
+from conformance.strays import listeners, start_ticks, stop_processes, wait_gone
 from tests.helpers import ROOT, connect, exchange, recv_until_eof, reset
 
 HOSTILE = ROOT / "fixtures" / "servers" / "hostile"
@@ -48,6 +51,8 @@ def start() -> Iterator[Start]:
     yield start_server
     for spawned in started:
         spawned.kill()
+        if spawned.started is not None:
+            stop_processes(listeners(*spawned.address, spawned.started), grace=2.0)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -140,8 +145,10 @@ def test_hostile_servers_are_all_here() -> None:
     assert NAMES == [
         "closes_at_once",
         "crashes_on_reset",
+        "daemonizes",
         "dies_of_sigpipe",
         "echoes_lines_only",
+        "escapes_group",
         "exits_after",
         "freezes_after",
         "leaks_to_emfile",
@@ -317,3 +324,51 @@ def test_closes_at_once_sends_eof_and_nothing_else(start: Start) -> None:
         with connect(spawned.address, timeout=5.0) as sock:
             assert sock.recv(100) == b""
     assert spawned.alive()
+
+
+def _escaped(spawned: Spawned) -> int:
+    """The one process that listens on ``spawned``'s port and is not ``spawned`` itself."""
+    assert spawned.started is not None
+    found: dict[int, int] = {}
+
+    def one_other() -> bool:
+        found.clear()
+        found.update(listeners(*spawned.address, spawned.started or 0))
+        found.pop(spawned.pid, None)
+        return len(found) == 1
+
+    wait_until(one_other, 10.0, f"one process besides {spawned.pid} on {spawned.address}")
+    (pid,) = found
+    return pid
+
+
+@pytest.mark.timeout(60)
+def test_daemonizes_exits_0_while_its_daemon_serves_outside_its_group_and_session(
+    start: Start,
+) -> None:
+    spawned = start("daemonizes")
+    assert exit_code(spawned) == 0
+    daemon = _escaped(spawned)
+    assert procfs.parent_pid(daemon) != spawned.pid
+    assert os.getsid(daemon) != spawned.pid
+    assert os.getpgid(daemon) != spawned.pid
+    assert procfs.open_descriptors(daemon) is not None
+    assert Path(f"/proc/{daemon}/cwd").resolve() == Path("/")
+    echo_once(spawned.address)
+    started = start_ticks(daemon)
+    assert started is not None
+    assert stop_processes({daemon: started}, grace=5.0) == {}  # SIGTERM ends it.
+
+
+@pytest.mark.timeout(60)
+def test_escapes_group_worker_serves_on_after_its_launchers_group_is_stopped(start: Start) -> None:
+    spawned = start("escapes_group")
+    worker = _escaped(spawned)
+    assert os.getsid(worker) == worker != spawned.pid
+    assert procfs.parent_pid(worker) == spawned.pid
+    started = start_ticks(worker)
+    assert started is not None
+    assert spawned.stop(grace=5.0) == 0  # The launcher and its group: SIGTERM, exit 0.
+    assert not wait_gone(worker, started, 0.5)
+    echo_once(spawned.address)  # The worker still serves.
+    assert stop_processes({worker: started}, grace=5.0) == {}

@@ -1,0 +1,292 @@
+"""Servers that daemonize or leave their process group: followed as the target, then stopped.
+
+Real processes throughout: ``fixtures/servers/hostile/daemonizes.py`` and
+``escapes_group.py``, a server that daemonizes only when told to (a file
+appears), and the real ``memcached -d`` when it is installed. After each
+run, the test waits (under a deadline) until nothing the server started
+still runs: by the PID it recorded, and by the port it listened on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.errors import TargetError
+from conformance.health import Board, Keeper, TargetState, process_gone
+from conformance.strays import listeners, start_ticks, stop_processes, wait_gone
+from conformance.target import RunningTarget, TargetKind, TargetSpec, start_target
+from tests.conformance.support import SERVERS, run_cli, spawn_command
+
+HOSTILE = SERVERS / "hostile"
+DAEMONIZES = HOSTILE / "daemonizes.py"
+ESCAPES = HOSTILE / "escapes_group.py"
+MEMCACHED = shutil.which("memcached")
+
+#: Listens on the port it is given and prints so; daemonizes (fork, setsid,
+#: fork, the command exits 0) once the file named by its second argument
+#: exists; the daemon writes its PID to the file named by the third, then
+#: echoes one read per connection.
+DAEMONIZES_LATER = """\
+import os, socket, sys, time
+s = socket.create_server(('127.0.0.1', int(sys.argv[1])))
+print('listening on 127.0.0.1:%d' % s.getsockname()[1], flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+with open(sys.argv[3], 'w') as out:
+    out.write('%d\\n' % os.getpid())
+while True:
+    c, _ = s.accept()
+    c.sendall(c.recv(100))
+    c.close()
+"""
+
+#: The checks each run makes: one on the wire, one through /proc (CPU), the
+#: descriptor limit (its /proc limits, then more connections than that).
+CHECKS = "ECHO-BASIC-1,ECHO-CPU-1,ECHO-LIMIT-1"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail saying ``what`` was awaited after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)
+
+
+def echo(address: tuple[str, int]) -> bytes:
+    with socket.create_connection(address, timeout=10.0) as sock:
+        sock.sendall(b"ping")
+        return sock.recv(100)
+
+
+def assert_nothing_left(pid: int, port: int, since: int, name: str) -> None:
+    """The recorded ``pid`` is gone, and nothing started since ``since`` listens on ``port``."""
+    wait_until(lambda: process_gone(pid), 5.0, f"the end of {name}'s PID {pid}")
+    wait_until(
+        lambda: not listeners("127.0.0.1", port, since),
+        5.0,
+        f"no process started by the run listening on {port}",
+    )
+
+
+def read_pid(path: Path) -> int:
+    wait_until(lambda: path.exists() and path.read_text().endswith("\n"), 10.0, f"{path}")
+    return int(path.read_text())
+
+
+@pytest.fixture
+def since() -> int:
+    """A start time that every process a test starts is at or after (this process's)."""
+    ticks = start_ticks(os.getpid())
+    assert ticks is not None
+    return ticks
+
+
+# start_target and the keeper
+
+
+@pytest.mark.timeout(60)
+def test_start_target_follows_a_server_that_daemonizes_and_stops_its_daemon() -> None:
+    running = start_target(TargetSpec(TargetKind.SPAWN, spawn_command(DAEMONIZES)))
+    try:
+        assert running.server is not None
+        wait_until(lambda: running.server is not None and not running.server.alive(), 10.0, "exit")
+        daemon = running.daemon or running.find_daemon(10.0)
+        assert daemon is not None, "the daemon was not found by its port"
+        running.follow(daemon)
+        assert running.pid == daemon != running.server.pid
+        assert running.server.proc.returncode == 0
+        assert os.getsid(daemon) not in (running.server.pid, os.getsid(0))
+        assert echo((running.address.host, running.address.port)) == b"ping"
+        started = start_ticks(daemon)
+        assert started is not None
+    finally:
+        running.stop(grace=2.0)
+    assert wait_gone(daemon, started, 10.0), "the daemon outlived the target's stop"
+    assert running.left == {}
+
+
+@pytest.mark.timeout(60)
+def test_a_command_that_exits_0_with_nothing_listening_says_what_was_looked_for() -> None:
+    spec = TargetSpec(TargetKind.SPAWN, shlex.join([sys.executable, "-c", "pass"]) + " {port}")
+    with pytest.raises(TargetError, match=r"exited with code 0; nothing it started listens on"):
+        start_target(spec, start_timeout=1.0)
+
+
+def _later(tmp_path: Path, port: str) -> TargetSpec:
+    """DAEMONIZES_LATER on ``port``: it daemonizes once ``tmp_path/go`` exists."""
+    code = shlex.quote(DAEMONIZES_LATER)
+    files = f"{shlex.quote(str(tmp_path / 'go'))} {shlex.quote(str(tmp_path / 'daemon.pid'))}"
+    return TargetSpec(TargetKind.SPAWN, f"{shlex.quote(sys.executable)} -c {code} {port} {files}")
+
+
+@pytest.mark.timeout(60)
+def test_a_daemon_whose_port_was_not_handed_out_is_neither_followed_nor_stopped(
+    tmp_path: Path,
+) -> None:
+    running = start_target(_later(tmp_path, "0"))  # It prints its port: not handed out.
+    daemon = None
+    try:
+        assert running.server is not None
+        (tmp_path / "go").touch()
+        daemon = read_pid(tmp_path / "daemon.pid")
+        assert running.server.proc.wait(10.0) == 0
+        assert running.find_daemon() is None
+        running.stop(grace=2.0)
+        assert start_ticks(daemon) is not None, "the suite stopped a process not proven its own"
+    finally:
+        running.stop(grace=2.0)
+        # Not the suite's to stop: the test does.
+        started = start_ticks(daemon) if daemon is not None else None
+        if daemon is not None and started is not None:
+            assert stop_processes({daemon: started}, grace=2.0) == {}
+
+
+def _keeper(tmp_path: Path) -> tuple[Board, Keeper, RunningTarget]:
+    running = start_target(_later(tmp_path, "{port}"))
+    board = Board(tmp_path)
+
+    def never() -> RunningTarget:
+        raise TargetError("not restarted in this test")
+
+    return board, Keeper("later", board, running, never, restarts=False), running
+
+
+def _state(board: Board) -> TargetState:
+    state = board.state("later")
+    assert state is not None
+    return state
+
+
+@pytest.mark.timeout(60)
+def test_the_keeper_follows_a_server_that_daemonizes_while_it_is_watched(tmp_path: Path) -> None:
+    board, keeper, running = _keeper(tmp_path)
+    try:
+        assert running.server is not None
+        spawned = running.server.pid
+        assert _state(board).pid == spawned
+        (tmp_path / "go").touch()
+        wait_until(lambda: _state(board).pid != spawned, 10.0, "the daemon's PID published")
+        state = _state(board)
+        daemon = state.pid
+        assert daemon is not None
+        assert (state.status, state.exits) == ("up", ())
+        (note,) = state.notes
+        assert (note.kind, note.generation) == ("daemonized", 0)
+        assert note.detail.startswith(f"the server daemonized: PID {daemon} (")
+        (event,) = board.events("later")
+        assert event.line().startswith(f"the server daemonized: PID {daemon} (")
+        # A check that ran against the command's PID sees no exit: the target lives on.
+        assert board.exit_during("later", 0, spawned, wait=1.0) is None
+        assert echo((running.address.host, running.address.port)) == b"ping"
+        started = start_ticks(daemon)
+        assert started is not None
+    finally:
+        keeper.stop()
+    assert wait_gone(daemon, started, 10.0), "the daemon outlived the keeper's stop"
+
+
+@pytest.mark.timeout(60)
+def test_the_end_of_a_followed_daemon_is_the_targets_exit(tmp_path: Path) -> None:
+    board, keeper, running = _keeper(tmp_path)
+    try:
+        assert running.server is not None
+        spawned = running.server.pid
+        (tmp_path / "go").touch()
+        wait_until(lambda: _state(board).pid != spawned, 10.0, "the daemon's PID published")
+        daemon = _state(board).pid
+        assert daemon is not None
+        os.kill(daemon, signal.SIGTERM)  # Started by this test's target; ended by its PID.
+        wait_until(lambda: _state(board).status == "down", 10.0, "the exit recorded")
+        (ended,) = _state(board).exits
+        assert ended.how.startswith(f"exited (the daemon, PID {daemon}: not a child")
+        kinds = [e.kind for e in board.events("later")]
+        assert kinds == ["daemonized", "exited"]
+    finally:
+        keeper.stop()
+
+
+# The CLI
+
+
+def _run(spawn: str, report: Path, *extra: str) -> tuple[str, dict[str, Any]]:
+    result = run_cli(
+        "run", "--spawn", spawn, "--checks", CHECKS, "--report-json", str(report), *extra,
+        timeout=240,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out, out
+    assert result.returncode == 0, out
+    (target,) = json.loads(report.read_text())["targets"]
+    verdicts = {r["id"]: r["verdict"] for r in target["results"]}
+    assert verdicts == dict.fromkeys(CHECKS.split(","), "PASS"), out
+    return out, target
+
+
+@pytest.mark.timeout(300)
+def test_a_run_against_a_server_that_daemonizes_follows_and_stops_its_daemon(
+    tmp_path: Path, since: int
+) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    spawn = f"{spawn_command(DAEMONIZES)} --pid-file {shlex.quote(str(pid_file))}"
+    out, target = _run(spawn, tmp_path / "report.json")
+    daemon = read_pid(pid_file)
+    detail = f"the server daemonized: PID {daemon} ("
+    assert f"reactor-conformance: daemonizes: {detail}" in out
+    assert [(e["kind"], e["check"]) for e in target["events"]] == [("daemonized", None)]
+    assert target["events"][0]["detail"].startswith(detail)
+    assert "exited with code 0" not in out
+    port = int(target["address"].rpartition(":")[2])
+    assert_nothing_left(daemon, port, since, "daemonizes.py's daemon")
+
+
+@pytest.mark.timeout(300)
+def test_a_run_against_a_server_whose_worker_escapes_its_group_stops_the_worker(
+    tmp_path: Path, since: int
+) -> None:
+    pid_file = tmp_path / "worker.pid"
+    spawn = f"{spawn_command(ESCAPES)} --pid-file {shlex.quote(str(pid_file))}"
+    _, target = _run(spawn, tmp_path / "report.json")
+    worker = read_pid(pid_file)
+    assert target["events"] == []
+    port = int(target["address"].rpartition(":")[2])
+    assert_nothing_left(worker, port, since, "escapes_group.py's worker")
+
+
+@pytest.mark.skipif(MEMCACHED is None, reason="memcached is not installed (apt install memcached)")
+@pytest.mark.timeout(300)
+def test_a_run_against_memcached_d_follows_its_daemon_and_stops_it(
+    tmp_path: Path, since: int
+) -> None:
+    assert MEMCACHED is not None
+    user = " -u nobody" if os.geteuid() == 0 else ""  # memcached will not run as root.
+    spawn = f"{MEMCACHED} -d -p {{port}} -l 127.0.0.1 -U 0{user}"
+    out, target = _run(spawn, tmp_path / "report.json", "--protocol", "memcached")
+    assert [e["kind"] for e in target["events"]] == ["daemonized"]
+    # memcached removes its -P file as it exits: its PID is the one the event names.
+    detail = target["events"][0]["detail"]
+    match = re.match(r"the server daemonized: PID (\d+) \(.*memcached -d", detail)
+    assert match is not None, target["events"]
+    daemon = int(match[1])
+    assert f"reactor-conformance: memcached: {match[0]}" in out
+    port = int(target["address"].rpartition(":")[2])
+    assert_nothing_left(daemon, port, since, "memcached -d")
