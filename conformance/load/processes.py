@@ -306,7 +306,9 @@ def probe_alive(
         judge: Oracle = EchoOracle()
         judge.sent(owed)  # Owed exactly these bytes: judged as their echo.
     else:
-        probe = b"alive?\0\xff"
+        # Ends in CRLF, as the checks' own liveness message: a server that answers
+        # only whole lines is alive if it answers this.
+        probe = b"still alive?\0\xff\r\n"
         judge = guarded(oracle)()
         judge.sent(probe)
     deadline = time.monotonic() + timeout
