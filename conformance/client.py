@@ -210,11 +210,13 @@ class Connection:
         step: str | None = None,
         timeout: float | None = None,
         idle: bool = False,
+        watch: bool = True,
     ) -> None:
         """Read until the oracle has no pending bytes, as one step.
 
         With ``idle``, ``timeout`` bounds the wait for each next byte instead
-        of the whole read (see :meth:`Harness.step`).
+        of the whole read (see :meth:`Harness.step`); ``watch=False`` drops
+        the step's progress deadline.
 
         Raises:
             Divergence: A wrong or extra byte, or the server closed while it
@@ -224,7 +226,7 @@ class Connection:
         name = step or f"read the reply on {self.name}"
         reads = 0
         seconds = self.harness.step_timeout if timeout is None else timeout
-        with self.harness.step(name, self, seconds, idle=idle) as scope:
+        with self.harness.step(name, self, seconds, idle=idle, watch=watch) as scope:
             while self._judge(name).pending:
                 if not await self.recv_some(read_size):
                     self.oracle.finish()

@@ -185,6 +185,7 @@ class Harness:
         timeout: float | None = None,
         *,
         idle: bool = False,
+        watch: bool = True,
     ) -> Iterator[trio.CancelScope]:
         """Run the body of the ``with`` as step ``name`` under a deadline.
 
@@ -196,6 +197,9 @@ class Harness:
                 ``timeout`` each time a byte arrives (``yield``-ed scope's
                 deadline), so a slow transfer that keeps moving is not a hang.
                 The check's own deadline still bounds the whole.
+            watch: Give the step the progress deadline on ``conn``; False: only
+                its own deadline (a step that is itself a short wait for a slow
+                server's first reply, such as the liveness probe).
 
         Raises:
             StepTimeout: The deadline passed; the connection's ending is TIMEOUT.
@@ -207,7 +211,7 @@ class Harness:
         progress = trio.CancelScope()
         try:
             with trio.fail_after(seconds) as scope:
-                if conn is None:
+                if conn is None or not watch:
                     yield scope
                 else:
                     with conn.watching(progress):

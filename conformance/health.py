@@ -436,12 +436,16 @@ class Board:
 
     @staticmethod
     def _create_once(path: Path, text: str) -> bool:
+        # Written aside, then linked into place: link fails if the file exists,
+        # and a reader never sees it empty or half written.
+        aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        aside.write_text(text)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(aside, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
+        finally:
+            aside.unlink(missing_ok=True)
         return True
 
 
