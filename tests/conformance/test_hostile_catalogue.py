@@ -11,6 +11,10 @@ Each server in ``fixtures/servers/hostile/`` declares, in its module-level
   is reported once, not as a cascade of refused connections);
 - ``bound``: the seconds the whole run must end within.
 
+And nothing the run started outlives it: a few seconds after it ends, no
+process started since the test began listens on the target's port (a
+daemon, a worker that left its group).
+
 No check may end in ERROR. The subprocess timeout is only a guard, past the
 bound.
 """
@@ -19,12 +23,14 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conformance.strays import listeners, start_ticks
 from tests.conformance.support import SERVERS, run_cli, spawn_command
 
 HOSTILE = SERVERS / "hostile"
@@ -82,3 +88,12 @@ def test_the_catalogue_against_a_hostile_server_ends_as_declared(
     for event in target["events"]:
         if event["check"] is not None:
             assert verdicts[event["check"]] == "FAIL", event
+    # Nothing the run started outlives it: no process started since this test
+    # listens on the target's port a few seconds after the run ended.
+    host, port = target["address"].rsplit(":", 1)
+    since = start_ticks(os.getpid())
+    assert since is not None
+    deadline = time.monotonic() + 5.0
+    while left := listeners(host.strip("[]"), int(port), since):
+        assert time.monotonic() < deadline, f"{path.stem}: left running: {left}\n{out}"
+        time.sleep(0.05)  # Polling /proc for the processes to be gone, under the deadline.
