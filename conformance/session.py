@@ -293,7 +293,10 @@ class Session:
         result: CheckResult,
     ) -> CheckResult:
         assert self.board is not None
-        ended = self.board.exit_during(name, state.generation, state.pid)
+        # A failed check may have seen the target's last moments (an RST as it
+        # exits): give a process that is ending a moment to be seen gone.
+        soon = FAILED_EXIT_WAIT if outcome.failure is not None else 0.0
+        ended = self.board.exit_during(name, state.generation, state.pid, exiting=soon)
         silent = None
         if ended is None and outcome.failure is not None:
             silent = self._unanswered(setup)
@@ -464,6 +467,8 @@ class Session:
 
 #: How long a target that no longer serves a fresh connection has to finish exiting.
 EXITING_WAIT = 3.0
+#: Seconds a check that failed waits for its target's process to be seen gone, if it is ending.
+FAILED_EXIT_WAIT = 0.5
 #: Seconds the probe after a failed check waits to connect, and then for any answer.
 PROBE_TIMEOUT = 5.0
 
