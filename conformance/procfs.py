@@ -6,7 +6,7 @@ connection was accepted, and how often an accept queue overflowed.
 How this works
 --------------
 Each reading is one function over a PID, and each file of ``/proc`` is parsed
-in exactly one place here: ``stat`` by :func:`_stat_fields` (CPU time, parent),
+in exactly one place here: ``stat`` by :func:`stat_fields` (CPU time, parent),
 ``status`` by :func:`_status_bytes` (resident memory, its peak), ``fd/`` by
 :func:`open_descriptors` and :func:`socket_owners`, ``limits`` by
 :func:`descriptor_limit`, ``task/*/children`` by
@@ -91,6 +91,7 @@ __all__ = [
     "resident_bytes",
     "socket_inode",
     "socket_owners",
+    "stat_fields",
 ]
 
 PROC = Path("/proc")
@@ -98,7 +99,7 @@ PROC = Path("/proc")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     """The fields of ``/proc/PID/stat`` after the command name (field 3 first); None if gone."""
     try:
         text = (PROC / str(pid) / "stat").read_text()
@@ -113,7 +114,7 @@ def cpu_seconds(pid: int) -> float | None:
     Returns:
         The seconds, or None if the process is gone or cannot be read.
     """
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return None
     return (int(fields[11]) + int(fields[12])) / _TICKS
@@ -121,7 +122,7 @@ def cpu_seconds(pid: int) -> float | None:
 
 def parent_pid(pid: int) -> int | None:
     """The PID of the parent of ``pid``, or None if the process is gone."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return None if fields is None else int(fields[1])
 
 

@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from conformance.procfs import listening_inodes, socket_owners
+from conformance.procfs import listening_inodes, socket_owners, stat_fields
 
 __all__ = [
     "command_line",
@@ -66,18 +66,9 @@ PROC = Path("/proc")
 _POLL = 0.02
 
 
-def _stat(pid: int | str) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name (field 3 first); None if gone."""
-    try:
-        text = (PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()
-
-
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot; None if it is gone or has ended."""
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
@@ -124,7 +115,7 @@ def session_members(sessions: Iterable[int], since: int) -> dict[int, int]:
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat(entry.name)
+        fields = stat_fields(int(entry.name))
         if fields is None or fields[0] in ("Z", "X") or fields[3] not in wanted:
             continue
         started = int(fields[19])
@@ -134,7 +125,7 @@ def session_members(sessions: Iterable[int], since: int) -> dict[int, int]:
 
 
 def _session(pid: int) -> int | None:
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return None if fields is None else int(fields[3])
 
 
