@@ -64,6 +64,7 @@ from conformance.results import (
     use_colour,
 )
 from conformance.session import PlannedRun, Session
+from conformance.stopping import Stopped, install, requested, stop_on_signal
 from conformance.target import TargetKind, server_nofile_header
 from reference.cli import ArgumentParser, add_model_parsers, at_least, serve
 
@@ -281,19 +282,26 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     results = session.results
     if code == pytest.ExitCode.INTERRUPTED:
         # pytest took the signal's KeyboardInterrupt and wrote the partial reports.
-        raise _Stopped(_signals_seen[-1] if _signals_seen else signal.SIGINT)
+        if results is not None:
+            _summarise(results, _written(args, session), use_colour(sys.stdout, os.environ))
+            sys.stdout.flush()
+        raise Stopped(requested() or signal.SIGINT)
     if code not in (EXIT_OK, EXIT_FAILED) or results is None:
         return _error(
             f"error: pytest ended with exit code {code}",
             EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED,
         )
-    written = list(session.written)
-    if args.junitxml:
-        written.append(("JUnit", args.junitxml))
-    code = _summarise(results, written, use_colour(sys.stdout, os.environ))
+    code = _summarise(results, _written(args, session), use_colour(sys.stdout, os.environ))
     if session.artifacts is not None and any(session.artifacts.iterdir()):
         print(f"reactor-conformance: artifacts (scenarios, server logs): {session.artifacts}")
     return code
+
+
+def _written(args: argparse.Namespace, session: Session) -> list[tuple[str, str]]:
+    written = list(session.written)
+    if args.junitxml:
+        written.append(("JUnit", args.junitxml))
+    return written
 
 
 def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool) -> int:
@@ -373,29 +381,13 @@ def _watchdog(bound: float) -> Iterator[None]:
     Every check has its deadline, so this fires only when the suite itself
     hangs; the run then still ends, within the bound it printed, plus a minute.
     """
-    previous = signal.signal(signal.SIGALRM, _stop_on_signal)
+    previous = signal.signal(signal.SIGALRM, stop_on_signal)
     signal.setitimer(signal.ITIMER_REAL, bound + 60.0)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived: unwind as SIGINT does, so every ``finally`` stops its target."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_signals_seen: list[int] = []
-
-
-def _stop_on_signal(signum: int, frame: object) -> None:
-    _signals_seen.append(signum)
-    raise _Stopped(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -408,8 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     if args.command is not serve:
-        for stopping in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(stopping, _stop_on_signal)
+        install()
     try:
         result: int = args.command(args)
     except BrokenPipeError:
@@ -417,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _discard_stdout()
         return EXIT_FAILED
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, _Stopped) else int(signal.SIGINT)
+        signum = exc.signum if isinstance(exc, Stopped) else requested() or int(signal.SIGINT)
         if signum == signal.SIGALRM:
             return _error(
                 "the run passed the bound it printed and was stopped (a fault in the suite: "

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import sys
 import tempfile
@@ -58,6 +59,7 @@ import pytest
 import conformance
 from conformance.checks import Check
 from conformance.errors import EXIT_UNREACHABLE, TargetError, UsageError
+from conformance.lifeline import die_with_parent
 from conformance.plan import (
     Front,
     add_options,
@@ -74,6 +76,7 @@ from conformance.results import (
     format_table,
 )
 from conformance.session import PlannedRun, Session
+from conformance.stopping import install
 from conformance.target import Address, TargetKind, server_nofile_header
 
 __all__ = [
@@ -107,6 +110,7 @@ TARGET_PROPERTY = "conformance_target"
 _PACKAGE = Path(conformance.__file__).resolve().parent
 _SESSION = pytest.StashKey[Session]()
 _WORKER_KEY = "conformance_session"
+_CONTROLLER_KEY = "conformance_controller"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -149,6 +153,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
+        # A controller killed outright (SIGKILL) takes its workers with it.
+        die_with_parent(workerinput[_CONTROLLER_KEY])
         config.stash[_SESSION] = Session.for_worker(workerinput[_WORKER_KEY])
         return
     if planned is not None:
@@ -161,6 +167,8 @@ def pytest_configure(config: pytest.Config) -> None:
         except UsageError as exc:
             raise pytest.UsageError(str(exc)) from None
         session = Session(plan)
+        # A signal mid-check stops the run cleanly: the servers stopped, the reports written.
+        install()
         try:
             session.start()
         except TargetError as exc:
@@ -181,6 +189,7 @@ def pytest_configure_node(node: Any) -> None:
     session = run_session(node.config)
     if session is not None:
         node.workerinput[_WORKER_KEY] = session.to_worker()
+        node.workerinput[_CONTROLLER_KEY] = os.getpid()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

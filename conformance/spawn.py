@@ -24,7 +24,10 @@ leader is gone, so that a test can still see a child its server left behind.
 
 ``nofile`` sets the command's soft ``RLIMIT_NOFILE`` in the child, between
 ``fork`` and ``exec``, so that the server runs under it from its first
-instruction.
+instruction. The child also gets the parent-death signal there
+(:mod:`conformance.lifeline`): a suite killed outright (SIGKILL) leaves no
+server behind. A process must be spawned from a thread that lives as long as
+the server should (the main thread, or a target's keeper thread).
 
 This is a module of its own, not part of :mod:`conformance.target`, because
 three users share it: the suite's targets (which add ``{port}`` and waiting
@@ -45,9 +48,10 @@ Facts about the OS this relies on
   the server is exiting or has exited, but a server's exit alone does not
   give EOF while a child of it lives.
 - ``preexec_fn`` runs in the child after ``fork`` (and after ``setsid``),
-  before ``exec``; a resource limit set there is inherited by the program
-  exec'd. Only a plain ``setrlimit`` with values computed beforehand runs
-  there: the child of a threaded parent must not take locks.
+  before ``exec``; a resource limit and the parent-death signal set there are
+  inherited by the program exec'd. Only a plain ``setrlimit`` and ``prctl``
+  with values computed beforehand run there: the child of a threaded parent
+  must not take locks.
 - SIGTERM may be caught or ignored; SIGKILL cannot be, and a killed process is
   reaped by ``wait`` at once unless it is stuck in the kernel.
 """
@@ -70,6 +74,7 @@ from pathlib import Path
 from typing import IO
 
 from conformance.errors import TargetError
+from conformance.lifeline import die_with_parent
 from conformance.strays import session_members, start_ticks, stop_processes
 
 __all__ = [
@@ -402,16 +407,24 @@ def soft_nofile(nofile: int) -> int:
     return nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
 
 
-def _limit_descriptors(nofile: int | None) -> Callable[[], None] | None:
-    """What the child runs before ``exec`` to start under ``nofile`` descriptors (None: nothing)."""
-    if nofile is None:
-        return None
-    limits = (soft_nofile(nofile), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+def _before_exec(nofile: int | None) -> Callable[[], None]:
+    """What the child runs before ``exec``: die with this process, start under ``nofile``.
 
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    ``nofile`` None keeps this process's descriptor limit.
+    """
+    parent = os.getpid()
+    limits = (
+        None
+        if nofile is None
+        else (soft_nofile(nofile), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
 
-    return limit
+    def prepare() -> None:
+        die_with_parent(parent)
+        if limits is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+    return prepare
 
 
 def spawn(
@@ -456,7 +469,7 @@ def spawn(
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_limit_descriptors(nofile),
+                preexec_fn=_before_exec(nofile),
             )
     except OSError as exc:
         raise TargetError(f"cannot start {shlex.join(argv)}: {exc.strerror or exc}") from None

@@ -31,6 +31,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +43,7 @@ from conformance.profiles import DEFAULT, Profile
 from conformance.protocols import Capability, EchoModel, ProtocolModel, skip_reason
 from conformance.report import FailureReport
 from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA, Level, Rule
+from conformance.stopping import run_trio
 from conformance.target import Address
 
 __all__ = [
@@ -303,7 +305,7 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
     deadline = check.deadline(setup.profile)
     limit = deadline if timeout is None else max(0.0, min(timeout, deadline))
     try:
-        trio.run(_main, check, harness, limit)
+        run_trio(partial(_main, check, harness, limit))
     except Exception as exc:  # An exception group from a nursery, or one failure.
         failure = first_failure(exc)
         if failure is None:

@@ -64,6 +64,7 @@ from conformance.scenario import (
     read_saved,
     to_json,
 )
+from conformance.stopping import run_trio
 from conformance.strategies import (
     backpressure_scenarios,
     concurrent_scenarios,
@@ -146,7 +147,7 @@ def _run_example(
             h.close_all()
 
     try:
-        trio.run(main)
+        run_trio(main)
     except BaseExceptionGroup as group:
         found = first_failure(group)
         if found is None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import random
 import select
 import socket
@@ -40,6 +41,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from conformance.lifeline import die_with_parent
 from conformance.load.connector import SLICE, StopEvent, wait_connected, wait_ready
 from conformance.load.driver import Driver
 from conformance.load.loop import run
@@ -139,7 +141,9 @@ def _process_main(
     count: int,
     pipe: multiprocessing.connection.Connection,
     stop: StopEvent,
+    parent: int,
 ) -> None:
+    die_with_parent(parent)  # A parent killed outright (SIGKILL) takes its load with it.
     driver = Driver(spec, first, count, stop)
     driver.connect_all()
     pipe.send(("ready", driver.result.connections_opened))
@@ -183,7 +187,7 @@ def _run_processes(
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(
                 target=_process_main,
-                args=(spec, first, count, theirs, stop_children),
+                args=(spec, first, count, theirs, stop_children, os.getpid()),
                 name=f"load-{i + 1}",
             )
             proc.start()

@@ -74,16 +74,23 @@ def _env() -> dict[str, str]:
 
 
 def run_cli(
-    *argv: str, timeout: float = 180.0, nofile: int | None = None
+    *argv: str,
+    timeout: float = 180.0,
+    nofile: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``reactor-conformance ARGV`` in a subprocess, from the repository root.
 
     ``nofile``: the soft descriptor limit it starts under (the servers it
     starts inherit it; the suite raises its own when it needs to), so that
     ECHO-LIMIT-1 can exceed a server's limit on a machine whose default is high.
+    It starts with SIGINT handled, as from a terminal, even where the tests
+    run with SIGINT ignored (started with ``&`` by a non-interactive shell).
+    ``env``: variables added to its environment.
     """
 
     def lower_limit() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if nofile is not None:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
@@ -93,7 +100,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(),
+        env=dict(_env(), **(env or {})),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         preexec_fn=lower_limit,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
 import shlex
 import signal
 import subprocess
-import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from conformance.results import use_colour
 from conformance.selection import select_checks
 from conformance.target import free_port
 from tests.conformance.support import ASYNCIO_ECHO, broken_spawn, run_cli, spawn_command
-from tests.helpers import ROOT
 
 
 def assert_one_line_error(
@@ -211,34 +211,76 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_run_stopped_by_a_signal_stops_the_server_it_started(
+SIGNALS_ITS_PARENT = Path(__file__).parent / "servers" / "signals_its_parent.py"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_mid_check_shows_the_verdicts_so_far_and_stops_the_server(
     signum: signal.Signals, tmp_path: Path
 ) -> None:
+    # The server signals the run itself once ECHO-SIZE-2 has sent it 1 MiB: mid-check.
     pidfile = tmp_path / "server.pid"
-    server = f"{shlex.quote(sys.executable)} {shlex.quote(str(ASYNCIO_ECHO))} --port {{port}}"
-    spawn = f"sh -c {shlex.quote(f'echo $$ > {pidfile}; exec {server}')}"
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "conformance", "run", "--spawn", spawn, "--checks", "ECHO-STORM-*"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdin=subprocess.DEVNULL,
+    spawn = (
+        f"{spawn_command(SIGNALS_ITS_PARENT)} --signal {signum.name[3:]} "
+        f"--pidfile {shlex.quote(str(pidfile))}"
     )
-    try:
-        assert cli.stdout is not None
-        ready, _, _ = select.select([cli.stdout], [], [], 60)
-        assert ready, "the run never said which server it checks"
-        assert "checks against" in cli.stdout.readline()
-        pid = int(pidfile.read_text())
-        cli.send_signal(signum)
-        out, err = cli.communicate(timeout=60)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait(10)
-    assert cli.returncode == 128 + signum, (out, err)
-    assert f"stopped by {signum.name}" in err
-    assert "Traceback" not in err
-    assert _wait_gone(pid, 10), f"the spawned server {pid} outlived the run"
+    report = tmp_path / "report.json"
+    result = run_cli(
+        "run", "--spawn", spawn, "--checks", "ECHO-BASIC-1,ECHO-SIZE-2",
+        "--report-json", str(report), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 128 + signum, result
+    assert result.stderr.strip().splitlines() == [
+        f"reactor-conformance: stopped by {signum.name}; the servers it started are stopped"
+    ], result.stderr
+    verdicts = {
+        line.split()[1]: line.split()[0]
+        for line in result.stdout.splitlines()
+        if line.startswith(("PASS ", "FAIL ", "SKIPPED ", "ERROR "))
+    }
+    assert verdicts == {"ECHO-BASIC-1": "PASS", "ECHO-SIZE-2": "SKIPPED"}, result.stdout
+    assert "ECHO-SIZE-2: not run" in result.stdout
+    assert "1 passed, 0 failed, 0 non-strict, 1 skipped" in result.stdout
+    assert json.loads(report.read_text())["summary"]["passed"] == 1
+    assert _wait_gone(int(pidfile.read_text()), 10), "the spawned server outlived the run"
+
+
+def _marked(variable: str, value: str) -> list[int]:
+    """The PIDs of the processes whose environment has ``variable=value``."""
+    wanted = f"{variable}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--checks", "ECHO-BASIC-1,ECHO-SIZE-2"],
+        ["run", "-n", "2", "--checks", "ECHO-BASIC-1,ECHO-SIZE-2"],
+        ["load", "--procs", "2", "-c", "8", "--size", "4096", "--duration", "60"],
+    ],
+    ids=["run", "run-n-2", "load"],
+)
+def test_a_run_killed_outright_leaves_no_process_behind(argv: list[str], tmp_path: Path) -> None:
+    # The server SIGKILLs the run (no handler runs) mid-check or mid-load: the server, the
+    # xdist workers and the load processes end with it (their parent-death signal).
+    mark = uuid.uuid4().hex
+    pidfile = tmp_path / "server.pid"
+    spawn = (
+        f"{spawn_command(SIGNALS_ITS_PARENT)} --signal KILL --pidfile {shlex.quote(str(pidfile))}"
+    )
+    result = run_cli(*argv, "--spawn", spawn, timeout=120, env={"CONFORMANCE_TEST_MARK": mark})
+    assert result.returncode == -signal.SIGKILL, result
+    server = int(pidfile.read_text())
+    assert _wait_gone(server, 10), f"the spawned server {server} outlived the run"
+    left = [pid for pid in _marked("CONFORMANCE_TEST_MARK", mark) if not _wait_gone(pid, 10)]
+    assert not left, f"processes the run started outlived it: {left}"
