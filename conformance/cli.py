@@ -211,6 +211,36 @@ def run(args: argparse.Namespace) -> int:
         session.stop()
 
 
+#: Workers per CPU beyond which ``-n`` is capped: checks wait on the network, not the
+#: CPU, but each worker is a Python process with the whole suite imported.
+WORKERS_PER_CPU = 4
+
+
+def _worker_count(requested: str, items: int) -> tuple[int, str | None]:
+    """The xdist workers for ``-n REQUESTED`` with ``items`` checks to run, and why it was capped.
+
+    ``auto`` is one per CPU this process may run on. A count above the checks
+    to run, or above :data:`WORKERS_PER_CPU` per CPU, is capped (the line
+    returned says so); 0 runs the checks in this process.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    wanted = cpus if requested == "auto" else int(requested)
+    if wanted == 0:
+        return 0, None
+    limit = max(1, min(items, WORKERS_PER_CPU * cpus))
+    if wanted <= limit:
+        return wanted, None
+    if requested == "auto":
+        return limit, None
+    why = (
+        f"{items} check{'s' if items != 1 else ''} to run"
+        if limit == items
+        else f"{WORKERS_PER_CPU} per CPU on {cpus} CPUs"
+    )
+    return limit, f"-n {requested} capped at {limit} worker{'s' if limit != 1 else ''} ({why})"
+
+
 @dataclass(eq=False)
 class _Progress:
     """A pytest plugin object, in this process only: the progress line on a terminal."""
@@ -250,8 +280,9 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
         # The suite is imported already (this command); nothing in it relies on assert rewriting.
         "--assert=plain",
     ]  # fmt: skip
-    if args.workers != "0":
-        argv += ["-n", args.workers, "--dist", "loadgroup"]
+    workers, fewer = _worker_count(args.workers, len(session.plan.checks) * len(session.targets))
+    if workers:
+        argv += ["-n", str(workers), "--dist", "loadgroup"]
     if args.junitxml:
         argv += ["--junitxml", args.junitxml]
     plan = session.plan
@@ -273,6 +304,8 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
         print(f"reactor-conformance: the checks speak the {plan.protocol} protocol model")
     if plan.load_hosts:
         print(f"reactor-conformance: the load checks run from {', '.join(plan.load_hosts)}")
+    if fewer:
+        print(f"reactor-conformance: {fewer}")
     bound = plan.bound()
     capped = f" (--timeout {plan.timeout:g}s)" if plan.timeout is not None else ""
     print(f"reactor-conformance: the run ends within at most {bound:.0f}s{capped}")

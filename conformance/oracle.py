@@ -36,13 +36,13 @@ ERROR (a fault on the judging side), never as a verdict on the server.
 from __future__ import annotations
 
 import enum
-import importlib
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from conformance.errors import UsageError
+from conformance.user_code import import_named
 
 __all__ = [
     "DiscardOracle",
@@ -256,16 +256,9 @@ def load_oracle(spec: str) -> OracleFactory:
     """
     if spec in ORACLES:
         return ORACLES[spec]
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"bad oracle {spec!r}: give echo, discard or package.module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"bad oracle {spec!r}: cannot import {module_name} ({exc})") from None
-    factory = getattr(module, attr, None)
+    attr, factory = import_named(spec, "oracle", "give echo, discard or package.module:Class")
     if not callable(factory):
-        raise UsageError(f"bad oracle {spec!r}: {module_name} has no class {attr}")
+        raise UsageError(f"bad oracle {spec!r}: {attr} is not a class")
     try:
         instance = factory()
     except Exception as exc:  # A user's constructor: any failure is a usage error.

@@ -417,6 +417,12 @@ def plan_from_options(
         UsageError: An option is malformed, names nothing, or selects no check.
     """
     specs = target_specs(values.target, values.spawn, values.reference)
+    for flag, given in (("--checks", values.checks), ("--category", values.category)):
+        if given is not None and not split_list(given):
+            raise UsageError(
+                f"{flag} {given!r} names nothing: give names separated by commas, "
+                "or leave the option out to run every check"
+            )
     checks = tuple(select_checks(split_list(values.checks), split_list(values.category)))
     if not checks:
         raise UsageError("no check selected")

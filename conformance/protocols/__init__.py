@@ -50,7 +50,6 @@ A request/reply protocol's model only writes a :class:`ConnectionModel`
 
 from __future__ import annotations
 
-import importlib
 import zlib
 
 from conformance.errors import UsageError
@@ -75,6 +74,7 @@ from conformance.protocols.base import (
 from conformance.protocols.echo import DiscardModel, EchoModel
 from conformance.protocols.memcached import MemcachedModel
 from conformance.protocols.resp import RespModel
+from conformance.user_code import import_named
 
 __all__ = [
     "MODELS",
@@ -162,20 +162,10 @@ def load_model(spec: str) -> ProtocolModel:
     known = MODELS.get(spec)
     if known is not None:
         return known()
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
         raise UsageError(f"unknown protocol {spec!r}: {_GIVE}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # A user's module: any failure to import is a usage error.
-        raise UsageError(
-            f"bad protocol {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc})"
-        ) from None
-    found: object = module
-    for part in attr.split("."):
-        found = getattr(found, part, None)
-        if found is None:
-            raise UsageError(f"bad protocol {spec!r}: {module_name} has no {attr}")
+    attr, found = import_named(spec, "protocol", _GIVE)
     if isinstance(found, type):
         try:
             found = found()

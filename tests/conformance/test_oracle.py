@@ -144,7 +144,7 @@ def test_load_oracle_resolves_builtins_and_a_user_class() -> None:
     [
         ("nonsense", "package.module:Class"),
         ("no_such_module_xyz:Oracle", "cannot import"),
-        ("conformance.oracle:Nothing", "has no class"),
+        ("conformance.oracle:Nothing", "conformance.oracle has no Nothing"),
         ("conformance.oracle:Verdict", "failed"),
         ("conformance.errors:UsageError", "needs methods"),
     ],
