@@ -73,6 +73,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from conformance.capped_log import CappedLog
 from conformance.errors import TargetError
 from conformance.lifeline import die_with_parent
 from conformance.strays import session_members, start_ticks, stop_processes
@@ -98,6 +99,10 @@ HEAD = 20
 
 #: How many stderr lines an error message quotes.
 _QUOTED = 3
+
+#: Longest line read at once (in characters): a server that writes without
+#: newlines has its output cut into lines of this length, not read whole.
+MAX_LINE = 64 * 1024
 
 
 @contextmanager
@@ -137,8 +142,8 @@ class LineReader(threading.Thread):
         stream: The pipe, in text mode.
         keep: How many of the last lines to keep; None keeps every line.
         name: The thread's name.
-        copy: Where every line is also written, as it comes (a log file); the
-            reader closes it at EOF.
+        copy: Where every line is also written, as it comes (a log file, its
+            start and end kept); the reader closes it at EOF.
     """
 
     def __init__(
@@ -147,7 +152,7 @@ class LineReader(threading.Thread):
         *,
         keep: int | None = 20,
         name: str = "reader",
-        copy: IO[str] | None = None,
+        copy: CappedLog | None = None,
     ) -> None:
         super().__init__(daemon=True, name=name)
         self._stream = stream
@@ -160,11 +165,10 @@ class LineReader(threading.Thread):
 
     def run(self) -> None:
         try:
-            for raw in iter(self._stream.readline, ""):
+            for raw in iter(lambda: self._stream.readline(MAX_LINE), ""):
                 line = raw.rstrip("\n")
                 if self._copy is not None:
-                    self._copy.write(line + "\n")
-                    self._copy.flush()
+                    self._copy.write_line(line)
                 with self._changed:
                     if len(self._head) < HEAD:
                         self._head.append(line)
@@ -249,7 +253,7 @@ class Spawned:
         argv: list[str],
         proc: subprocess.Popen[str],
         keep: int | None,
-        stderr_log: IO[str] | None = None,
+        stderr_log: CappedLog | None = None,
     ) -> None:
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -445,7 +449,9 @@ def spawn(
             added, so a Python server's lines come as it prints them.
         cwd: Its working directory (default: this one's).
         keep: How many of the last lines of each stream to keep; None keeps all.
-        stderr_log: A file that every line of its stderr is appended to.
+        stderr_log: A file that its stderr is appended to: the first MiB of
+            the file and the last MiB of this run's stderr
+            (:class:`~conformance.capped_log.CappedLog`).
         nofile: The soft descriptor limit (``RLIMIT_NOFILE``) it starts under,
             capped at the hard limit (:func:`soft_nofile`); None: this process's.
 
@@ -473,10 +479,10 @@ def spawn(
             )
     except OSError as exc:
         raise TargetError(f"cannot start {shlex.join(argv)}: {exc.strerror or exc}") from None
-    log: IO[str] | None = None
+    log: CappedLog | None = None
     if stderr_log is not None:
-        log = stderr_log.open("a", encoding="utf-8", errors="replace")
-        log.write(f"--- {shlex.join(argv)} (pid {proc.pid})\n")
+        log = CappedLog(stderr_log)
+        log.write_line(f"--- {shlex.join(argv)} (pid {proc.pid})")
     return Spawned(argv, proc, keep, log)
 
 
