@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +42,7 @@ from conformance.checks import CATALOGUE
 from conformance.errors import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_REPORTS,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     TargetError,
@@ -283,8 +286,6 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     workers, fewer = _worker_count(args.workers, len(session.plan.checks) * len(session.targets))
     if workers:
         argv += ["-n", str(workers), "--dist", "loadgroup"]
-    if args.junitxml:
-        argv += ["--junitxml", args.junitxml]
     plan = session.plan
     plugins: list[object] = [PlannedRun(session)]
     if sys.stderr.isatty():
@@ -310,13 +311,21 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     capped = f" (--timeout {plan.timeout:g}s)" if plan.timeout is not None else ""
     print(f"reactor-conformance: the run ends within at most {bound:.0f}s{capped}")
     sys.stdout.flush()
-    with _watchdog(bound):
-        code = run_pytest(argv, plugins=plugins)
+    with tempfile.TemporaryDirectory(prefix="reactor-conformance-") as scratch:
+        # pytest writes the JUnit report here; it is copied to --junitxml at the end, where
+        # a failure (a full disk) is one line, not a traceback that loses the other reports.
+        junit = Path(scratch) / "junit.xml"
+        if args.junitxml:
+            argv += ["--junitxml", str(junit)]
+        with _watchdog(bound):
+            code = run_pytest(argv, plugins=plugins)
+        if args.junitxml:
+            _deliver(junit, args.junitxml, session)
     results = session.results
     if code == pytest.ExitCode.INTERRUPTED:
         # pytest took the signal's KeyboardInterrupt and wrote the partial reports.
         if results is not None:
-            _summarise(results, _written(args, session), use_colour(sys.stdout, os.environ))
+            _summarise(results, session, use_colour(sys.stdout, os.environ))
             sys.stdout.flush()
         raise Stopped(requested() or signal.SIGINT)
     if code not in (EXIT_OK, EXIT_FAILED) or results is None:
@@ -324,20 +333,23 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
             f"error: pytest ended with exit code {code}",
             EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED,
         )
-    code = _summarise(results, _written(args, session), use_colour(sys.stdout, os.environ))
+    code = _summarise(results, session, use_colour(sys.stdout, os.environ))
     if session.artifacts is not None and any(session.artifacts.iterdir()):
         print(f"reactor-conformance: artifacts (scenarios, server logs): {session.artifacts}")
     return code
 
 
-def _written(args: argparse.Namespace, session: Session) -> list[tuple[str, str]]:
-    written = list(session.written)
-    if args.junitxml:
-        written.append(("JUnit", args.junitxml))
-    return written
+def _deliver(written: Path, path: str, session: Session) -> None:
+    """Copy the JUnit report pytest wrote to ``path``; record whether that worked."""
+    try:
+        shutil.copyfile(written, path)
+    except OSError as exc:
+        session.unwritten.append(("JUnit", path, exc.strerror or str(exc)))
+    else:
+        session.written.append(("JUnit", path))
 
 
-def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool) -> int:
+def _summarise(results: RunResults, session: Session, colour: bool) -> int:
     print()
     for line in format_table(results, colour=colour):
         print(line)
@@ -374,8 +386,14 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
     strict = " (strict)" if results.strict else ""
     line = f"reactor-conformance: {counts} in {results.duration:.1f}s{strict}"
     print(paint(Verdict.PASS if ok else Verdict.FAIL, line, colour))
-    for kind, path in written:
+    for kind, path in session.written:
         print(f"reactor-conformance: {kind.upper() if kind != 'JUnit' else kind} report: {path}")
+    sys.stdout.flush()
+    for kind, path, why in session.unwritten:
+        label = kind.upper() if kind != "JUnit" else kind
+        print(
+            f"reactor-conformance: cannot write the {label} report {path}: {why}", file=sys.stderr
+        )
     for target in results.targets:
         if target.never_answered():
             print(
@@ -389,6 +407,8 @@ def _summarise(results: RunResults, written: list[tuple[str, str]], colour: bool
             "the target is unreachable"
         )
         return EXIT_UNREACHABLE
+    if session.unwritten:
+        return EXIT_REPORTS
     return EXIT_OK if ok else EXIT_FAILED
 
 

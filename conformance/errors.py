@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "TargetError", "UsageError"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_REPORTS",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "TargetError",
+    "UsageError",
+]
 
 #: Every MUST passed (and every SHOULD under ``--strict``).
 EXIT_OK = 0
@@ -12,6 +20,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: The target cannot be reached, or never starts listening.
 EXIT_UNREACHABLE = 3
+#: The checks ran, but a report asked for could not be written (a full disk).
+EXIT_REPORTS = 4
 
 
 class UsageError(Exception):

@@ -426,7 +426,7 @@ def plan_from_options(
     checks = tuple(select_checks(split_list(values.checks), split_list(values.category)))
     if not checks:
         raise UsageError("no check selected")
-    protocol = values.protocol or "echo"
+    protocol = "echo" if values.protocol is None else values.protocol
     judged_by(protocol, values.oracle)
     check_report_path(values.report_json, "--report-json")
     check_report_path(values.report_html, "--report-html")
@@ -513,6 +513,8 @@ def check_report_path(value: str | None, option: str) -> str | None:
     """
     if value is None:
         return None
+    if not value.strip():
+        raise UsageError(f"{option} '': give a file name")
     path = Path(value)
     parent = path.resolve().parent
     if not parent.is_dir():
@@ -574,8 +576,16 @@ def max_connections(text: str | int | None) -> int | None:
     return value
 
 
+def _regular_or_new(path: Path) -> bool:
+    """Whether ``path`` is a regular file or nothing yet (not a device such as /dev/stdout)."""
+    return path.is_file() or not path.exists()
+
+
 def artifacts_dir(value: str | None, report_json: str | None) -> Path | None:
     """Where a run keeps its artifacts: ``--artifacts``, else beside the JSON report.
+
+    Beside the JSON report only where it is a file: a report written to a
+    device (``/dev/stdout``) leaves the artifacts in a temporary directory.
 
     Returns:
         The directory (made, if it was not there), or None: the run makes a
@@ -585,8 +595,10 @@ def artifacts_dir(value: str | None, report_json: str | None) -> Path | None:
         UsageError: It cannot be made or written.
     """
     if value is not None:
+        if not value.strip():
+            raise UsageError("--artifacts '': give a directory")
         path = Path(value)
-    elif report_json is not None:
+    elif report_json is not None and _regular_or_new(Path(report_json)):
         report = Path(report_json)
         path = report.with_name(f"{report.stem}-artifacts")
     else:

@@ -46,7 +46,6 @@ import fcntl
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -370,7 +369,7 @@ class Recorder:
             try:
                 write(self.results, path)
             except OSError as exc:
-                sys.stderr.write(f"reactor-conformance: cannot write {path}: {exc.strerror}\n")
+                self.session.unwritten.append((kind, str(path), exc.strerror or str(exc)))
                 continue
             self.written.append((kind, str(path)))
 
@@ -411,6 +410,10 @@ class Recorder:
                 terminalreporter.write_line(f"{target.name}: {counts}")
         for kind, path in self.written:
             terminalreporter.write_line(f"conformance {kind} report: {path}")
+        for kind, path, why in self.session.unwritten:
+            terminalreporter.write_line(
+                f"conformance {kind} report: cannot write {path}: {why}", red=True
+            )
 
 
 def pytest_report_teststatus(

@@ -124,6 +124,8 @@ class Session:
         self.results: RunResults | None = None
         #: The reports written at the end: (kind, path).
         self.written: list[tuple[str, str]] = []
+        #: The reports that could not be written: (kind, path, why).
+        self.unwritten: list[tuple[str, str, str]] = []
         self.board = board
         self.deadline = deadline
         self.artifacts = artifacts if artifacts is not None else plan.artifacts

@@ -62,6 +62,11 @@ __all__ = ["Faults", "Judging", "LoadError", "LoadSpec", "Mode", "judging"]
 
 Mode = Literal["pingpong", "stream"]
 
+#: Largest ping-pong message: each connection holds one, and the generator what comes back.
+MAX_SIZE = 16 << 20
+#: Largest stream window: bytes in flight per connection.
+MAX_WINDOW = 64 << 20
+
 _FAULT_NAMES = frozenset({"reset", "half_close", "slow_reader", "connect_storm"})
 
 
@@ -170,10 +175,10 @@ class LoadSpec:
         """
         if not 1 <= self.connections <= 100_000:
             raise ValueError(f"connections must be between 1 and 100000, got {self.connections}")
-        if self.size < 1:
-            raise ValueError(f"size must be at least 1 byte, got {self.size}")
-        if self.window < 1:
-            raise ValueError(f"window must be at least 1 byte, got {self.window}")
+        if not 1 <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be between 1 and {MAX_SIZE} bytes, got {self.size}")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise ValueError(f"window must be between 1 and {MAX_WINDOW} bytes, got {self.window}")
         if not (math.isfinite(self.duration) and self.duration > 0):
             raise ValueError(f"duration must be a positive number of seconds, got {self.duration}")
         if self.rounds is not None and self.rounds < 1:

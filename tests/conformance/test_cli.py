@@ -8,6 +8,7 @@ import re
 import select
 import shlex
 import signal
+import stat
 import subprocess
 import uuid
 from pathlib import Path
@@ -175,10 +176,73 @@ def test_run_server_that_never_listens_exits_3_with_one_line() -> None:
         (["-n", "-1"], "must be at least 0"),
         (["--max-connections", "0"], "--max-connections 0: give a number of connections above 0"),
         (["--max-connections", "lots"], "--max-connections lots: not a whole number"),
+        (["--max-connections", "1e99"], "not a whole number"),
+        (["--oracle", ""], "bad oracle ''"),
+        (["--oracle", "nope"], "give echo, discard or package.module:Class"),
+        (["--oracle", "tests.conformance.raises_on_import:Oracle"], "RuntimeError: this module"),
+        (["--oracle", "conformance.oracle:Nothing"], "conformance.oracle has no Nothing"),
+        (["--protocol", ""], "unknown protocol ''"),
+        (["--protocol", "nope"], "unknown protocol 'nope'"),
+        (["--protocol", "tests.conformance.raises_on_import:Model"], "RuntimeError: this module"),
+        (["--protocol", "os:path"], "is not a protocol model"),
+        (["--checks", ""], "--checks '' names nothing"),
+        (["--checks", ",,"], "--checks ',,' names nothing"),
+        (["--category", " , "], "--category ' , ' names nothing"),
+        (["--profile", "bogus"], "invalid choice: 'bogus'"),
+        (["--scenario", "/nonexistent/scenario.json"], "cannot read scenario"),
+        (["--scenario", "/"], "Is a directory"),
+        (["--timeout", "abc"], "not a number of seconds"),
+        (["--timeout", "0"], "above 0, or none"),
+        (["--timeout", "nan"], "above 0, or none"),
+        (["--server-nofile", "0"], "give a number of descriptors above 0"),
+        (["--server-nofile", "lots"], "give a number of descriptors above 0"),
+        (["--load-hosts", ""], "bad host ''"),
+        (["--load-hosts", "bogus=x"], "give a popen or ssh= gateway"),
+        (["--load-hosts", "popen*0"], "needs a positive count"),
+        (["--artifacts", ""], "--artifacts '': give a directory"),
+        (["--artifacts", "/proc/self/artifacts"], "cannot be made"),
+        (["-n", ""], "or 'auto'"),
+        (["--target", ""], "malformed target ''"),
+        (["--target", "127.0.0.1:0"], "port must be between 1 and 65535"),
+        (["--target", "127.0.0.1:99999"], "port must be between 1 and 65535"),
+        (["--reference", ""], "unknown reference model ''"),
+        (["--report-json", ""], "--report-json '': give a file name"),
+        (["--junitxml", ""], "--junitxml '': give a file name"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["--strict=yes"], "ignored explicit argument 'yes'"),
     ],
 )
 def test_run_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:
     assert_one_line_error(run_cli("run", *argv), 2, needle)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["-c", "0"], "must be at least 1"),
+        (["-c", "abc"], "not a whole number"),
+        (["-c", "99999999"], "connections must be between 1 and 100000"),
+        (["--size", "0"], "must be at least 1"),
+        (["--size", "99999999999"], "size must be between 1 and 16777216 bytes"),
+        (["--window", "99999999999"], "window must be between 1 and 67108864 bytes"),
+        (["--mode", "bogus"], "invalid choice: 'bogus'"),
+        (["--duration", "abc"], "invalid float value"),
+        (["--rounds", "0"], "must be at least 1"),
+        (["--procs", "100000"], "procs must be between 1 and 256"),
+        (["--hosts", ""], "bad host ''"),
+        (["--faults", "bogus"], "unknown fault 'bogus'"),
+        (["--faults", "reset=200%"], "between 0% and 100%"),
+        (["--faults", "connect-storm=abc"], "needs a count of connections"),
+        (["--protocol", ""], "unknown protocol ''"),
+        (["--protocol", "tests.conformance.raises_on_import:Model"], "RuntimeError: this module"),
+        (["--seed", "abc"], "invalid int value"),
+        (["--target", "nonsense"], "malformed target 'nonsense'"),
+        (["--spawn", ""], "--spawn needs a command"),
+        (["--reference", "nope"], "unknown reference model 'nope'"),
+    ],
+)
+def test_load_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:
+    assert_one_line_error(run_cli("load", *argv), 2, needle)
 
 
 @pytest.mark.parametrize("duration", ["nan", "inf", "-1", "0"])
@@ -284,3 +348,23 @@ def test_a_run_killed_outright_leaves_no_process_behind(argv: list[str], tmp_pat
     assert _wait_gone(server, 10), f"the spawned server {server} outlived the run"
     left = [pid for pid in _marked("CONFORMANCE_TEST_MARK", mark) if not _wait_gone(pid, 10)]
     assert not left, f"processes the run started outlived it: {left}"
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    full = Path("/dev/full")
+    if not full.exists() or not stat.S_ISCHR(full.stat().st_mode):
+        pytest.skip("no /dev/full device here to fill a report's disk")
+    html, artifacts = tmp_path / "report.html", tmp_path / "artifacts"
+    result = run_cli(
+        "run", "--checks", "ECHO-BASIC-1", "--report-json", str(full), "--junitxml", str(full),
+        "--report-html", str(html), "--artifacts", str(artifacts),
+    )  # fmt: skip
+    assert result.returncode == 4, result
+    assert "Traceback" not in result.stderr
+    assert sorted(result.stderr.strip().splitlines()) == [
+        "reactor-conformance: cannot write the JSON report /dev/full: No space left on device",
+        "reactor-conformance: cannot write the JUnit report /dev/full: No space left on device",
+    ]
+    assert "PASS" in result.stdout
+    assert f"HTML report: {html}" in result.stdout
+    assert "ECHO-BASIC-1" in html.read_text()
