@@ -18,7 +18,9 @@ Sub-commands:
 
 Exit codes of ``run``: 0 every MUST passed (and every SHOULD under
 ``--strict``), 1 a check failed, 2 usage error, 3 target unreachable or never
-listening. Every error is one line on stderr.
+listening, 4 a report could not be written, 128 plus the signal's number when
+one stopped the run (the verdicts so far are shown). Every error is one line
+on stderr.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the conformance checks against one server, or several side by side, "
         "and report each check: PASS, FAIL, NON-STRICT (a failed SHOULD or MAY) or SKIPPED. "
         "Exit 0 when every target passed every MUST (every check under --strict), 1 when one "
-        "failed, 2 on a usage error, 3 when a target cannot be reached.",
+        "failed, 2 on a usage error, 3 when a target cannot be reached, 4 when a report "
+        "cannot be written.",
         epilog=_RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -68,7 +68,9 @@ _SHIPPED = (
     "conformance/__init__.py",
     "conformance/errors.py",
     "conformance/histogram.py",
+    "conformance/lifeline.py",
     "conformance/oracle.py",
+    "conformance/user_code.py",
     "conformance/load/*.py",
     # A protocol model's load (--protocol resp) also needs these, and Hypothesis there.
     "conformance/protocols/*.py",

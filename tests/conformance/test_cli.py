@@ -331,8 +331,9 @@ def _marked(variable: str, value: str) -> list[int]:
         ["run", "--checks", "ECHO-BASIC-1,ECHO-SIZE-2"],
         ["run", "-n", "2", "--checks", "ECHO-BASIC-1,ECHO-SIZE-2"],
         ["load", "--procs", "2", "-c", "8", "--size", "4096", "--duration", "60"],
+        ["load", "--hosts", "popen*2", "-c", "8", "--size", "4096", "--duration", "60"],
     ],
-    ids=["run", "run-n-2", "load"],
+    ids=["run", "run-n-2", "load", "load-hosts"],
 )
 def test_a_run_killed_outright_leaves_no_process_behind(argv: list[str], tmp_path: Path) -> None:
     # The server SIGKILLs the run (no handler runs) mid-check or mid-load: the server, the
