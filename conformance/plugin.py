@@ -51,7 +51,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -215,7 +215,7 @@ def heavy_lock(address: Address, timeout: float = 900.0) -> Iterator[None]:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(address))
     path = Path(tempfile.gettempdir()) / f"reactor-conformance-heavy-{name}.lock"
     deadline = time.monotonic() + timeout
-    with open(path, "a") as lock:
+    with _open_lock(path) as lock:
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -230,6 +230,25 @@ def heavy_lock(address: Address, timeout: float = 900.0) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_lock(path: Path) -> IO[bytes]:
+    """``path`` opened for ``flock``: read-only, so that one another user made serves too.
+
+    In a sticky world-writable directory (``/tmp``) Linux refuses an ``O_CREAT``
+    open of a file another user owns (``fs.protected_regular``), even one that
+    exists; ``flock`` needs no write access. So open the file as it is, and
+    create it only where it is not there yet.
+    """
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:  # Another process made it in between.
+        return open(path, "rb")
+    return os.fdopen(fd, "rb")
 
 
 class CatalogueFile(pytest.File):
