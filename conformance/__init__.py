@@ -7,13 +7,9 @@ package (as the pytest plugin's catalogue does) stays light.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("reactor-conformance")
-except PackageNotFoundError:  # Imported from a source tree that is not installed.
-    __version__ = "0+unknown"
+from conformance.version import __version__
 
 if TYPE_CHECKING:
     from conformance.api import check_server

@@ -39,7 +39,6 @@ from typing import Any
 
 import pytest
 
-from conformance import __version__
 from conformance.checks import CATALOGUE
 from conformance.errors import (
     EXIT_FAILED,
@@ -71,6 +70,7 @@ from conformance.results import (
 from conformance.session import PlannedRun, Session
 from conformance.stopping import Stopped, install, requested, stop_on_signal
 from conformance.target import TargetKind, server_nofile_header
+from conformance.version import __version__
 from reference.cli import ArgumentParser, add_model_parsers, at_least, serve
 
 __all__ = ["build_parser", "main"]

@@ -3,7 +3,9 @@
 A :class:`Connection` is made by :meth:`conformance.harness.Harness.connect`;
 every method runs as one step of its harness (under the step's deadline) and
 records what it did in the connection's transcript, and everything it reads
-goes through the connection's own oracle.
+goes through the connection's own oracle. The connection sees its harness
+through :class:`Steps` alone (its steps and its clock), so this module does not
+import the harness that imports it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import math
 import socket
 import struct
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 import trio
 
@@ -28,10 +30,7 @@ from conformance.transcript import (
     Transcript,
 )
 
-if TYPE_CHECKING:
-    from conformance.harness import Harness
-
-__all__ = ["Connection"]
+__all__ = ["Connection", "Steps"]
 
 #: Seconds a step that is owed bytes may see no byte move either way (see the harness).
 STALL_AFTER = 3.0
@@ -40,12 +39,35 @@ STALL_AFTER = 3.0
 _TCP_FIN_WAIT2 = 5
 
 
+class Steps(Protocol):
+    """What a connection needs of its harness (:class:`conformance.harness.Harness`)."""
+
+    #: Default deadline of a step, in seconds.
+    step_timeout: float
+
+    def elapsed(self) -> float:
+        """Seconds since the harness was made."""
+        ...
+
+    def step(
+        self,
+        name: str,
+        conn: Connection | None = None,
+        timeout: float | None = None,
+        *,
+        idle: bool = False,
+        watch: bool = True,
+    ) -> AbstractContextManager[trio.CancelScope]:
+        """Run the body of the ``with`` as step ``name`` under a deadline."""
+        ...
+
+
 class Connection:
     """One client connection, its transcript and its oracle. Made by :meth:`Harness.connect`."""
 
     def __init__(
         self,
-        harness: Harness,
+        harness: Steps,
         name: str,
         sock: trio.socket.SocketType,
         transcript: Transcript,

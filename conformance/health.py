@@ -7,7 +7,7 @@ targets the suite started are children of one (the controller). They share
 what they know through a :class:`Board`, a private directory of small files:
 
 - ``NAME.state.json``, written only by the process that owns the target (by
-  :class:`Keeper`, atomically: write, then rename): its generation (0, then
+  :class:`~conformance.keeper.Keeper`, atomically: write, then rename): its generation (0, then
   1 after the first restart...), its status (``up``, ``restarting``,
   ``down``), where it listens, its PID, every exit it saw (how: "exited
   with signal 13 (SIGPIPE)", when, and the last lines of its stderr), and
@@ -22,7 +22,8 @@ what they know through a :class:`Board`, a private directory of small files:
   longer served a fresh connection (:func:`conformance.checks.liveness`):
   the remaining checks are SKIPPED with "target unreachable since CHECK".
 
-A :class:`Keeper` (one per started target, on the owning process) waits on
+A :class:`~conformance.keeper.Keeper` (one per started target, on the owning
+process) waits on
 the target's process in a thread; when it exits, the keeper records how,
 then restarts it (at most :data:`MAX_RESTARTS` times) unless the run says
 ``--no-restart``. A command that exits 0 while a process it started listens
@@ -42,20 +43,16 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.errors import TargetError
-from conformance.strays import command_line
-from conformance.target import Address, RunningTarget
+from conformance.target import Address
 
 __all__ = [
     "MAX_RESTARTS",
     "Board",
     "Exit",
-    "Keeper",
     "Note",
     "TargetEvent",
     "TargetState",
@@ -447,152 +444,3 @@ class Board:
         finally:
             aside.unlink(missing_ok=True)
         return True
-
-
-class Keeper:
-    """Keeps one started target: records its exits and restarts it (the owning process only).
-
-    A command that exits 0 while a process it started listens on its
-    handed-out port has daemonized: the keeper follows that process (a
-    ``daemonized`` note, its PID published) and the daemon's end is the exit.
-
-    Args:
-        name: The target's name in the run.
-        board: Where to record.
-        running: The started target.
-        restart: Starts it again (a new :class:`RunningTarget`).
-        restarts: Whether an exited target is restarted at all.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        board: Board,
-        running: RunningTarget,
-        restart: Callable[[], RunningTarget],
-        *,
-        restarts: bool = True,
-    ) -> None:
-        self.name = name
-        self.board = board
-        self.running = running
-        self._restart = restart
-        self._restarts_wanted = restarts
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._exits: list[Exit] = []
-        self._notes: list[Note] = []
-        self._status = ("up", "")
-        self.generation = 0
-        self._note_daemon()
-        self._publish("up")
-        self._thread = threading.Thread(target=self._watch, name=f"keeper of {name}", daemon=True)
-        if running.server is not None:
-            self._thread.start()
-
-    def _publish(self, status: str, down_reason: str = "") -> None:
-        self._status = (status, down_reason)
-        address = self.running.address
-        self.board.publish(
-            self.name,
-            TargetState(
-                self.generation,
-                status,
-                address.host,
-                address.port,
-                self.running.pid,
-                tuple(self._exits),
-                down_reason,
-                tuple(self._notes),
-            ),
-        )
-
-    def _note_daemon(self) -> None:
-        daemon = self.running.daemon
-        if daemon is not None:
-            detail = f"the server daemonized: PID {daemon} ({command_line(daemon) or '?'})"
-            self._notes.append(Note("daemonized", self.generation, detail, time.time()))
-
-    def _note_left(self, running: RunningTarget) -> None:
-        for pid in sorted(running.left):
-            detail = f"PID {pid} ({command_line(pid) or '?'}) still runs after SIGKILL"
-            self._notes.append(Note("left running", self.generation, detail, time.time()))
-        running.left.clear()
-
-    def _wait_end(self, running: RunningTarget) -> str | None:
-        """Wait until the target's process ends; say how, or None when the keeper is stopping."""
-        server = running.server
-        assert server is not None
-        if running.daemon is None:
-            code = server.proc.wait()
-            with self._lock:
-                # The target accepted already: a daemon holds the socket by now.
-                daemon = None if self._stopping or code != 0 else running.find_daemon()
-                if daemon is None:
-                    return describe_exit(code)
-                running.follow(daemon)
-                self._note_daemon()
-                self._publish("up")
-        while not running.wait_daemon(1.0):
-            if self._stopping:
-                return None
-        return (
-            f"exited (the daemon, PID {running.daemon}: not a child of the suite, so its "
-            "status is not visible)"
-        )
-
-    def _watch(self) -> None:
-        while True:
-            running = self.running
-            server = running.server
-            assert server is not None
-            how = self._wait_end(running)
-            server.stderr.join(1.0)  # Its last words, once the pipe closes.
-            with self._lock:
-                if self._stopping or how is None:
-                    return
-                restart = self._restarts_wanted and len(self._exits) < MAX_RESTARTS
-                reason = ""
-                if not self._restarts_wanted:
-                    reason = "--no-restart"
-                elif not restart:
-                    reason = f"it exited {MAX_RESTARTS + 1} times"
-                tail = tuple(server.stderr.lines()[-STDERR_LINES:])
-                self._exits.append(Exit(self.generation, how, time.time(), tail, restart))
-                running.stop(1.0)  # Whatever it forked goes with it, strays included.
-                self._note_left(running)
-                self._publish("restarting" if restart else "down", reason)
-                if not restart:
-                    return
-            try:
-                new = self._restart()
-            except TargetError as exc:
-                with self._lock:
-                    last = self._exits[-1]
-                    self._exits[-1] = Exit(last.generation, last.how, last.at, last.stderr, False)
-                    self._publish("down", f"the restart failed: {exc}")
-                return
-            with self._lock:
-                if self._stopping:
-                    new.stop()
-                    return
-                self.running = new
-                self.generation += 1
-                self._note_daemon()
-                self._publish("up")
-
-    def stop(self) -> None:
-        """Stop the target and the watching: its group, then by PID what left the group.
-
-        A process that outlives even SIGKILL is published as a ``left running`` note.
-        """
-        with self._lock:
-            self._stopping = True
-            running = self.running
-        running.stop()
-        if self._thread.is_alive():
-            self._thread.join(30.0)
-        if running.left:
-            with self._lock:
-                self._note_left(running)
-                self._publish(*self._status)

@@ -55,7 +55,6 @@ from typing import IO, Any
 
 import pytest
 
-import conformance
 from conformance.checks import Check
 from conformance.errors import EXIT_UNREACHABLE, TargetError, UsageError
 from conformance.lifeline import die_with_parent
@@ -106,7 +105,7 @@ EVENT_PROPERTY = "conformance_target_event"
 CHECK_PROPERTY = "conformance_check"
 TARGET_PROPERTY = "conformance_target"
 
-_PACKAGE = Path(conformance.__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent
 _SESSION = pytest.StashKey[Session]()
 _WORKER_KEY = "conformance_session"
 _CONTROLLER_KEY = "conformance_controller"

@@ -23,7 +23,6 @@ import html
 import re
 from pathlib import Path
 
-from conformance import __version__
 from conformance.report import ByteDivergence, Excerpt
 from conformance.results import (
     CheckResult,
@@ -33,6 +32,7 @@ from conformance.results import (
     format_counts,
     host_info,
 )
+from conformance.version import __version__
 
 _FAILED = (Verdict.FAIL, Verdict.NON_STRICT, Verdict.ERROR)
 

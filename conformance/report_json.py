@@ -21,10 +21,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from conformance import __version__
 from conformance.checks import Check
 from conformance.health import TargetEvent
 from conformance.results import CheckResult, RunResults, TargetRun, Verdict, host_info
+from conformance.version import __version__
 
 __all__ = ["FORMAT", "load_schema", "to_json", "write_json"]
 

@@ -31,7 +31,8 @@ from typing import Any
 
 from conformance.checks import Check, Outcome, Setup, run_check
 from conformance.checks.base import LIVENESS_PAYLOAD
-from conformance.health import MAX_RESTARTS, Board, Exit, Keeper, TargetState, process_state
+from conformance.health import MAX_RESTARTS, Board, Exit, TargetState, process_state
+from conformance.keeper import Keeper
 from conformance.oracle import owes_replies
 from conformance.plan import RunPlan
 from conformance.procfs import accepted

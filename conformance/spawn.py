@@ -5,8 +5,9 @@ How this works
 :func:`spawn` starts a command (an argv list, or a string split as a shell
 would split it, never run by a shell) in a new session, so that it leads a
 process group of its own, and returns a :class:`Spawned`. Two
-:class:`LineReader` threads read its stdout and stderr line by line, so it
-never blocks on a full pipe, and keep the lines for whoever waits for one:
+:class:`~conformance.line_reader.LineReader` threads read its stdout and
+stderr line by line, so it never blocks on a full pipe, and keep the lines
+for whoever waits for one:
 :meth:`Spawned.wait_listening` waits, under a deadline, for the
 ``listening on HOST:PORT`` line every server of this project prints (see
 DESIGN.md), and raises :class:`~conformance.errors.TargetError` saying whether
@@ -22,19 +23,17 @@ command's session that left its group (``setpgid``) and started after it
 test's teardown: SIGKILL to the group while its leader runs, nothing once the
 leader is gone, so that a test can still see a child its server left behind.
 
-``nofile`` sets the command's soft ``RLIMIT_NOFILE`` in the child, between
-``fork`` and ``exec``, so that the server runs under it from its first
-instruction. The child also gets the parent-death signal there
+``nofile`` (``--server-nofile``, :func:`server_nofile`) sets the command's soft
+``RLIMIT_NOFILE`` in the child, between ``fork`` and ``exec``, so that the
+server runs under it from its first instruction. The child also gets the
+parent-death signal there
 (:mod:`conformance.lifeline`): a suite killed outright (SIGKILL) leaves no
 server behind. A process must be spawned from a thread that lives as long as
 the server should (the main thread, or a target's keeper thread).
 
-This is a module of its own, not part of :mod:`conformance.target`, because
-three users share it: the suite's targets (which add ``{port}`` and waiting
-until the address accepts), the project's own tests (reference servers whose
-log lines they wait for) and the benchmark tools. Readers keep the last
-``keep`` lines (all of them with ``keep=None``, for tests) and always the
-first :data:`HEAD` lines, so the ``listening on`` line cannot scroll away.
+Three users share this module: the suite's targets (:mod:`conformance.target`
+adds ``{port}`` and waits until the address accepts), the project's own tests
+and the benchmark tools.
 
 Facts about the OS this relies on
 ---------------------------------
@@ -58,33 +57,31 @@ Facts about the OS this relies on
 
 from __future__ import annotations
 
-import collections
-import itertools
 import os
 import re
 import resource
 import shlex
 import signal
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 from conformance.capped_log import CappedLog
-from conformance.errors import TargetError
+from conformance.errors import TargetError, UsageError
 from conformance.lifeline import die_with_parent
+from conformance.line_reader import LineReader
 from conformance.strays import session_members, start_ticks, stop_processes
 
 __all__ = [
-    "HEAD",
+    "INHERIT",
     "LISTENING",
-    "LineReader",
+    "SERVER_NOFILE",
     "Spawned",
     "no_input",
     "parse_listening",
+    "server_nofile",
+    "server_nofile_header",
     "soft_nofile",
     "spawn",
     "spawn_listening",
@@ -94,15 +91,14 @@ __all__ = [
 #: host in brackets when it is IPv6.
 LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+)\s*$")
 
-#: How many first lines of each stream a reader always keeps.
-HEAD = 20
+#: The soft descriptor limit a started server begins with unless ``--server-nofile``
+#: says otherwise: the common default (``ulimit -n``), so that ECHO-LIMIT-1 can exceed it.
+SERVER_NOFILE = 1024
+#: What ``--server-nofile`` takes to keep the suite's own limit.
+INHERIT = "inherit"
 
 #: How many stderr lines an error message quotes.
 _QUOTED = 3
-
-#: Longest line read at once (in characters): a server that writes without
-#: newlines has its output cut into lines of this length, not read whole.
-MAX_LINE = 64 * 1024
 
 
 @contextmanager
@@ -128,108 +124,6 @@ def parse_listening(line: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match[1].strip("[]"), int(match[2])
-
-
-class LineReader(threading.Thread):
-    """Reads one pipe of a process to its end, line by line, and keeps the lines.
-
-    Lines are numbered from 0 in the order they came. The reader keeps the
-    first :data:`HEAD` lines and the last ``keep`` ones (every line when
-    ``keep`` is None); :meth:`wait_for` looks only at lines it kept. It closes
-    the pipe at EOF.
-
-    Args:
-        stream: The pipe, in text mode.
-        keep: How many of the last lines to keep; None keeps every line.
-        name: The thread's name.
-        copy: Where every line is also written, as it comes (a log file, its
-            start and end kept); the reader closes it at EOF.
-    """
-
-    def __init__(
-        self,
-        stream: IO[str],
-        *,
-        keep: int | None = 20,
-        name: str = "reader",
-        copy: CappedLog | None = None,
-    ) -> None:
-        super().__init__(daemon=True, name=name)
-        self._stream = stream
-        self._copy = copy
-        self._head: list[str] = []
-        self._tail: collections.deque[str] = collections.deque(maxlen=keep)
-        self._count = 0
-        self._changed = threading.Condition()
-        self.ended = False
-
-    def run(self) -> None:
-        try:
-            for raw in iter(lambda: self._stream.readline(MAX_LINE), ""):
-                line = raw.rstrip("\n")
-                if self._copy is not None:
-                    self._copy.write_line(line)
-                with self._changed:
-                    if len(self._head) < HEAD:
-                        self._head.append(line)
-                    self._tail.append(line)
-                    self._count += 1
-                    self._changed.notify_all()
-        except (ValueError, OSError):
-            pass  # The pipe was closed under us.
-        finally:
-            with self._changed:
-                self.ended = True
-                self._changed.notify_all()
-            self._stream.close()
-            if self._copy is not None:
-                self._copy.close()
-
-    def __len__(self) -> int:
-        """How many lines came so far, kept or not."""
-        with self._changed:
-            return self._count
-
-    def lines(self) -> list[str]:
-        """The last lines kept (every line so far when ``keep`` is None)."""
-        with self._changed:
-            return list(self._tail)
-
-    def _kept_since(self, start: int) -> list[str]:
-        """The kept lines numbered ``start`` or more, in order (the lock held)."""
-        first_in_tail = self._count - len(self._tail)
-        from_head = self._head[start:first_in_tail]
-        from_tail = itertools.islice(self._tail, max(start - first_in_tail, 0), None)
-        return [*from_head, *from_tail]
-
-    def wait_for(
-        self, pattern: re.Pattern[str], timeout: float, *, start: int = 0
-    ) -> re.Match[str] | None:
-        """Wait for a line that matches ``pattern`` (searched anywhere in the line).
-
-        Args:
-            pattern: What to look for.
-            timeout: Seconds to wait at most.
-            start: Look only at lines numbered ``start`` or more (for example
-                ``len(reader)`` taken before an action).
-
-        Returns:
-            The first match, or None when the stream ended or the time ran out
-            first (:attr:`ended` tells which).
-        """
-        deadline = time.monotonic() + timeout
-        seen = start
-        with self._changed:
-            while True:
-                for line in self._kept_since(seen):
-                    match = pattern.search(line)
-                    if match is not None:
-                        return match
-                seen = max(seen, self._count)
-                left = deadline - time.monotonic()
-                if self.ended or left <= 0:
-                    return None
-                self._changed.wait(left)
 
 
 class Spawned:
@@ -409,6 +303,45 @@ def soft_nofile(nofile: int) -> int:
     """The soft descriptor limit a server asked to start under ``nofile`` gets: at most the hard."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
+
+
+def server_nofile(text: str | int | None) -> int | None:
+    """The limit of ``--server-nofile``: descriptors above 0, or None for ``inherit``.
+
+    Args:
+        text: The option's value; None (not given) is :data:`SERVER_NOFILE`.
+
+    Raises:
+        UsageError: It is neither.
+    """
+    if text is None:
+        return SERVER_NOFILE
+    if isinstance(text, str) and text.strip() == INHERIT:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(
+            f"--server-nofile {text}: give a number of descriptors above 0, for example "
+            f"{SERVER_NOFILE}, or {INHERIT} to keep the suite's own limit"
+        )
+    return value
+
+
+def server_nofile_header(nofile: int | None) -> str:
+    """What a run's header says of the descriptor limit its started servers begin with."""
+    if nofile is None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limit = "no limit" if soft == resource.RLIM_INFINITY else str(soft)
+        return (
+            f"spawned servers inherit the suite's soft descriptor limit ({limit}) "
+            f"(--server-nofile {INHERIT})"
+        )
+    soft = soft_nofile(nofile)
+    capped = f" {nofile}, capped at the hard limit" if soft != nofile else ""
+    return f"spawned servers start with a soft descriptor limit of {soft} (--server-nofile{capped})"
 
 
 def _before_exec(nofile: int | None) -> Callable[[], None]:

@@ -33,18 +33,22 @@ from __future__ import annotations
 
 import enum
 import os
-import re
-import resource
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from conformance.address import Address, free_port, parse_address, probe
 from conformance.errors import TargetError, UsageError
-from conformance.spawn import Spawned, soft_nofile, spawn
+from conformance.spawn import (
+    SERVER_NOFILE,
+    Spawned,
+    server_nofile,
+    server_nofile_header,
+    spawn,
+)
 from conformance.strays import (
     listeners,
     session_members,
@@ -70,43 +74,6 @@ __all__ = [
 
 #: The models ``--reference`` accepts.
 REFERENCE_MODELS = ("single", "pool", "multi")
-
-#: The soft descriptor limit a started server begins with unless ``--server-nofile``
-#: says otherwise: the common default (``ulimit -n``), so that ECHO-LIMIT-1 can exceed it.
-SERVER_NOFILE = 1024
-#: What ``--server-nofile`` takes to keep the suite's own limit.
-INHERIT = "inherit"
-
-_ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\[\]:\s]+)):(?P<port>\d+)$")
-
-
-@dataclass(frozen=True)
-class Address:
-    """A TCP address; ``str()`` gives ``HOST:PORT``, with brackets for IPv6."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_address(text: str) -> Address:
-    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``.
-
-    Raises:
-        UsageError: The text is not of that form, or the port is out of range.
-    """
-    match = _ADDRESS.match(text.strip())
-    if match is None:
-        raise UsageError(
-            f"malformed target {text!r}: expected HOST:PORT, "
-            "for example 127.0.0.1:7000 or [::1]:7000"
-        )
-    port = int(match["port"])
-    if not 1 <= port <= 65535:
-        raise UsageError(f"malformed target {text!r}: port must be between 1 and 65535")
-    return Address(match["v6"] or match["host"], port)
 
 
 class TargetKind(enum.StrEnum):
@@ -197,24 +164,6 @@ class TargetSpec:
         if self.kind is TargetKind.SPAWN:
             return f"spawned: {self.value}"
         return f"reference {self.value} server"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago on ``host`` (the OS picks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def probe(address: Address, timeout: float = 2.0) -> OSError | None:
-    """Try one connection to ``address``; return the error, or None if it was accepted."""
-    try:
-        with socket.create_connection((address.host, address.port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return exc
 
 
 class RunningTarget:
@@ -341,45 +290,6 @@ class RunningTarget:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def server_nofile(text: str | int | None) -> int | None:
-    """The limit of ``--server-nofile``: descriptors above 0, or None for ``inherit``.
-
-    Args:
-        text: The option's value; None (not given) is :data:`SERVER_NOFILE`.
-
-    Raises:
-        UsageError: It is neither.
-    """
-    if text is None:
-        return SERVER_NOFILE
-    if isinstance(text, str) and text.strip() == INHERIT:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise UsageError(
-            f"--server-nofile {text}: give a number of descriptors above 0, for example "
-            f"{SERVER_NOFILE}, or {INHERIT} to keep the suite's own limit"
-        )
-    return value
-
-
-def server_nofile_header(nofile: int | None) -> str:
-    """What a run's header says of the descriptor limit its started servers begin with."""
-    if nofile is None:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        limit = "no limit" if soft == resource.RLIM_INFINITY else str(soft)
-        return (
-            f"spawned servers inherit the suite's soft descriptor limit ({limit}) "
-            f"(--server-nofile {INHERIT})"
-        )
-    soft = soft_nofile(nofile)
-    capped = f" {nofile}, capped at the hard limit" if soft != nofile else ""
-    return f"spawned servers start with a soft descriptor limit of {soft} (--server-nofile{capped})"
 
 
 def _reference_command(model: str) -> list[str]:

@@ -45,6 +45,7 @@ from typing import Protocol
 
 from reference.memcache import MemcacheHandler
 from reference.resp import RespHandler
+from reference.transport import Transport
 
 __all__ = [
     "Transport",
@@ -59,16 +60,6 @@ __all__ = [
     "WorkingHandler",
     "with_work",
 ]
-
-
-class Transport(Protocol):
-    """What a handler may do to its connection."""
-
-    def send(self, data: bytes) -> None:
-        """Queue ``data`` for the peer, in order. Any thread may call this."""
-
-    def close(self) -> None:
-        """Flush what is queued, then close. Any thread may call this."""
 
 
 class Handler(Protocol):

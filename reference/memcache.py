@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from reference.store import Store
 
 if TYPE_CHECKING:
-    from reference.handler import Transport
+    from reference.transport import Transport
 
 __all__ = [
     "ITEM_SIZE_MAX",

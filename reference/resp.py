@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 from reference.store import Store
 
 if TYPE_CHECKING:
-    from reference.handler import Transport
+    from reference.transport import Transport
 
 __all__ = [
     "MAX_BULK_LENGTH",

@@ -303,9 +303,9 @@ async def wait_full(limit: ServerLimit) -> tuple[bool, int]:
     return held >= limit.total - SLACK, held
 
 
-async def round_trip(conn: Connection, when: str) -> None:
+async def round_trip(h: Harness, conn: Connection, when: str) -> None:
     """Send a short message on ``conn`` and read what the oracle says is owed."""
-    message = conn.harness.message(f"{conn.name} {when}\n".encode())
+    message = h.message(f"{conn.name} {when}\n".encode())
     await conn.send(message, step=f"send on {conn.name} {when}")
     await conn.settle(step=f"read the reply on {conn.name} {when}", timeout=10.0)
 
@@ -327,14 +327,14 @@ async def _beyond_the_limit(h: Harness, own: int) -> None:
         return
     early = [await h.connect(f"early{i}") for i in range(EARLY)]
     for conn in early:
-        await round_trip(conn, "before the others connect")
+        await round_trip(h, conn, "before the others connect")
     tally = await open_held(h, count - EARLY)
     held = EARLY + tally.connected
     full, descriptors = await wait_full(limit) if limit.measured else (False, 0)
     when = f"while {held} connections are held"
     for conn in early:
         try:
-            await round_trip(conn, when)
+            await round_trip(h, conn, when)
         except CheckFailure as exc:
             exited = [pid for pid in limit.holders if _exited(pid)]
             what = (

@@ -19,23 +19,25 @@ connections, spread over the run; its connects, like every other, never wait
 under way at once. The other connections must stay byte-exact.
 
 A fault acts on a connection only while the driver still has it: a send that
-fails drops the connection (``CLOSED``), and the fault stops there.
+fails drops the connection (``CLOSED``), and the fault stops there. The faults
+see the driver through :class:`FaultedDriver` alone, so this module does not
+import the driver that imports it.
 """
 
 from __future__ import annotations
 
+import random
 import select
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from conformance.load.client import Client, ClientEvent, ClientState
-from conformance.load.connector import CONNECT_BATCH
+from conformance.load.connector import CONNECT_BATCH, Connector
+from conformance.load.result import LoadResult
+from conformance.load.spec import LoadSpec
 
-if TYPE_CHECKING:
-    from conformance.load.driver import Driver
-
-__all__ = ["inject_after_round", "resume_slow_reader", "storm", "TICK"]
+__all__ = ["FaultedDriver", "inject_after_round", "resume_slow_reader", "storm", "TICK"]
 
 TICK = 0.1  # seconds between housekeeping passes (progress, stalls, faults)
 _SLOW_PAUSE = 0.2  # seconds a slow reader stops reading
@@ -43,7 +45,42 @@ _SLOW_BURST = 256 * 1024  # bytes a slow reader sends before it stops reading
 _RESET_BURST = 65536  # bytes sent just before a reset
 
 
-def inject_after_round(driver: Driver, client: Client, now_ns: int) -> bool:
+class FaultedDriver(Protocol):
+    """What a fault needs of the driver (:class:`conformance.load.driver.Driver`)."""
+
+    spec: LoadSpec
+    rng: random.Random
+    result: LoadResult
+    connector: Connector
+    #: Storm connects not started yet.
+    storm_left: int
+
+    def connect(self, deadline: float, *, storm: bool = False) -> None:
+        """Start one connect (a storm's is closed as soon as it opens)."""
+        ...
+
+    def replace(self, client: Client, *, rst: bool = False) -> None:
+        """Drop ``client`` (with RST) and, unless the run is draining, connect a new one."""
+        ...
+
+    def set_events(self, client: Client, events: int) -> None:
+        """Watch ``client`` for ``events`` (epoll flags)."""
+        ...
+
+    def send_next(self, client: Client, now_ns: int) -> None:
+        """Start ``client``'s next round: send its next message."""
+        ...
+
+    def await_writable(self, client: Client) -> None:
+        """Nothing owed, nothing queued: let the next write readiness move ``client`` on."""
+        ...
+
+    def io_error(self, client: Client, exc: OSError) -> None:
+        """``client``'s socket failed with ``exc``: record the error, replace the connection."""
+        ...
+
+
+def inject_after_round(driver: FaultedDriver, client: Client, now_ns: int) -> bool:
     """Maybe strike ``client`` (ACTIVE, between rounds) with one fault.
 
     Args:
@@ -71,7 +108,7 @@ def inject_after_round(driver: Driver, client: Client, now_ns: int) -> bool:
     return False
 
 
-def _reset(driver: Driver, client: Client) -> None:
+def _reset(driver: FaultedDriver, client: Client) -> None:
     driver.result.injected["reset"] += 1
     size = driver.spec.size
     burst = client.pattern[:size] * max(1, _RESET_BURST // size)
@@ -82,7 +119,7 @@ def _reset(driver: Driver, client: Client) -> None:
     driver.replace(client, rst=True)
 
 
-def _half_close(driver: Driver, client: Client, now_ns: int) -> None:
+def _half_close(driver: FaultedDriver, client: Client, now_ns: int) -> None:
     driver.result.injected["half-close"] += 1
     driver.send_next(client, now_ns)
     if client.state is ClientState.CLOSED:  # The send failed: the driver dropped it.
@@ -97,7 +134,7 @@ def _half_close(driver: Driver, client: Client, now_ns: int) -> None:
         driver.io_error(client, exc)
 
 
-def _slow_reader(driver: Driver, client: Client, now_ns: int) -> None:
+def _slow_reader(driver: FaultedDriver, client: Client, now_ns: int) -> None:
     driver.result.injected["slow-reader"] += 1
     for _ in range(max(16, _SLOW_BURST // driver.spec.size)):
         driver.send_next(client, now_ns)
@@ -111,7 +148,7 @@ def _slow_reader(driver: Driver, client: Client, now_ns: int) -> None:
     driver.set_events(client, client.events & ~select.EPOLLIN)
 
 
-def resume_slow_reader(driver: Driver, client: Client, now: float) -> bool:
+def resume_slow_reader(driver: FaultedDriver, client: Client, now: float) -> bool:
     """At a tick: let a slow reader whose pause is over read again.
 
     Returns:
@@ -126,7 +163,7 @@ def resume_slow_reader(driver: Driver, client: Client, now: float) -> bool:
     return True
 
 
-def storm(driver: Driver) -> None:
+def storm(driver: FaultedDriver) -> None:
     """At a tick: start this tick's share of the storm's connects (each closed once open)."""
     spec = driver.spec
     per_tick = max(1, int(spec.faults.connect_storm * TICK / spec.duration) + 1)

@@ -70,7 +70,6 @@ from typing import Any
 
 import execnet
 
-import conformance
 from conformance.errors import UsageError
 from conformance.load.connector import SLICE
 from conformance.load.processes import Progress
@@ -78,6 +77,7 @@ from conformance.load.remote import REMOTE_SOURCE, START_GRACE, package_files, s
 from conformance.load.result import LoadResult
 from conformance.load.spec import LoadSpec
 from conformance.spawn import no_input
+from conformance.version import __version__
 
 __all__ = [
     "HostError",
@@ -391,7 +391,7 @@ def run_hosts(
             with lock:
                 channels[i] = channel
             channel.setcallback(lambda item: events.put((i, item)), endmarker=_CLOSED)
-            channel.send((files, conformance.__version__))
+            channel.send((files, __version__))
             channel.send(spec_to_data(reports[i].spec))
         except (OSError, EOFError, ValueError) as exc:
             events.put((i, ("unreachable", f"gateway closed at start ({exc or label})")))

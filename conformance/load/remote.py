@@ -71,6 +71,7 @@ _SHIPPED = (
     "conformance/lifeline.py",
     "conformance/oracle.py",
     "conformance/user_code.py",
+    "conformance/version.py",
     "conformance/load/*.py",
     # A protocol model's load (--protocol resp) also needs these, and Hypothesis there.
     "conformance/protocols/*.py",

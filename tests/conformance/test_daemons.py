@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from conformance.errors import TargetError
-from conformance.health import Board, Keeper, TargetState, process_gone
+from conformance.health import Board, TargetState, process_gone
+from conformance.keeper import Keeper
 from conformance.strays import listeners, start_ticks, stop_processes, wait_gone
 from conformance.target import RunningTarget, TargetKind, TargetSpec, start_target
 from tests.conformance.support import SERVERS, run_cli, spawn_command

@@ -18,7 +18,8 @@ from xml.etree import ElementTree
 import pytest
 
 from conformance.api import check_server
-from conformance.health import Board, Keeper, describe_exit
+from conformance.health import Board, describe_exit
+from conformance.keeper import Keeper
 from conformance.oracle import EchoOracle
 from conformance.results import Verdict
 from conformance.target import Address, TargetKind, TargetSpec, start_target
