@@ -80,7 +80,7 @@ _SHIPPED = (
     "conformance/profiles.py",
 )
 #: Modules of ``conformance/load`` that stay with the controller (execnet is theirs).
-_NOT_SHIPPED = frozenset({"conformance/load/hosts.py"})
+_NOT_SHIPPED = frozenset({"conformance/load/hosts.py", "conformance/load/host_spec.py"})
 
 #: What runs on the host's interpreter first (``channel`` is execnet's). It is
 #: followed by the package's files, ``{relative path: source}``, and the
