@@ -30,7 +30,7 @@ from conformance.health import (
     TargetState,
     describe_exit,
 )
-from conformance.strays import command_line
+from conformance.procfs import command_line
 from conformance.target import RunningTarget
 
 __all__ = ["Keeper"]

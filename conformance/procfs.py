@@ -6,7 +6,9 @@ connection was accepted, and how often an accept queue overflowed.
 How this works
 --------------
 Each reading is one function over a PID, and each file of ``/proc`` is parsed
-in exactly one place here: ``stat`` by :func:`stat_fields` (CPU time, parent),
+in exactly one place here: the list of processes by :func:`process_ids`,
+``cmdline`` by :func:`command_line`, ``stat`` by :func:`stat_fields` (CPU
+time, parent, session, start time),
 ``status`` by :func:`_status_bytes` (resident memory, its peak), ``fd/`` by
 :func:`open_descriptors` and :func:`socket_owners`, ``limits`` by
 :func:`descriptor_limit`, ``task/*/children`` by
@@ -77,6 +79,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "command_line",
+    "process_ids",
     "LISTEN",
     "UNLIMITED",
     "accepted",
@@ -97,6 +101,22 @@ __all__ = [
 PROC = Path("/proc")
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_ids() -> Iterator[int]:
+    """The PIDs ``/proc`` lists now (processes may end while the caller looks at them)."""
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, its arguments joined by spaces ('' if it cannot be read)."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -325,18 +345,16 @@ def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:
     if not targets:
         return owners
     seen = 0
-    for proc in PROC.iterdir():
-        if not proc.name.isdigit():
-            continue
+    for pid in process_ids():
         try:
-            fds = list((proc / "fd").iterdir())
+            fds = list((PROC / str(pid) / "fd").iterdir())
         except OSError:
             continue  # Another user's process, or gone.
         for fd in fds:
             seen += 1
             try:
                 if os.readlink(fd) in targets:
-                    owners.add(int(proc.name))
+                    owners.add(pid)
                     break
             except OSError:
                 continue

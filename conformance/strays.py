@@ -46,12 +46,10 @@ import select
 import signal
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
-from conformance.procfs import listening_inodes, socket_owners, stat_fields
+from conformance.procfs import listening_inodes, process_ids, socket_owners, stat_fields
 
 __all__ = [
-    "command_line",
     "listeners",
     "session_members",
     "sessions_of",
@@ -59,8 +57,6 @@ __all__ = [
     "stop_processes",
     "wait_gone",
 ]
-
-PROC = Path("/proc")
 
 #: Seconds between two looks at ``/proc`` where no pidfd can be waited on.
 _POLL = 0.02
@@ -72,15 +68,6 @@ def start_ticks(pid: int) -> int | None:
     if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
-
-
-def command_line(pid: int) -> str:
-    """The command line of ``pid``, its arguments joined by spaces ('' if it cannot be read)."""
-    try:
-        raw = (PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
 
 
 def listeners(host: str, port: int, since: int) -> dict[int, int]:
@@ -112,15 +99,13 @@ def session_members(sessions: Iterable[int], since: int) -> dict[int, int]:
     found: dict[int, int] = {}
     if not wanted:
         return found
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = stat_fields(int(entry.name))
+    for pid in process_ids():
+        fields = stat_fields(pid)
         if fields is None or fields[0] in ("Z", "X") or fields[3] not in wanted:
             continue
         started = int(fields[19])
         if started >= since:
-            found[int(entry.name)] = started
+            found[pid] = started
     return found
 
 
