@@ -11,15 +11,17 @@ collect, start and add nothing.
 When the suite is named:
 
 - ``pytest_configure`` turns the options (defined once, in
-  :mod:`conformance.session`) into a run plan, or takes the plan the CLI
-  handed in (:class:`~conformance.session.PlannedRun`), and in the xdist
-  controller (or the only process) starts a
+  :mod:`conformance.plan`'s option table) into a run plan, or takes the plan
+  the CLI handed in (:class:`~conformance.session.PlannedRun`), and in the
+  xdist controller (or the only process) starts a
   :class:`~conformance.session.Session`: it starts every target once
   (``--target``, ``--spawn`` and ``--reference`` may each be repeated, and
   are tested side by side) and stops them at the end; a target that cannot be
   reached ends the run with exit code 3. Under xdist the workers get the plan
   and the targets from the controller (``pytest_configure_node``), so a
-  spawned server is started once.
+  spawned server is started once, and die with the controller
+  (:mod:`conformance.lifeline`). SIGINT, SIGTERM and SIGHUP stop the run
+  cleanly, even mid-check (:mod:`conformance.stopping`).
 - ``pytest_collect_file`` turns the package's ``__init__.py`` into a
   :class:`CatalogueFile` whose items are the selected checks (with several
   targets, one :class:`TargetNode` per target holds them, so an item's name is
@@ -34,8 +36,9 @@ When the suite is named:
 - The controller's :class:`Recorder` reads every test report as it arrives
   (``pytest_runtest_logreport``: a worker's reports arrive there with their
   user properties) into one :class:`~conformance.results.RunResults`, and at
-  the end writes ``--report-json`` and ``--report-html`` and, with several
-  targets, prints the verdicts side by side. xdist's ``loadgroup`` appends
+  the end writes ``--report-json`` and ``--report-html`` (one that cannot be
+  written is recorded in :attr:`~conformance.session.Session.unwritten`) and,
+  with several targets, prints the verdicts side by side. xdist's ``loadgroup`` appends
   ``@group`` to a grouped item's node ID; the recorder takes it off the
   controller's copy of the report, so JUnit names each test by its check ID.
 """
