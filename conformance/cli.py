@@ -7,9 +7,9 @@ Sub-commands:
   once, builds the pytest arguments, runs pytest in-process (``-n N`` or
   ``-n auto`` for xdist) with pytest's own terminal output off, shows a
   progress line (on a terminal), then prints its summary from the plugin's
-  results: the verdicts (a column per target), the bug report of each failure,
-  the counts, and the paths of the reports written (``--report-json``,
-  ``--report-html``, ``--junitxml``).
+  results (:mod:`conformance.console`): the verdicts (a column per target),
+  the bug report of each failure, the counts, and the paths of the reports
+  written (``--report-json``, ``--report-html``, ``--junitxml``).
 - ``list``: the catalogue (ID, level, category, spec reference, title).
 - ``load``: put load on a target with :mod:`conformance.load` (every byte
   verified, faults on demand) and report throughput, latency and errors.
@@ -33,17 +33,16 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conformance.checks import CATALOGUE
+from conformance.console import Progress, summarise
 from conformance.errors import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_REPORTS,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     TargetError,
@@ -58,13 +57,7 @@ from conformance.plan import (
     check_report_path,
     plan_from_options,
 )
-from conformance.plugin import CHECK_PROPERTY, TARGET_PROPERTY
 from conformance.results import (
-    RunResults,
-    Verdict,
-    format_counts,
-    format_table,
-    paint,
     use_colour,
 )
 from conformance.session import PlannedRun, Session
@@ -247,36 +240,6 @@ def _worker_count(requested: str, items: int) -> tuple[int, str | None]:
     return limit, f"-n {requested} capped at {limit} worker{'s' if limit != 1 else ''} ({why})"
 
 
-@dataclass(eq=False)
-class _Progress:
-    """A pytest plugin object, in this process only: the progress line on a terminal."""
-
-    total: int
-    colour: bool
-    done: int = 0
-    failed: int = 0
-
-    def pytest_runtest_logreport(self, report: Any) -> None:
-        props = dict(report.user_properties)
-        if CHECK_PROPERTY not in props or not (report.when == "call" or report.failed):
-            return
-        if report.when == "call":
-            self.done += 1
-        if report.failed:
-            self.failed += 1
-        failed = paint(Verdict.FAIL, f"{self.failed} failed", self.colour) if self.failed else ""
-        line = (
-            f"[{self.done}/{self.total}] {failed}  {props[CHECK_PROPERTY]} "
-            f"({props.get(TARGET_PROPERTY, '')})"
-        )
-        sys.stderr.write(f"\r\x1b[K{line}")
-        sys.stderr.flush()
-
-    def pytest_sessionfinish(self) -> None:
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
-
-
 def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     argv = [
         "-p", "no:cacheprovider",
@@ -293,7 +256,7 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     plugins: list[object] = [PlannedRun(session)]
     if sys.stderr.isatty():
         plugins.append(
-            _Progress(len(plan.checks) * len(plan.targets), use_colour(sys.stderr, os.environ))
+            Progress(len(plan.checks) * len(plan.targets), use_colour(sys.stderr, os.environ))
         )
     for target in session.targets:
         print(
@@ -328,7 +291,7 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
     if code == pytest.ExitCode.INTERRUPTED:
         # pytest took the signal's KeyboardInterrupt and wrote the partial reports.
         if results is not None:
-            _summarise(results, session, use_colour(sys.stdout, os.environ))
+            summarise(results, session, use_colour(sys.stdout, os.environ))
             sys.stdout.flush()
         raise Stopped(requested() or signal.SIGINT)
     if code not in (EXIT_OK, EXIT_FAILED) or results is None:
@@ -336,7 +299,7 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
             f"error: pytest ended with exit code {code}",
             EXIT_USAGE if code == pytest.ExitCode.USAGE_ERROR else EXIT_FAILED,
         )
-    code = _summarise(results, session, use_colour(sys.stdout, os.environ))
+    code = summarise(results, session, use_colour(sys.stdout, os.environ))
     if session.artifacts is not None and any(session.artifacts.iterdir()):
         print(f"reactor-conformance: artifacts (scenarios, server logs): {session.artifacts}")
     return code
@@ -350,69 +313,6 @@ def _deliver(written: Path, path: str, session: Session) -> None:
         session.unwritten.append(("JUnit", path, exc.strerror or str(exc)))
     else:
         session.written.append(("JUnit", path))
-
-
-def _summarise(results: RunResults, session: Session, colour: bool) -> int:
-    print()
-    for line in format_table(results, colour=colour):
-        print(line)
-    for target in results.targets:
-        for check in results.checks:
-            result = target.result(check)
-            if result.verdict in (Verdict.FAIL, Verdict.NON_STRICT, Verdict.ERROR) and (
-                result.details
-            ):
-                print()
-                heading = f"[{target.name}] " if len(results.targets) > 1 else ""
-                print(heading + result.details)
-    skipped = [
-        (target.name, check.id, result.details)
-        for target in results.targets
-        for check in results.checks
-        if (result := target.result(check)).verdict is Verdict.SKIPPED and result.details
-    ]
-    if skipped:
-        print()
-        print("skipped, and why:")
-        for name, check_id, why in skipped:
-            heading = f"[{name}] " if len(results.targets) > 1 else ""
-            print(f"  {heading}{check_id}: {why}")
-    print()
-    if len(results.targets) > 1:
-        for target in results.targets:
-            print(f"  {target.name}: {format_counts(target.counts(results.checks))}")
-    for target in results.targets:
-        for event in target.events:
-            print(f"reactor-conformance: target {target.name} {event.line()}")
-    ok = results.ok()
-    counts = format_counts(results.totals())
-    strict = " (strict)" if results.strict else ""
-    line = f"reactor-conformance: {counts} in {results.duration:.1f}s{strict}"
-    print(paint(Verdict.PASS if ok else Verdict.FAIL, line, colour))
-    for kind, path in session.written:
-        print(f"reactor-conformance: {kind.upper() if kind != 'JUnit' else kind} report: {path}")
-    sys.stdout.flush()
-    for kind, path, why in session.unwritten:
-        label = kind.upper() if kind != "JUnit" else kind
-        print(
-            f"reactor-conformance: cannot write the {label} report {path}: {why}", file=sys.stderr
-        )
-    for target in results.targets:
-        if target.never_answered():
-            print(
-                f"reactor-conformance: {target.name} accepts connections but answered no "
-                "check: it fails"
-            )
-    never = [t.name for t in results.targets if t.never_usable()]
-    if never:
-        print(
-            f"reactor-conformance: {', '.join(never)} never served a check: "
-            "the target is unreachable"
-        )
-        return EXIT_UNREACHABLE
-    if session.unwritten:
-        return EXIT_REPORTS
-    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _discard_stdout() -> None:

@@ -8,7 +8,8 @@ keeps the first :data:`HEAD` lines and the last ``keep``, lets a caller wait
 for a line that matches a pattern, and copies every line to a
 :class:`~conformance.capped_log.CappedLog` when given one. A line is read at
 most :data:`MAX_LINE` characters at a time, so a process that writes without
-newlines costs bounded memory.
+newlines costs bounded memory. :func:`parse_listening` reads the line every
+server of this project prints once it listens (``listening on HOST:PORT``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import IO
 
 from conformance.capped_log import CappedLog
 
-__all__ = ["HEAD", "MAX_LINE", "LineReader"]
+__all__ = ["HEAD", "LISTENING", "MAX_LINE", "LineReader", "parse_listening"]
 
 #: How many first lines of each stream a reader always keeps.
 HEAD = 20
@@ -30,6 +31,19 @@ HEAD = 20
 #: Longest line read at once (in characters): a server that writes without
 #: newlines has its output cut into lines of this length, not read whole.
 MAX_LINE = 64 * 1024
+
+
+#: The line a server prints once it listens: ``listening on HOST:PORT``, the
+#: host in brackets when it is IPv6.
+LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+)\s*$")
+
+
+def parse_listening(line: str) -> tuple[str, int] | None:
+    """The ``(host, port)`` of a ``listening on HOST:PORT`` line, or None for another line."""
+    match = LISTENING.search(line)
+    if match is None:
+        return None
+    return match[1].strip("[]"), int(match[2])
 
 
 class LineReader(threading.Thread):

@@ -28,7 +28,7 @@ When the suite is named:
   still its check's ID: the JUnit test name). Heavy checks carry
   ``xdist_group("conformance-heavy")``: under ``--dist loadgroup`` they run on
   one worker, one after the other; a file lock per target keeps them apart
-  whatever the scheduler does (:func:`heavy_lock`).
+  whatever the scheduler does (:func:`~conformance.heavy_lock.heavy_lock`).
 - A failed MUST (or any failure under ``--conformance-strict``) fails its
   item with the bug report as the failure text. A failed SHOULD or MAY
   passes with a ``NON-STRICT`` status and its report in the summary. The
@@ -45,21 +45,19 @@ When the suite is named:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from conformance.checks import Check
 from conformance.errors import EXIT_UNREACHABLE, TargetError, UsageError
+from conformance.heavy_lock import heavy_lock
 from conformance.lifeline import die_with_parent
 from conformance.plan import (
     Front,
@@ -78,7 +76,7 @@ from conformance.results import (
 )
 from conformance.session import PlannedRun, Session
 from conformance.stopping import install
-from conformance.target import Address, TargetKind, server_nofile_header
+from conformance.target import TargetKind, server_nofile_header
 
 __all__ = [
     "CHECK_PROPERTY",
@@ -91,7 +89,6 @@ __all__ = [
     "Recorder",
     "TARGET_PROPERTY",
     "TargetNode",
-    "heavy_lock",
     "nonstrict_report",
     "run_session",
 ]
@@ -200,57 +197,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         return None
     collector: CatalogueFile = CatalogueFile.from_parent(parent, path=file_path)
     return collector
-
-
-@contextmanager
-def heavy_lock(address: Address, timeout: float = 900.0) -> Iterator[None]:
-    """Hold the lock that keeps heavy checks against ``address`` from running at once.
-
-    ``xdist_group`` already sends them to one worker, but only while xdist's
-    grouping works (pytest-xdist 3.8 loses the groups under pytest 9.2); the
-    lock, a ``flock`` on a file named after the target, holds across every
-    process on this machine whatever the scheduler does.
-
-    Raises:
-        TimeoutError: The lock was not free within ``timeout`` seconds.
-    """
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(address))
-    path = Path(tempfile.gettempdir()) / f"reactor-conformance-heavy-{name}.lock"
-    deadline = time.monotonic() + timeout
-    with _open_lock(path) as lock:
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"another heavy check held {path} for {timeout:g}s"
-                    ) from None
-                time.sleep(0.02)  # Polling a lock held by another process, bounded.
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _open_lock(path: Path) -> IO[bytes]:
-    """``path`` opened for ``flock``: read-only, so that one another user made serves too.
-
-    In a sticky world-writable directory (``/tmp``) Linux refuses an ``O_CREAT``
-    open of a file another user owns (``fs.protected_regular``), even one that
-    exists; ``flock`` needs no write access. So open the file as it is, and
-    create it only where it is not there yet.
-    """
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        pass
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:  # Another process made it in between.
-        return open(path, "rb")
-    return os.fdopen(fd, "rb")
 
 
 class CatalogueFile(pytest.File):

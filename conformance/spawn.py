@@ -58,7 +58,6 @@ Facts about the OS this relies on
 from __future__ import annotations
 
 import os
-import re
 import resource
 import shlex
 import signal
@@ -70,26 +69,20 @@ from pathlib import Path
 from conformance.capped_log import CappedLog
 from conformance.errors import TargetError, UsageError
 from conformance.lifeline import die_with_parent
-from conformance.line_reader import LineReader
+from conformance.line_reader import LISTENING, LineReader, parse_listening
 from conformance.strays import session_members, start_ticks, stop_processes
 
 __all__ = [
     "INHERIT",
-    "LISTENING",
     "SERVER_NOFILE",
     "Spawned",
     "no_input",
-    "parse_listening",
     "server_nofile",
     "server_nofile_header",
     "soft_nofile",
     "spawn",
     "spawn_listening",
 ]
-
-#: The line a server prints once it listens: ``listening on HOST:PORT``, the
-#: host in brackets when it is IPv6.
-LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+)\s*$")
 
 #: The soft descriptor limit a started server begins with unless ``--server-nofile``
 #: says otherwise: the common default (``ulimit -n``), so that ECHO-LIMIT-1 can exceed it.
@@ -116,14 +109,6 @@ def no_input() -> Iterator[int]:
         yield read_end
     finally:
         os.close(read_end)
-
-
-def parse_listening(line: str) -> tuple[str, int] | None:
-    """The ``(host, port)`` of a ``listening on HOST:PORT`` line, or None for another line."""
-    match = LISTENING.search(line)
-    if match is None:
-        return None
-    return match[1].strip("[]"), int(match[2])
 
 
 class Spawned:

@@ -15,8 +15,8 @@ import pytest
 
 from conformance import procfs
 from conformance.errors import TargetError
-from conformance.line_reader import HEAD, LineReader
-from conformance.spawn import parse_listening, spawn, spawn_listening
+from conformance.line_reader import HEAD, LineReader, parse_listening
+from conformance.spawn import spawn, spawn_listening
 
 #: Listens, says so after a line of chatter, and echoes one connection's bytes.
 LISTENS = (
