@@ -519,9 +519,10 @@ def test_run_load_never_acts_on_a_dropped_connection(mode: Mode, faults: Faults)
         result = run_load(spec)
     finally:
         server.close()
-    assert result.errors["reset"] > 0, result.to_data()
+    # Each error is keyed "KIND" or "KIND after FAULT" (the reset may strike a slow reader).
+    kinds = {kind.split(" after ")[0] for kind in result.errors if result.errors[kind]}
+    assert "reset" in kinds, result.to_data()
     # A send or a poll on a socket the driver closed would be a "socket" error (EBADF).
-    kinds = {kind.split(" after ")[0] for kind in result.errors}
     assert kinds <= {"reset", "eof"}, result.to_data()
 
 
