@@ -151,8 +151,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
-        # A controller killed outright (SIGKILL) takes its workers with it.
+        # A controller killed outright (SIGKILL) takes its workers with it; Ctrl-C,
+        # which reaches the workers too, stops their checks cleanly.
         die_with_parent(workerinput[_CONTROLLER_KEY])
+        install()
         config.stash[_SESSION] = Session.for_worker(workerinput[_WORKER_KEY])
         return
     if planned is not None:
