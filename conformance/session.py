@@ -37,7 +37,7 @@ from conformance.oracle import owes_replies
 from conformance.plan import RunPlan
 from conformance.procfs import accepted
 from conformance.protocols import Capability, judged_by, message_for
-from conformance.report import FailureReport
+from conformance.report import FailureKind, FailureReport
 from conformance.results import NOT_RUN, CheckResult, RunResults, TargetRun, Verdict
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
@@ -317,9 +317,9 @@ class Session:
             detail += "; its process is stopped (SIGSTOP or a debugger), not exited"
         if self.board.mark_unreachable(name, check.id, detail, accepts=silent.accepts):
             if silent.accepts:
-                kind, what = "TargetSilent", "accepts connections but stopped answering"
+                kind, what = FailureKind.TARGET_SILENT, "accepts connections but stopped answering"
             else:
-                kind, what = "TargetUnreachable", "stopped answering"
+                kind, what = FailureKind.TARGET_UNREACHABLE, "stopped answering"
             return self._fail_for_target(
                 check,
                 result,
@@ -356,7 +356,7 @@ class Session:
         return self._fail_for_target(
             check,
             result,
-            "TargetExited",
+            FailureKind.TARGET_EXITED,
             f"the target {ended.how} during this check; {then}",
             ended.stderr,
         )
@@ -366,7 +366,12 @@ class Session:
         return state.exits if state is not None else ()
 
     def _fail_for_target(
-        self, check: Check, result: CheckResult, kind: str, message: str, stderr: Sequence[str]
+        self,
+        check: Check,
+        result: CheckResult,
+        kind: FailureKind,
+        message: str,
+        stderr: Sequence[str],
     ) -> CheckResult:
         if result.failure is not None:
             failure = result.failure.about_target(kind, message, stderr)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from conformance.oracle import Verdict
+from conformance.report import FailureKind
 from conformance.rules import Rule
 
 __all__ = [
@@ -76,12 +78,15 @@ class CheckFailure(Exception):
     """A check failed; the message says how.
 
     Attributes:
+        kind: What kind of failure it is, in its report (each class names its own).
         step: The step that failed, if any.
         transcript: The connection it failed on, if any.
         verdict: The oracle's verdict, for a wrong byte.
         rule: The rule it broke (:mod:`conformance.rules`), when the check
             judges several at different levels; None: the check's own.
     """
+
+    kind: ClassVar[FailureKind] = FailureKind.CHECK_FAILURE
 
     def __init__(
         self,
@@ -118,10 +123,16 @@ class CheckFailure(Exception):
 class StepTimeout(CheckFailure):
     """Liveness: a step missed its deadline, the server hung or is far too slow."""
 
+    kind = FailureKind.STEP_TIMEOUT
+
 
 class Stalled(StepTimeout):
     """Liveness: bytes were owed and nothing moved either way for the progress deadline."""
 
+    kind = FailureKind.STALLED
+
 
 class Divergence(CheckFailure):
     """The oracle found a wrong, missing or extra byte."""
+
+    kind = FailureKind.DIVERGENCE
