@@ -237,7 +237,9 @@ class Session:
         replay = self.replay_command(name, check)
         left = self._time_left()
         if left is not None and left < 1.0:
-            return CheckResult(check, Verdict.SKIPPED, reason=self._spent(), replay=replay)
+            return CheckResult(
+                check, Verdict.SKIPPED, reason=self._spent(), replay=replay, ran=False
+            )
         state = self.board.wait_ready(name) if self.board is not None else None
         if isinstance(state, str):
             return CheckResult(check, Verdict.SKIPPED, reason=state, replay=replay)
@@ -252,6 +254,7 @@ class Session:
                 failure=None,
                 reason=f"{NOT_RUN} to the end: the run's --timeout of {self.plan.timeout:g}s "
                 "was spent during this check",
+                ran=False,
             )
         if self.board is None or state is None:
             return result
