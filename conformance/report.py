@@ -41,7 +41,8 @@ class FailureKind(enum.Enum):
 
     The first four are what a check found
     (:attr:`~conformance.transcript.CheckFailure.kind`); the last three, what
-    happened to the target during the check, which the session puts first.
+    happened to the target during the check, which the session's judge puts
+    first (:func:`~conformance.judge.judge`).
     """
 
     CHECK_FAILURE = "CheckFailure"

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.checks import Check, by_id, replay_check
-from conformance.health import TargetEvent
 from conformance.report import FailureReport
+from conformance.target_state import TargetEvent, TargetEventKind
 
 __all__ = [
     "NOT_RUN",
@@ -209,7 +209,7 @@ class TargetRun:
         Measured: any verdict but SKIPPED and ERROR, from a check other than the
         one that found it unreachable.
         """
-        found = [e.check for e in self.events if e.kind == "unreachable"]
+        found = [e.check for e in self.events if e.kind is TargetEventKind.UNREACHABLE]
         if not found:
             return False
         return not self.measured_beside(found)
@@ -220,7 +220,7 @@ class TargetRun:
         Such a target is reachable: the run fails it (exit 1), it does not
         call it unreachable (exit 3).
         """
-        found = [e.check for e in self.events if e.kind == "silent"]
+        found = [e.check for e in self.events if e.kind is TargetEventKind.SILENT]
         return bool(found) and not self.measured_beside(found)
 
     def measured_beside(self, found: list[str | None]) -> bool:
@@ -281,7 +281,7 @@ class RunResults:
             t.result(c).verdict not in (Verdict.FAIL, Verdict.ERROR) and t.result(c).ran
             for t in self.targets
             for c in self.checks
-        ) and not any(e.kind == "exited" for t in self.targets for e in t.events)
+        ) and not any(e.kind is TargetEventKind.EXITED for t in self.targets for e in t.events)
 
     def failed(self) -> list[CheckResult]:
         """Every result that fails the run (FAIL, ERROR), target by target."""
