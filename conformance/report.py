@@ -16,15 +16,15 @@ hex cells. Nothing reads the text back.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from conformance.rules import Level, Rule, by_rule_id
+from conformance.transcript import FailureKind
 
 if TYPE_CHECKING:
-    from conformance.harness import CheckFailure, Transcript
+    from conformance.transcript import CheckFailure, Transcript
 
 __all__ = ["ByteDivergence", "Excerpt", "FailureKind", "FailureReport", "hex_excerpt"]
 
@@ -34,24 +34,6 @@ CONTEXT = 16
 OTHERS_SHOWN = 4
 #: Events of the failing connection listed.
 EVENTS_SHOWN = 6
-
-
-class FailureKind(enum.Enum):
-    """What went wrong; the value is the word the reports show.
-
-    The first four are what a check found
-    (:attr:`~conformance.transcript.CheckFailure.kind`); the last three, what
-    happened to the target during the check, which the session's judge puts
-    first (:func:`~conformance.judge.judge`).
-    """
-
-    CHECK_FAILURE = "CheckFailure"
-    STEP_TIMEOUT = "StepTimeout"
-    STALLED = "Stalled"
-    DIVERGENCE = "Divergence"
-    TARGET_EXITED = "TargetExited"
-    TARGET_UNREACHABLE = "TargetUnreachable"
-    TARGET_SILENT = "TargetSilent"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ A :class:`Transcript` is one connection as the client saw it: every byte sent
 and received, its events (times relative to the start of the check), and
 how it ended (:class:`Ending`). A :class:`CheckFailure` (a
 :class:`StepTimeout`, a :class:`Divergence`) names the step and the
-connection that failed; the harness (:mod:`conformance.harness`) raises them
-and a :class:`~conformance.report.FailureReport` is built from them.
+connection that failed, and its :class:`FailureKind`; the harness
+(:mod:`conformance.harness`) raises them and a
+:class:`~conformance.report.FailureReport` is built from them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from conformance.oracle import Verdict
-from conformance.report import FailureKind
 from conformance.rules import Rule
 
 __all__ = [
@@ -23,10 +23,28 @@ __all__ = [
     "Divergence",
     "Ending",
     "Event",
+    "FailureKind",
     "Stalled",
     "StepTimeout",
     "Transcript",
 ]
+
+
+class FailureKind(enum.Enum):
+    """What went wrong; the value is the word the reports show.
+
+    The first four are what a check found (:attr:`CheckFailure.kind`); the
+    last three, what happened to the target during the check, which the
+    session's judge puts first (:func:`~conformance.judge.judge`).
+    """
+
+    CHECK_FAILURE = "CheckFailure"
+    STEP_TIMEOUT = "StepTimeout"
+    STALLED = "Stalled"
+    DIVERGENCE = "Divergence"
+    TARGET_EXITED = "TargetExited"
+    TARGET_UNREACHABLE = "TargetUnreachable"
+    TARGET_SILENT = "TargetSilent"
 
 
 class Ending(enum.Enum):
