@@ -32,7 +32,8 @@ on its handed-out port has daemonized
 that process instead, and its end is the target's exit. Before each check
 the session waits until its target is
 ``up`` (:meth:`Board.wait_ready`); after it, it looks for an exit of the
-generation it ran against (:meth:`Board.exit_during`).
+generation it ran against (:meth:`Board.exit_during`). What the board holds
+and returns is typed data, from :mod:`conformance.target_state`.
 """
 
 from __future__ import annotations
@@ -43,26 +44,38 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from conformance.target import Address
+from conformance.target_state import (
+    MAX_RESTARTS,
+    Down,
+    Exit,
+    NeverStarted,
+    Note,
+    NotReady,
+    NotUpAgain,
+    TargetEvent,
+    TargetEventKind,
+    TargetState,
+    TargetStatus,
+    Unreachable,
+)
 
 __all__ = [
     "MAX_RESTARTS",
     "Board",
     "Exit",
     "Note",
+    "NotReady",
     "TargetEvent",
+    "TargetEventKind",
     "TargetState",
+    "TargetStatus",
+    "Unreachable",
     "describe_exit",
     "process_gone",
     "process_state",
 ]
-
-#: How many times a target that exited is restarted in one run, at most.
-MAX_RESTARTS = 5
 #: How long a check waits for its target to be up again after a restart.
 READY_TIMEOUT = 30.0
 #: How long a check that saw its target's process die waits for the owner to record it.
@@ -100,150 +113,6 @@ def process_state(pid: int) -> str | None:
         return None
     fields = stat.rpartition(")")[2].split()
     return fields[0] if fields else None
-
-
-@dataclass(frozen=True)
-class Exit:
-    """One exit of a target's process.
-
-    Attributes:
-        generation: Which start of the target it ended (0: the first).
-        how: ``exited with code N`` or ``exited with signal N (NAME)``.
-        at: When (seconds since the epoch).
-        stderr: Its last stderr lines.
-        restarted: Whether it was started again.
-    """
-
-    generation: int
-    how: str
-    at: float
-    stderr: tuple[str, ...] = ()
-    restarted: bool = False
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something about a target that is not an exit: it daemonized, a process outlived the run.
-
-    Attributes:
-        kind: ``daemonized`` or ``left running``.
-        generation: Which start of the target it concerns.
-        detail: What, in words: ``the server daemonized: PID 12 (CMD)``.
-        at: When (seconds since the epoch).
-    """
-
-    kind: str
-    generation: int
-    detail: str
-    at: float
-
-
-#: What the run did about each kind of :class:`Note`.
-_NOTE_OUTCOMES = {
-    "daemonized": "followed as the target: its PID is the one watched, measured and stopped",
-    "left running": "the run could not stop it",
-}
-
-
-@dataclass(frozen=True)
-class TargetState:
-    """The target as its owner last recorded it.
-
-    Attributes:
-        generation: How many times it was restarted.
-        status: ``up``, ``restarting`` or ``down`` (exited, not restarted).
-        host: Where it listens now.
-        port: Where it listens now.
-        pid: Its process, when the suite started it.
-        exits: Every exit seen, oldest first.
-        down_reason: Why it is ``down``: no restart wanted, too many, or the restart failed.
-        notes: It daemonized; a process outlived the run.
-    """
-
-    generation: int
-    status: str
-    host: str
-    port: int
-    pid: int | None
-    exits: tuple[Exit, ...] = ()
-    down_reason: str = ""
-    notes: tuple[Note, ...] = ()
-
-    @property
-    def address(self) -> Address:
-        return Address(self.host, self.port)
-
-    def to_data(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> TargetState:
-        exits = tuple(
-            Exit(e["generation"], e["how"], e["at"], tuple(e["stderr"]), e["restarted"])
-            for e in data["exits"]
-        )
-        return cls(
-            data["generation"],
-            data["status"],
-            data["host"],
-            data["port"],
-            data["pid"],
-            exits,
-            data["down_reason"],
-            tuple(Note(**n) for n in data.get("notes", ())),
-        )
-
-
-@dataclass(frozen=True)
-class TargetEvent:
-    """Something that happened to a target during the run, for the reports.
-
-    Attributes:
-        kind: ``exited``; ``unreachable`` (a fresh connection is refused or
-            not accepted); ``silent`` (connections are accepted, but a short
-            message gets nothing back: the server fails, it is not unreachable);
-            ``daemonized`` or ``left running``.
-        check: The check during which it happened, if one claimed it.
-        detail: How: ``exited with signal 13 (SIGPIPE)``, or what the probe saw.
-        at: When (seconds since the epoch).
-        outcome: What the run did next: ``restarted (1 of at most 5)``,
-            ``not restarted: --no-restart``, ``the remaining checks were skipped``.
-        stderr: The target's last stderr lines, for an exit.
-    """
-
-    kind: str
-    check: str | None
-    detail: str
-    at: float
-    outcome: str
-    stderr: tuple[str, ...] = field(default=())
-
-    def line(self) -> str:
-        """One line for people."""
-        if self.kind in _NOTE_OUTCOMES:
-            return f"{self.detail}; {self.outcome}"
-        during = f" during {self.check}" if self.check else " between two checks"
-        if self.kind == "unreachable":
-            return f"stopped answering{during} ({self.detail}); {self.outcome}"
-        if self.kind == "silent":
-            return (
-                f"accepts connections but stopped answering{during} ({self.detail}); {self.outcome}"
-            )
-        return f"{self.detail}{during}; {self.outcome}"
-
-    def to_data(self) -> dict[str, Any]:
-        return {**asdict(self), "stderr": list(self.stderr)}
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> TargetEvent:
-        return cls(
-            data["kind"],
-            data["check"],
-            data["detail"],
-            data["at"],
-            data["outcome"],
-            tuple(data.get("stderr", ())),
-        )
 
 
 class Board:
@@ -292,16 +161,13 @@ class Board:
         state = self.state(name)
         return state.notes if state is not None else ()
 
-    def unreachable(self, name: str) -> dict[str, Any] | None:
-        """``{"check", "detail", "at", "accepts"}`` when a check found the target unreachable.
-
-        ``accepts``: it accepted the probe's connection, and sent nothing back.
-        """
+    def unreachable(self, name: str) -> Unreachable | None:
+        """What the check that found the target unreachable recorded, or None (none did)."""
         try:
-            found: dict[str, Any] = json.loads((self.path / f"{name}.unreachable").read_text())
+            found = json.loads((self.path / f"{name}.unreachable").read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return found
+        return Unreachable.from_data(found)
 
     def mark_unreachable(
         self, name: str, check: str, detail: str, *, accepts: bool = False
@@ -311,10 +177,8 @@ class Board:
         Args:
             accepts: It still accepts connections (it answers nothing on them).
         """
-        return self._create_once(
-            self.path / f"{name}.unreachable",
-            json.dumps({"check": check, "detail": detail, "at": time.time(), "accepts": accepts}),
-        )
+        found = Unreachable(check, detail, time.time(), accepts)
+        return self._create_once(self.path / f"{name}.unreachable", json.dumps(found.to_data()))
 
     def claim_exit(self, name: str, generation: int, check: str) -> bool:
         """Claim the exit of ``generation`` for ``check``; False if another check has it."""
@@ -326,30 +190,33 @@ class Board:
         except FileNotFoundError:
             return None
 
-    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> TargetState | str:
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> TargetState | NotReady:
         """Wait until the target is up; return its state, or why the check cannot run.
 
         Returns:
-            The state (status ``up``), or the reason to skip: unreachable
-            since a check, down (exited and not restarted), or still
-            restarting after ``timeout`` seconds.
+            The state (status up), or why not: unreachable since a check,
+            down (exited and not restarted), still restarting after
+            ``timeout`` seconds, or never started.
         """
         deadline = time.monotonic() + timeout
         while True:
             gone = self.unreachable(name)
             if gone is not None:
-                return f"target unreachable since {gone['check']} ({gone['detail']})"
+                return gone
             state = self.state(name)
-            if state is None or state.status == "up":
-                return state if state is not None else "the target was never started"
-            if state.status == "down":
+            if state is None:
+                return NeverStarted()
+            if state.status is TargetStatus.UP:
+                return state
+            if state.status is TargetStatus.DOWN:
                 last = state.exits[-1] if state.exits else None
-                how = last.how if last is not None else "stopped"
-                during = self.exit_claimed_by(name, last.generation) if last is not None else None
-                where = f" during {during}" if during else ""
-                return f"the target {how}{where} and was not restarted: {state.down_reason}"
+                if last is None:
+                    return Down("stopped", None, state.down_reason)
+                return Down(
+                    last.how, self.exit_claimed_by(name, last.generation), state.down_reason
+                )
             if time.monotonic() >= deadline:
-                return f"the target was not up again within {timeout:g}s of its restart"
+                return NotUpAgain(timeout)
             time.sleep(0.05)  # Polling a file another process writes, under a deadline.
 
     def exit_during(
@@ -405,7 +272,7 @@ class Board:
                     outcome = f"not restarted: {state.down_reason}"
                 events.append(
                     TargetEvent(
-                        "exited",
+                        TargetEventKind.EXITED,
                         self.exit_claimed_by(name, record.generation),
                         record.how,
                         record.at,
@@ -413,19 +280,12 @@ class Board:
                         record.stderr,
                     )
                 )
-            events += [
-                TargetEvent(note.kind, None, note.detail, note.at, _NOTE_OUTCOMES[note.kind])
-                for note in state.notes
-            ]
+            events += [TargetEvent.of_note(note) for note in state.notes]
         gone = self.unreachable(name)
         if gone is not None:
             events.append(
                 TargetEvent(
-                    "silent" if gone.get("accepts") else "unreachable",
-                    gone["check"],
-                    gone["detail"],
-                    gone["at"],
-                    "the remaining checks were skipped",
+                    gone.kind, gone.check, gone.detail, gone.at, "the remaining checks were skipped"
                 )
             )
         events.sort(key=lambda e: e.at)

@@ -27,7 +27,9 @@ from conformance.health import (
     Board,
     Exit,
     Note,
+    TargetEventKind,
     TargetState,
+    TargetStatus,
     describe_exit,
 )
 from conformance.procfs import command_line
@@ -69,15 +71,15 @@ class Keeper:
         self._stopping = False
         self._exits: list[Exit] = []
         self._notes: list[Note] = []
-        self._status = ("up", "")
+        self._status = (TargetStatus.UP, "")
         self.generation = 0
         self._note_daemon()
-        self._publish("up")
+        self._publish(TargetStatus.UP)
         self._thread = threading.Thread(target=self._watch, name=f"keeper of {name}", daemon=True)
         if running.server is not None:
             self._thread.start()
 
-    def _publish(self, status: str, down_reason: str = "") -> None:
+    def _publish(self, status: TargetStatus, down_reason: str = "") -> None:
         self._status = (status, down_reason)
         address = self.running.address
         self.board.publish(
@@ -98,12 +100,16 @@ class Keeper:
         daemon = self.running.daemon
         if daemon is not None:
             detail = f"the server daemonized: PID {daemon} ({command_line(daemon) or '?'})"
-            self._notes.append(Note("daemonized", self.generation, detail, time.time()))
+            self._notes.append(
+                Note(TargetEventKind.DAEMONIZED, self.generation, detail, time.time())
+            )
 
     def _note_left(self, running: RunningTarget) -> None:
         for pid in sorted(running.left):
             detail = f"PID {pid} ({command_line(pid) or '?'}) still runs after SIGKILL"
-            self._notes.append(Note("left running", self.generation, detail, time.time()))
+            self._notes.append(
+                Note(TargetEventKind.LEFT_RUNNING, self.generation, detail, time.time())
+            )
         running.left.clear()
 
     def _wait_end(self, running: RunningTarget) -> str | None:
@@ -119,7 +125,7 @@ class Keeper:
                     return describe_exit(code)
                 running.follow(daemon)
                 self._note_daemon()
-                self._publish("up")
+                self._publish(TargetStatus.UP)
         while not running.wait_daemon(1.0):
             if self._stopping:
                 return None
@@ -148,7 +154,7 @@ class Keeper:
                 self._exits.append(Exit(self.generation, how, time.time(), tail, restart))
                 running.stop(1.0)  # Whatever it forked goes with it, strays included.
                 self._note_left(running)
-                self._publish("restarting" if restart else "down", reason)
+                self._publish(TargetStatus.RESTARTING if restart else TargetStatus.DOWN, reason)
                 if not restart:
                     return
             try:
@@ -157,7 +163,7 @@ class Keeper:
                 with self._lock:
                     last = self._exits[-1]
                     self._exits[-1] = Exit(last.generation, last.how, last.at, last.stderr, False)
-                    self._publish("down", f"the restart failed: {exc}")
+                    self._publish(TargetStatus.DOWN, f"the restart failed: {exc}")
                 return
             with self._lock:
                 if self._stopping:
@@ -166,7 +172,7 @@ class Keeper:
                 self.running = new
                 self.generation += 1
                 self._note_daemon()
-                self._publish("up")
+                self._publish(TargetStatus.UP)
 
     def stop(self) -> None:
         """Stop the target and the watching: its group, then by PID what left the group.

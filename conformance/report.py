@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from conformance.rules import by_rule_id
+from conformance.rules import Level, Rule, by_rule_id
+from conformance.transcript import FailureKind
 
 if TYPE_CHECKING:
-    from conformance.harness import CheckFailure, Transcript
+    from conformance.transcript import CheckFailure, Transcript
 
-__all__ = ["ByteDivergence", "Excerpt", "FailureReport", "hex_excerpt"]
+__all__ = ["ByteDivergence", "Excerpt", "FailureKind", "FailureReport", "hex_excerpt"]
 
 #: Bytes shown on each side of a divergence.
 CONTEXT = 16
@@ -106,7 +107,7 @@ class FailureReport:
 
     Attributes:
         check_line: The check: ID, level, category, spec, title.
-        kind: What went wrong (``Divergence``, ``StepTimeout``, ...).
+        kind: What went wrong (:class:`FailureKind`).
         step: The step that failed, if known.
         message: How it went wrong.
         connection: A summary of the connection it failed on, if any.
@@ -121,12 +122,12 @@ class FailureReport:
             what the check itself saw (its own failure's headline), if it failed.
         stderr: The last lines of the target's stderr, when it exited.
         rule: The rule broken (:mod:`conformance.rules`), when the check
-            judges several: its ID.
+            judges several.
         level: That rule's level, which decides the verdict; None: the check's.
     """
 
     check_line: str
-    kind: str
+    kind: FailureKind
     message: str
     replay: str
     step: str | None = None
@@ -138,8 +139,8 @@ class FailureReport:
     more: int = 0
     seen: str | None = None
     stderr: tuple[str, ...] = ()
-    rule: str | None = None
-    level: str | None = None
+    rule: Rule | None = None
+    level: Level | None = None
 
     @classmethod
     def build(
@@ -189,7 +190,7 @@ class FailureReport:
         rule = failure.rule
         return cls(
             check_line=check_line,
-            kind=type(failure).__name__,
+            kind=failure.kind,
             message=failure.message,
             replay=replay,
             step=failure.step,
@@ -199,11 +200,13 @@ class FailureReport:
             events=events,
             others=tuple(t.summary() for t in others[:OTHERS_SHOWN]),
             more=max(0, len(others) - OTHERS_SHOWN),
-            rule=rule.id if rule is not None else None,
-            level=rule.level.value if rule is not None else None,
+            rule=rule,
+            level=rule.level if rule is not None else None,
         )
 
-    def about_target(self, kind: str, message: str, stderr: Sequence[str] = ()) -> FailureReport:
+    def about_target(
+        self, kind: FailureKind, message: str, stderr: Sequence[str] = ()
+    ) -> FailureReport:
         """This report, led by what happened to the target (it exited, stopped answering)."""
         return replace(
             self,
@@ -217,14 +220,13 @@ class FailureReport:
     def headline(self) -> str:
         """What went wrong, where: ``Divergence at step 'x': byte 2 differs``."""
         where = f" at step {self.step!r}" if self.step else ""
-        return f"{self.kind}{where}: {self.message}"
+        return f"{self.kind.value}{where}: {self.message}"
 
     def render(self) -> str:
         """The report as text, several lines."""
         lines = [f"FAILED {self.check_line}", f"  {self.headline()}"]
-        rule = by_rule_id(self.rule) if self.rule is not None else None
-        if rule is not None:
-            lines.append(f"  broke {rule.line}")
+        if self.rule is not None:
+            lines.append(f"  broke {self.rule.line}")
         if self.seen is not None:
             lines.append(f"  the check saw: {self.seen}")
         if self.connection is not None:
@@ -262,7 +264,7 @@ class FailureReport:
         if self.more:
             others.append(f"... and {self.more} more connections")
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "step": self.step,
             "message": self.message,
             "connection": self.connection,
@@ -272,13 +274,18 @@ class FailureReport:
             "replay": self.replay,
             "seen": self.seen,
             "stderr": list(self.stderr),
-            "rule": self.rule,
-            "level": self.level,
+            "rule": self.rule.id if self.rule is not None else None,
+            "level": self.level.value if self.level is not None else None,
         }
 
     def to_data(self) -> dict[str, Any]:
         """Plain data (dicts, lists, strings, numbers) that :meth:`from_data` reads."""
-        return asdict(self)
+        return {
+            **asdict(self),
+            "kind": self.kind.value,
+            "rule": self.rule.id if self.rule is not None else None,
+            "level": self.level.value if self.level is not None else None,
+        }
 
     @classmethod
     def from_data(cls, data: Any) -> FailureReport:
@@ -294,9 +301,14 @@ class FailureReport:
         values["others"] = tuple(values["others"])
         values["stderr"] = tuple(values.get("stderr", ()))
         values.setdefault("seen", None)
-        values.setdefault("rule", None)
-        values.setdefault("level", None)
-        return cls(divergence=divergence, **values)
+        values["kind"] = FailureKind(values["kind"])
+        rule, level = values.pop("rule", None), values.pop("level", None)
+        return cls(
+            divergence=divergence,
+            rule=by_rule_id(rule) if rule is not None else None,
+            level=Level(level) if level is not None else None,
+            **values,
+        )
 
 
 def _excerpt(data: dict[str, Any]) -> Excerpt:

@@ -207,7 +207,7 @@ def _failures(run: RunResults) -> str:
             ]
             if failure is not None:
                 step = f" at step <i>{_e(failure.step)}</i>" if failure.step else ""
-                parts.append(f"<p><b>{_e(failure.kind)}</b>{step}: {_e(failure.message)}</p>")
+                parts.append(f"<p><b>{_e(failure.kind.value)}</b>{step}: {_e(failure.message)}</p>")
                 if failure.divergence is not None:
                     parts.append(_hex(failure.divergence))
             parts.append(f"<pre>{_e(result.details)}</pre>")

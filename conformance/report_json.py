@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from conformance.checks import Check
-from conformance.health import TargetEvent
 from conformance.results import CheckResult, RunResults, TargetRun, Verdict, host_info
+from conformance.target_state import TargetEvent
 from conformance.version import __version__
 
 __all__ = ["FORMAT", "load_schema", "to_json", "write_json"]

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.checks import Check, by_id, replay_check
-from conformance.health import TargetEvent
 from conformance.report import FailureReport
+from conformance.target_state import TargetEvent, TargetEventKind
 
 __all__ = [
     "NOT_RUN",
@@ -112,6 +112,9 @@ class CheckResult:
         reason: Why it was SKIPPED, or what failed when the check made no bug
             report (an error in the suite itself).
         replay: The command that reruns just this check against this target.
+        ran: Whether the check ran, to its end; False for a SKIPPED check that
+            never did (the run stopped first, or its ``--timeout`` was spent):
+            set by whoever makes such a result (:data:`NOT_RUN` begins its reason).
     """
 
     check: Check
@@ -120,20 +123,19 @@ class CheckResult:
     failure: FailureReport | None = None
     reason: str = ""
     replay: str = ""
+    ran: bool = True
 
     @property
     def details(self) -> str:
         """The bug report as text (FAIL, NON-STRICT), else the reason, or empty."""
         return self.failure.render() if self.failure is not None else self.reason
 
-    @property
-    def ran(self) -> bool:
-        """Whether the check ran (a result that never reported did not)."""
-        return not (self.verdict is Verdict.SKIPPED and self.reason.startswith(NOT_RUN))
-
     def to_data(self) -> dict[str, Any]:
-        """Plain data that :meth:`from_data` reads (an xdist worker's result, to the controller)."""
-        return {
+        """Plain data that :meth:`from_data` reads (an xdist worker's result, to the controller).
+
+        ``ran`` is there only when False: the data of a check that ran is as it always was.
+        """
+        data: dict[str, Any] = {
             "check": self.check.id,
             "verdict": self.verdict.value,
             "duration": self.duration,
@@ -141,6 +143,9 @@ class CheckResult:
             "reason": self.reason,
             "replay": self.replay,
         }
+        if not self.ran:
+            data["ran"] = False
+        return data
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> CheckResult:
@@ -152,6 +157,7 @@ class CheckResult:
             FailureReport.from_data(failure) if failure is not None else None,
             data["reason"],
             data["replay"],
+            ran=data.get("ran", True),
         )
 
 
@@ -184,7 +190,9 @@ class TargetRun:
         found = self.results.get(check.id)
         if found is not None:
             return found
-        return CheckResult(check, Verdict.SKIPPED, reason=NOT_RUN, replay=self.replay_of(check))
+        return CheckResult(
+            check, Verdict.SKIPPED, reason=NOT_RUN, replay=self.replay_of(check), ran=False
+        )
 
     def replay_of(self, check: Check) -> str:
         return replay_check(self.replay, check) if self.replay else ""
@@ -201,7 +209,7 @@ class TargetRun:
         Measured: any verdict but SKIPPED and ERROR, from a check other than the
         one that found it unreachable.
         """
-        found = [e.check for e in self.events if e.kind == "unreachable"]
+        found = [e.check for e in self.events if e.kind is TargetEventKind.UNREACHABLE]
         if not found:
             return False
         return not self.measured_beside(found)
@@ -212,7 +220,7 @@ class TargetRun:
         Such a target is reachable: the run fails it (exit 1), it does not
         call it unreachable (exit 3).
         """
-        found = [e.check for e in self.events if e.kind == "silent"]
+        found = [e.check for e in self.events if e.kind is TargetEventKind.SILENT]
         return bool(found) and not self.measured_beside(found)
 
     def measured_beside(self, found: list[str | None]) -> bool:
@@ -273,7 +281,7 @@ class RunResults:
             t.result(c).verdict not in (Verdict.FAIL, Verdict.ERROR) and t.result(c).ran
             for t in self.targets
             for c in self.checks
-        ) and not any(e.kind == "exited" for t in self.targets for e in t.events)
+        ) and not any(e.kind is TargetEventKind.EXITED for t in self.targets for e in t.events)
 
     def failed(self) -> list[CheckResult]:
         """Every result that fails the run (FAIL, ERROR), target by target."""

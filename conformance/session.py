@@ -25,20 +25,31 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from conformance.checks import Check, Outcome, Setup, run_check
 from conformance.checks.base import LIVENESS_PAYLOAD
-from conformance.health import MAX_RESTARTS, Board, Exit, TargetState, process_state
+from conformance.health import Board, Exit, TargetState, process_state
+from conformance.judge import (
+    UNDISTURBED,
+    AlreadyUnreachable,
+    During,
+    ExitClaimed,
+    ExitOfAnother,
+    Fate,
+    SpentBefore,
+    SpentDuring,
+    StoppedAnswering,
+    judge,
+)
 from conformance.keeper import Keeper
 from conformance.oracle import owes_replies
 from conformance.plan import RunPlan
 from conformance.procfs import accepted
 from conformance.protocols import Capability, judged_by, message_for
-from conformance.report import FailureReport
-from conformance.results import NOT_RUN, CheckResult, RunResults, TargetRun, Verdict
+from conformance.results import CheckResult, RunResults, TargetRun
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
 __all__ = ["LiveTarget", "PlannedRun", "Session", "Silence"]
@@ -226,75 +237,48 @@ class Session:
     def execute(self, name: str, check: Check) -> CheckResult:
         """Run ``check`` against the target called ``name``, watching what happens to the target.
 
-        Before the check: SKIPPED when the run's ``--timeout`` is spent, when
-        the target stopped answering, or exited and was not restarted; else
-        wait until it is up (after a restart). After it: when the target's
-        process exited meanwhile, the check that claims the exit FAILs naming
-        it, with the target's last stderr lines; when the check failed and a
-        fresh connection is no longer served, the first check to see it FAILs
-        and the rest are SKIPPED.
+        This gathers the facts and :func:`~conformance.judge.judge` decides.
+        Before the check: whether the run's ``--timeout`` is spent, and
+        whether the target is up (waiting for it after a restart), else why
+        not. After it: whether the time ran out during a check that did not
+        pass (then nothing else is looked at: what befell the target is not
+        this check's to claim); whether the target's process exited meanwhile
+        (claimed by this check or another); and when the check failed and no
+        exit explains it, whether a fresh connection is still served (this
+        check is the first to see it, or another was).
         """
         replay = self.replay_command(name, check)
+
+        def verdict(outcome: Outcome | None, fate: Fate) -> CheckResult:
+            return judge(outcome, fate, check=check, strict=self.plan.strict, replay=replay)
+
         left = self._time_left()
         if left is not None and left < 1.0:
-            return CheckResult(check, Verdict.SKIPPED, reason=self._spent(), replay=replay)
+            return verdict(None, SpentBefore(self._spent()))
         state = self.board.wait_ready(name) if self.board is not None else None
-        if isinstance(state, str):
-            return CheckResult(check, Verdict.SKIPPED, reason=state, replay=replay)
+        if state is not None and not isinstance(state, TargetState):
+            return verdict(None, state)
         setup = self.setup(name, state)
         outcome = run_check(check, setup, timeout=self._time_left())
-        result = self._verdict(outcome, replay)
         left = self._time_left()
         if left is not None and left <= 0 and not outcome.passed:
-            return replace(
-                result,
-                verdict=Verdict.SKIPPED,
-                failure=None,
-                reason=f"{NOT_RUN} to the end: the run's --timeout of {self.plan.timeout:g}s "
-                "was spent during this check",
-            )
+            return verdict(outcome, SpentDuring(self._spent()))
         if self.board is None or state is None:
-            return result
-        return self._judge_target(name, check, state, setup, outcome, result)
+            return verdict(outcome, UNDISTURBED)
+        return verdict(outcome, self._target_fate(name, check, state, setup, outcome))
 
     def _time_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
 
-    def _spent(self) -> str:
-        return f"{NOT_RUN}: the run's --timeout of {self.plan.timeout:g}s was spent"
+    def _spent(self) -> float:
+        """The run's ``--timeout``, once it is spent."""
+        assert self.plan.timeout is not None, "a deadline without a --timeout"
+        return self.plan.timeout
 
-    def _verdict(self, outcome: Outcome, replay: str) -> CheckResult:
-        if outcome.error is not None:
-            return CheckResult(
-                outcome.check,
-                Verdict.ERROR,
-                outcome.duration,
-                reason=f"error in the suite's own code (the check measured nothing):\n"
-                f"{outcome.error}",
-                replay=replay,
-            )
-        if outcome.failure is None and outcome.unmeasured is not None:
-            return CheckResult(
-                outcome.check,
-                Verdict.SKIPPED,
-                outcome.duration,
-                reason=outcome.unmeasured,
-                replay=replay,
-            )
-        verdict = Verdict.PASS
-        if outcome.failure is not None:
-            verdict = Verdict.FAIL if outcome.fails_run(self.plan.strict) else Verdict.NON_STRICT
-        return CheckResult(outcome.check, verdict, outcome.duration, outcome.failure, replay=replay)
-
-    def _judge_target(
-        self,
-        name: str,
-        check: Check,
-        state: TargetState,
-        setup: Setup,
-        outcome: Outcome,
-        result: CheckResult,
-    ) -> CheckResult:
+    def _target_fate(
+        self, name: str, check: Check, state: TargetState, setup: Setup, outcome: Outcome
+    ) -> During:
+        """What befell the target (as ``state`` was when the check began) during ``check``."""
         assert self.board is not None
         # A failed check may have seen the target's last moments (an RST as it
         # exits): give a process that is ending a moment to be seen gone.
@@ -309,76 +293,28 @@ class Session:
                     name, state.generation, state.pid, exiting=EXITING_WAIT
                 )
         if ended is not None:
-            return self._exited(name, check, ended, result)
+            return self._exited(name, check, ended)
         if silent is None:
-            return result
+            return UNDISTURBED
         detail = silent.detail
         if state.pid is not None and process_state(state.pid) in ("T", "t"):
             detail += "; its process is stopped (SIGSTOP or a debugger), not exited"
         if self.board.mark_unreachable(name, check.id, detail, accepts=silent.accepts):
-            if silent.accepts:
-                kind, what = "TargetSilent", "accepts connections but stopped answering"
-            else:
-                kind, what = "TargetUnreachable", "stopped answering"
-            return self._fail_for_target(
-                check,
-                result,
-                kind,
-                f"the target {what} during this check ({detail}); the remaining checks are skipped",
-                (),
-            )
-        gone = self.board.unreachable(name) or {}
-        return replace(
-            result,
-            verdict=Verdict.SKIPPED,
-            failure=None,
-            reason=f"not measured: target unreachable since {gone.get('check')}",
-        )
+            return StoppedAnswering(detail, silent.accepts)
+        gone = self.board.unreachable(name)
+        return AlreadyUnreachable(gone.check if gone is not None else None)
 
-    def _exited(self, name: str, check: Check, ended: Exit, result: CheckResult) -> CheckResult:
-        """The result of a check during which the target's process exited."""
+    def _exited(self, name: str, check: Check, ended: Exit) -> ExitClaimed | ExitOfAnother:
+        """Whether ``check`` claims the exit of its target's process, or another check did."""
         assert self.board is not None
         if not self.board.claim_exit(name, ended.generation, check.id):
-            if result.verdict is Verdict.PASS:
-                return result
-            other = self.board.exit_claimed_by(name, ended.generation)
-            return replace(
-                result,
-                verdict=Verdict.SKIPPED,
-                failure=None,
-                reason=f"not measured: the target {ended.how} during {other}, while this check ran",
-            )
-        if ended.restarted:
-            count = sum(1 for e in self._exits(name) if e.generation <= ended.generation)
-            then = f"it is restarted for the next check ({count} of at most {MAX_RESTARTS})"
-        else:
-            then = "it is not restarted: the remaining checks are skipped"
-        return self._fail_for_target(
-            check,
-            result,
-            "TargetExited",
-            f"the target {ended.how} during this check; {then}",
-            ended.stderr,
-        )
+            return ExitOfAnother(ended.how, self.board.exit_claimed_by(name, ended.generation))
+        count = sum(1 for e in self._exits(name) if e.generation <= ended.generation)
+        return ExitClaimed(ended.how, ended.stderr, ended.restarted, count)
 
     def _exits(self, name: str) -> tuple[Exit, ...]:
         state = self.board.state(name) if self.board is not None else None
         return state.exits if state is not None else ()
-
-    def _fail_for_target(
-        self, check: Check, result: CheckResult, kind: str, message: str, stderr: Sequence[str]
-    ) -> CheckResult:
-        if result.failure is not None:
-            failure = result.failure.about_target(kind, message, stderr)
-        else:
-            failure = FailureReport(
-                check_line=check.line,
-                kind=kind,
-                message=message,
-                replay=result.replay,
-                stderr=tuple(stderr),
-            )
-        return replace(result, verdict=Verdict.FAIL, failure=failure, reason="")
 
     def _unanswered(self, setup: Setup) -> Silence | None:
         """Why the target does not serve a fresh connection at all, or None when it does.

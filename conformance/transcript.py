@@ -4,14 +4,16 @@ A :class:`Transcript` is one connection as the client saw it: every byte sent
 and received, its events (times relative to the start of the check), and
 how it ended (:class:`Ending`). A :class:`CheckFailure` (a
 :class:`StepTimeout`, a :class:`Divergence`) names the step and the
-connection that failed; the harness (:mod:`conformance.harness`) raises them
-and a :class:`~conformance.report.FailureReport` is built from them.
+connection that failed, and its :class:`FailureKind`; the harness
+(:mod:`conformance.harness`) raises them and a
+:class:`~conformance.report.FailureReport` is built from them.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from conformance.oracle import Verdict
 from conformance.rules import Rule
@@ -21,10 +23,28 @@ __all__ = [
     "Divergence",
     "Ending",
     "Event",
+    "FailureKind",
     "Stalled",
     "StepTimeout",
     "Transcript",
 ]
+
+
+class FailureKind(enum.Enum):
+    """What went wrong; the value is the word the reports show.
+
+    The first four are what a check found (:attr:`CheckFailure.kind`); the
+    last three, what happened to the target during the check, which the
+    session's judge puts first (:func:`~conformance.judge.judge`).
+    """
+
+    CHECK_FAILURE = "CheckFailure"
+    STEP_TIMEOUT = "StepTimeout"
+    STALLED = "Stalled"
+    DIVERGENCE = "Divergence"
+    TARGET_EXITED = "TargetExited"
+    TARGET_UNREACHABLE = "TargetUnreachable"
+    TARGET_SILENT = "TargetSilent"
 
 
 class Ending(enum.Enum):
@@ -76,12 +96,15 @@ class CheckFailure(Exception):
     """A check failed; the message says how.
 
     Attributes:
+        kind: What kind of failure it is, in its report (each class names its own).
         step: The step that failed, if any.
         transcript: The connection it failed on, if any.
         verdict: The oracle's verdict, for a wrong byte.
         rule: The rule it broke (:mod:`conformance.rules`), when the check
             judges several at different levels; None: the check's own.
     """
+
+    kind: ClassVar[FailureKind] = FailureKind.CHECK_FAILURE
 
     def __init__(
         self,
@@ -118,10 +141,16 @@ class CheckFailure(Exception):
 class StepTimeout(CheckFailure):
     """Liveness: a step missed its deadline, the server hung or is far too slow."""
 
+    kind = FailureKind.STEP_TIMEOUT
+
 
 class Stalled(StepTimeout):
     """Liveness: bytes were owed and nothing moved either way for the progress deadline."""
 
+    kind = FailureKind.STALLED
+
 
 class Divergence(CheckFailure):
     """The oracle found a wrong, missing or extra byte."""
+
+    kind = FailureKind.DIVERGENCE

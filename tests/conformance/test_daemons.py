@@ -29,6 +29,7 @@ from conformance.health import Board, TargetState, process_gone
 from conformance.keeper import Keeper
 from conformance.strays import listeners, start_ticks, stop_processes, wait_gone
 from conformance.target import RunningTarget, TargetKind, TargetSpec, start_target
+from conformance.target_state import TargetEventKind, TargetStatus
 from tests.conformance.support import SERVERS, run_cli, spawn_command
 
 HOSTILE = SERVERS / "hostile"
@@ -190,9 +191,9 @@ def test_the_keeper_follows_a_server_that_daemonizes_while_it_is_watched(tmp_pat
         state = _state(board)
         daemon = state.pid
         assert daemon is not None
-        assert (state.status, state.exits) == ("up", ())
+        assert (state.status, state.exits) == (TargetStatus.UP, ())
         (note,) = state.notes
-        assert (note.kind, note.generation) == ("daemonized", 0)
+        assert (note.kind, note.generation) == (TargetEventKind.DAEMONIZED, 0)
         assert note.detail.startswith(f"the server daemonized: PID {daemon} (")
         (event,) = board.events("later")
         assert event.line().startswith(f"the server daemonized: PID {daemon} (")
@@ -217,11 +218,11 @@ def test_the_end_of_a_followed_daemon_is_the_targets_exit(tmp_path: Path) -> Non
         daemon = _state(board).pid
         assert daemon is not None
         os.kill(daemon, signal.SIGTERM)  # Started by this test's target; ended by its PID.
-        wait_until(lambda: _state(board).status == "down", 10.0, "the exit recorded")
+        wait_until(lambda: _state(board).status is TargetStatus.DOWN, 10.0, "the exit recorded")
         (ended,) = _state(board).exits
         assert ended.how.startswith(f"exited (the daemon, PID {daemon}: not a child")
         kinds = [e.kind for e in board.events("later")]
-        assert kinds == ["daemonized", "exited"]
+        assert kinds == [TargetEventKind.DAEMONIZED, TargetEventKind.EXITED]
     finally:
         keeper.stop()
 

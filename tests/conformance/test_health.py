@@ -23,6 +23,7 @@ from conformance.keeper import Keeper
 from conformance.oracle import EchoOracle
 from conformance.results import Verdict
 from conformance.target import Address, TargetKind, TargetSpec, start_target
+from conformance.target_state import Down, TargetEventKind, TargetState, TargetStatus
 from tests.conformance.support import SERVERS, broken_spawn, run_cli, spawn_command
 
 HOSTILE = SERVERS / "hostile"
@@ -44,7 +45,7 @@ def test_keeper_records_an_exit_with_its_stderr_and_restarts_the_target(tmp_path
     try:
         first = board.state("t")
         assert first is not None
-        assert first.status == "up"
+        assert first.status is TargetStatus.UP
         assert first.generation == 0
         assert first.pid is not None
         os.kill(first.pid, signal.SIGUSR1)  # Python ignores SIGPIPE itself.
@@ -53,7 +54,7 @@ def test_keeper_records_an_exit_with_its_stderr_and_restarts_the_target(tmp_path
         assert ended.how == "exited with signal 10 (SIGUSR1)"
         assert ended.restarted
         again = board.wait_ready("t", timeout=30.0)
-        assert not isinstance(again, str), again
+        assert isinstance(again, TargetState), again
         assert again.generation == 1
         assert again.pid != first.pid
         with socket.create_connection((again.host, again.port), timeout=5.0) as sock:
@@ -61,7 +62,7 @@ def test_keeper_records_an_exit_with_its_stderr_and_restarts_the_target(tmp_path
             sock.sendall(b"hello")
             assert sock.recv(5) == b"hello"
         (event,) = board.events("t")
-        assert (event.kind, event.outcome) == ("exited", "restarted (1 of at most 5)")
+        assert (event.kind, event.outcome) == (TargetEventKind.EXITED, "restarted (1 of at most 5)")
     finally:
         keeper.stop()
 
@@ -78,9 +79,9 @@ def test_keeper_without_restarts_leaves_the_target_down(tmp_path: Path) -> None:
         os.kill(state.pid, signal.SIGKILL)
         assert board.exit_during("t", 0, state.pid, wait=10.0, exiting=10.0) is not None
         why = board.wait_ready("t", timeout=10.0)
-        assert isinstance(why, str)
-        assert "exited with signal 9 (SIGKILL)" in why
-        assert "--no-restart" in why
+        assert isinstance(why, Down), why
+        assert why.how == "exited with signal 9 (SIGKILL)"
+        assert why.reason == "--no-restart"
     finally:
         keeper.stop()
 

@@ -24,6 +24,7 @@ from conformance.load.client import Client, ClientEvent, ClientState, IllegalTra
 from conformance.load.driver import Driver
 from conformance.load.spec import Mode
 from conformance.oracle import Oracle, Status, Verdict
+from conformance.rules import HALFCLOSE_DATA
 from conformance.target import Address
 from tests.helpers import ROOT, ServerProcess
 
@@ -321,7 +322,7 @@ def test_errors_on_half_closed_connections_are_counted_apart_and_judged_by_their
     assert result.first_error is not None
     assert result.first_error["fault"] == "half-close"
     assert outcome.failure is not None
-    assert outcome.failure.rule == "HALFCLOSE-DATA"
+    assert outcome.failure.rule is HALFCLOSE_DATA
     assert "eof after half-close" in outcome.failure.message
     assert outcome.level.value == "MUST"
 

@@ -6,7 +6,7 @@ import json
 
 from conformance.harness import Divergence, Ending, Event, StepTimeout, Transcript
 from conformance.oracle import Status, Verdict
-from conformance.report import Excerpt, FailureReport, hex_excerpt
+from conformance.report import Excerpt, FailureKind, FailureReport, hex_excerpt
 
 REPLAY = "reactor-conformance run --target 127.0.0.1:7 --checks ECHO-X-1"
 
@@ -76,7 +76,7 @@ def test_FailureReport_travels_as_plain_data() -> None:
 def test_FailureReport_without_a_divergence_shows_the_bytes_seen() -> None:
     transcript = Transcript("c1", bytearray(b"x"), bytearray(), [], Ending.TIMEOUT)
     report = _report(StepTimeout("did not complete", transcript=transcript))
-    assert report.kind == "StepTimeout"
+    assert report.kind is FailureKind.STEP_TIMEOUT
     assert report.step is None
     assert report.divergence is None
     assert report.fields()["divergence"] is None

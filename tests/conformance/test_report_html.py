@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conformance.checks import CATALOGUE
-from conformance.report import ByteDivergence, Excerpt, FailureReport
+from conformance.report import ByteDivergence, Excerpt, FailureKind, FailureReport
 from conformance.report_html import render_html
 from conformance.results import CheckResult, RunResults, TargetRun, Verdict
 
@@ -25,7 +25,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 REPORT = FailureReport(
     check_line="ECHO-BASIC-4 (MUST, basic; RFC 862): NUL-heavy payloads come back unchanged",
-    kind="Divergence",
+    kind=FailureKind.DIVERGENCE,
     message="the echo stopped",
     replay="reactor-conformance run --target 127.0.0.1:9 --checks ECHO-BASIC-4",
     step="exchange 1 on c1",
