@@ -6,7 +6,7 @@ An oracle is sans-I/O: no sockets, no trio, no clock. The harness feeds it the
 bytes of one connection as they go out (:meth:`Oracle.sent`) and come in
 (:meth:`Oracle.received`), tells it when the exchange is over
 (:meth:`Oracle.finish`: nothing more will be sent, and the peer's bytes are
-all in), and asks for a :class:`Verdict` whenever it likes:
+all in), and asks for a :class:`Judgement` whenever it likes:
 
 - ``PASS``: what came back is right, so far and (after ``finish``) in all;
 - ``FAIL``: it is wrong; ``offset`` is the first byte, in the received
@@ -47,6 +47,7 @@ from conformance.user_code import import_named
 __all__ = [
     "DiscardOracle",
     "EchoOracle",
+    "Judgement",
     "Oracle",
     "OracleError",
     "OracleFactory",
@@ -72,8 +73,8 @@ class Status(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """An oracle's answer.
+class Judgement:
+    """An oracle's answer about one connection (the run's verdicts are another thing).
 
     Attributes:
         status: PASS, FAIL or PENDING.
@@ -99,6 +100,12 @@ class Verdict:
         return self.status is Status.PENDING
 
 
+#: The old name of :class:`Judgement`, which users' oracles import (the README
+#: named it): ``verdict()`` returning ``conformance.oracle.Verdict`` still works.
+#: The run's verdicts are :class:`conformance.results.Verdict`, another thing.
+Verdict = Judgement
+
+
 @runtime_checkable
 class Oracle(Protocol):
     """Judges one connection's byte streams; see the module docstring."""
@@ -109,7 +116,7 @@ class Oracle(Protocol):
 
     def finish(self) -> None: ...
 
-    def verdict(self) -> Verdict: ...
+    def verdict(self) -> Judgement: ...
 
 
 @runtime_checkable
@@ -157,7 +164,7 @@ class EchoOracle:
         self._received = bytearray()
         self._checked = 0
         self._finished = False
-        self._failure: Verdict | None = None
+        self._failure: Judgement | None = None
 
     def sent(self, data: bytes) -> None:
         self._sent += data
@@ -184,7 +191,7 @@ class EchoOracle:
                 memoryview(self._received)[self._checked : end],
             )
             if offset < end:
-                self._failure = Verdict(
+                self._failure = Judgement(
                     Status.FAIL,
                     offset,
                     f"byte {offset} differs: sent 0x{self._sent[offset]:02x}, "
@@ -193,25 +200,25 @@ class EchoOracle:
                 return
             self._checked = end
         if len(self._received) > len(self._sent):
-            self._failure = Verdict(
+            self._failure = Judgement(
                 Status.FAIL,
                 len(self._sent),
                 f"received {len(self._received) - len(self._sent)} bytes more than were sent",
             )
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if self._failure is not None:
             return self._failure
         missing = len(self._sent) - len(self._received)
         if missing == 0:
-            return Verdict(Status.PASS)
+            return Judgement(Status.PASS)
         if self._finished:
-            return Verdict(
+            return Judgement(
                 Status.FAIL,
                 len(self._received),
                 f"the exchange ended with {missing} of {len(self._sent)} bytes never echoed",
             )
-        return Verdict(
+        return Judgement(
             Status.PENDING,
             len(self._received),
             f"{missing} of {len(self._sent)} bytes not echoed yet",
@@ -237,10 +244,10 @@ class DiscardOracle:
         """Nothing comes back."""
         return b""
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if self._received:
-            return Verdict(Status.FAIL, 0, f"a discard server sent {self._received} bytes back")
-        return Verdict(Status.PASS)
+            return Judgement(Status.FAIL, 0, f"a discard server sent {self._received} bytes back")
+        return Judgement(Status.PASS)
 
 
 #: The built-in oracles, by name.
@@ -350,14 +357,14 @@ class _Guarded:
         except Exception as exc:
             raise _raised(self._name, "finish", exc) from exc
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         try:
             verdict = self._inner.verdict()
         except Exception as exc:
             raise _raised(self._name, "verdict", exc) from exc
-        if not isinstance(verdict, Verdict):
+        if not isinstance(verdict, Judgement):
             raise OracleError(
-                f"the oracle {self._name} returned {verdict!r} from verdict(), not a Verdict"
+                f"the oracle {self._name} returned {verdict!r} from verdict(), not a Judgement"
             )
         return verdict
 

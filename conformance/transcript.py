@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from conformance.oracle import Verdict
+from conformance.oracle import Judgement
 from conformance.rules import Rule
 
 __all__ = [
@@ -89,7 +89,7 @@ class CheckFailure(Exception):
         *,
         step: str | None = None,
         transcript: Transcript | None = None,
-        verdict: Verdict | None = None,
+        verdict: Judgement | None = None,
         rule: Rule | None = None,
     ) -> None:
         super().__init__(message)

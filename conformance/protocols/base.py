@@ -81,7 +81,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from hypothesis import strategies as st
 
-from conformance.oracle import Oracle, Status, Verdict, first_difference
+from conformance.oracle import Judgement, Oracle, Status, first_difference
 
 __all__ = [
     "Capability",
@@ -442,13 +442,13 @@ class ReplyStreamOracle:
     def finish(self) -> None:
         self._finished = True
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if self._failure is not None:
             at, reason = self._failure
-            return Verdict(Status.FAIL, self._base + at, reason())
+            return Judgement(Status.FAIL, self._base + at, reason())
         offset = self._base + self._pos
         if not self._owed:
-            return Verdict(Status.PASS)
+            return Judgement(Status.PASS)
         head = self._owed[0]
         count = len(self._owed)
         what = (
@@ -457,12 +457,12 @@ class ReplyStreamOracle:
         )
         if self._finished:
             came = self._received[self._pos - self._matched :]
-            return Verdict(
+            return Judgement(
                 Status.FAIL,
                 offset,
                 f"the exchange ended with {what}, received {short(came)}",
             )
-        return Verdict(Status.PENDING, offset, what)
+        return Judgement(Status.PENDING, offset, what)
 
     # -- judging ----------------------------------------------------------------
 

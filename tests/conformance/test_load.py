@@ -23,7 +23,7 @@ from conformance.load import Faults, LoadResult, LoadSpec, format_json, run_load
 from conformance.load.client import Client, ClientEvent, ClientState, IllegalTransition
 from conformance.load.driver import Driver
 from conformance.load.spec import Mode
-from conformance.oracle import Oracle, Status, Verdict
+from conformance.oracle import Judgement, Oracle, Status
 from conformance.target import Address
 from tests.helpers import ROOT, ServerProcess
 
@@ -75,8 +75,8 @@ class TranscriptOnly:
     def finish(self) -> None:
         pass
 
-    def verdict(self) -> Verdict:
-        return Verdict(Status.PASS)
+    def verdict(self) -> Judgement:
+        return Judgement(Status.PASS)
 
 
 def test_LoadSpec_validate_refuses_stream_mode_to_an_oracle_that_cannot_say_what_is_owed() -> None:

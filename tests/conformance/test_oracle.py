@@ -145,7 +145,7 @@ def test_load_oracle_resolves_builtins_and_a_user_class() -> None:
         ("nonsense", "package.module:Class"),
         ("no_such_module_xyz:Oracle", "cannot import"),
         ("conformance.oracle:Nothing", "conformance.oracle has no Nothing"),
-        ("conformance.oracle:Verdict", "failed"),
+        ("conformance.oracle:Judgement", "failed"),
         ("conformance.errors:UsageError", "needs methods"),
     ],
 )
@@ -212,3 +212,10 @@ def test_named_oracle_is_a_name_that_loads_back_to_the_same_factory() -> None:
         pass
 
     assert named_oracle(Local) is None  # No other process can make it.
+
+
+def test_Verdict_is_the_old_name_of_Judgement_for_users_oracles() -> None:
+    import conformance.oracle
+
+    assert conformance.oracle.Verdict is conformance.oracle.Judgement
+    assert EchoOracle().verdict() == conformance.oracle.Verdict(Status.PASS)

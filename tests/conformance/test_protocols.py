@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance.errors import UsageError
-from conformance.oracle import DiscardOracle, EchoOracle, Oracle, Status, Verdict
+from conformance.oracle import DiscardOracle, EchoOracle, Judgement, Oracle, Status
 from conformance.protocols import (
     MODELS,
     Capability,
@@ -50,7 +50,7 @@ def _mc_oracle() -> Oracle:
     return MemcachedModel().oracle()
 
 
-def _feed(oracle: Oracle, sent: bytes, received: bytes, *, finish: bool = True) -> Verdict:
+def _feed(oracle: Oracle, sent: bytes, received: bytes, *, finish: bool = True) -> Judgement:
     oracle.sent(sent)
     oracle.received(received)
     if finish:
@@ -388,7 +388,7 @@ def _mutate(received: bytes, kind: str, at: int) -> bytes:
     return received
 
 
-def _whole(name: str, sent: bytes, received: bytes) -> Verdict:
+def _whole(name: str, sent: bytes, received: bytes) -> Judgement:
     return _feed(MODELS[name]().oracle(), sent, received)
 
 
