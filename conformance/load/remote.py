@@ -8,7 +8,8 @@ the controller runs on the host's interpreter through execnet. It first
 checks the interpreter's version, then receives the package's modules that
 the load needs (:func:`package_files`: the load generator, its oracles, its
 histogram and the protocol models, a few hundred KB of source; standard
-library only, but for a protocol model's load, which needs Hypothesis there) and writes
+library only: the models import Hypothesis only to draw requests, which a
+load does not) and writes
 them to a new temporary directory, which it puts first on ``sys.path``: the
 host runs the controller's own code, whatever is installed there. Should
 that directory not be writable, an installed ``conformance`` is used
@@ -72,11 +73,7 @@ _SHIPPED = (
     "conformance/oracle.py",
     "conformance/user_code.py",
     "conformance/load/*.py",
-    # A protocol model's load (--protocol resp) also needs these, and Hypothesis there.
     "conformance/protocols/*.py",
-    "conformance/strategies.py",
-    "conformance/scenario.py",
-    "conformance/profiles.py",
 )
 #: Modules of ``conformance/load`` that stay with the controller (execnet is theirs).
 _NOT_SHIPPED = frozenset({"conformance/load/hosts.py"})

@@ -77,11 +77,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-from hypothesis import strategies as st
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from conformance.oracle import Judgement, Oracle, Status, first_difference
+
+if TYPE_CHECKING:  # Only models' requests() need Hypothesis: the load runs without it.
+    from hypothesis import strategies as st
 
 __all__ = [
     "Capability",

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-
-from hypothesis import strategies as st
+from typing import TYPE_CHECKING
 
 from conformance.oracle import DiscardOracle, EchoOracle, Oracle
 from conformance.protocols.base import Capability, LoadConnection
-from conformance.strategies import payloads
+
+if TYPE_CHECKING:  # Hypothesis is imported where requests are drawn, not for the load.
+    from hypothesis import strategies as st
 
 __all__ = ["DiscardModel", "EchoModel"]
 
@@ -50,6 +51,10 @@ class _AnyBytes:
         self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
     ) -> st.SearchStrategy[tuple[bytes, ...]]:
         """Payloads, each one request; see :class:`~conformance.protocols.base.ProtocolModel`."""
+        from hypothesis import strategies as st
+
+        from conformance.strategies import payloads
+
         return st.lists(
             payloads(min_size=1, max_size=max(1, max_value)), min_size=min_size, max_size=max_size
         ).map(tuple)

@@ -48,8 +48,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from hypothesis import strategies as st
+from typing import TYPE_CHECKING
 
 from conformance.oracle import Oracle
 from conformance.protocols.base import (
@@ -62,7 +61,9 @@ from conformance.protocols.base import (
     check_prefix,
     short,
 )
-from conformance.strategies import payloads
+
+if TYPE_CHECKING:  # Hypothesis is imported where requests are drawn, not for the load.
+    from hypothesis import strategies as st
 
 __all__ = [
     "MAX_VALUE",
@@ -327,6 +328,10 @@ KEYS = 4
 
 
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
+    from hypothesis import strategies as st
+
+    from conformance.strategies import payloads
+
     return st.one_of(
         st.integers(0, 30).map(lambda n: b"%d" % n),
         st.sampled_from(_NON_NUMBERS),
@@ -336,6 +341,8 @@ def _values(max_value: int) -> st.SearchStrategy[bytes]:
 
 
 def _requests(max_value: int) -> st.SearchStrategy[Request]:
+    from hypothesis import strategies as st
+
     keys = st.integers(0, KEYS - 1)
     return st.one_of(
         st.builds(Get, keys),
@@ -384,6 +391,8 @@ class MemcachedModel:
         """
         if max_value > MAX_VALUE:
             raise ValueError(f"memcached values are at most {MAX_VALUE} bytes, not {max_value}")
+        from hypothesis import strategies as st
+
         return st.lists(_requests(max_value), min_size=min_size, max_size=max_size).map(tuple)
 
     def encode(self, requests: Sequence[Request], *, prefix: str) -> bytes:
