@@ -21,6 +21,10 @@ takes no argument (``--oracle package.module:Class``)::
 
     o = EchoOracle(); o.sent(b"ab"); o.received(b"a"); assert o.verdict().pending
 
+The suite judges through protocol models (:mod:`conformance.protocols`): an
+oracle ``--oracle`` names is one, an ``OracleModel`` whose requests are echo's
+(any bytes), loaded and checked by :func:`conformance.protocols.load_model`.
+
 An oracle may also say in advance what a correct server sends back for the
 bytes sent (:class:`ReplyOracle`, a fifth method ``expected_reply``): echo
 owes the bytes themselves, discard owes nothing. The load generator then
@@ -41,9 +45,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from conformance.errors import UsageError
-from conformance.user_code import import_named
-
 __all__ = [
     "DiscardOracle",
     "EchoOracle",
@@ -57,10 +58,6 @@ __all__ = [
     "Verdict",
     "first_difference",
     "guarded",
-    "load_oracle",
-    "named_oracle",
-    "oracle_name",
-    "owes_replies",
 ]
 
 
@@ -254,64 +251,6 @@ class DiscardOracle:
 ORACLES: dict[str, OracleFactory] = {"echo": EchoOracle, "discard": DiscardOracle}
 
 
-def load_oracle(spec: str) -> OracleFactory:
-    """Resolve ``echo``, ``discard`` or ``package.module:Class`` to an oracle factory.
-
-    Raises:
-        UsageError: The module cannot be imported, the class is missing, or its
-            instances lack the oracle's methods.
-    """
-    if spec in ORACLES:
-        return ORACLES[spec]
-    attr, factory = import_named(spec, "oracle", "give echo, discard or package.module:Class")
-    if not callable(factory):
-        raise UsageError(f"bad oracle {spec!r}: {attr} is not a class")
-    try:
-        instance = factory()
-    except Exception as exc:  # A user's constructor: any failure is a usage error.
-        raise UsageError(f"bad oracle {spec!r}: {attr}() failed: {exc}") from None
-    if not isinstance(instance, Oracle):
-        raise UsageError(
-            f"bad oracle {spec!r}: {attr} needs methods sent, received, finish and verdict"
-        )
-    result: OracleFactory = factory
-    return result
-
-
-#: What :func:`owes_replies` sends to find out.
-_SAMPLE = b"does anything come back?\r\n"
-
-
-def owes_replies(factory: OracleFactory) -> bool:
-    """Whether the server this oracle judges answers what it is sent (echo does, discard not)."""
-    oracle = factory()
-    oracle.sent(_SAMPLE)
-    return oracle.verdict().pending
-
-
-def oracle_name(factory: OracleFactory) -> str:
-    """The name :func:`load_oracle` reads back: ``echo``, ``discard`` or ``module:Class``."""
-    for name, known in ORACLES.items():
-        if factory is known:
-            return name
-    module = getattr(factory, "__module__", "?")
-    return f"{module}:{getattr(factory, '__qualname__', repr(factory))}"
-
-
-def named_oracle(factory: OracleFactory) -> str | None:
-    """:func:`oracle_name` when :func:`load_oracle` reads it back to ``factory`` itself.
-
-    Another process (a load process, a load host) makes its oracles from
-    this name; None when no name does (a class defined inside a function, a
-    bound method), or when the name cannot be loaded here.
-    """
-    name = oracle_name(factory)
-    try:
-        return name if load_oracle(name) is factory else None
-    except UsageError:
-        return None
-
-
 class OracleError(Exception):
     """An oracle's own code raised: a fault on the judging side, not the server's.
 
@@ -391,14 +330,15 @@ class _GuardedReply(_Guarded):
         return owed
 
 
-def guarded(factory: OracleFactory) -> OracleFactory:
+def guarded(factory: OracleFactory, name: str | None = None) -> OracleFactory:
     """``factory``, whose oracles raise :class:`OracleError` when the oracle's own code raises.
 
     The built-in oracles are the suite's own code and come back as they are
     (no call in between on the load generator's hot path).
 
     Args:
-        factory: An oracle factory, as :func:`load_oracle` gives.
+        factory: An oracle factory (a class, or a model's ``oracle`` method).
+        name: The oracle's name in messages; default: ``module:Class`` of ``factory``.
 
     Returns:
         A factory of the same oracles, each call guarded; its oracles are
@@ -406,7 +346,9 @@ def guarded(factory: OracleFactory) -> OracleFactory:
     """
     if factory in ORACLES.values():
         return factory
-    name = oracle_name(factory)
+    if name is None:
+        name = f"{getattr(factory, '__module__', '?')}:"
+        name += getattr(factory, "__qualname__", repr(factory))
 
     def make() -> Oracle:
         try:

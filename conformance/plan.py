@@ -7,7 +7,8 @@ plugin adds them to pytest's parser, the CLI to its ``run`` sub-command, with
 the same names (the CLI also accepts the short ``--strict`` and
 ``--profile``; pytest owns ``--strict``). Whatever the front, the values
 become one validated :class:`RunPlan` (:func:`plan_from_options`): the
-targets, the checks, the oracle, the strictness, the profile, the saved
+targets, the checks, the one model that judges them (``--protocol`` and
+``--oracle``, resolved here once), the strictness, the profile, the saved
 scenario, the report paths, and the front, which names the replay commands
 (:meth:`RunPlan.replay_prefix`). A :class:`~conformance.session.Session`
 runs a plan.
@@ -30,7 +31,7 @@ from conformance.errors import UsageError
 from conformance.harness import DEFAULT_MAX_CONNECTIONS
 from conformance.health import MAX_RESTARTS
 from conformance.profiles import DEFAULT, PROFILES, Profile
-from conformance.protocols import judged_by
+from conformance.protocols import EchoModel, ProtocolModel, run_model
 from conformance.selection import select_checks, split_list
 from conformance.target import (
     REFERENCE_MODELS,
@@ -284,9 +285,9 @@ class RunPlan:
         targets: The targets, in the order given.
         names: A short name per target, unique in the run.
         checks: The selected checks, in catalogue order.
-        oracle: The oracle's spec (``echo``, ``discard``, ``module:Class``).
-        protocol: The protocol model's spec (``echo``, ``resp``,
-            ``module:Model``); a model other than echo brings its own oracle.
+        oracle: ``--oracle`` as given (``echo``, ``discard``, ``module:Class``).
+        protocol: ``--protocol`` as given (``echo``, ``resp``, ``module:Model``).
+        model: What the two name, the model every check speaks and is judged by.
         strict: A failed SHOULD or MAY fails the run.
         profile: How hard the property checks search.
         scenario: A saved scenario the property checks replay.
@@ -310,6 +311,7 @@ class RunPlan:
     checks: tuple[Check, ...]
     oracle: str = "echo"
     protocol: str = "echo"
+    model: ProtocolModel = field(default_factory=EchoModel)
     strict: bool = False
     profile: Profile = DEFAULT
     scenario: Path | None = None
@@ -381,12 +383,14 @@ class RunPlan:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> RunPlan:
         by_id = {check.id: check for check in CATALOGUE}
+        protocol = data.get("protocol", "echo")
         return cls(
             targets=tuple(TargetSpec(TargetKind(k), v) for k, v in data["targets"]),
             names=tuple(data["names"]),
             checks=tuple(by_id[i] for i in data["checks"]),
             oracle=data["oracle"],
-            protocol=data.get("protocol", "echo"),
+            protocol=protocol,
+            model=run_model(protocol, data["oracle"]),
             strict=data["strict"],
             profile=PROFILES[data["profile"]],
             scenario=Path(data["scenario"]) if data["scenario"] is not None else None,
@@ -427,7 +431,7 @@ def plan_from_options(
     if not checks:
         raise UsageError("no check selected")
     protocol = "echo" if values.protocol is None else values.protocol
-    judged_by(protocol, values.oracle)
+    model = run_model(protocol, values.oracle)
     check_report_path(values.report_json, "--report-json")
     check_report_path(values.report_html, "--report-html")
     name = values.conformance_profile
@@ -439,6 +443,7 @@ def plan_from_options(
         checks=checks,
         oracle=values.oracle,
         protocol=protocol,
+        model=model,
         strict=bool(values.conformance_strict),
         profile=PROFILES[name],
         scenario=scenario_file(values.scenario, checks),

@@ -143,7 +143,10 @@ class ProtocolModel(Protocol):
 
     ``name`` is one word (``resp``); ``capabilities`` what the model promises;
     ``lacks`` (optional) says why, for a capability it does not promise, in a
-    few words (``redis closes the connection at the client's EOF``).
+    few words (``redis closes the connection at the client's EOF``); ``skips``
+    (optional) gives instead the whole reason a check that needs it is skipped
+    (a model made of an oracle: ``it rests on the server's replies, and the
+    discard oracle owes none``).
     """
 
     name: str
@@ -197,6 +200,9 @@ def skip_reason(model: ProtocolModel, capability: Capability) -> str | None:
     """
     if capability in model.capabilities:
         return None
+    skips: Mapping[Capability, str] = getattr(model, "skips", {})
+    if capability in skips:
+        return f"does not apply: {skips[capability]}"
     lacks: Mapping[Capability, str] = getattr(model, "lacks", {})
     why = lacks.get(capability)
     tail = f" ({why})" if why else ""

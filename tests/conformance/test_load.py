@@ -82,14 +82,14 @@ class TranscriptOnly:
 def test_LoadSpec_validate_refuses_stream_mode_to_an_oracle_that_cannot_say_what_is_owed() -> None:
     assert isinstance(TranscriptOnly(), Oracle)
     name = f"{__name__}:TranscriptOnly"
-    LoadSpec("127.0.0.1", 1, oracle=name).validate()  # Ping-pong: judged by its verdict.
+    LoadSpec("127.0.0.1", 1, model=f"oracle:{name}").validate()  # Ping-pong: judged by its verdict.
     with pytest.raises(ValueError, match="expected_reply"):
-        LoadSpec("127.0.0.1", 1, oracle=name, mode="stream").validate()
+        LoadSpec("127.0.0.1", 1, model=f"oracle:{name}", mode="stream").validate()
 
 
 def test_LoadSpec_validate_refuses_an_oracle_it_cannot_load() -> None:
     with pytest.raises(UsageError, match="cannot import"):
-        LoadSpec("127.0.0.1", 1, oracle="no_such_module_xyz:Oracle").validate()
+        LoadSpec("127.0.0.1", 1, model="oracle:no_such_module_xyz:Oracle").validate()
 
 
 def test_Client_advance_follows_the_table_and_names_an_illegal_transition() -> None:
@@ -183,14 +183,13 @@ def discard() -> Iterator[ServerProcess]:
 
 
 @pytest.mark.parametrize("mode", ["pingpong", "stream"])
+@pytest.mark.parametrize("model", ["oracle:discard", "discard"])  # --oracle, --protocol
 def test_run_load_with_the_discard_oracle_passes_a_discard_server(
-    discard: ServerProcess, mode: Mode
+    discard: ServerProcess, mode: Mode, model: str
 ) -> None:
     host, port = discard.address
     rounds = 40 if mode == "pingpong" else None
-    spec = LoadSpec(
-        host, port, connections=5, mode=mode, rounds=rounds, duration=0.5, oracle="discard"
-    )
+    spec = LoadSpec(host, port, connections=5, mode=mode, rounds=rounds, duration=0.5, model=model)
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.bytes_verified == 0
@@ -202,7 +201,7 @@ def test_run_load_with_the_discard_oracle_passes_a_discard_server(
 def test_run_load_with_the_discard_oracle_and_faults_keeps_going(discard: ServerProcess) -> None:
     host, port = discard.address
     faults = Faults(reset=0.02, half_close=0.02, slow_reader=0.02, connect_storm=20)
-    spec = LoadSpec(host, port, connections=10, duration=0.8, faults=faults, oracle="discard")
+    spec = LoadSpec(host, port, connections=10, duration=0.8, faults=faults, model="oracle:discard")
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.observed["half-close-echoed"] == result.injected["half-close"]
@@ -211,7 +210,7 @@ def test_run_load_with_the_discard_oracle_and_faults_keeps_going(discard: Server
 
 def test_run_load_with_the_discard_oracle_fails_an_echo_server(single: ServerProcess) -> None:
     host, port = single.address
-    result = run_load(LoadSpec(host, port, connections=3, duration=0.3, oracle="discard"))
+    result = run_load(LoadSpec(host, port, connections=3, duration=0.3, model="oracle:discard"))
     assert result.errors["extra-bytes"] >= 1, result.to_data()
     assert result.first_error is not None
     assert result.first_error["offset"] == 0
