@@ -51,7 +51,7 @@ How the rest of the suite uses one:
 A request/reply protocol's model only writes a :class:`ConnectionModel`
 (framing, state, the reply owed) and gets its oracle and its load from
 :class:`ReplyStreamOracle` and :class:`ModelLoad`; see
-:mod:`conformance.protocols.base`.
+:mod:`conformance.protocols.replies`.
 """
 
 from __future__ import annotations
@@ -63,14 +63,9 @@ from conformance.oracle import ORACLES, Oracle, OracleFactory
 from conformance.protocols.base import (
     TEMPLATE,
     Capability,
-    ConnectionModel,
-    Expected,
     InvalidRequest,
     LoadConnection,
-    Match,
-    ModelLoad,
     ProtocolModel,
-    ReplyStreamOracle,
     fresh_keys,
     request_stream,
     skip_reason,
@@ -79,6 +74,13 @@ from conformance.protocols.base import (
 )
 from conformance.protocols.echo import DiscardModel, EchoModel, OracleModel
 from conformance.protocols.memcached import MemcachedModel
+from conformance.protocols.replies import (
+    ConnectionModel,
+    Expected,
+    Match,
+    ModelLoad,
+    ReplyStreamOracle,
+)
 from conformance.protocols.resp import RespModel
 from conformance.user_code import import_named
 

@@ -41,16 +41,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conformance.oracle import Oracle
-from conformance.protocols.base import (
-    Capability,
-    Expected,
-    InvalidRequest,
-    LoadConnection,
-    ModelLoad,
-    ReplyStreamOracle,
-    check_prefix,
-    short,
-)
+from conformance.protocols.base import Capability, InvalidRequest, LoadConnection, check_prefix
+from conformance.protocols.replies import Expected, ModelLoad, ReplyStreamOracle, short
 
 if TYPE_CHECKING:  # Hypothesis is imported where requests are drawn, not for the load.
     from hypothesis import strategies as st
