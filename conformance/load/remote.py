@@ -140,13 +140,13 @@ def model_here(spec: LoadSpec) -> str | None:
     try:
         spec.protocol()
     except UsageError as exc:
-        what, name = "protocol model", spec.model
+        what, name, module = "protocol model", spec.model, "model"
         if spec.model.startswith(ORACLE):
-            what, name = "oracle", spec.model.removeprefix(ORACLE)
+            what, name, module = "oracle", spec.model.removeprefix(ORACLE), "oracle"
         return (
             f"the {what} {name} is not importable on this host ({exc}): a user's "
-            f"{what.split()[-1]} module is not sent to a load host, it must be importable "
-            "there (installed, or on its PYTHONPATH)"
+            f"{module} module is not sent to a load host, it must be importable there "
+            "(installed, or on its PYTHONPATH)"
         )
     return None
 

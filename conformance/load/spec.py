@@ -203,19 +203,6 @@ class LoadSpec:
         """
         return load_model(self.model)
 
-    def requests(self) -> ProtocolModel | None:
-        """The model whose requests the load sends, or None for random bytes.
-
-        None for any model whose every byte string is a request (echo,
-        discard, an oracle's): the load then sends random bytes, judged by
-        its oracle (:func:`judging`).
-
-        Raises:
-            UsageError: ``model`` names no model.
-        """
-        model = self.protocol()
-        return None if Capability.ANY_BYTES in model.capabilities else model
-
 
 class Judging(enum.Enum):
     """How a load connection's replies are judged (see the module docstring)."""
