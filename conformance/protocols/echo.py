@@ -132,7 +132,7 @@ class OracleModel(_AnyBytes):
         self.spec = spec
         self.name = spec
         promises = {Capability.HALF_CLOSE, Capability.ANY_BYTES}
-        #: A check a capability it lacks would skip, and why, in the oracle's words.
+        #: Why a check that needs what the model lacks is skipped (:func:`skip_reason`).
         self.skips: Mapping[Capability, str] = {}
         if _owes_a_reply(factory):
             promises.add(Capability.REPLIES)
