@@ -139,6 +139,17 @@ def test_LoadResult_data_is_the_json_and_reads_back_for_merging() -> None:
     assert "8 round trips in 6.50s" in merged.summary_line()
 
 
+def test_LoadResult_json_names_the_model_as_the_options_do() -> None:
+    for model, oracle, protocol in (
+        ("echo", "echo", "echo"),
+        ("oracle:discard", "discard", "echo"),
+        ("resp", "echo", "resp"),
+    ):
+        data = json.loads(format_json(LoadResult(LoadSpec("127.0.0.1", 9, model=model))))
+        assert (data["spec"]["oracle"], data["spec"]["protocol"]) == (oracle, protocol)
+        assert "model" not in data["spec"]
+
+
 def test_run_load_pingpong_counts_verified_round_trips(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=20, size=100, rounds=50, duration=30))
