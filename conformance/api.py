@@ -16,7 +16,7 @@ from conformance.errors import UsageError
 from conformance.plan import Front, RunPlan, target_names
 from conformance.plan import load_hosts as parse_load_hosts
 from conformance.profiles import Profile, profile_named
-from conformance.protocols import judged_by
+from conformance.protocols import run_model
 from conformance.results import RunResults
 from conformance.selection import select_checks
 from conformance.session import Session
@@ -85,13 +85,13 @@ def check_server(
             profile = profile_named(profile)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    judged_by(protocol, oracle)
     plan = RunPlan(
         targets=(spec,),
         names=tuple(target_names([spec])),
         checks=selected,
         oracle=oracle,
         protocol=protocol,
+        model=run_model(protocol, oracle),
         strict=strict,
         profile=profile,
         front=Front.CLI,

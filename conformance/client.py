@@ -19,7 +19,7 @@ from typing import Protocol
 
 import trio
 
-from conformance.oracle import Oracle, Verdict
+from conformance.oracle import Judgement, Oracle
 from conformance.rules import CLOSE_WITHIN, HALFCLOSE_CLOSE, HALFCLOSE_DATA
 from conformance.transcript import (
     CheckFailure,
@@ -217,7 +217,7 @@ class Connection:
         self.progressed()
         return data
 
-    def _judge(self, step: str) -> Verdict:
+    def _judge(self, step: str) -> Judgement:
         verdict = self.oracle.verdict()
         if verdict.failed:
             raise Divergence(verdict.reason, step=step, transcript=self.transcript, verdict=verdict)

@@ -48,15 +48,8 @@ from pathlib import Path
 import trio
 
 from conformance.client import STALL_AFTER, Connection
-from conformance.oracle import OracleFactory, owes_replies
 from conformance.profiles import DEFAULT, Profile
-from conformance.protocols import (
-    Capability,
-    EchoModel,
-    ProtocolModel,
-    message_for,
-    request_stream,
-)
+from conformance.protocols import EchoModel, ProtocolModel, message_for, request_stream
 from conformance.target import Address
 from conformance.transcript import (
     CheckFailure,
@@ -95,7 +88,9 @@ class Harness:
 
     Args:
         address: The target.
-        oracle_factory: Makes one oracle per connection.
+        model: The protocol the server speaks (``--protocol``, or the oracle
+            ``--oracle`` names): what :meth:`payload` and :meth:`message`
+            send, and each connection's oracle; echo by default.
         step_timeout: Default deadline of a step, in seconds.
         profile: How hard property checks search (:mod:`conformance.profiles`).
         scenario: A saved scenario that property checks replay instead of searching.
@@ -107,14 +102,12 @@ class Harness:
             check that rests on it is not measured.
         load_hosts: The execnet gateways the load checks run from
             (``--load-hosts``); empty: this process.
-        model: The protocol the server speaks (``--protocol``): what
-            :meth:`payload` and :meth:`message` send; echo by default.
     """
 
     def __init__(
         self,
         address: Address,
-        oracle_factory: OracleFactory,
+        model: ProtocolModel | None = None,
         *,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         profile: Profile = DEFAULT,
@@ -122,14 +115,12 @@ class Harness:
         artifacts: Path | None = None,
         max_connections: int | None = None,
         load_hosts: tuple[str, ...] = (),
-        model: ProtocolModel | None = None,
     ) -> None:
         self.address = address
         self.model: ProtocolModel = model if model is not None else EchoModel()
         self.max_connections = max_connections
         self.load_hosts = load_hosts
         self.artifacts = artifacts
-        self.oracle_factory = oracle_factory
         self.step_timeout = step_timeout
         self.profile = profile
         self.scenario = scenario
@@ -161,13 +152,6 @@ class Harness:
         (:func:`~conformance.protocols.request_stream`).
         """
         return request_stream(self.model, size, seed, connection=connection)
-
-    @property
-    def owes_replies(self) -> bool:
-        """Whether the server answers what it is sent: the oracle says, or the model promises."""
-        if Capability.ANY_BYTES in self.model.capabilities:
-            return owes_replies(self.oracle_factory)
-        return Capability.REPLIES in self.model.capabilities
 
     def message(self, data: bytes) -> bytes:
         """``data`` itself where any bytes are a request, else one short request in its place."""
@@ -275,7 +259,7 @@ class Harness:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(self, name, sock, transcript, self.oracle_factory())
+        conn = Connection(self, name, sock, transcript, self.model.oracle())
         self.connections.append(conn)
         with self.step(f"connect {name}", conn, timeout):
             try:

@@ -192,5 +192,5 @@ def _load_settings(args: argparse.Namespace, faults: Faults) -> dict[str, Any]:
         "procs": args.procs,
         "faults": faults,
         "seed": args.seed,
-        "protocol": args.protocol,
+        "model": args.protocol,
     }

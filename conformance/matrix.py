@@ -50,7 +50,7 @@ from pathlib import Path
 from conformance.checks import Check, Outcome, Setup, by_id, run_check
 from conformance.errors import TargetError
 from conformance.profiles import PROFILES
-from conformance.protocols import judged_by
+from conformance.protocols import run_model
 from conformance.target import TargetKind, TargetSpec, start_target
 
 __all__ = [
@@ -196,15 +196,13 @@ def run_against(
     # the matrix draws the same scenarios.
     with start_target(spec, start_timeout=start_timeout) as running:
         flag = f" --oracle {oracle}" if oracle != "echo" else ""
-        model, judge = judged_by(protocol, oracle)
         if protocol != "echo":
             flag += f" --protocol {protocol}"
         setup = Setup(
             running.address,
-            judge,
+            run_model(protocol, oracle),
             replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}{flag}",
             profile=PROFILES["ci"],
-            model=model,
         )
         return run_check(check, setup)
 

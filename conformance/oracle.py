@@ -6,7 +6,7 @@ An oracle is sans-I/O: no sockets, no trio, no clock. The harness feeds it the
 bytes of one connection as they go out (:meth:`Oracle.sent`) and come in
 (:meth:`Oracle.received`), tells it when the exchange is over
 (:meth:`Oracle.finish`: nothing more will be sent, and the peer's bytes are
-all in), and asks for a :class:`Verdict` whenever it likes:
+all in), and asks for a :class:`Judgement` whenever it likes:
 
 - ``PASS``: what came back is right, so far and (after ``finish``) in all;
 - ``FAIL``: it is wrong; ``offset`` is the first byte, in the received
@@ -20,6 +20,10 @@ A user's oracle is any class with these four methods and a constructor that
 takes no argument (``--oracle package.module:Class``)::
 
     o = EchoOracle(); o.sent(b"ab"); o.received(b"a"); assert o.verdict().pending
+
+The suite judges through protocol models (:mod:`conformance.protocols`): an
+oracle ``--oracle`` names is one, an ``OracleModel`` whose requests are echo's
+(any bytes), loaded and checked by :func:`conformance.protocols.load_model`.
 
 An oracle may also say in advance what a correct server sends back for the
 bytes sent (:class:`ReplyOracle`, a fifth method ``expected_reply``): echo
@@ -41,12 +45,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from conformance.errors import UsageError
-from conformance.user_code import import_named
-
 __all__ = [
     "DiscardOracle",
     "EchoOracle",
+    "Judgement",
     "Oracle",
     "OracleError",
     "OracleFactory",
@@ -56,10 +58,6 @@ __all__ = [
     "Verdict",
     "first_difference",
     "guarded",
-    "load_oracle",
-    "named_oracle",
-    "oracle_name",
-    "owes_replies",
 ]
 
 
@@ -72,8 +70,8 @@ class Status(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """An oracle's answer.
+class Judgement:
+    """An oracle's answer about one connection (the run's verdicts are another thing).
 
     Attributes:
         status: PASS, FAIL or PENDING.
@@ -99,6 +97,12 @@ class Verdict:
         return self.status is Status.PENDING
 
 
+#: The old name of :class:`Judgement`, which users' oracles import (the README
+#: named it): ``verdict()`` returning ``conformance.oracle.Verdict`` still works.
+#: The run's verdicts are :class:`conformance.results.Verdict`, another thing.
+Verdict = Judgement
+
+
 @runtime_checkable
 class Oracle(Protocol):
     """Judges one connection's byte streams; see the module docstring."""
@@ -109,7 +113,7 @@ class Oracle(Protocol):
 
     def finish(self) -> None: ...
 
-    def verdict(self) -> Verdict: ...
+    def verdict(self) -> Judgement: ...
 
 
 @runtime_checkable
@@ -157,7 +161,7 @@ class EchoOracle:
         self._received = bytearray()
         self._checked = 0
         self._finished = False
-        self._failure: Verdict | None = None
+        self._failure: Judgement | None = None
 
     def sent(self, data: bytes) -> None:
         self._sent += data
@@ -184,7 +188,7 @@ class EchoOracle:
                 memoryview(self._received)[self._checked : end],
             )
             if offset < end:
-                self._failure = Verdict(
+                self._failure = Judgement(
                     Status.FAIL,
                     offset,
                     f"byte {offset} differs: sent 0x{self._sent[offset]:02x}, "
@@ -193,25 +197,25 @@ class EchoOracle:
                 return
             self._checked = end
         if len(self._received) > len(self._sent):
-            self._failure = Verdict(
+            self._failure = Judgement(
                 Status.FAIL,
                 len(self._sent),
                 f"received {len(self._received) - len(self._sent)} bytes more than were sent",
             )
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if self._failure is not None:
             return self._failure
         missing = len(self._sent) - len(self._received)
         if missing == 0:
-            return Verdict(Status.PASS)
+            return Judgement(Status.PASS)
         if self._finished:
-            return Verdict(
+            return Judgement(
                 Status.FAIL,
                 len(self._received),
                 f"the exchange ended with {missing} of {len(self._sent)} bytes never echoed",
             )
-        return Verdict(
+        return Judgement(
             Status.PENDING,
             len(self._received),
             f"{missing} of {len(self._sent)} bytes not echoed yet",
@@ -237,72 +241,14 @@ class DiscardOracle:
         """Nothing comes back."""
         return b""
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if self._received:
-            return Verdict(Status.FAIL, 0, f"a discard server sent {self._received} bytes back")
-        return Verdict(Status.PASS)
+            return Judgement(Status.FAIL, 0, f"a discard server sent {self._received} bytes back")
+        return Judgement(Status.PASS)
 
 
 #: The built-in oracles, by name.
 ORACLES: dict[str, OracleFactory] = {"echo": EchoOracle, "discard": DiscardOracle}
-
-
-def load_oracle(spec: str) -> OracleFactory:
-    """Resolve ``echo``, ``discard`` or ``package.module:Class`` to an oracle factory.
-
-    Raises:
-        UsageError: The module cannot be imported, the class is missing, or its
-            instances lack the oracle's methods.
-    """
-    if spec in ORACLES:
-        return ORACLES[spec]
-    attr, factory = import_named(spec, "oracle", "give echo, discard or package.module:Class")
-    if not callable(factory):
-        raise UsageError(f"bad oracle {spec!r}: {attr} is not a class")
-    try:
-        instance = factory()
-    except Exception as exc:  # A user's constructor: any failure is a usage error.
-        raise UsageError(f"bad oracle {spec!r}: {attr}() failed: {exc}") from None
-    if not isinstance(instance, Oracle):
-        raise UsageError(
-            f"bad oracle {spec!r}: {attr} needs methods sent, received, finish and verdict"
-        )
-    result: OracleFactory = factory
-    return result
-
-
-#: What :func:`owes_replies` sends to find out.
-_SAMPLE = b"does anything come back?\r\n"
-
-
-def owes_replies(factory: OracleFactory) -> bool:
-    """Whether the server this oracle judges answers what it is sent (echo does, discard not)."""
-    oracle = factory()
-    oracle.sent(_SAMPLE)
-    return oracle.verdict().pending
-
-
-def oracle_name(factory: OracleFactory) -> str:
-    """The name :func:`load_oracle` reads back: ``echo``, ``discard`` or ``module:Class``."""
-    for name, known in ORACLES.items():
-        if factory is known:
-            return name
-    module = getattr(factory, "__module__", "?")
-    return f"{module}:{getattr(factory, '__qualname__', repr(factory))}"
-
-
-def named_oracle(factory: OracleFactory) -> str | None:
-    """:func:`oracle_name` when :func:`load_oracle` reads it back to ``factory`` itself.
-
-    Another process (a load process, a load host) makes its oracles from
-    this name; None when no name does (a class defined inside a function, a
-    bound method), or when the name cannot be loaded here.
-    """
-    name = oracle_name(factory)
-    try:
-        return name if load_oracle(name) is factory else None
-    except UsageError:
-        return None
 
 
 class OracleError(Exception):
@@ -350,14 +296,14 @@ class _Guarded:
         except Exception as exc:
             raise _raised(self._name, "finish", exc) from exc
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         try:
             verdict = self._inner.verdict()
         except Exception as exc:
             raise _raised(self._name, "verdict", exc) from exc
-        if not isinstance(verdict, Verdict):
+        if not isinstance(verdict, Judgement):
             raise OracleError(
-                f"the oracle {self._name} returned {verdict!r} from verdict(), not a Verdict"
+                f"the oracle {self._name} returned {verdict!r} from verdict(), not a Judgement"
             )
         return verdict
 
@@ -384,14 +330,15 @@ class _GuardedReply(_Guarded):
         return owed
 
 
-def guarded(factory: OracleFactory) -> OracleFactory:
+def guarded(factory: OracleFactory, name: str | None = None) -> OracleFactory:
     """``factory``, whose oracles raise :class:`OracleError` when the oracle's own code raises.
 
     The built-in oracles are the suite's own code and come back as they are
     (no call in between on the load generator's hot path).
 
     Args:
-        factory: An oracle factory, as :func:`load_oracle` gives.
+        factory: An oracle factory (a class, or a model's ``oracle`` method).
+        name: The oracle's name in messages; default: ``module:Class`` of ``factory``.
 
     Returns:
         A factory of the same oracles, each call guarded; its oracles are
@@ -399,7 +346,9 @@ def guarded(factory: OracleFactory) -> OracleFactory:
     """
     if factory in ORACLES.values():
         return factory
-    name = oracle_name(factory)
+    if name is None:
+        name = f"{getattr(factory, '__module__', '?')}:"
+        name += getattr(factory, "__qualname__", repr(factory))
 
     def make() -> Oracle:
         try:

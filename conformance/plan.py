@@ -1,13 +1,14 @@
-"""The run plan: the options of a conformance run, in one table, and their validation.
+"""The run plan: the options of a conformance run, validated.
 
 How this works
 --------------
-Both fronts take their options from one table (:data:`OPTIONS`): the pytest
-plugin adds them to pytest's parser, the CLI to its ``run`` sub-command, with
-the same names (the CLI also accepts the short ``--strict`` and
-``--profile``; pytest owns ``--strict``). Whatever the front, the values
+Both fronts take their options from one table (:data:`~conformance.options.OPTIONS`):
+the pytest plugin adds them to pytest's parser, the CLI to its ``run``
+sub-command, with the same names (the CLI also accepts the short ``--strict``
+and ``--profile``; pytest owns ``--strict``). Whatever the front, the values
 become one validated :class:`RunPlan` (:func:`plan_from_options`): the
-targets, the checks, the oracle, the strictness, the profile, the saved
+targets, the checks, the one model that judges them (``--protocol`` and
+``--oracle``, resolved here once), the strictness, the profile, the saved
 scenario, the report paths, and the front, which names the replay commands
 (:meth:`RunPlan.replay_prefix`). A :class:`~conformance.session.Session`
 runs a plan.
@@ -15,31 +16,26 @@ runs a plan.
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.checks import CATALOGUE, CATEGORIES, Check
+from conformance.checks import CATALOGUE, Check
 from conformance.errors import UsageError
 from conformance.harness import DEFAULT_MAX_CONNECTIONS
 from conformance.health import MAX_RESTARTS
+from conformance.options import OPTIONS, TARGET_DESTS, Front, Option, add_options, flag_name
 from conformance.profiles import DEFAULT, PROFILES, Profile
-from conformance.protocols import judged_by
+from conformance.protocols import EchoModel, ProtocolModel, run_model
 from conformance.selection import select_checks, split_list
-from conformance.target import (
-    REFERENCE_MODELS,
-    SERVER_NOFILE,
-    TargetKind,
-    TargetSpec,
-    server_nofile,
-)
+from conformance.target import SERVER_NOFILE, TargetKind, TargetSpec, server_nofile
 
+# The option table is conformance.options'; both fronts take it from here, with the plan.
 __all__ = [
     "OPTIONS",
     "TARGET_DESTS",
@@ -59,183 +55,6 @@ __all__ = [
 ]
 
 
-class Front(enum.Enum):
-    """What runs the session; its value is the start of a replay command."""
-
-    CLI = "reactor-conformance run"
-    PYTEST = "pytest --pyargs conformance"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a conformance run, as both fronts define it.
-
-    Attributes:
-        flag: The long option, the same in both fronts.
-        dest: The attribute it sets.
-        help: Its help text.
-        short: A shorter name the CLI also accepts (pytest owns ``--strict``).
-        settings: The rest of ``add_argument``'s keywords (action, metavar...).
-    """
-
-    flag: str
-    dest: str
-    help: str
-    short: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def flags(self, front: Front) -> list[str]:
-        """The names it has in ``front``."""
-        if front is Front.CLI and self.short is not None:
-            return [self.short, self.flag]
-        return [self.flag]
-
-    def name(self, front: Front) -> str:
-        """The name a replay command uses in ``front``."""
-        return self.flags(front)[0]
-
-
-_TARGET_HELP = " (repeat to test several side by side)"
-
-#: The options of a run. Targets default to the reference single server. Their
-#: ``dest`` is pytest's too: none may be one of pytest's own (pytest 8 has a
-#: ``--strict`` whose dest is ``strict``), so the suite's own are prefixed.
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "--target",
-        "target",
-        "Test the server listening there" + _TARGET_HELP,
-        settings={"action": "append", "metavar": "HOST:PORT"},
-    ),
-    Option(
-        "--spawn",
-        "spawn",
-        "Start CMD and test it: {port} is replaced by a free port, or CMD prints "
-        "'listening on HOST:PORT'; it is stopped at the end" + _TARGET_HELP,
-        settings={"action": "append", "metavar": "CMD"},
-    ),
-    Option(
-        "--reference",
-        "reference",
-        f"Test a reference server: {', '.join(REFERENCE_MODELS)}" + _TARGET_HELP,
-        settings={"action": "append", "metavar": "MODEL"},
-    ),
-    Option(
-        "--oracle",
-        "oracle",
-        "What the server should answer: echo, discard or package.module:Class "
-        "(default: %(default)s)",
-        settings={"default": "echo", "metavar": "SPEC"},
-    ),
-    Option(
-        "--protocol",
-        "protocol",
-        "The protocol the server speaks, so that checks send its requests and judge its "
-        "replies: echo, discard, resp (Redis), memcached (its text protocol) or "
-        "package.module:Model; checks that need what it does not promise are SKIPPED "
-        "(default: echo, or what --oracle names)",
-        settings={"metavar": "MODEL"},
-    ),
-    Option(
-        "--checks",
-        "checks",
-        "Run only these checks: IDs or patterns such as ECHO-RESET-* (see 'list')",
-        settings={"metavar": "ID,..."},
-    ),
-    Option(
-        "--category",
-        "category",
-        f"Run only these: {', '.join(CATEGORIES)}",
-        settings={"metavar": "NAME,..."},
-    ),
-    Option(
-        "--conformance-strict",
-        "conformance_strict",
-        "A failed SHOULD or MAY fails the run",
-        short="--strict",
-        settings={"action": "store_true"},
-    ),
-    Option(
-        "--conformance-profile",
-        "conformance_profile",
-        "Size of the property checks' search: ci (few examples, derandomized), default, "
-        "thorough (many examples, payloads up to 8 MiB) (default: default, or "
-        "--hypothesis-profile when it names one of them)",
-        short="--profile",
-        settings={"choices": list(PROFILES)},
-    ),
-    Option(
-        "--scenario",
-        "scenario",
-        "Property checks replay this saved scenario (JSON) instead of searching",
-        settings={"metavar": "PATH"},
-    ),
-    Option(
-        "--conformance-timeout",
-        "conformance_timeout",
-        "Stop the run after SECONDS: checks not run by then are SKIPPED, a check "
-        "running then is cut short (default: 480 per target; none: no cap, the run "
-        "then ends within the sum of its checks' deadlines; the bound is printed when "
-        "it starts)",
-        short="--timeout",
-        settings={"metavar": "SECONDS"},
-    ),
-    Option(
-        "--max-connections",
-        "max_connections",
-        "How many connections the server is taken to hold at most when its descriptor "
-        "limit cannot be read from /proc (it runs as another user, in a container, on "
-        "another host): ECHO-LIMIT-1 opens more than this (not given: it opens "
-        f"{DEFAULT_MAX_CONNECTIONS} and more, and a server that keeps serving is SKIPPED, "
-        "not passed, since its limit may be higher)",
-        settings={"metavar": "N"},
-    ),
-    Option(
-        "--server-nofile",
-        "server_nofile",
-        "The soft descriptor limit (RLIMIT_NOFILE) the servers the suite starts begin "
-        "with, at most the hard limit, so that ECHO-LIMIT-1 can exceed it; inherit keeps "
-        f"the suite's own (default: {SERVER_NOFILE}, the common soft limit)",
-        settings={"metavar": "N|inherit"},
-    ),
-    Option(
-        "--load-hosts",
-        "load_hosts",
-        "Run the load checks (ECHO-LOAD-*) from this execnet gateway instead of this "
-        "process: popen, ssh=USER@HOST, SPEC*N for N load processes there; repeat once "
-        "per host (see reactor-conformance load --hosts). The target's address must be "
-        "reachable from every host",
-        settings={"action": "append", "metavar": "SPEC"},
-    ),
-    Option(
-        "--no-restart",
-        "no_restart",
-        "A started server that exits during a check is not started again: the remaining "
-        f"checks against it are SKIPPED (default: restart it, at most {MAX_RESTARTS} times)",
-        settings={"action": "store_true"},
-    ),
-    Option(
-        "--artifacts",
-        "artifacts",
-        "Keep what a run leaves (failing scenarios, the started servers' stderr) in DIR "
-        "(default: beside --report-json, else a new temporary directory)",
-        settings={"metavar": "DIR"},
-    ),
-    Option(
-        "--report-json",
-        "report_json",
-        "Write the JSON report to PATH",
-        settings={"metavar": "PATH"},
-    ),
-    Option(
-        "--report-html",
-        "report_html",
-        "Write the self-contained HTML report to PATH",
-        settings={"metavar": "PATH"},
-    ),
-)
-
-_BY_DEST = {option.dest: option for option in OPTIONS}
 #: Seconds one check may take beyond its own deadline: the probe of its target after
 #: a failure (at most 5 s), waiting for an exit to be recorded, the test item itself.
 CHECK_OVERHEAD = 8.0
@@ -245,35 +64,7 @@ CHECK_OVERHEAD = 8.0
 DEFAULT_TIMEOUT = 480.0
 #: Seconds to start one target and to stop it.
 TARGET_START_BOUND = 30.0
-#: The options that name targets.
-TARGET_DESTS = frozenset({"target", "spawn", "reference"})
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:-]+")
-
-
-def add_options(
-    add: Callable[..., Any],
-    front: Front,
-    *,
-    only: frozenset[str] | None = None,
-    repeat: bool = True,
-) -> None:
-    """Define the options of :data:`OPTIONS` with ``add`` (``add_argument`` or ``addoption``).
-
-    Args:
-        add: Defines one option.
-        front: Whose names to use.
-        only: The ``dest`` of the options to define; default: all.
-        repeat: False: a target option names one target (``load``), not several.
-    """
-    for option in OPTIONS:
-        if only is not None and option.dest not in only:
-            continue
-        settings = dict(option.settings)
-        text = option.help
-        if not repeat and settings.get("action") == "append":
-            del settings["action"]
-            text = text.removesuffix(_TARGET_HELP)
-        add(*option.flags(front), dest=option.dest, help=text, **settings)
 
 
 @dataclass(frozen=True)
@@ -284,9 +75,9 @@ class RunPlan:
         targets: The targets, in the order given.
         names: A short name per target, unique in the run.
         checks: The selected checks, in catalogue order.
-        oracle: The oracle's spec (``echo``, ``discard``, ``module:Class``).
-        protocol: The protocol model's spec (``echo``, ``resp``,
-            ``module:Model``); a model other than echo brings its own oracle.
+        oracle: ``--oracle`` as given (``echo``, ``discard``, ``module:Class``).
+        protocol: ``--protocol`` as given (``echo``, ``resp``, ``module:Model``).
+        model: What the two name, the model every check speaks and is judged by.
         strict: A failed SHOULD or MAY fails the run.
         profile: How hard the property checks search.
         scenario: A saved scenario the property checks replay.
@@ -310,6 +101,7 @@ class RunPlan:
     checks: tuple[Check, ...]
     oracle: str = "echo"
     protocol: str = "echo"
+    model: ProtocolModel = field(default_factory=EchoModel)
     strict: bool = False
     profile: Profile = DEFAULT
     scenario: Path | None = None
@@ -340,20 +132,20 @@ class RunPlan:
         """The command that reruns this run against ``spec``, without ``--checks``."""
         words = [*shlex.split(self.front.value), *spec.options()]
         if self.oracle != "echo":
-            words += [_BY_DEST["oracle"].name(self.front), self.oracle]
+            words += [flag_name("oracle", self.front), self.oracle]
         if self.protocol != "echo":
-            words += [_BY_DEST["protocol"].name(self.front), self.protocol]
+            words += [flag_name("protocol", self.front), self.protocol]
         if self.strict:
-            words.append(_BY_DEST["conformance_strict"].name(self.front))
+            words.append(flag_name("conformance_strict", self.front))
         if self.profile is not DEFAULT:
-            words += [_BY_DEST["conformance_profile"].name(self.front), self.profile.name]
+            words += [flag_name("conformance_profile", self.front), self.profile.name]
         if self.max_connections is not None:
-            words += [_BY_DEST["max_connections"].name(self.front), str(self.max_connections)]
+            words += [flag_name("max_connections", self.front), str(self.max_connections)]
         for host in self.load_hosts:
-            words += [_BY_DEST["load_hosts"].name(self.front), host]
+            words += [flag_name("load_hosts", self.front), host]
         if self.server_nofile != SERVER_NOFILE:
             nofile = "inherit" if self.server_nofile is None else str(self.server_nofile)
-            words += [_BY_DEST["server_nofile"].name(self.front), nofile]
+            words += [flag_name("server_nofile", self.front), nofile]
         return shlex.join(words)
 
     def to_data(self) -> dict[str, Any]:
@@ -381,12 +173,14 @@ class RunPlan:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> RunPlan:
         by_id = {check.id: check for check in CATALOGUE}
+        protocol = data.get("protocol", "echo")
         return cls(
             targets=tuple(TargetSpec(TargetKind(k), v) for k, v in data["targets"]),
             names=tuple(data["names"]),
             checks=tuple(by_id[i] for i in data["checks"]),
             oracle=data["oracle"],
-            protocol=data.get("protocol", "echo"),
+            protocol=protocol,
+            model=run_model(protocol, data["oracle"]),
             strict=data["strict"],
             profile=PROFILES[data["profile"]],
             scenario=Path(data["scenario"]) if data["scenario"] is not None else None,
@@ -427,7 +221,7 @@ def plan_from_options(
     if not checks:
         raise UsageError("no check selected")
     protocol = "echo" if values.protocol is None else values.protocol
-    judged_by(protocol, values.oracle)
+    model = run_model(protocol, values.oracle)
     check_report_path(values.report_json, "--report-json")
     check_report_path(values.report_html, "--report-html")
     name = values.conformance_profile
@@ -439,6 +233,7 @@ def plan_from_options(
         checks=checks,
         oracle=values.oracle,
         protocol=protocol,
+        model=model,
         strict=bool(values.conformance_strict),
         profile=PROFILES[name],
         scenario=scenario_file(values.scenario, checks),

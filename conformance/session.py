@@ -45,10 +45,9 @@ from conformance.judge import (
     judge,
 )
 from conformance.keeper import Keeper
-from conformance.oracle import owes_replies
 from conformance.plan import RunPlan
 from conformance.procfs import accepted
-from conformance.protocols import Capability, judged_by, message_for
+from conformance.protocols import Capability, message_for
 from conformance.results import CheckResult, RunResults, TargetRun
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
@@ -143,7 +142,6 @@ class Session:
         self.artifacts = artifacts if artifacts is not None else plan.artifacts
         #: Whether this session made the artifacts directory (it says so at the end).
         self.made_artifacts = False
-        self._model, self._oracle = judged_by(plan.protocol, plan.oracle)
         self._keepers: list[Keeper] = []
 
     def start(self) -> None:
@@ -224,14 +222,13 @@ class Session:
         target = next(t for t in self.targets if t.name == name)
         return Setup(
             state.address if state is not None else target.address,
-            self._oracle,
+            self.plan.model,
             replay=target.replay,
             profile=self.plan.profile,
             scenario=self.plan.scenario,
             artifacts=self.artifacts,
             max_connections=self.plan.max_connections,
             load_hosts=self.plan.load_hosts,
-            model=self._model,
         )
 
     def execute(self, name: str, check: Check) -> CheckResult:
@@ -319,7 +316,7 @@ class Session:
     def _unanswered(self, setup: Setup) -> Silence | None:
         """Why the target does not serve a fresh connection at all, or None when it does.
 
-        Served means: the connection is accepted and, when the oracle owes a
+        Served means: the connection is accepted and, when the model owes a
         reply to a short message, anything at all comes back (bytes, FIN or
         RST) within :data:`PROBE_TIMEOUT` seconds. Whether the reply is right
         is the checks' business, not this probe's. A connection that the
@@ -327,11 +324,8 @@ class Session:
         (``/proc/net/tcp``) was not accepted: the server is unreachable, not
         silent.
         """
-        if Capability.ANY_BYTES in setup.model.capabilities:
-            owes, message = owes_replies(setup.oracle), LIVENESS_PAYLOAD
-        else:
-            owes = Capability.REPLIES in setup.model.capabilities
-            message = message_for(setup.model, LIVENESS_PAYLOAD)
+        owes = Capability.REPLIES in setup.model.capabilities
+        message = message_for(setup.model, LIVENESS_PAYLOAD)
         address = setup.address
         began = time.monotonic()
         try:

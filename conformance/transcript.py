@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from conformance.oracle import Verdict
+from conformance.oracle import Judgement
 from conformance.rules import Rule
 
 __all__ = [
@@ -112,7 +112,7 @@ class CheckFailure(Exception):
         *,
         step: str | None = None,
         transcript: Transcript | None = None,
-        verdict: Verdict | None = None,
+        verdict: Judgement | None = None,
         rule: Rule | None = None,
     ) -> None:
         super().__init__(message)

@@ -61,7 +61,7 @@ def redis_benchmark(port: int, args: argparse.Namespace) -> dict[str, tuple[floa
 
 def our_load(port: int, procs: int, args: argparse.Namespace) -> tuple[float, float]:
     spec = LoadSpec("127.0.0.1", port, connections=args.connections, size=3,
-                    duration=args.seconds, procs=procs, protocol="resp")  # fmt: skip
+                    duration=args.seconds, procs=procs, model="resp")  # fmt: skip
     result = run_load(spec)
     if not result.ok:
         raise RuntimeError(f"load failed: {result.summary_line()}")

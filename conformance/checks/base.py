@@ -38,7 +38,6 @@ from typing import Any, TypeVar
 import trio
 
 from conformance.harness import CheckFailure, Harness, StepTimeout
-from conformance.oracle import EchoOracle, OracleFactory, oracle_name
 from conformance.profiles import DEFAULT, Profile
 from conformance.protocols import Capability, EchoModel, ProtocolModel, skip_reason
 from conformance.report import FailureReport
@@ -104,8 +103,9 @@ class Check:
         timeout: Seconds for the whole check, liveness included (a search's
             come from the run's profile instead: :meth:`deadline`).
         needs_replies: What it checks rests on the server's replies (load
-            round trips, replies piling up): under an oracle that owes none
-            (discard), it does not apply and is SKIPPED with that reason.
+            round trips, replies piling up): under a model that promises none
+            (discard, an oracle that owes none), it does not apply and is
+            SKIPPED with the model's reason.
         rules: The rules (:mod:`conformance.rules`) it judges besides its own
             level: a failure that names one of them is judged at that rule's
             level. ``level`` is then the strictest of them.
@@ -170,7 +170,8 @@ class Setup:
 
     Attributes:
         address: The target.
-        oracle: Makes one oracle per connection.
+        model: The protocol the server speaks and what judges it (``--protocol``,
+            or the oracle ``--oracle`` names): one oracle per connection.
         replay: The command that reruns a check, without ``--checks``;
             default: ``reactor-conformance run --target ADDRESS``.
         profile: How hard the property checks search.
@@ -181,18 +182,16 @@ class Setup:
             None: not given.
         load_hosts: The execnet gateways the load checks run from
             (``--load-hosts``); empty: this process.
-        model: The protocol the server speaks (``--protocol``).
     """
 
     address: Address
-    oracle: OracleFactory = EchoOracle
+    model: ProtocolModel = field(default_factory=EchoModel)
     replay: str | None = None
     profile: Profile = DEFAULT
     scenario: Path | None = None
     artifacts: Path | None = None
     max_connections: int | None = None
     load_hosts: tuple[str, ...] = ()
-    model: ProtocolModel = field(default_factory=EchoModel)
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
@@ -280,27 +279,18 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
     """
     harness = Harness(
         setup.address,
-        setup.oracle,
+        setup.model,
         profile=setup.profile,
         scenario=setup.scenario,
         artifacts=setup.artifacts,
         max_connections=setup.max_connections,
         load_hosts=setup.load_hosts,
-        model=setup.model,
     )
     start = time.monotonic()
     for capability in sorted(check.needs, key=lambda c: c.value):
         why = skip_reason(setup.model, capability)
         if why is not None:
             return Outcome(check, None, 0.0, unmeasured=why)
-    if check.needs_replies and not harness.owes_replies:
-        return Outcome(
-            check,
-            None,
-            0.0,
-            unmeasured=f"does not apply: it rests on the server's replies, and the "
-            f"{oracle_name(setup.oracle)} oracle owes none",
-        )
     failure: CheckFailure | None = None
     deadline = check.deadline(setup.profile)
     limit = deadline if timeout is None else max(0.0, min(timeout, deadline))

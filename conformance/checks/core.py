@@ -42,6 +42,7 @@ from conformance.checks.base import (
 )
 from conformance.checks.resources import require_processes, server_processes
 from conformance.harness import CheckFailure, Connection, Harness
+from conformance.protocols import Capability
 from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA
 
 __all__ = ["CORE_CHECKS", "payload"]
@@ -230,7 +231,7 @@ async def half_close_with_replies_queued(h: Harness) -> None:
 
 
 async def reset_mid_stream(h: Harness) -> None:
-    replies = h.owes_replies
+    replies = Capability.REPLIES in h.model.capabilities
     for i in range(5):
         conn = await h.connect(f"victim{i}")
         await conn.send(h.payload(64 * KIB, 10 + i))

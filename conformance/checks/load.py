@@ -19,12 +19,13 @@ judged here (the load moves on); ECHO-HALFCLOSE-1/2/3 judge that.
 Sized to run in a few seconds against the reference servers on two cores;
 10,000 connections (C10K) live in ``tools/c10k.py``.
 
-The run's oracle judges the load (``--oracle``, under the echo model; a
-protocol model such as ``resp`` judges with its own requests and replies):
-the load processes get its name and make it themselves, so every reply is
-judged as the harness judges one. An oracle that raises makes the check an
-ERROR (:class:`~conformance.oracle.OracleError`); one whose verdict cannot
-say when a reply is complete makes it SKIPPED, with why, rather than guessed.
+The run's model judges the load (a protocol model such as ``resp`` with its
+own requests and replies; echo, discard and an oracle's model, ``--oracle``,
+with random bytes and their oracle): the load processes get the model's name
+and make it themselves, so every reply is judged as the harness judges one.
+An oracle that raises makes the check an ERROR
+(:class:`~conformance.oracle.OracleError`); one whose verdict cannot say when
+a reply is complete makes it SKIPPED, with why, rather than guessed.
 
 With ``--load-hosts`` the load runs from those execnet gateways
 (:func:`~conformance.load.hosts.run_hosts`), its step names them and a
@@ -58,8 +59,8 @@ from conformance.harness import CheckFailure, Harness
 from conformance.load import Faults, LoadResult, LoadSpec, run_load
 from conformance.load.driver import FAULT_SUFFIX
 from conformance.load.hosts import HostError, HostState, parse_hosts, run_hosts
-from conformance.oracle import OracleError, named_oracle, oracle_name
-from conformance.protocols import Capability, model_name
+from conformance.oracle import OracleError
+from conformance.protocols import model_name
 from conformance.rules import HALFCLOSE_DATA
 from conformance.sockdiag import listen_backlogs
 
@@ -90,17 +91,11 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
     # A check wants the first failure, promptly: stop at the first error, and call a
     # connection stalled after the suite's usual step deadline.
     spec = dataclasses.replace(spec, stop_on_error=True, drain_timeout=5.0)
-    if Capability.ANY_BYTES in h.model.capabilities:
-        oracle = named_oracle(h.oracle_factory)
-        if oracle is None:
-            h.not_measured(
-                f"the oracle {oracle_name(h.oracle_factory)} cannot be made again from its "
-                "name, as each load process must: give a class at a module's top level"
-            )
-            return LoadResult(spec)
-        spec = dataclasses.replace(spec, oracle=oracle)
-    else:
-        spec = dataclasses.replace(spec, protocol=model_name(h.model))
+    try:
+        spec = dataclasses.replace(spec, model=model_name(h.model))
+    except ValueError as exc:  # Each load process makes the model again from its name.
+        h.not_measured(f"the load cannot make the model again from its name: {exc}")
+        return LoadResult(spec)
     if h.load_hosts:
         step += f", from {', '.join(h.load_hosts)}"
     overflows = procfs.listen_overflows()

@@ -114,13 +114,12 @@ _MIN_EXAMPLES = 5
 def _fresh(template: Harness) -> Harness:
     return Harness(
         template.address,
-        template.oracle_factory,
+        template.model,
         step_timeout=template.profile.step_timeout,
         profile=template.profile,
         artifacts=template.artifacts,
         max_connections=template.max_connections,
         load_hosts=template.load_hosts,
-        model=template.model,
     )
 
 

@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from conformance.oracle import Oracle, Status, Verdict, first_difference
+from conformance.oracle import Judgement, Oracle, Status, first_difference
 
 if TYPE_CHECKING:
     from conformance.protocols import LoadConnection
@@ -130,7 +130,7 @@ class VerdictJudge:
         self.oracle.received(data)
         return self._ask()
 
-    def finish(self) -> Verdict:
+    def finish(self) -> Judgement:
         """The exchange is over (the peer's bytes are all in): the oracle's last verdict."""
         self.oracle.finish()
         verdict = self.oracle.verdict()

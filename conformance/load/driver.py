@@ -64,6 +64,7 @@ from conformance.load.faults import TICK, inject_after_round
 from conformance.load.result import LoadResult
 from conformance.load.spec import Judging, LoadSpec, judging
 from conformance.oracle import EchoOracle, OracleError, OracleFactory, ReplyOracle, Status
+from conformance.protocols import Capability, unique_prefix
 
 __all__ = ["FAULT_SUFFIX", "Driver"]
 
@@ -117,13 +118,15 @@ class Driver:
         self.halted = False  # an error with stop_on_error, or the stop event: end the run now
         self.stream = spec.mode == "stream"
         self.size = spec.size
+        model = spec.protocol()
         #: The protocol model whose requests the connections send; None: random bytes.
-        self.model = spec.model()
-        #: Makes each connection's oracle, and how it judges (without a model).
+        self.model = None if Capability.ANY_BYTES in model.capabilities else model
+        #: Makes each connection's oracle, and how it judges (random bytes only).
         self.oracle: OracleFactory = EchoOracle
         self.judging = Judging.ECHO
         if self.model is None:
-            self.oracle, self.judging = judging(spec.oracle)
+            self.oracle, self.judging = judging(model)
+        self.oracle_name = model.name
         #: No faults, no round count, bytes owed known: after a round trip, just send the next.
         self.plain = (
             not spec.faults.any
@@ -136,10 +139,7 @@ class Driver:
             spec.size + PATTERN_SHIFTS if spec.mode == "pingpong" else 2 * max(spec.window, 65536)
         )
         if self.model is not None:
-            from conformance.protocols import unique_prefix  # with the model, not without
-
             self.pattern_len = 0
-            self.prefix = unique_prefix
 
     # -- connections --------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class Driver:
         """A connected socket joins the run as connection ``index``."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.model is not None:
-            source = self.model.load_connection(self.prefix(index))
+            source = self.model.load_connection(unique_prefix(index))
             client = Client(index, sock, b"", None, source)
         else:
             pattern = self.rng.randbytes(self.pattern_len)
@@ -275,7 +275,7 @@ class Driver:
         """``client``'s oracle could not tell whether its reply is complete: the run ends."""
         if self.result.unjudged is None:
             self.result.unjudged = (
-                f"the oracle {self.spec.oracle} cannot judge a reply as it comes: on "
+                f"the oracle {self.oracle_name} cannot judge a reply as it comes: on "
                 f"connection {client.index} its verdict stayed PENDING after "
                 f"{client.verified} bytes came back and nothing more came, and was "
                 f"{how.value} once told the exchange was over; the load needs a verdict "

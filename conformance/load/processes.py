@@ -39,25 +39,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conformance.lifeline import die_with_parent
 from conformance.load.connector import SLICE, StopEvent, wait_connected, wait_ready
 from conformance.load.driver import Driver
 from conformance.load.loop import run
 from conformance.load.result import LoadResult
-from conformance.load.spec import LoadError, LoadSpec
-from conformance.oracle import (
-    EchoOracle,
-    Oracle,
-    OracleError,
-    OracleFactory,
-    guarded,
-    load_oracle,
-)
-
-if TYPE_CHECKING:
-    from conformance.protocols import ProtocolModel
+from conformance.load.spec import LoadError, LoadSpec, judging
+from conformance.oracle import EchoOracle, Oracle, OracleError
+from conformance.protocols import Capability, EchoModel, ProtocolModel, unique_prefix
 
 __all__ = ["probe_alive", "run_load"]
 
@@ -121,9 +112,8 @@ def run_load(
             spec.host,
             spec.port,
             timeout=min(_PROBE_TIMEOUT, spec.connect_timeout),
-            oracle=load_oracle(spec.oracle),
             stop=stop,
-            model=spec.model(),
+            model=spec.protocol(),
         )
     except OracleError as exc:
         result.oracle_error = str(exc)
@@ -276,7 +266,6 @@ def probe_alive(
     port: int,
     *,
     timeout: float = _PROBE_TIMEOUT,
-    oracle: OracleFactory = EchoOracle,
     stop: StopEvent | None = None,
     model: ProtocolModel | None = None,
 ) -> bool:
@@ -286,13 +275,13 @@ def probe_alive(
         host: The server's address.
         port: The server's port.
         timeout: Seconds for the whole probe: connect, send and reply.
-        oracle: Judges the probe's reply, as it judges a load connection's:
-            it is told the probe and every read, and its verdict says whether
-            the reply is right and complete.
         stop: Looked at between two ``SLICE``-second waits; when set, the
             probe gives up (and says False).
-        model: A protocol model (:meth:`LoadSpec.model`): the probe is one of
-            its requests, owed its exact reply, instead of a few raw bytes.
+        model: The load's model (default: echo). With requests of its own,
+            the probe is one of them, owed its exact reply; else a few raw
+            bytes, judged by its oracle as a load connection's are: it is told
+            the probe and every read, and its verdict says whether the reply
+            is right and complete.
 
     Returns:
         True when the reply came back right within ``timeout``; when nothing
@@ -303,18 +292,19 @@ def probe_alive(
     Raises:
         OracleError: The oracle's own code raised (a user's oracle, guarded).
     """
-    if model is not None:
-        from conformance.protocols import unique_prefix
-
+    model = model if model is not None else EchoModel()
+    if Capability.ANY_BYTES not in model.capabilities:
         probe, owed = model.load_connection(unique_prefix(0)).next_request(random.Random(0), 8)
         judge: Oracle = EchoOracle()
         judge.sent(owed)  # Owed exactly these bytes: judged as their echo.
+        owes = bool(owed)
     else:
         # Ends in CRLF, as the checks' own liveness message: a server that answers
         # only whole lines is alive if it answers this.
         probe = b"still alive?\0\xff\r\n"
-        judge = guarded(oracle)()
+        judge = judging(model)[0]()
         judge.sent(probe)
+        owes = Capability.REPLIES in model.capabilities
     deadline = time.monotonic() + timeout
     try:
         with wait_connected(host, port, deadline, stop) as sock:
@@ -327,7 +317,6 @@ def probe_alive(
                 except (BlockingIOError, InterruptedError):
                     continue
             verdict = judge.verdict()
-            owes = verdict.pending
             if not owes:
                 sock.shutdown(socket.SHUT_WR)  # Nothing owed: the server's FIN answers ours.
             while not verdict.failed and wait_ready(sock, select.POLLIN, deadline, stop):

@@ -8,7 +8,8 @@ the controller runs on the host's interpreter through execnet. It first
 checks the interpreter's version, then receives the package's modules that
 the load needs (:func:`package_files`: the load generator, its oracles, its
 histogram and the protocol models, a few hundred KB of source; standard
-library only, but for a protocol model's load, which needs Hypothesis there) and writes
+library only: the models import Hypothesis only to draw requests, which a
+load does not) and writes
 them to a new temporary directory, which it puts first on ``sys.path``: the
 host runs the controller's own code, whatever is installed there. Should
 that directory not be writable, an installed ``conformance`` is used
@@ -22,11 +23,12 @@ channel, runs :func:`~conformance.load.run_load` and, once every connection
 is open, says ``("ready", pid, opened)`` and waits for ``go``; it sends its
 progress now and then and finally its result as plain data.
 
-The spec names its oracle (``echo``, ``discard`` or ``package.module:Class``)
-and the host imports it there: a user's oracle module is not sent, so it
-must be importable on the host (installed there, or on its ``PYTHONPATH``;
-a ``popen`` host runs in this directory, with this environment). When it is
-not, the host says so before any load, naming the oracle.
+The spec names its protocol model (``echo``, ``resp``, an oracle's
+``oracle:package.module:Class``) and the host makes it there: a user's model
+or oracle module is not sent, so it must be importable on the host
+(installed there, or on its ``PYTHONPATH``; a ``popen`` host runs in this
+directory, with this environment). When it is not, the host says so before
+any load, naming the oracle (the model).
 
 This module imports nothing outside the standard library and the modules it
 sends (not execnet: on the host execnet is only its bootstrapped
@@ -46,7 +48,7 @@ from conformance.errors import UsageError
 from conformance.load.connector import SLICE
 from conformance.load.processes import run_load
 from conformance.load.spec import Faults, LoadSpec
-from conformance.oracle import load_oracle
+from conformance.protocols import ORACLE
 
 __all__ = [
     "PROGRESS_EVERY",
@@ -54,7 +56,7 @@ __all__ = [
     "START_GRACE",
     "package_files",
     "serve_host",
-    "oracle_here",
+    "model_here",
     "spec_from_data",
     "spec_to_data",
 ]
@@ -73,11 +75,7 @@ _SHIPPED = (
     "conformance/user_code.py",
     "conformance/version.py",
     "conformance/load/*.py",
-    # A protocol model's load (--protocol resp) also needs these, and Hypothesis there.
     "conformance/protocols/*.py",
-    "conformance/strategies.py",
-    "conformance/scenario.py",
-    "conformance/profiles.py",
 )
 #: Modules of ``conformance/load`` that stay with the controller (execnet is theirs).
 _NOT_SHIPPED = frozenset({"conformance/load/hosts.py", "conformance/load/host_spec.py"})
@@ -129,7 +127,7 @@ def package_files() -> dict[str, str]:
 
 
 def spec_to_data(spec: LoadSpec) -> dict[str, Any]:
-    """``spec`` as plain data for a channel (its oracle and protocol by name)."""
+    """``spec`` as plain data for a channel (its model by name)."""
     return asdict(spec)
 
 
@@ -138,14 +136,17 @@ def spec_from_data(data: dict[str, Any]) -> LoadSpec:
     return LoadSpec(**{**data, "faults": Faults(**data["faults"])})
 
 
-def oracle_here(spec: LoadSpec) -> str | None:
-    """None when the spec's oracle can be made on this host; else why not, in one line."""
+def model_here(spec: LoadSpec) -> str | None:
+    """None when the spec's model (its oracle) can be made here; else why not, in one line."""
     try:
-        load_oracle(spec.oracle)
+        spec.protocol()
     except UsageError as exc:
+        what, name, module = "protocol model", spec.model, "model"
+        if spec.model.startswith(ORACLE):
+            what, name, module = "oracle", spec.model.removeprefix(ORACLE), "oracle"
         return (
-            f"the oracle {spec.oracle} is not importable on this host ({exc}): a user's "
-            "oracle module is not sent to a load host, it must be importable there "
+            f"the {what} {name} is not importable on this host ({exc}): a user's "
+            f"{module} module is not sent to a load host, it must be importable there "
             "(installed, or on its PYTHONPATH)"
         )
     return None
@@ -175,7 +176,7 @@ def serve_host(channel: Any) -> None:
     channel.setcallback(on_message, endmarker=_CLOSED)
     try:
         spec = spec_from_data(data)
-        why = oracle_here(spec)
+        why = model_here(spec)
         if why is not None:
             channel.send(("error", why))
             return

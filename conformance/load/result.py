@@ -27,8 +27,19 @@ from typing import Any
 
 from conformance.histogram import Histogram
 from conformance.load.spec import LoadSpec
+from conformance.protocols import ORACLE
 
 __all__ = ["LoadResult", "format_json"]
+
+
+def _spec_data(spec: LoadSpec) -> dict[str, Any]:
+    """``spec`` as ``--json`` shows it: its model as ``oracle`` and ``protocol`` name it."""
+    data = asdict(spec)
+    name = data.pop("model")
+    of_oracle = name.startswith(ORACLE)
+    data["oracle"] = name.removeprefix(ORACLE) if of_oracle else "echo"
+    data["protocol"] = "echo" if of_oracle else name
+    return data
 
 
 @dataclass
@@ -87,7 +98,7 @@ class LoadResult:
         """
         return {
             "target": f"{self.spec.host}:{self.spec.port}",
-            "spec": asdict(self.spec),
+            "spec": _spec_data(self.spec),
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "round_trips": self.round_trips,

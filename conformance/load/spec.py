@@ -7,10 +7,16 @@ Plain data, checked once: :meth:`Faults.parse` reads the ``--faults`` text,
 touches a socket; the driver (:mod:`conformance.load.driver`) reads a spec and
 the processes (:mod:`conformance.load.processes`) hand it to each load process.
 
-Replies are judged by the oracle ``oracle`` names (``echo``, the default,
-``discard`` or ``package.module:Class``, as ``--oracle`` takes it): a name,
-so that every load process, and every host, makes its own from it.
-:func:`judging` says how, once per process:
+Replies are judged by the protocol model ``model`` names (``echo``, the
+default, as :func:`~conformance.protocols.load_model` reads it): a name, so
+that every load process, and every host, makes its own from it. A model with
+requests of its own (``resp``, ``memcached``; see :mod:`conformance.protocols`)
+has each connection send them, and checks the replies against the exact
+bytes the model owes for each (``next_request``), byte for byte; keys are
+unique to the connection. A model whose every byte string is a request (echo,
+discard, and an oracle's, ``oracle:package.module:Class`` for ``--oracle``)
+has random bytes sent, judged by its oracle; :func:`judging` says how, once
+per process:
 
 - ``ECHO``: the built-in echo oracle; what a message is owed is the message
   itself, compared with what comes back byte for byte (the fast path);
@@ -30,13 +36,7 @@ so that every load process, and every host, makes its own from it.
 
 A user's oracle is guarded (:func:`~conformance.oracle.guarded`): what it
 raises ends the run with ``LoadResult.oracle_error``, never a verdict on the
-server.
-
-With ``protocol`` naming a model (``resp``, ``memcached``; see
-:mod:`conformance.protocols`) each connection sends that model's requests
-instead, and checks the replies against the exact bytes the model owes for
-each (``next_request``), the same byte-for-byte way; keys are unique to the
-connection. Half-close faults need a model that promises half-close semantics.
+server. Half-close faults need a model that promises half-close semantics.
 """
 
 from __future__ import annotations
@@ -44,19 +44,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from conformance.oracle import (
-    DiscardOracle,
-    EchoOracle,
-    OracleFactory,
-    ReplyOracle,
-    guarded,
-    load_oracle,
-)
-
-if TYPE_CHECKING:
-    from conformance.protocols import ProtocolModel
+from conformance.oracle import DiscardOracle, EchoOracle, OracleFactory, ReplyOracle, guarded
+from conformance.protocols import Capability, ProtocolModel, load_model, skip_reason
 
 __all__ = ["Faults", "Judging", "LoadError", "LoadSpec", "Mode", "judging"]
 
@@ -134,9 +125,9 @@ class LoadSpec:
 
     ``duration`` bounds the run in seconds; ``rounds`` (ping-pong only) stops
     each connection after that many round trips instead, with ``duration``
-    then as the upper bound. ``oracle`` names the oracle that judges each
-    connection (see the module docstring); a user's must be importable in
-    every load process and on every host.
+    then as the upper bound. ``model`` names the protocol model that judges
+    each connection (see the module docstring); a user's model or oracle must
+    be importable in every load process and on every host.
 
     ``connect_timeout`` is one deadline for the whole set of connections
     (each load process's share), not one per connection: connects never wait
@@ -163,15 +154,14 @@ class LoadSpec:
     connect_timeout: float = 10.0
     drain_timeout: float = 10.0
     stop_on_error: bool = False
-    oracle: str = "echo"
-    protocol: str = "echo"
+    model: str = "echo"
 
     def validate(self) -> None:
         """Check every setting.
 
         Raises:
             ValueError: Naming the first setting out of range.
-            UsageError: ``oracle`` or ``protocol`` names nothing that can be loaded here.
+            UsageError: ``model`` names nothing that can be loaded here.
         """
         if not 1 <= self.connections <= 100_000:
             raise ValueError(f"connections must be between 1 and 100000, got {self.connections}")
@@ -189,18 +179,15 @@ class LoadSpec:
             raise ValueError(f"procs ({self.procs}) cannot exceed connections")
         if self.mode not in ("pingpong", "stream"):
             raise ValueError(f"mode must be pingpong or stream, got {self.mode!r}")
-        model = self.model()
-        if model is None:
-            _, how = judging(self.oracle)
+        model = self.protocol()
+        if Capability.ANY_BYTES in model.capabilities:
+            _, how = judging(model)
             if how is Judging.VERDICT and self.mode == "stream":
                 raise ValueError(
                     f"stream mode keeps a window of bytes in flight, which needs to know how "
-                    f"many bytes each message is owed: the oracle {self.oracle} has no "
+                    f"many bytes each message is owed: the oracle {model.name} has no "
                     "expected_reply(data) to say so; use pingpong mode"
                 )
-            return
-        from conformance.protocols import Capability, skip_reason
-
         why = skip_reason(model, Capability.HALF_CLOSE)
         if self.faults.half_close > 0 and why is not None:
             raise ValueError(
@@ -208,22 +195,13 @@ class LoadSpec:
                 + why.removeprefix("does not apply: ")
             )
 
-    def model(self) -> ProtocolModel | None:
-        """The protocol model whose requests the load sends, or None for random bytes.
-
-        None for echo, and for any model whose every byte string is a request
-        (discard): the load then sends random bytes, judged by ``oracle``.
+    def protocol(self) -> ProtocolModel:
+        """The protocol model ``model`` names, made here.
 
         Raises:
-            UsageError: ``protocol`` names no model.
+            UsageError: ``model`` names no model.
         """
-        if self.protocol == "echo":
-            return None
-        # Imported here: the load without a model runs where Hypothesis is not installed.
-        from conformance.protocols import Capability, load_model
-
-        model = load_model(self.protocol)
-        return None if Capability.ANY_BYTES in model.capabilities else model
+        return load_model(self.model)
 
 
 class Judging(enum.Enum):
@@ -239,27 +217,24 @@ class Judging(enum.Enum):
 _BUILT_IN_REPLIES = (EchoOracle.expected_reply, DiscardOracle.expected_reply)
 
 
-def judging(oracle: str) -> tuple[OracleFactory, Judging]:
-    """The oracle ``oracle`` names, guarded, and how the load judges with it.
+def judging(model: ProtocolModel) -> tuple[OracleFactory, Judging]:
+    """The oracle of ``model``, guarded, and how the load judges random bytes with it.
 
     Args:
-        oracle: ``echo``, ``discard`` or ``package.module:Class``.
+        model: A model whose every byte string is a request (echo, discard, an oracle's).
 
     Returns:
         A factory of one (guarded) oracle per connection, and how replies
         are judged: ``ECHO`` for the built-in echo oracle, ``REPLY`` for an
         oracle that defines ``expected_reply`` (or the built-in discard),
         else ``VERDICT``.
-
-    Raises:
-        UsageError: ``oracle`` cannot be loaded here.
     """
-    factory = load_oracle(oracle)
-    if factory is EchoOracle:
-        return factory, Judging.ECHO
-    if factory is DiscardOracle:
-        return factory, Judging.REPLY
-    sample = factory()
+    sample = model.oracle()
+    if type(sample) is EchoOracle:
+        return EchoOracle, Judging.ECHO
+    if type(sample) is DiscardOracle:
+        return DiscardOracle, Judging.REPLY
+    factory = guarded(model.oracle, model.name)
     if isinstance(sample, ReplyOracle) and type(sample).expected_reply not in _BUILT_IN_REPLIES:
-        return guarded(factory), Judging.REPLY
-    return guarded(factory), Judging.VERDICT
+        return factory, Judging.REPLY
+    return factory, Judging.VERDICT

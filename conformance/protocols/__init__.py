@@ -25,14 +25,20 @@ stateless object, built without arguments, with:
 
 Models are named by a string so that another process can have one:
 :func:`load_model` reads ``echo``, ``discard``, ``resp``, ``memcached`` or
-``package.module:Class``, and :func:`model_name` writes it.
+``package.module:Class``, and :func:`model_name` writes it. An oracle alone
+(``--oracle``) is a model too (:class:`OracleModel`), named ``oracle:`` and the
+oracle's own name (``oracle:discard``, ``oracle:package.module:Class``):
+:func:`load_model` is the one place that imports and checks what either
+option names, and :func:`run_model` the model a run's two options make.
 
 How the rest of the suite uses one:
 
 - a check declares the capabilities it needs (the random-byte checks
   ``ANY_BYTES``, checks of what comes back ``REPLIES``, checks of the close
   after the client's FIN ``HALF_CLOSE``) and is SKIPPED with
-  ``skip_reason(model, capability)`` when that is not None;
+  ``skip_reason(model, capability)`` when that is not None. Whether the
+  server owes replies at all is ``REPLIES in model.capabilities``, nowhere
+  else;
 - a scenario's connection draws ``model.requests()``, sends
   ``model.encode(requests, prefix=unique_prefix(i))`` cut as it likes, and
   judges with ``model.oracle()``;
@@ -45,7 +51,7 @@ How the rest of the suite uses one:
 A request/reply protocol's model only writes a :class:`ConnectionModel`
 (framing, state, the reply owed) and gets its oracle and its load from
 :class:`ReplyStreamOracle` and :class:`ModelLoad`; see
-:mod:`conformance.protocols.base`.
+:mod:`conformance.protocols.replies`.
 """
 
 from __future__ import annotations
@@ -53,26 +59,28 @@ from __future__ import annotations
 import zlib
 
 from conformance.errors import UsageError
-from conformance.oracle import OracleFactory, load_oracle
+from conformance.oracle import ORACLES, Oracle, OracleFactory
 from conformance.protocols.base import (
     TEMPLATE,
     Capability,
-    ConnectionModel,
-    Expected,
     InvalidRequest,
     LoadConnection,
-    Match,
-    ModelLoad,
     ProtocolModel,
-    ReplyStreamOracle,
     fresh_keys,
     request_stream,
     skip_reason,
     template_prefix,
     unique_prefix,
 )
-from conformance.protocols.echo import DiscardModel, EchoModel
+from conformance.protocols.echo import DiscardModel, EchoModel, OracleModel
 from conformance.protocols.memcached import MemcachedModel
+from conformance.protocols.replies import (
+    ConnectionModel,
+    Expected,
+    Match,
+    ModelLoad,
+    ReplyStreamOracle,
+)
 from conformance.protocols.resp import RespModel
 from conformance.user_code import import_named
 
@@ -88,13 +96,15 @@ __all__ = [
     "Match",
     "MemcachedModel",
     "ModelLoad",
+    "ORACLE",
+    "OracleModel",
     "ProtocolModel",
     "ReplyStreamOracle",
     "RespModel",
     "load_model",
-    "judged_by",
     "message_for",
     "model_name",
+    "run_model",
     "TEMPLATE",
     "fresh_keys",
     "request_stream",
@@ -104,24 +114,25 @@ __all__ = [
 ]
 
 
-def judged_by(protocol: str, oracle: str) -> tuple[ProtocolModel, OracleFactory]:
-    """The run's model and the oracle that judges each connection, from ``--protocol``/``--oracle``.
+def run_model(protocol: str = "echo", oracle: str = "echo") -> ProtocolModel:
+    """The one model that judges a run, from ``--protocol`` and ``--oracle``.
 
     A model other than echo brings its own oracle; under echo (the default)
-    ``--oracle`` judges (``echo``, ``discard``, ``package.module:Class``).
+    ``--oracle`` names the model (``echo``, ``discard``, ``package.module:Class``:
+    an :class:`OracleModel`).
 
     Raises:
         UsageError: Either names nothing, or both are given.
     """
     model = load_model(protocol)
     if protocol == "echo":
-        return model, load_oracle(oracle)
+        return _oracle_model(oracle)
     if oracle != "echo":
         raise UsageError(
             f"--protocol {protocol} judges replies with its own oracle: drop --oracle "
             f"{oracle}, or use --protocol echo"
         )
-    return model, model.oracle
+    return model
 
 
 def message_for(model: ProtocolModel, data: bytes) -> bytes:
@@ -141,27 +152,37 @@ MODELS: dict[str, type[ProtocolModel]] = {
 }
 
 _GIVE = "give echo, discard, resp, memcached or package.module:Class"
+_GIVE_ORACLE = "give echo, discard or package.module:Class"
+#: How a model's name says it is an oracle's (:class:`OracleModel`).
+ORACLE = "oracle:"
 
 
 def load_model(spec: str) -> ProtocolModel:
-    """The model ``spec`` names.
+    """The model ``spec`` names: what ``--protocol`` names, or (``oracle:...``) ``--oracle``.
 
     Args:
         spec: ``echo``, ``discard``, ``resp``, ``memcached``, or
             ``package.module:Class`` (a class built without arguments, or a
-            model object the module holds).
+            model object the module holds); or ``oracle:`` and an oracle's
+            name, ``echo``, ``discard`` or ``package.module:Class`` (a class
+            whose instances have an oracle's methods), whose model is
+            :class:`EchoModel` for echo, else an :class:`OracleModel`.
 
     Returns:
         The model.
 
     Raises:
-        UsageError: Saying what is wrong: an unknown name, a module that
-            cannot be imported, a missing attribute, a constructor that fails,
-            or an object without a model's attributes.
+        UsageError: Saying what is wrong (for an oracle, as ``bad oracle ...``):
+            an unknown name, a module that cannot be imported, a missing
+            attribute, a constructor that fails, or an object without a
+            model's (an oracle's) attributes.
     """
     known = MODELS.get(spec)
     if known is not None:
         return known()
+    oracle = _oracle_named(spec)
+    if oracle is not None:
+        return _oracle_model(oracle)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageError(f"unknown protocol {spec!r}: {_GIVE}")
@@ -192,6 +213,8 @@ def load_model(spec: str) -> ProtocolModel:
 def model_name(model: ProtocolModel) -> str:
     """The name :func:`load_model` reads back: a built-in's name, else ``module:Class``.
 
+    An oracle's model is ``oracle:`` and the oracle's name.
+
     Args:
         model: A model.
 
@@ -199,15 +222,63 @@ def model_name(model: ProtocolModel) -> str:
         Its name.
 
     Raises:
-        ValueError: Its class is defined inside a function, so no other process can import it.
+        ValueError: Its class (its oracle's) is defined inside a function, so
+            no other process can import it.
     """
-    cls = type(model)
-    for name, known in MODELS.items():
-        if cls is known:
-            return name
-    if "<locals>" in cls.__qualname__:
+    if isinstance(model, OracleModel):
+        what, made = "oracle", getattr(model.factory, "__qualname__", "")
+    else:
+        what, made = "model", type(model).__qualname__
+        for name, known in MODELS.items():
+            if type(model) is known:
+                return name
+    if "<locals>" in made:
         raise ValueError(
-            f"the model {cls.__qualname__} is defined inside a function: "
+            f"the {what} {made} is defined inside a function: "
             "define it at a module's top level so that other processes can import it"
         )
-    return f"{cls.__module__}:{cls.__qualname__}"
+    if isinstance(model, OracleModel):
+        return ORACLE + model.spec
+    return f"{type(model).__module__}:{made}"
+
+
+def _oracle_named(spec: str) -> str | None:
+    """The oracle's name in a model's ``oracle:NAME``; None for a model's own name.
+
+    ``oracle:Class`` (one colon, not a built-in oracle) stays a model's: a class
+    in a user's module that is called ``oracle``.
+    """
+    if not spec.startswith(ORACLE):
+        return None
+    name = spec.removeprefix(ORACLE)
+    return name if name in ORACLES or ":" in name or not name else None
+
+
+def _oracle_model(spec: str) -> ProtocolModel:
+    """The model of the oracle ``spec`` names (``echo``, ``discard``, ``package.module:Class``).
+
+    Raises:
+        UsageError: The module cannot be imported, the class is missing, or its
+            instances lack the oracle's methods.
+    """
+    if spec == "echo":
+        return EchoModel()
+    return OracleModel(_load_oracle(spec), spec)
+
+
+def _load_oracle(spec: str) -> OracleFactory:
+    if spec in ORACLES:
+        return ORACLES[spec]
+    attr, factory = import_named(spec, "oracle", _GIVE_ORACLE)
+    if not callable(factory):
+        raise UsageError(f"bad oracle {spec!r}: {attr} is not a class")
+    try:
+        instance = factory()
+    except Exception as exc:  # A user's constructor: any failure is a usage error.
+        raise UsageError(f"bad oracle {spec!r}: {attr}() failed: {exc}") from None
+    if not isinstance(instance, Oracle):
+        raise UsageError(
+            f"bad oracle {spec!r}: {attr} needs methods sent, received, finish and verdict"
+        )
+    result: OracleFactory = factory
+    return result

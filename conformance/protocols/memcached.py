@@ -48,21 +48,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from hypothesis import strategies as st
+from typing import TYPE_CHECKING
 
 from conformance.oracle import Oracle
-from conformance.protocols.base import (
-    Capability,
-    Expected,
-    InvalidRequest,
-    LoadConnection,
-    ModelLoad,
-    ReplyStreamOracle,
-    check_prefix,
-    short,
-)
-from conformance.strategies import payloads
+from conformance.protocols.base import Capability, InvalidRequest, LoadConnection, check_prefix
+from conformance.protocols.replies import Expected, ModelLoad, ReplyStreamOracle, short
+
+if TYPE_CHECKING:  # Hypothesis is imported where requests are drawn, not for the load.
+    from hypothesis import strategies as st
 
 __all__ = [
     "MAX_VALUE",
@@ -327,6 +320,10 @@ KEYS = 4
 
 
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
+    from hypothesis import strategies as st
+
+    from conformance.strategies import payloads
+
     return st.one_of(
         st.integers(0, 30).map(lambda n: b"%d" % n),
         st.sampled_from(_NON_NUMBERS),
@@ -336,6 +333,8 @@ def _values(max_value: int) -> st.SearchStrategy[bytes]:
 
 
 def _requests(max_value: int) -> st.SearchStrategy[Request]:
+    from hypothesis import strategies as st
+
     keys = st.integers(0, KEYS - 1)
     return st.one_of(
         st.builds(Get, keys),
@@ -384,6 +383,8 @@ class MemcachedModel:
         """
         if max_value > MAX_VALUE:
             raise ValueError(f"memcached values are at most {MAX_VALUE} bytes, not {max_value}")
+        from hypothesis import strategies as st
+
         return st.lists(_requests(max_value), min_size=min_size, max_size=max_size).map(tuple)
 
     def encode(self, requests: Sequence[Request], *, prefix: str) -> bytes:

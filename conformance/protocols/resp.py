@@ -38,22 +38,14 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from hypothesis import strategies as st
+from typing import TYPE_CHECKING, Any
 
 from conformance.oracle import Oracle
-from conformance.protocols.base import (
-    Capability,
-    Expected,
-    InvalidRequest,
-    LoadConnection,
-    ModelLoad,
-    ReplyStreamOracle,
-    check_prefix,
-    short,
-)
-from conformance.strategies import payloads
+from conformance.protocols.base import Capability, InvalidRequest, LoadConnection, check_prefix
+from conformance.protocols.replies import Expected, ModelLoad, ReplyStreamOracle, short
+
+if TYPE_CHECKING:  # Hypothesis is imported where requests are drawn, not for the load.
+    from hypothesis import strategies as st
 
 __all__ = ["Command", "Key", "RespConnection", "RespModel", "encode_command"]
 
@@ -274,6 +266,10 @@ KEYS = 4
 
 
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
+    from hypothesis import strategies as st
+
+    from conformance.strategies import payloads
+
     return st.one_of(
         st.integers(-3, 30).map(lambda n: b"%d" % n),
         st.sampled_from(_NOT_INTEGERS),
@@ -282,6 +278,10 @@ def _values(max_value: int) -> st.SearchStrategy[bytes]:
 
 
 def _commands(max_value: int) -> st.SearchStrategy[Command]:
+    from hypothesis import strategies as st
+
+    from conformance.strategies import payloads
+
     keys = st.integers(0, KEYS - 1).map(Key)
     values = _values(max_value)
     messages = payloads(min_size=0, max_size=max_value)
@@ -335,6 +335,8 @@ class RespModel:
         self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
     ) -> st.SearchStrategy[tuple[Command, ...]]:
         """Commands for one connection; see :class:`conformance.protocols.base.ProtocolModel`."""
+        from hypothesis import strategies as st
+
         return st.lists(_commands(max_value), min_size=min_size, max_size=max_size).map(tuple)
 
     def encode(self, requests: Sequence[Any], *, prefix: str) -> bytes:

@@ -17,7 +17,7 @@ Run one as ``--oracle tests.conformance.example_oracles:UpperEchoOracle``
 
 from __future__ import annotations
 
-from conformance.oracle import Status, Verdict, first_difference
+from conformance.oracle import Judgement, Status, first_difference
 
 __all__ = [
     "JudgesAtTheEnd",
@@ -35,7 +35,7 @@ class UpperEchoOracle:
         self._owed = bytearray()  # upper-cased bytes sent and not received yet
         self._right = 0  # bytes received and right
         self._finished = False
-        self._failure: Verdict | None = None
+        self._failure: Judgement | None = None
 
     def sent(self, data: bytes) -> None:
         self._owed += data.upper()
@@ -47,7 +47,7 @@ class UpperEchoOracle:
         at = first_difference(data[:n], self._owed[:n])
         if at < n:
             offset = self._right + at
-            self._failure = Verdict(
+            self._failure = Judgement(
                 Status.FAIL,
                 offset,
                 f"byte {offset} differs: expected 0x{self._owed[at]:02x}, "
@@ -55,7 +55,7 @@ class UpperEchoOracle:
             )
         elif len(data) > n:
             offset = self._right + n
-            self._failure = Verdict(
+            self._failure = Judgement(
                 Status.FAIL, offset, f"{len(data) - n} bytes more than were owed"
             )
         else:
@@ -65,16 +65,16 @@ class UpperEchoOracle:
     def finish(self) -> None:
         self._finished = True
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if self._failure is not None:
             return self._failure
         if not self._owed:
-            return Verdict(Status.PASS)
+            return Judgement(Status.PASS)
         if self._finished:
-            return Verdict(
+            return Judgement(
                 Status.FAIL, self._right, f"the exchange ended with {len(self._owed)} bytes owed"
             )
-        return Verdict(Status.PENDING, self._right, f"{len(self._owed)} bytes not back yet")
+        return Judgement(Status.PENDING, self._right, f"{len(self._owed)} bytes not back yet")
 
 
 class UpperEchoReplyOracle(UpperEchoOracle):
@@ -98,7 +98,7 @@ class VerdictRaises(UpperEchoOracle):
         super().received(data)
         self._seen = True
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if getattr(self, "_seen", False):
             raise ZeroDivisionError("no verdict today")
         return super().verdict()
@@ -107,7 +107,7 @@ class VerdictRaises(UpperEchoOracle):
 class JudgesAtTheEnd(UpperEchoOracle):
     """Says PENDING until told the exchange is over, then judges all of it."""
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> Judgement:
         if not self._finished:
-            return Verdict(Status.PENDING, None, "judged at the end of the exchange")
+            return Judgement(Status.PENDING, None, "judged at the end of the exchange")
         return super().verdict()

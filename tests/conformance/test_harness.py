@@ -24,7 +24,6 @@ from conformance.harness import (
     Stalled,
     StepTimeout,
 )
-from conformance.oracle import EchoOracle
 from conformance.rules import HALFCLOSE_DATA
 from conformance.target import Address
 
@@ -81,7 +80,7 @@ def with_server(handler: Handler, body: Callable[[Harness], Awaitable[None]]) ->
                 serve = functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
                 listeners = await nursery.start(serve)
                 port = listeners[0].socket.getsockname()[1]
-                harness = Harness(Address("127.0.0.1", port), EchoOracle, step_timeout=0.5)
+                harness = Harness(Address("127.0.0.1", port), step_timeout=0.5)
                 result.append(harness)
                 try:
                     await body(harness)
@@ -258,7 +257,7 @@ def test_Harness_connect_to_a_closed_port_fails_as_refused() -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        harness = Harness(Address("127.0.0.1", port), EchoOracle)
+        harness = Harness(Address("127.0.0.1", port))
         with pytest.raises(CheckFailure, match="cannot connect c1"):
             await harness.connect("c1")
         assert harness.transcripts[0].ending is Ending.REFUSED

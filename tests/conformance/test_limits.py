@@ -25,7 +25,6 @@ from conformance.checks import Setup, by_id, run_check
 from conformance.checks.limits import CAP, MARGIN, raised_descriptor_limit, server_limit
 from conformance.harness import Harness
 from conformance.matrix import run_against
-from conformance.oracle import EchoOracle
 from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, free_port
 from tests.conformance.support import ASYNCIO_ECHO, ROOT, broken_spawn, serving
 
@@ -114,7 +113,7 @@ def listener() -> Iterator[socket.socket]:
 def test_server_limit_adds_up_the_limits_of_the_listening_processes(
     listener: socket.socket,
 ) -> None:
-    harness = Harness(Address(*listener.getsockname()[:2]), EchoOracle, max_connections=77)
+    harness = Harness(Address(*listener.getsockname()[:2]), max_connections=77)
     limit = server_limit(harness)
     assert limit.measured
     assert limit.holders == {os.getpid()}  # This process holds the listening socket.
@@ -124,7 +123,7 @@ def test_server_limit_adds_up_the_limits_of_the_listening_processes(
 
 
 def test_server_limit_is_max_connections_when_no_process_is_visible() -> None:
-    harness = Harness(Address("127.0.0.1", free_port()), EchoOracle, max_connections=77)
+    harness = Harness(Address("127.0.0.1", free_port()), max_connections=77)
     limit = server_limit(harness)  # Nothing listens there: no process to read.
     assert not limit.measured
     assert limit.total == 77
@@ -156,6 +155,6 @@ def single_under_1024() -> Iterator[RunningTarget]:
 def test_server_limit_reads_the_limit_a_server_was_started_under(
     single_under_1024: RunningTarget,
 ) -> None:
-    limit = server_limit(Harness(single_under_1024.address, EchoOracle))
+    limit = server_limit(Harness(single_under_1024.address))
     assert limit.total == 1024
     assert len(limit.holders) == 1

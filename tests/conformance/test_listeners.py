@@ -27,7 +27,6 @@ from conformance import procfs
 from conformance.checks.load import _backlog_overflowed
 from conformance.harness import Harness
 from conformance.load import LoadSpec
-from conformance.oracle import EchoOracle
 from conformance.target import Address
 from tests.conformance.support import SERVERS, run_cli, spawn_command
 
@@ -90,7 +89,7 @@ def counted() -> int:
 
 def _note(listener: socket.socket, first: dict[str, Any], before: int | None) -> str:
     host, port = listener.getsockname()[:2]
-    harness = Harness(Address(host, port), EchoOracle)
+    harness = Harness(Address(host, port))
     return _backlog_overflowed(harness, LoadSpec(host, port, connections=200), first, before)
 
 
@@ -127,6 +126,6 @@ def test_a_load_failure_blames_no_backlog_when_the_listener_is_not_here(counted:
     with socket.create_server(("127.0.0.1", 0), backlog=5) as listener:
         host, port = listener.getsockname()[:2]
     # Closed: nothing listens at that address on this machine now.
-    harness = Harness(Address(host, port), EchoOracle)
+    harness = Harness(Address(host, port))
     spec = LoadSpec(host, port, connections=200)
     assert _backlog_overflowed(harness, spec, STALLED_AT_ONCE, counted) == ""

@@ -23,7 +23,7 @@ from conformance.load import Faults, LoadResult, LoadSpec, format_json, run_load
 from conformance.load.client import Client, ClientEvent, ClientState, IllegalTransition
 from conformance.load.driver import Driver
 from conformance.load.spec import Mode
-from conformance.oracle import Oracle, Status, Verdict
+from conformance.oracle import Judgement, Oracle, Status
 from conformance.rules import HALFCLOSE_DATA
 from conformance.target import Address
 from tests.helpers import ROOT, ServerProcess
@@ -76,21 +76,21 @@ class TranscriptOnly:
     def finish(self) -> None:
         pass
 
-    def verdict(self) -> Verdict:
-        return Verdict(Status.PASS)
+    def verdict(self) -> Judgement:
+        return Judgement(Status.PASS)
 
 
 def test_LoadSpec_validate_refuses_stream_mode_to_an_oracle_that_cannot_say_what_is_owed() -> None:
     assert isinstance(TranscriptOnly(), Oracle)
     name = f"{__name__}:TranscriptOnly"
-    LoadSpec("127.0.0.1", 1, oracle=name).validate()  # Ping-pong: judged by its verdict.
+    LoadSpec("127.0.0.1", 1, model=f"oracle:{name}").validate()  # Ping-pong: judged by its verdict.
     with pytest.raises(ValueError, match="expected_reply"):
-        LoadSpec("127.0.0.1", 1, oracle=name, mode="stream").validate()
+        LoadSpec("127.0.0.1", 1, model=f"oracle:{name}", mode="stream").validate()
 
 
 def test_LoadSpec_validate_refuses_an_oracle_it_cannot_load() -> None:
     with pytest.raises(UsageError, match="cannot import"):
-        LoadSpec("127.0.0.1", 1, oracle="no_such_module_xyz:Oracle").validate()
+        LoadSpec("127.0.0.1", 1, model="oracle:no_such_module_xyz:Oracle").validate()
 
 
 def test_Client_advance_follows_the_table_and_names_an_illegal_transition() -> None:
@@ -140,6 +140,17 @@ def test_LoadResult_data_is_the_json_and_reads_back_for_merging() -> None:
     assert "8 round trips in 6.50s" in merged.summary_line()
 
 
+def test_LoadResult_json_names_the_model_as_the_options_do() -> None:
+    for model, oracle, protocol in (
+        ("echo", "echo", "echo"),
+        ("oracle:discard", "discard", "echo"),
+        ("resp", "echo", "resp"),
+    ):
+        data = json.loads(format_json(LoadResult(LoadSpec("127.0.0.1", 9, model=model))))
+        assert (data["spec"]["oracle"], data["spec"]["protocol"]) == (oracle, protocol)
+        assert "model" not in data["spec"]
+
+
 def test_run_load_pingpong_counts_verified_round_trips(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=20, size=100, rounds=50, duration=30))
@@ -184,14 +195,13 @@ def discard() -> Iterator[ServerProcess]:
 
 
 @pytest.mark.parametrize("mode", ["pingpong", "stream"])
+@pytest.mark.parametrize("model", ["oracle:discard", "discard"])  # --oracle, --protocol
 def test_run_load_with_the_discard_oracle_passes_a_discard_server(
-    discard: ServerProcess, mode: Mode
+    discard: ServerProcess, mode: Mode, model: str
 ) -> None:
     host, port = discard.address
     rounds = 40 if mode == "pingpong" else None
-    spec = LoadSpec(
-        host, port, connections=5, mode=mode, rounds=rounds, duration=0.5, oracle="discard"
-    )
+    spec = LoadSpec(host, port, connections=5, mode=mode, rounds=rounds, duration=0.5, model=model)
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.bytes_verified == 0
@@ -203,7 +213,7 @@ def test_run_load_with_the_discard_oracle_passes_a_discard_server(
 def test_run_load_with_the_discard_oracle_and_faults_keeps_going(discard: ServerProcess) -> None:
     host, port = discard.address
     faults = Faults(reset=0.02, half_close=0.02, slow_reader=0.02, connect_storm=20)
-    spec = LoadSpec(host, port, connections=10, duration=0.8, faults=faults, oracle="discard")
+    spec = LoadSpec(host, port, connections=10, duration=0.8, faults=faults, model="oracle:discard")
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.observed["half-close-echoed"] == result.injected["half-close"]
@@ -212,7 +222,7 @@ def test_run_load_with_the_discard_oracle_and_faults_keeps_going(discard: Server
 
 def test_run_load_with_the_discard_oracle_fails_an_echo_server(single: ServerProcess) -> None:
     host, port = single.address
-    result = run_load(LoadSpec(host, port, connections=3, duration=0.3, oracle="discard"))
+    result = run_load(LoadSpec(host, port, connections=3, duration=0.3, model="oracle:discard"))
     assert result.errors["extra-bytes"] >= 1, result.to_data()
     assert result.first_error is not None
     assert result.first_error["offset"] == 0

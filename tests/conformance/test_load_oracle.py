@@ -18,7 +18,8 @@ import pytest
 from conformance import check_server
 from conformance.load import Faults, LoadSpec, run_load
 from conformance.load.spec import Judging, judging
-from conformance.oracle import EchoOracle
+from conformance.oracle import DiscardOracle, EchoOracle
+from conformance.protocols import load_model
 from conformance.results import Verdict
 from conformance.target import RunningTarget, TargetSpec
 from tests.conformance.example_oracles import UpperEchoOracle
@@ -68,17 +69,21 @@ def test_UpperEchoOracle_is_pending_until_the_capitals_came_back() -> None:
 
 
 def test_judging_compares_bytes_where_the_oracle_says_what_is_owed_else_asks_its_verdict() -> None:
-    assert judging("echo") == (EchoOracle, Judging.ECHO)
-    assert judging("discard")[1] is Judging.REPLY
-    assert judging(f"{ORACLES}:UpperEchoReplyOracle")[1] is Judging.REPLY
-    assert judging(UPPER)[1] is Judging.VERDICT
+    assert judging(load_model("echo")) == (EchoOracle, Judging.ECHO)
+    assert judging(load_model("oracle:echo")) == (EchoOracle, Judging.ECHO)
+    assert judging(load_model("oracle:discard")) == (DiscardOracle, Judging.REPLY)
+    assert judging(load_model("discard")) == (DiscardOracle, Judging.REPLY)
+    assert judging(load_model(f"oracle:{ORACLES}:UpperEchoReplyOracle"))[1] is Judging.REPLY
+    assert judging(load_model(f"oracle:{UPPER}"))[1] is Judging.VERDICT
     # Inheriting echo's expected_reply says nothing about what this oracle owes.
-    assert judging(f"{__name__}:EchoThatShouts")[1] is Judging.VERDICT
+    assert judging(load_model(f"oracle:{__name__}:EchoThatShouts"))[1] is Judging.VERDICT
 
 
 def test_run_load_judges_each_reply_by_the_oracles_verdict(upper: RunningTarget) -> None:
     host, port = upper.address.host, upper.address.port
-    spec = LoadSpec(host, port, connections=10, rounds=30, size=100, duration=30, oracle=UPPER)
+    spec = LoadSpec(
+        host, port, connections=10, rounds=30, size=100, duration=30, model=f"oracle:{UPPER}"
+    )
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.round_trips == 10 * 30
@@ -89,7 +94,9 @@ def test_run_load_judges_each_reply_by_the_oracles_verdict(upper: RunningTarget)
 def test_run_load_with_faults_judges_every_connection_by_the_oracle(upper: RunningTarget) -> None:
     host, port = upper.address.host, upper.address.port
     faults = Faults(reset=0.03, half_close=0.03, slow_reader=0.01, connect_storm=20)
-    spec = LoadSpec(host, port, connections=20, duration=1.0, faults=faults, oracle=UPPER)
+    spec = LoadSpec(
+        host, port, connections=20, duration=1.0, faults=faults, model=f"oracle:{UPPER}"
+    )
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.injected["half-close"] > 0, result.to_data()
@@ -100,7 +107,9 @@ def test_run_load_with_faults_judges_every_connection_by_the_oracle(upper: Runni
 def test_run_load_streams_with_an_oracle_that_says_what_is_owed(upper: RunningTarget) -> None:
     host, port = upper.address.host, upper.address.port
     oracle = f"{ORACLES}:UpperEchoReplyOracle"
-    spec = LoadSpec(host, port, connections=4, mode="stream", duration=0.5, oracle=oracle)
+    spec = LoadSpec(
+        host, port, connections=4, mode="stream", duration=0.5, model=f"oracle:{oracle}"
+    )
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.bytes_verified > 100_000
@@ -110,7 +119,9 @@ def test_run_load_in_several_processes_makes_the_oracle_from_its_name(
     upper: RunningTarget,
 ) -> None:
     host, port = upper.address.host, upper.address.port
-    spec = LoadSpec(host, port, connections=6, rounds=20, duration=30, procs=2, oracle=UPPER)
+    spec = LoadSpec(
+        host, port, connections=6, rounds=20, duration=30, procs=2, model=f"oracle:{UPPER}"
+    )
     result = run_load(spec)
     assert result.ok, result.to_data()
     assert result.round_trips == 6 * 20
@@ -121,7 +132,7 @@ def test_run_load_under_the_upper_oracle_fails_an_echo_server_at_a_byte(
     single: ServerProcess, oracle: str
 ) -> None:
     host, port = single.address
-    result = run_load(LoadSpec(host, port, connections=3, duration=0.5, oracle=oracle))
+    result = run_load(LoadSpec(host, port, connections=3, duration=0.5, model=f"oracle:{oracle}"))
     assert result.errors["mismatch"] >= 1, result.to_data()
     first = result.first_error
     assert first is not None
@@ -137,7 +148,7 @@ def test_run_load_ends_with_what_the_oracle_raised_and_judges_nothing(
     upper: RunningTarget, name: str, method: str, error: str
 ) -> None:
     host, port = upper.address.host, upper.address.port
-    spec = LoadSpec(host, port, connections=4, duration=5.0, oracle=f"{ORACLES}:{name}")
+    spec = LoadSpec(host, port, connections=4, duration=5.0, model=f"oracle:{ORACLES}:{name}")
     result = run_load(spec)
     assert result.oracle_error is not None, result.to_data()
     assert f"raised in {method}(): {error}" in result.oracle_error
@@ -154,7 +165,13 @@ def test_run_load_says_when_an_oracle_cannot_judge_a_reply_as_it_comes(
     host, port = upper.address.host, upper.address.port
     oracle = f"{ORACLES}:JudgesAtTheEnd"
     spec = LoadSpec(
-        host, port, connections=3, rounds=2, duration=10, drain_timeout=1.0, oracle=oracle
+        host,
+        port,
+        connections=3,
+        rounds=2,
+        duration=10,
+        drain_timeout=1.0,
+        model=f"oracle:{oracle}",
     )
     result = run_load(spec)
     assert result.unjudged is not None, result.to_data()

@@ -22,7 +22,6 @@ from conformance.checks import CATALOGUE, by_id
 from conformance.checks.resources import server_processes
 from conformance.harness import Harness
 from conformance.heavy_lock import heavy_lock
-from conformance.oracle import EchoOracle
 from conformance.target import RunningTarget, TargetKind, TargetSpec
 from tests.conformance.support import (
     ROOT,
@@ -46,7 +45,7 @@ def single() -> Iterator[RunningTarget]:
 def test_the_server_is_found_by_its_listening_socket_not_its_pid(
     single: RunningTarget,
 ) -> None:
-    harness = Harness(single.address, EchoOracle)
+    harness = Harness(single.address)
     assert server_processes(harness) == {single.pid}
 
 
@@ -54,7 +53,7 @@ def test_a_server_behind_a_wrapper_is_found_by_its_socket() -> None:
     wrapper = ROOT / "fixtures" / "servers" / "broken" / "leaks_behind_a_wrapper.py"
     spec = TargetSpec(TargetKind.SPAWN, f"{sys.executable} {wrapper} --port {{port}}")
     with serving(spec) as running:
-        found = server_processes(Harness(running.address, EchoOracle))
+        found = server_processes(Harness(running.address))
         assert len(found) == 1
         assert running.pid not in found  # The wrapper holds no socket: its grandchild does.
 

@@ -16,9 +16,14 @@ from conformance.oracle import (
     Status,
     first_difference,
     guarded,
-    load_oracle,
-    named_oracle,
-    oracle_name,
+)
+from conformance.protocols import (
+    Capability,
+    EchoModel,
+    OracleModel,
+    load_model,
+    model_name,
+    run_model,
 )
 from tests.conformance.example_oracles import ReceivedRaises
 
@@ -132,11 +137,24 @@ def test_EchoOracle_passes_any_split_of_a_correct_echo(data: bytes, cuts: list[i
     assert o.verdict().passed
 
 
-def test_load_oracle_resolves_builtins_and_a_user_class() -> None:
-    assert load_oracle("echo") is EchoOracle
-    assert load_oracle("discard") is DiscardOracle
-    factory = load_oracle("conformance.oracle:EchoOracle")
-    assert isinstance(factory(), Oracle)
+def test_an_oracle_is_a_model_of_the_builtins_or_a_user_class() -> None:
+    assert type(run_model(oracle="echo")) is EchoModel
+    discard = run_model(oracle="discard")
+    assert isinstance(discard, OracleModel)
+    assert discard.factory is DiscardOracle
+    user = run_model(oracle="conformance.oracle:EchoOracle")
+    assert isinstance(user, OracleModel)
+    assert isinstance(user.oracle(), Oracle)
+    assert user.capabilities == EchoModel.capabilities  # It owes replies, as echo does.
+    assert Capability.REPLIES not in discard.capabilities
+
+
+def test_a_model_of_an_oracle_is_named_oracle_and_its_spec() -> None:
+    discard = load_model("oracle:discard")
+    assert isinstance(discard, OracleModel)
+    assert discard.factory is DiscardOracle
+    assert model_name(discard) == "oracle:discard"
+    assert model_name(load_model("oracle:echo")) == "echo"
 
 
 @pytest.mark.parametrize(
@@ -145,16 +163,20 @@ def test_load_oracle_resolves_builtins_and_a_user_class() -> None:
         ("nonsense", "package.module:Class"),
         ("no_such_module_xyz:Oracle", "cannot import"),
         ("conformance.oracle:Nothing", "conformance.oracle has no Nothing"),
-        ("conformance.oracle:Verdict", "failed"),
+        ("conformance.oracle:Judgement", "failed"),
         ("conformance.errors:UsageError", "needs methods"),
     ],
 )
-def test_load_oracle_rejects_bad_specs_with_one_line(spec: str, needle: str) -> None:
+def test_an_oracle_that_cannot_be_loaded_is_one_line(spec: str, needle: str) -> None:
     with pytest.raises(UsageError) as info:
-        load_oracle(spec)
+        run_model(oracle=spec)
     message = str(info.value)
+    assert message.startswith(f"bad oracle {spec!r}: ")
     assert needle in message
     assert "\n" not in message
+    if ":" in spec:  # The model's own name for it says the same.
+        with pytest.raises(UsageError, match="^bad oracle .*" + needle):
+            load_model(f"oracle:{spec}")
 
 
 @pytest.mark.parametrize(("factory", "owed"), [(EchoOracle, b"abc\0"), (DiscardOracle, b"")])
@@ -171,11 +193,12 @@ class LoudEcho(EchoOracle):
     """A user's oracle, named by module:Class."""
 
 
-def test_oracle_name_is_read_back_by_load_oracle() -> None:
-    assert oracle_name(EchoOracle) == "echo"
-    assert oracle_name(DiscardOracle) == "discard"
-    assert oracle_name(LoudEcho) == f"{__name__}:LoudEcho"
-    assert load_oracle(oracle_name(LoudEcho)) is LoudEcho
+def test_the_model_of_a_user_oracle_is_read_back_by_its_name() -> None:
+    model = run_model(oracle=f"{__name__}:LoudEcho")
+    assert model_name(model) == f"oracle:{__name__}:LoudEcho"
+    again = load_model(model_name(model))
+    assert isinstance(again, OracleModel)
+    assert again.factory is LoudEcho
 
 
 class _Sulks(EchoOracle):
@@ -204,11 +227,19 @@ def test_guarded_turns_what_a_user_oracle_raises_into_OracleError() -> None:
     assert guarded(EchoOracle) is EchoOracle  # The suite's own code: no call in between.
 
 
-def test_named_oracle_is_a_name_that_loads_back_to_the_same_factory() -> None:
-    assert named_oracle(EchoOracle) == "echo"
-    assert named_oracle(_Sulks) == f"{__name__}:_Sulks"
+def test_model_name_of_an_oracle_is_a_name_that_loads_back_to_the_same_factory() -> None:
+    assert model_name(run_model(oracle="echo")) == "echo"
+    assert model_name(run_model(oracle=f"{__name__}:_Sulks")) == f"oracle:{__name__}:_Sulks"
 
     class Local(EchoOracle):
         pass
 
-    assert named_oracle(Local) is None  # No other process can make it.
+    with pytest.raises(ValueError, match="inside a function"):  # No other process can make it.
+        model_name(OracleModel(Local, "Local"))
+
+
+def test_Verdict_is_the_old_name_of_Judgement_for_users_oracles() -> None:
+    import conformance.oracle
+
+    assert conformance.oracle.Verdict is conformance.oracle.Judgement
+    assert EchoOracle().verdict() == conformance.oracle.Verdict(Status.PASS)

@@ -22,6 +22,7 @@ from conformance.plan import (
     plan_from_options,
 )
 from conformance.profiles import PROFILES
+from conformance.protocols import OracleModel, RespModel, model_name
 from conformance.session import LiveTarget, Session
 from conformance.target import Address, TargetSpec
 
@@ -104,3 +105,19 @@ def test_a_property_checks_deadline_is_its_profiles() -> None:
         assert check.deadline(profile) == profile.check_seconds
         assert profile.step_timeout >= DEFAULT_STEP_TIMEOUT
     assert by_id("ECHO-SIZE-2").deadline(PROFILES["ci"]) == by_id("ECHO-SIZE-2").timeout
+
+
+def test_the_plan_resolves_one_model_that_every_check_and_worker_gets() -> None:
+    plan = plan_from_options(_options("--oracle", "discard"), Front.CLI)
+    assert isinstance(plan.model, OracleModel)
+    assert model_name(plan.model) == "oracle:discard"
+    live = LiveTarget("reference-single", TargetSpec.default(), Address("127.0.0.1", 9), None, "r")
+    session = Session(plan, [live])
+    assert session.setup("reference-single").model is plan.model
+    worker = Session.for_worker(json.loads(json.dumps(session.to_worker())))
+    assert model_name(worker.setup("reference-single").model) == "oracle:discard"
+    assert plan.replay_prefix(live.spec).endswith("--oracle discard")
+    resp = plan_from_options(_options("--protocol", "resp"), Front.CLI)
+    assert type(resp.model) is RespModel
+    with pytest.raises(UsageError, match="--protocol resp judges replies with its own oracle"):
+        plan_from_options(_options("--protocol", "resp", "--oracle", "discard"), Front.CLI)

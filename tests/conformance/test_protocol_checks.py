@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from conformance.harness import Harness
-from conformance.oracle import EchoOracle
 from conformance.protocols import (
     TEMPLATE,
     Capability,
@@ -46,14 +45,14 @@ def _verdicts(report: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_Harness_payload_is_the_same_random_bytes_under_echo() -> None:
-    h = Harness(Address("127.0.0.1", 1), EchoOracle)
+    h = Harness(Address("127.0.0.1", 1))
     assert h.payload(1000, 7) == random.Random(7).randbytes(1000)
     assert h.message(b"ping\n") == b"ping\n"
 
 
 def test_Harness_payload_under_resp_is_whole_requests_with_keys_of_their_own() -> None:
     model = RespModel()
-    h = Harness(Address("127.0.0.1", 1), model.oracle, model=model)
+    h = Harness(Address("127.0.0.1", 1), model)
     first, second = h.payload(100_000, 3), h.payload(100_000, 3)
     assert len(first) >= 100_000
     for stream in (first, second, h.message(b"hello")):

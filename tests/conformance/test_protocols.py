@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance.errors import UsageError
-from conformance.oracle import DiscardOracle, EchoOracle, Oracle, Status, Verdict
+from conformance.oracle import DiscardOracle, EchoOracle, Judgement, Oracle, Status
 from conformance.protocols import (
     MODELS,
     Capability,
@@ -34,6 +36,7 @@ from conformance.protocols import (
 )
 from conformance.protocols.memcached import MemcachedConnection, Set, strtoull
 from conformance.protocols.resp import Command, Key, RespConnection, encode_command
+from tests.helpers import ROOT
 
 _SLOW = settings(
     max_examples=60,
@@ -50,7 +53,7 @@ def _mc_oracle() -> Oracle:
     return MemcachedModel().oracle()
 
 
-def _feed(oracle: Oracle, sent: bytes, received: bytes, *, finish: bool = True) -> Verdict:
+def _feed(oracle: Oracle, sent: bytes, received: bytes, *, finish: bool = True) -> Judgement:
     oracle.sent(sent)
     oracle.received(received)
     if finish:
@@ -388,7 +391,7 @@ def _mutate(received: bytes, kind: str, at: int) -> bytes:
     return received
 
 
-def _whole(name: str, sent: bytes, received: bytes) -> Verdict:
+def _whole(name: str, sent: bytes, received: bytes) -> Judgement:
     return _feed(MODELS[name]().oracle(), sent, received)
 
 
@@ -597,3 +600,20 @@ def test_requests_shrink_to_one_small_request() -> None:
     assert len(found[0].value) == 5001
     assert found[0].key == 0
     assert found[0].flags == 0
+
+
+def test_models_and_their_load_need_no_hypothesis() -> None:
+    # A load host has the standard library only: a model draws requests with
+    # Hypothesis, and its load does not.
+    code = (
+        "import random, sys\n"
+        "sys.modules['hypothesis'] = None\n"
+        "from conformance.protocols import MODELS, load_model, unique_prefix\n"
+        "import conformance.load\n"
+        "for name in MODELS:\n"
+        "    load_model(name).load_connection(unique_prefix(0)).next_request(random.Random(0), 8)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

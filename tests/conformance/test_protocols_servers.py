@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.oracle import Oracle, Verdict
+from conformance.oracle import Judgement, Oracle
 from conformance.protocols import LoadConnection, ProtocolModel, load_model, unique_prefix
 from conformance.protocols.memcached import MAX_VALUE, Get, Incr, Set, Version
 from conformance.protocols.resp import Command, Key
@@ -91,7 +91,7 @@ def exchange(
     *,
     send_sizes: Sequence[int] = (),
     read_sizes: Sequence[int] = (65536,),
-) -> list[tuple[Verdict, bytes]]:
+) -> list[tuple[Judgement, bytes]]:
     """Send each stream on a connection of its own, all at once, and judge what comes back.
 
     Args:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conformance.harness import Divergence, Ending, Event, StepTimeout, Transcript
-from conformance.oracle import Status, Verdict
+from conformance.oracle import Judgement, Status
 from conformance.report import Excerpt, FailureKind, FailureReport, hex_excerpt
 
 REPLAY = "reactor-conformance run --target 127.0.0.1:7 --checks ECHO-X-1"
@@ -28,7 +28,7 @@ def _divergence() -> tuple[bytearray, Divergence]:
         "byte 2 differs",
         step="exchange 'one'",
         transcript=transcript,
-        verdict=Verdict(Status.FAIL, 2, "expected 0x00, got 0x58"),
+        verdict=Judgement(Status.FAIL, 2, "expected 0x00, got 0x58"),
     )
     return sent, failure
 
