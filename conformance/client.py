@@ -35,9 +35,6 @@ __all__ = ["Connection", "Steps"]
 #: Seconds a step that is owed bytes may see no byte move either way (see the harness).
 STALL_AFTER = 3.0
 
-#: ``tcpi_state`` of a socket whose FIN the peer has acknowledged (linux/tcp_states.h).
-_TCP_FIN_WAIT2 = 5
-
 
 class Steps(Protocol):
     """What a connection needs of its harness (:class:`conformance.harness.Harness`)."""
@@ -426,27 +423,6 @@ class Connection:
             ) from None
         self.transcript.events.append(Event(self.harness.elapsed(), "shutdown SHUT_WR"))
         await trio.lowlevel.checkpoint()
-
-    async def wait_fin_acknowledged(self, timeout: float) -> bool:
-        """Wait until the server's kernel has taken our FIN (``FIN_WAIT2``); False if not in time.
-
-        Our FIN leaves only after every byte queued before it, so this also
-        says that the server's kernel holds everything we sent. Linux only
-        (``TCP_INFO``); elsewhere it returns False at once.
-        """
-        info = getattr(socket, "TCP_INFO", None)
-        if info is None:
-            return False
-        with trio.move_on_after(timeout):
-            while True:
-                try:
-                    state = self.sock.getsockopt(socket.IPPROTO_TCP, info, 8)[0]
-                except OSError:
-                    return False
-                if state == _TCP_FIN_WAIT2:
-                    return True
-                await trio.sleep(0.01)  # Polling the kernel's state, bounded by the timeout.
-        return False
 
     def reset(self) -> None:
         """Close with RST instead of FIN (``SO_LINGER`` with a zero timeout)."""

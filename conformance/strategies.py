@@ -11,11 +11,11 @@ of :mod:`conformance.profiles` has one).
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING
 
 from hypothesis import strategies as st
 
+from conformance.payloads import payloads, seeded
 from conformance.profiles import Limits
 
 if TYPE_CHECKING:
@@ -45,37 +45,11 @@ __all__ = [
 ]
 
 
-_FRAGMENTS = [b"\0", b"\0\0\0\0", b"a", b"\r\n", b"\xff", b"\0\xff", b"\n"]
-
-
-def _seeded(size_and_seed: tuple[int, int]) -> bytes:
-    size, seed = size_and_seed
-    return random.Random(seed).randbytes(size)
-
-
 def _request_bulk(model: ProtocolModel, size_and_seed: tuple[int, int]) -> bytes:
     from conformance.protocols import request_stream, template_prefix
 
     size, seed = size_and_seed
     return request_stream(model, size, seed, prefix=template_prefix())
-
-
-def payloads(*, min_size: int = 1, max_size: int = 4096) -> st.SearchStrategy[bytes]:
-    """Payloads: small arbitrary bytes, NUL-heavy ones, all 256 byte values, large ones."""
-    small_max = min(max_size, 512)
-    shapes = [
-        st.binary(min_size=min_size, max_size=small_max),
-        st.lists(st.sampled_from(_FRAGMENTS), min_size=max(1, min_size), max_size=small_max // 4)
-        .map(b"".join)
-        .filter(lambda b: min_size <= len(b) <= max_size),
-    ]
-    if max_size >= 256:
-        shapes.append(st.permutations(list(range(256))).map(bytes))
-    if max_size > small_max:
-        shapes.append(
-            st.tuples(st.integers(min_size, max_size), st.integers(0, 2**16)).map(_seeded)
-        )
-    return st.one_of(shapes)
 
 
 def chunkings(*, max_chunk: int = 4096, max_writes: int = 8) -> st.SearchStrategy[tuple[int, ...]]:
@@ -224,7 +198,7 @@ def backpressure_scenarios(
     """
     speaks = _speaks(model)
     bulk = st.tuples(st.integers(min_bulk, max_bulk), st.integers(0, 2**16)).map(
-        _seeded if speaks is None else lambda pair: _request_bulk(speaks, pair)
+        seeded if speaks is None else lambda pair: _request_bulk(speaks, pair)
     )
     script = st.builds(
         lambda stop, data, chunks, read: Script(

@@ -44,6 +44,7 @@ from conformance.checks.resources import require_processes, server_processes
 from conformance.harness import CheckFailure, Connection, Harness
 from conformance.protocols import Capability
 from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA
+from conformance.tcp_state import fin_acknowledged
 
 __all__ = ["CORE_CHECKS", "payload"]
 
@@ -263,7 +264,7 @@ async def close_without_reading(h: Harness) -> None:
             # it ignores the signal or writes with MSG_NOSIGNAL).
             await victim.send_until_blocked(h.payload(8 * MIB, 20 + i), stall=0.2)
             await victim.shutdown_write()
-            await victim.wait_fin_acknowledged(2.0)
+            await fin_acknowledged(victim.sock, 2.0)
         else:
             # The RST leaves ECONNRESET pending: the first write fails with it, the next with EPIPE.
             await victim.send_until_blocked(h.payload(2 * MIB, 20 + i), stall=0.2)

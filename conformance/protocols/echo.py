@@ -60,7 +60,7 @@ class _AnyBytes:
         """Payloads, each one request; see :class:`~conformance.protocols.base.ProtocolModel`."""
         from hypothesis import strategies as st
 
-        from conformance.strategies import payloads
+        from conformance.payloads import payloads
 
         return st.lists(
             payloads(min_size=1, max_size=max(1, max_value)), min_size=min_size, max_size=max_size

@@ -322,7 +322,7 @@ KEYS = 4
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
     from hypothesis import strategies as st
 
-    from conformance.strategies import payloads
+    from conformance.payloads import payloads
 
     return st.one_of(
         st.integers(0, 30).map(lambda n: b"%d" % n),

@@ -268,7 +268,7 @@ KEYS = 4
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
     from hypothesis import strategies as st
 
-    from conformance.strategies import payloads
+    from conformance.payloads import payloads
 
     return st.one_of(
         st.integers(-3, 30).map(lambda n: b"%d" % n),
@@ -280,7 +280,7 @@ def _values(max_value: int) -> st.SearchStrategy[bytes]:
 def _commands(max_value: int) -> st.SearchStrategy[Command]:
     from hypothesis import strategies as st
 
-    from conformance.strategies import payloads
+    from conformance.payloads import payloads
 
     keys = st.integers(0, KEYS - 1).map(Key)
     values = _values(max_value)
