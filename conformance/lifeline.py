@@ -27,7 +27,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["die_with_parent", "supported"]
+__all__ = ["die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -45,11 +45,6 @@ def _load_prctl() -> Callable[..., int] | None:
 
 # Looked up once, in the parent: a child between fork and exec calls it and nothing else.
 _prctl = _load_prctl()
-
-
-def supported() -> bool:
-    """Whether this system has a parent-death signal (Linux)."""
-    return _prctl is not None
 
 
 def die_with_parent(parent: int) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from conformance.capped_log import CappedLog
 from tests.conformance.support import run_cli, spawn_command
+from tests.helpers import ROOT
 
-FLOODS_STDERR = Path(__file__).parent / "servers" / "floods_stderr.py"
+FLOODS_STDERR = ROOT / "fixtures" / "servers" / "floods_stderr.py"
 
 
 def test_a_short_log_is_written_whole(tmp_path: Path) -> None:
