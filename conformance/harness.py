@@ -48,9 +48,9 @@ from pathlib import Path
 import trio
 
 from conformance.client import STALL_AFTER, Connection
-from conformance.profiles import DEFAULT, Profile
 from conformance.protocols import EchoModel, ProtocolModel, message_for, request_stream
-from conformance.target import Address
+from conformance.run.profiles import DEFAULT, Profile
+from conformance.targets.target import Address
 from conformance.transcript import (
     CheckFailure,
     Divergence,
@@ -92,7 +92,7 @@ class Harness:
             ``--oracle`` names): what :meth:`payload` and :meth:`message`
             send, and each connection's oracle; echo by default.
         step_timeout: Default deadline of a step, in seconds.
-        profile: How hard property checks search (:mod:`conformance.profiles`).
+        profile: How hard property checks search (:mod:`conformance.run.profiles`).
         scenario: A saved scenario that property checks replay instead of searching.
         artifacts: Where a check keeps what it leaves (a failing scenario);
             None: a folder in the temporary directory.

@@ -99,7 +99,7 @@ class Judgement:
 
 #: The old name of :class:`Judgement`, which users' oracles import (the README
 #: named it): ``verdict()`` returning ``conformance.oracle.Verdict`` still works.
-#: The run's verdicts are :class:`conformance.results.Verdict`, another thing.
+#: The run's verdicts are :class:`conformance.run.results.Verdict`, another thing.
 Verdict = Judgement
 
 

@@ -1,6 +1,6 @@
 """Hypothesis strategies for raw payloads: arbitrary bytes, NUL-heavy, every byte value, large.
 
-Below the scenario strategies (:mod:`conformance.strategies`) and the protocol
+Below the scenario strategies (:mod:`conformance.properties.strategies`) and the protocol
 models (:mod:`conformance.protocols`), which both draw payloads from here:
 this module imports nothing else of the suite.
 """

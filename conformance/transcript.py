@@ -6,7 +6,7 @@ how it ended (:class:`Ending`). A :class:`CheckFailure` (a
 :class:`StepTimeout`, a :class:`Divergence`) names the step and the
 connection that failed, and its :class:`FailureKind`; the harness
 (:mod:`conformance.harness`) raises them and a
-:class:`~conformance.report.FailureReport` is built from them.
+:class:`~conformance.reports.failure.FailureReport` is built from them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class FailureKind(enum.Enum):
 
     The first four are what a check found (:attr:`CheckFailure.kind`); the
     last three, what happened to the target during the check, which the
-    session's judge puts first (:func:`~conformance.judge.judge`).
+    session's judge puts first (:func:`~conformance.run.judge.judge`).
     """
 
     CHECK_FAILURE = "CheckFailure"

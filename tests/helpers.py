@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from conformance import procfs
-from conformance.spawn import spawn_listening
+from conformance.targets import procfs
+from conformance.targets.spawn import spawn_listening
 
 __all__ = [
     "ROOT",
@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerProcess:
     """A reference server run as ``python -m reference ARGV`` with ``-v``.
 
-    Started and stopped by :mod:`conformance.spawn`, which keeps every line of
+    Started and stopped by :mod:`conformance.targets.spawn`, which keeps every line of
     its stdout and stderr here, so a test can wait for a log line. Its
-    readings (CPU, memory, children) come from :mod:`conformance.procfs`.
+    readings (CPU, memory, children) come from :mod:`conformance.targets.procfs`.
 
     Args:
         argv: The arguments after ``python -m reference``.

@@ -58,7 +58,7 @@ def test_cli_unknown_model_and_handler_are_usage_errors() -> None:
 
 
 def test_cli_reactor_conformance_serve_runs_a_reference_server() -> None:
-    with ServerProcess(["serve", "single"], entry="conformance.cli") as server:
+    with ServerProcess(["serve", "single"], entry="conformance.fronts.cli") as server:
         with connect(server.address) as sock:
             assert exchange(sock, b"served\0", half_close=True) == b"served\0"
         assert server.signal_and_wait() == 0

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conformance import procfs
+from conformance.targets import procfs
 from reference.multi import EXIT_AT_START_ENV, MAX_RESTARTS
 from tests.helpers import ServerProcess, connect, exchange, recv_exactly
 

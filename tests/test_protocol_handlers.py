@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conformance.spawn import Spawned, spawn
+from conformance.targets.spawn import Spawned, spawn
 from reference.handler import HANDLERS, Work, WorkingHandler, with_work
 from reference.memcache import (
     VERSION,

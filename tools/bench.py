@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from conformance import procfs  # noqa: E402
 from conformance.load import LoadSpec, run_load  # noqa: E402
-from conformance.spawn import Spawned, spawn_listening  # noqa: E402
+from conformance.targets.spawn import Spawned, spawn_listening  # noqa: E402
 from reference.handler import Work  # noqa: E402
 
 SERVER_CPU = 0

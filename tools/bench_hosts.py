@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from conformance.load import LoadSpec, run_load  # noqa: E402
 from conformance.load.hosts import parse_hosts, run_hosts  # noqa: E402
-from conformance.spawn import Spawned, spawn_listening  # noqa: E402
+from conformance.targets.spawn import Spawned, spawn_listening  # noqa: E402
 from tests.conformance.support import SshdUnavailable, sshd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from conformance.load import LoadSpec, run_load  # noqa: E402
-from conformance.target import TargetKind, TargetSpec, start_target  # noqa: E402
+from conformance.targets.target import TargetKind, TargetSpec, start_target  # noqa: E402
 
 REDIS = "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no"
 

@@ -56,11 +56,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from conformance.errors import EXIT_USAGE, UsageError  # noqa: E402
-from conformance.profiles import PROFILES  # noqa: E402
-from conformance.results import Verdict, format_counts  # noqa: E402
-from conformance.selection import select_checks, split_list  # noqa: E402
-from conformance.spawn import no_input  # noqa: E402
-from conformance.target import TargetKind, TargetSpec  # noqa: E402
+from conformance.run.profiles import PROFILES  # noqa: E402
+from conformance.run.results import Verdict, format_counts  # noqa: E402
+from conformance.run.selection import select_checks, split_list  # noqa: E402
+from conformance.targets.spawn import no_input  # noqa: E402
+from conformance.targets.target import TargetKind, TargetSpec  # noqa: E402
 from reference.cli import at_least  # noqa: E402
 
 __all__ = ["ABSENT", "GRACE", "Differences", "Run", "differing", "main", "read_verdicts"]

@@ -25,7 +25,7 @@ JSON: ``servers`` (each server's ``caught_by``), ``reasons`` (each server's
 Exit status: 0 when every declared check caught its server for its reason,
 1 otherwise (a WRONG or MISSED cell).
 Every server is stopped by its PID (its process group) after its check. The
-matrix itself is :mod:`conformance.matrix`; this script picks the servers,
+matrix itself is :mod:`tools.matrix`; this script picks the servers,
 prints the table and writes the JSON.
 """
 
@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from conformance.checks import CATALOGUE, by_id  # noqa: E402
-from conformance.matrix import broken_servers, markdown, run_matrix  # noqa: E402
+from tools.matrix import broken_servers, markdown, run_matrix  # noqa: E402
 
 __all__ = ["BROKEN", "main"]
 

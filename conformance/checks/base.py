@@ -13,7 +13,7 @@ when it did not.
 ``trio.run``; for a *fault* check (one that hurts the server: resets, storms)
 it then runs the liveness step: a fresh connection must still be served. It
 returns an :class:`Outcome` whose report, for a failure, is a bug report
-(:mod:`conformance.report`).
+(:mod:`conformance.reports.failure`).
 
 A body that must run blocking code (the load generator, a Hypothesis
 search) runs it with :func:`run_in_thread`: trio cannot interrupt a thread,
@@ -38,12 +38,12 @@ from typing import Any, TypeVar
 import trio
 
 from conformance.harness import CheckFailure, Harness, StepTimeout
-from conformance.profiles import DEFAULT, Profile
 from conformance.protocols import Capability, EchoModel, ProtocolModel, skip_reason
-from conformance.report import FailureReport
+from conformance.reports.failure import FailureReport
 from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA, Level, Rule
-from conformance.stopping import run_trio
-from conformance.target import Address
+from conformance.run.profiles import DEFAULT, Profile
+from conformance.run.stopping import run_trio
+from conformance.targets.target import Address
 
 __all__ = [
     "KIB",

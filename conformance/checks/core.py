@@ -29,7 +29,6 @@ import random
 
 import trio
 
-from conformance import procfs
 from conformance.checks.base import (
     KIB,
     MIB,
@@ -44,6 +43,7 @@ from conformance.checks.resources import require_processes, server_processes
 from conformance.harness import CheckFailure, Connection, Harness
 from conformance.protocols import Capability
 from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA
+from conformance.targets import procfs
 from conformance.tcp_state import fin_acknowledged
 
 __all__ = ["CORE_CHECKS", "payload"]

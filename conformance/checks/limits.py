@@ -55,7 +55,6 @@ from pathlib import Path
 
 import trio
 
-from conformance import procfs
 from conformance.checks.base import Check, Level
 from conformance.checks.resources import name_processes, server_processes
 from conformance.harness import (
@@ -65,6 +64,7 @@ from conformance.harness import (
     Harness,
     StepTimeout,
 )
+from conformance.targets import procfs
 
 __all__ = [
     "LIMIT_CHECKS",

@@ -47,7 +47,6 @@ import dataclasses
 import threading
 from typing import Any
 
-from conformance import procfs
 from conformance.checks.base import (
     RFC862,
     RFC9293_RESET,
@@ -62,7 +61,8 @@ from conformance.load.hosts import HostError, HostState, parse_hosts, run_hosts
 from conformance.oracle import OracleError
 from conformance.protocols import model_name
 from conformance.rules import HALFCLOSE_DATA
-from conformance.sockdiag import listen_backlogs
+from conformance.targets import procfs
+from conformance.targets.sockdiag import listen_backlogs
 
 __all__ = ["LOAD_CHECKS"]
 

@@ -2,10 +2,10 @@
 
 How this works
 --------------
-A property check searches for a scenario (:mod:`conformance.scenario`) on which
+A property check searches for a scenario (:mod:`conformance.properties.scenario`) on which
 the server breaks a property, for example "every connection gets back exactly
 its own bytes, in order". Hypothesis draws scenarios from
-:mod:`conformance.strategies`; each one is run by :func:`interpret` in a fresh
+:mod:`conformance.properties.strategies`; each one is run by :func:`interpret` in a fresh
 :class:`~conformance.harness.Harness` (every step under a deadline; no verdict
 depends on time otherwise) and judged by the oracle, connection by connection.
 When one fails, Hypothesis shrinks it to a minimal scenario, which the report
@@ -19,7 +19,7 @@ keep a server (socat's fork per connection, for one) busy for seconds.
 The search runs on a worker thread with its own ``trio.run`` per example,
 since the check itself already runs inside trio.
 
-The run's :class:`~conformance.profiles.Profile` sizes the search, and a
+The run's :class:`~conformance.run.profiles.Profile` sizes the search, and a
 scenario saved by an earlier run (``--scenario FILE``) replaces it; both come
 with the harness the check runs in (``Harness.profile``,
 ``Harness.scenario``), from the run plan.
@@ -52,11 +52,9 @@ from conformance.checks.base import (
     run_in_thread,
 )
 from conformance.checks.core import HALF_CLOSE
-from conformance.checks.interpreter import interpret
 from conformance.harness import CheckFailure, Harness, StepTimeout
-from conformance.profiles import PROFILES, Limits
-from conformance.protocols import ProtocolModel
-from conformance.scenario import (
+from conformance.properties.interpreter import interpret
+from conformance.properties.scenario import (
     HalfClose,
     Reset,
     Scenario,
@@ -64,12 +62,14 @@ from conformance.scenario import (
     read_saved,
     to_json,
 )
-from conformance.stopping import run_trio
-from conformance.strategies import (
+from conformance.properties.strategies import (
     backpressure_scenarios,
     concurrent_scenarios,
     scenarios,
 )
+from conformance.protocols import ProtocolModel
+from conformance.run.profiles import PROFILES, Limits
+from conformance.run.stopping import run_trio
 
 __all__ = [
     "PROPERTY_CHECKS",

@@ -18,7 +18,7 @@ outside, through ``/proc``:
   (:meth:`~conformance.harness.Harness.not_measured`), never PASS.
 
 The ``/proc`` readings, and the facts about ``/proc`` they rely on, are in
-:mod:`conformance.procfs`.
+:mod:`conformance.targets.procfs`.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from conformance.checks.base import (
     Level,
 )
 from conformance.harness import CheckFailure, Connection, Harness
-from conformance.procfs import (
+from conformance.protocols import Capability
+from conformance.targets.procfs import (
     cpu_seconds,
     listening_inodes,
     resident_bytes,
     socket_inode,
     socket_owners,
 )
-from conformance.protocols import Capability
 
 __all__ = [
     "RESOURCE_CHECKS",

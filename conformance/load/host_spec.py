@@ -20,7 +20,7 @@ import execnet
 
 from conformance.errors import UsageError
 from conformance.load.spec import LoadSpec
-from conformance.spawn import no_input
+from conformance.targets.spawn import no_input
 
 __all__ = ["HostSpec", "parse_hosts", "preflight", "share_out"]
 

@@ -11,7 +11,7 @@ connect storm) and reports progress.
 One fast path: ping-pong with no faults and no round count (every connection
 ``ACTIVE`` throughout) takes a whole reply in one ``recv``, compares it in one
 ``==`` and calls :meth:`~conformance.load.driver.Driver.send_next`, the same code every round uses.
-Latencies go into a list that :meth:`~conformance.histogram.Histogram.record_many`
+Latencies go into a list that :meth:`~conformance.load.histogram.Histogram.record_many`
 empties at each housekeeping tick.
 
 A descriptor that is no connection's is a connect under way (a replacement,

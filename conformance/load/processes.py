@@ -41,7 +41,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conformance.lifeline import die_with_parent
 from conformance.load.connector import SLICE, StopEvent, wait_connected, wait_ready
 from conformance.load.driver import Driver
 from conformance.load.loop import run
@@ -49,6 +48,7 @@ from conformance.load.result import LoadResult
 from conformance.load.spec import LoadError, LoadSpec, judging
 from conformance.oracle import EchoOracle, Oracle, OracleError
 from conformance.protocols import Capability, EchoModel, ProtocolModel, unique_prefix
+from conformance.targets.lifeline import die_with_parent
 
 __all__ = ["probe_alive", "run_load"]
 

@@ -69,8 +69,8 @@ _CLOSED = ("closed",)  # the endmarker of the host's channel callback
 _SHIPPED = (
     "conformance/__init__.py",
     "conformance/errors.py",
-    "conformance/histogram.py",
-    "conformance/lifeline.py",
+    "conformance/targets/__init__.py",
+    "conformance/targets/lifeline.py",
     "conformance/oracle.py",
     "conformance/user_code.py",
     "conformance/version.py",

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from conformance.histogram import Histogram
+from conformance.load.histogram import Histogram
 from conformance.load.spec import LoadSpec
 from conformance.protocols import ORACLE
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.target import RunningTarget, TargetSpec, start_target
+from conformance.targets.target import RunningTarget, TargetSpec, start_target
 from tests.helpers import ROOT
 
 __all__ = [
@@ -108,14 +108,14 @@ def run_cli(
 
 
 def run_pytest(*argv: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
-    """``pytest -p conformance.plugin ARGV`` in a subprocess (no cache, no benchmark plugin)."""
+    """``pytest -p conformance.fronts.plugin ARGV`` in a subprocess (no cache, no benchmark)."""
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "pytest",
             "-p",
-            "conformance.plugin",
+            "conformance.fronts.plugin",
             "-p",
             "no:cacheprovider",
             "-p",
@@ -287,7 +287,7 @@ def python_for_nobody(shared: Path, env: dict[str, str]) -> tuple[str | None, st
     """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     tried: list[str] = []
-    probe = "import sys, conformance.cli; print(sys.version)"
+    probe = "import sys, conformance.fronts.cli; print(sys.version)"
     for python in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")):
         if python is None:
             continue

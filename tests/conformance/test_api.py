@@ -8,8 +8,8 @@ import pytest
 
 import conformance
 from conformance.errors import TargetError, UsageError
-from conformance.results import Verdict
-from conformance.target import TargetSpec, free_port
+from conformance.run.results import Verdict
+from conformance.targets.target import TargetSpec, free_port
 from tests.conformance.support import broken_spawn, serving
 
 

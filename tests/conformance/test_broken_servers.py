@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from conformance.checks import CATALOGUE, by_id
-from conformance.matrix import BrokenServer, Cell, broken_servers, catches, run_against
-from conformance.target import TargetKind, TargetSpec
+from conformance.targets.target import TargetKind, TargetSpec
 from tests.conformance.support import ASYNCIO_ECHO, BROKEN, spawn_command
+from tools.matrix import BrokenServer, Cell, broken_servers, catches, run_against
 
 SERVERS = broken_servers(BROKEN)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conformance.capped_log import CappedLog
+from conformance.targets.capped_log import CappedLog
 from tests.conformance.support import run_cli, spawn_command
 from tests.helpers import ROOT
 

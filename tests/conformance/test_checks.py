@@ -9,8 +9,8 @@ import pytest
 
 from conformance.checks import CATALOGUE, CATEGORIES, Check, Level, Setup, by_id, run_check
 from conformance.errors import UsageError
-from conformance.selection import select_checks
-from conformance.target import RunningTarget, TargetKind, TargetSpec
+from conformance.run.selection import select_checks
+from conformance.targets.target import RunningTarget, TargetKind, TargetSpec
 from tests.conformance.support import broken_spawn, serving
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from conformance import __version__
 from conformance.checks import CATALOGUE
-from conformance.results import use_colour
-from conformance.selection import select_checks
-from conformance.target import free_port
+from conformance.run.results import use_colour
+from conformance.run.selection import select_checks
+from conformance.targets.target import free_port
 from tests.conformance.support import ASYNCIO_ECHO, broken_spawn, run_cli, spawn_command
 
 

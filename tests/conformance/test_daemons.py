@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 
 from conformance.errors import TargetError
-from conformance.health import Board, TargetState, process_gone
-from conformance.keeper import Keeper
-from conformance.strays import listeners, start_ticks, stop_processes, wait_gone
-from conformance.target import RunningTarget, TargetKind, TargetSpec, start_target
-from conformance.target_state import TargetEventKind, TargetStatus
+from conformance.targets.health import Board, TargetState, process_gone
+from conformance.targets.keeper import Keeper
+from conformance.targets.strays import listeners, start_ticks, stop_processes, wait_gone
+from conformance.targets.target import RunningTarget, TargetKind, TargetSpec, start_target
+from conformance.targets.target_state import TargetEventKind, TargetStatus
 from tests.conformance.support import SERVERS, run_cli, spawn_command
 
 HOSTILE = SERVERS / "hostile"

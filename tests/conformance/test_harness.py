@@ -25,7 +25,7 @@ from conformance.harness import (
     StepTimeout,
 )
 from conformance.rules import HALFCLOSE_DATA
-from conformance.target import Address
+from conformance.targets.target import Address
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

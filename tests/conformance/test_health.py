@@ -17,13 +17,13 @@ from xml.etree import ElementTree
 
 import pytest
 
-from conformance.api import check_server
-from conformance.health import Board, describe_exit
-from conformance.keeper import Keeper
+from conformance.fronts.api import check_server
 from conformance.oracle import EchoOracle
-from conformance.results import Verdict
-from conformance.target import Address, TargetKind, TargetSpec, start_target
-from conformance.target_state import Down, TargetEventKind, TargetState, TargetStatus
+from conformance.run.results import Verdict
+from conformance.targets.health import Board, describe_exit
+from conformance.targets.keeper import Keeper
+from conformance.targets.target import Address, TargetKind, TargetSpec, start_target
+from conformance.targets.target_state import Down, TargetEventKind, TargetState, TargetStatus
 from tests.conformance.support import SERVERS, broken_spawn, run_cli, spawn_command
 
 HOSTILE = SERVERS / "hostile"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from conformance.histogram import Histogram
+from conformance.load.histogram import Histogram
 
 
 def test_Histogram_percentiles_are_within_one_sixty_fourth() -> None:

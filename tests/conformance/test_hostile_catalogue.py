@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from conformance.strays import listeners, start_ticks
+from conformance.targets.strays import listeners, start_ticks
 from tests.conformance.support import SERVERS, run_cli, spawn_command
 
 HOSTILE = SERVERS / "hostile"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance import procfs
-from conformance.spawn import Spawned, spawn_listening
-from conformance.strays import listeners, start_ticks, stop_processes, wait_gone
+from conformance.targets import procfs
+from conformance.targets.spawn import Spawned, spawn_listening
+from conformance.targets.strays import listeners, start_ticks, stop_processes, wait_gone
 from tests.helpers import ROOT, connect, exchange, recv_until_eof, reset
 
 HOSTILE = ROOT / "fixtures" / "servers" / "hostile"

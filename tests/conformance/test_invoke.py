@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.invoke import IGNORED_ENVIRONMENT, owned_configuration
+from conformance.fronts.invoke import IGNORED_ENVIRONMENT, owned_configuration
 from tests.conformance.support import (
     as_nobody,
     directory_for_others,

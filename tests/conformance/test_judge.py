@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conformance.checks import Check, Outcome, by_id
-from conformance.judge import (
+from conformance.reports.failure import FailureKind, FailureReport
+from conformance.run.judge import (
     UNDISTURBED,
     AlreadyUnreachable,
     Before,
@@ -17,9 +18,8 @@ from conformance.judge import (
     StoppedAnswering,
     judge,
 )
-from conformance.report import FailureKind, FailureReport
-from conformance.results import CheckResult, Verdict
-from conformance.target_state import Down, NeverStarted, NotUpAgain, Unreachable
+from conformance.run.results import CheckResult, Verdict
+from conformance.targets.target_state import Down, NeverStarted, NotUpAgain, Unreachable
 
 MUST = by_id("ECHO-BASIC-1")
 SHOULD = by_id("ECHO-CPU-1")

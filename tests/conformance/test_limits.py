@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from conformance import procfs
 from conformance.checks import Setup, by_id, run_check
 from conformance.checks.limits import CAP, MARGIN, raised_descriptor_limit, server_limit
 from conformance.harness import Harness
-from conformance.matrix import run_against
-from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, free_port
+from conformance.targets import procfs
+from conformance.targets.target import Address, RunningTarget, TargetKind, TargetSpec, free_port
 from tests.conformance.support import ASYNCIO_ECHO, ROOT, broken_spawn, serving
+from tools.matrix import run_against
 
 LIMIT = by_id("ECHO-LIMIT-1")
 PYTHON = shlex.quote(sys.executable)

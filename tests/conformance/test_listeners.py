@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from conformance import procfs
 from conformance.checks.load import _backlog_overflowed
 from conformance.harness import Harness
 from conformance.load import LoadSpec
-from conformance.target import Address
+from conformance.targets import procfs
+from conformance.targets.target import Address
 from tests.conformance.support import SERVERS, run_cli, spawn_command
 
 MAPPED = SERVERS / "hostile" / "listens_ipv4_mapped.py"

@@ -18,14 +18,14 @@ import pytest
 
 from conformance.checks import Setup, by_id, run_check
 from conformance.errors import UsageError
-from conformance.histogram import Histogram
 from conformance.load import Faults, LoadResult, LoadSpec, format_json, run_load
 from conformance.load.client import Client, ClientEvent, ClientState, IllegalTransition
 from conformance.load.driver import Driver
+from conformance.load.histogram import Histogram
 from conformance.load.spec import Mode
 from conformance.oracle import Judgement, Oracle, Status
 from conformance.rules import HALFCLOSE_DATA
-from conformance.target import Address
+from conformance.targets.target import Address
 from tests.helpers import ROOT, ServerProcess
 
 

@@ -32,7 +32,7 @@ from conformance.load.hosts import (
     share_out,
 )
 from conformance.load.spec import Mode
-from conformance.procfs import children
+from conformance.targets.procfs import children
 from tests.conformance.support import Sshd, SshdUnavailable, broken_spawn, run_cli, sshd
 from tests.helpers import ROOT, ServerProcess
 

@@ -20,8 +20,8 @@ from conformance.load import Faults, LoadSpec, run_load
 from conformance.load.spec import Judging, judging
 from conformance.oracle import DiscardOracle, EchoOracle
 from conformance.protocols import load_model
-from conformance.results import Verdict
-from conformance.target import RunningTarget, TargetSpec
+from conformance.run.results import Verdict
+from conformance.targets.target import RunningTarget, TargetSpec
 from tests.conformance.example_oracles import UpperEchoOracle
 from tests.conformance.support import SERVERS, run_cli, serving, spawn_command
 from tests.helpers import ServerProcess

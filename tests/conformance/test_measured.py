@@ -21,8 +21,8 @@ import pytest
 from conformance.checks import CATALOGUE, by_id
 from conformance.checks.resources import server_processes
 from conformance.harness import Harness
-from conformance.heavy_lock import heavy_lock
-from conformance.target import RunningTarget, TargetKind, TargetSpec
+from conformance.run.heavy_lock import heavy_lock
+from conformance.targets.target import RunningTarget, TargetKind, TargetSpec
 from tests.conformance.support import (
     ROOT,
     as_nobody,

@@ -13,7 +13,8 @@ import pytest
 from conformance.checks import CATALOGUE, by_id
 from conformance.errors import UsageError
 from conformance.harness import DEFAULT_MAX_CONNECTIONS, DEFAULT_STEP_TIMEOUT
-from conformance.plan import (
+from conformance.protocols import OracleModel, RespModel, model_name
+from conformance.run.plan import (
     DEFAULT_TIMEOUT,
     Front,
     RunPlan,
@@ -21,10 +22,9 @@ from conformance.plan import (
     max_connections,
     plan_from_options,
 )
-from conformance.profiles import PROFILES
-from conformance.protocols import OracleModel, RespModel, model_name
-from conformance.session import LiveTarget, Session
-from conformance.target import Address, TargetSpec
+from conformance.run.profiles import PROFILES
+from conformance.run.session import LiveTarget, Session
+from conformance.targets.target import Address, TargetSpec
 
 
 def _options(*argv: str) -> argparse.Namespace:

@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 import pytest
 
 from conformance.checks import CATALOGUE
-from conformance.target import RunningTarget, TargetSpec, free_port
+from conformance.targets.target import RunningTarget, TargetSpec, free_port
 from tests.conformance.support import broken_spawn, run_pytest, serving
 
 
@@ -123,7 +123,7 @@ def test_plugin_writes_reports_from_the_xdist_controller(
 
     import jsonschema
 
-    from conformance.report_json import load_schema
+    from conformance.reports.json_report import load_schema
 
     checks = [c.id for c in CATALOGUE if c.heavy][:1] + [c.id for c in CATALOGUE if not c.heavy][:2]
     paths = {name: tmp_path / name for name in ("r.json", "r.html", "junit.xml")}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance import procfs
-from conformance.sockdiag import listen_backlogs
+from conformance.targets import procfs
+from conformance.targets.sockdiag import listen_backlogs
 
 #: A child that obeys one command per message on a SOCK_SEQPACKET socket:
 #: ``open N`` opens N more sockets, ``connect PORT`` connects to 127.0.0.1:PORT

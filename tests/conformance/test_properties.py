@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 
 from conformance.checks import Setup, properties, run_check
-from conformance.profiles import PROFILES, profile_named
-from conformance.scenario import (
+from conformance.properties.scenario import (
     HalfClose,
     Pause,
     Read,
@@ -25,8 +24,9 @@ from conformance.scenario import (
     from_json,
     to_json,
 )
-from conformance.strategies import scenarios
-from conformance.target import TargetSpec
+from conformance.properties.strategies import scenarios
+from conformance.run.profiles import PROFILES, profile_named
+from conformance.targets.target import TargetSpec
 from tests.conformance.support import broken_spawn, serving
 
 CI = PROFILES["ci"]

@@ -26,7 +26,7 @@ from conformance.protocols import (
     request_stream,
     template_prefix,
 )
-from conformance.target import Address
+from conformance.targets.target import Address
 from tests.conformance.support import run_cli
 
 REDIS = "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no"

@@ -30,7 +30,7 @@ from conformance.oracle import Judgement, Oracle
 from conformance.protocols import LoadConnection, ProtocolModel, load_model, unique_prefix
 from conformance.protocols.memcached import MAX_VALUE, Get, Incr, Set, Version
 from conformance.protocols.resp import Command, Key
-from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
+from conformance.targets.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
 #: Every exchange ends within this many seconds, or the test fails saying what was owed.
 DEADLINE = 60.0

@@ -6,7 +6,7 @@ import json
 
 from conformance.harness import Divergence, Ending, Event, StepTimeout, Transcript
 from conformance.oracle import Judgement, Status
-from conformance.report import Excerpt, FailureKind, FailureReport, hex_excerpt
+from conformance.reports.failure import Excerpt, FailureKind, FailureReport, hex_excerpt
 
 REPLAY = "reactor-conformance run --target 127.0.0.1:7 --checks ECHO-X-1"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conformance.checks import CATALOGUE
-from conformance.report import ByteDivergence, Excerpt, FailureKind, FailureReport
-from conformance.report_html import render_html
-from conformance.results import CheckResult, RunResults, TargetRun, Verdict
+from conformance.reports.failure import ByteDivergence, Excerpt, FailureKind, FailureReport
+from conformance.reports.html_report import render_html
+from conformance.run.results import CheckResult, RunResults, TargetRun, Verdict
 
 PASS, FAIL, NON_STRICT, SKIPPED = (
     Verdict.PASS,

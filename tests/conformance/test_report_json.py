@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 import jsonschema
 import pytest
 
-from conformance.report_json import FORMAT, load_schema
+from conformance.reports.json_report import FORMAT, load_schema
 from tests.conformance.support import ASYNCIO_ECHO, broken_spawn, run_cli, spawn_command
 from tests.conformance.test_report_html import PageParser
 

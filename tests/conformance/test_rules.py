@@ -6,7 +6,7 @@ import pytest
 
 from conformance.checks import CATALOGUE, Check, Level, Outcome
 from conformance.harness import CheckFailure, Harness
-from conformance.report import FailureReport
+from conformance.reports.failure import FailureReport
 from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA, RULES, Rule, by_rule_id
 
 

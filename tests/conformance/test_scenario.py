@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conformance.scenario import (
+from conformance.properties.scenario import (
     FORMAT,
     HalfClose,
     Scenario,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conformance import procfs
 from conformance.checks import by_id
 from conformance.errors import UsageError
-from conformance.plan import Front, RunPlan, add_options, plan_from_options
-from conformance.spawn import soft_nofile, spawn_listening
-from conformance.target import (
+from conformance.run.plan import Front, RunPlan, add_options, plan_from_options
+from conformance.targets import procfs
+from conformance.targets.spawn import soft_nofile, spawn_listening
+from conformance.targets.target import (
     SERVER_NOFILE,
     TargetKind,
     TargetSpec,

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from conformance import procfs
 from conformance.errors import TargetError
-from conformance.line_reader import HEAD, LineReader, parse_listening
-from conformance.spawn import spawn, spawn_listening
+from conformance.targets import procfs
+from conformance.targets.line_reader import HEAD, LineReader, parse_listening
+from conformance.targets.spawn import spawn, spawn_listening
 
 #: Listens, says so after a line of chatter, and echoes one connection's bytes.
 LISTENS = (

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from conformance.procfs import command_line
-from conformance.spawn import Spawned, spawn_listening
-from conformance.strays import (
+from conformance.targets.procfs import command_line
+from conformance.targets.spawn import Spawned, spawn_listening
+from conformance.targets.strays import (
     listeners,
     session_members,
     sessions_of,

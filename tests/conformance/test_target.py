@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conformance.errors import TargetError, UsageError
-from conformance.target import (
+from conformance.targets.target import (
     Address,
     TargetKind,
     TargetSpec,

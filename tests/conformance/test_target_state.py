@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from conformance.report_json import load_schema
-from conformance.target_state import (
+from conformance.reports.json_report import load_schema
+from conformance.targets.target_state import (
     Exit,
     Note,
     TargetEvent,

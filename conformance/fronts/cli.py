@@ -7,7 +7,7 @@ Sub-commands:
   once, builds the pytest arguments, runs pytest in-process (``-n N`` or
   ``-n auto`` for xdist) with pytest's own terminal output off, shows a
   progress line (on a terminal), then prints its summary from the plugin's
-  results (:mod:`conformance.console`): the verdicts (a column per target),
+  results (:mod:`conformance.fronts.console`): the verdicts (a column per target),
   the bug report of each failure, the counts, and the paths of the reports
   written (``--report-json``, ``--report-html``, ``--junitxml``).
 - ``list``: the catalogue (ID, level, category, spec reference, title).
@@ -39,7 +39,6 @@ from typing import Any
 import pytest
 
 from conformance.checks import CATALOGUE
-from conformance.console import Progress, summarise
 from conformance.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -48,21 +47,22 @@ from conformance.errors import (
     TargetError,
     UsageError,
 )
-from conformance.invoke import run_pytest
-from conformance.load_command import add_load_parser
-from conformance.plan import (
+from conformance.fronts.console import Progress, summarise
+from conformance.fronts.invoke import run_pytest
+from conformance.fronts.load_command import add_load_parser
+from conformance.run.plan import (
     TARGET_DESTS,
     Front,
     add_options,
     check_report_path,
     plan_from_options,
 )
-from conformance.results import (
+from conformance.run.results import (
     use_colour,
 )
-from conformance.session import PlannedRun, Session
-from conformance.stopping import Stopped, install, requested, stop_on_signal
-from conformance.target import TargetKind, server_nofile_header
+from conformance.run.session import PlannedRun, Session
+from conformance.run.stopping import Stopped, install, requested, stop_on_signal
+from conformance.targets.target import TargetKind, server_nofile_header
 from conformance.version import __version__
 from reference.cli import ArgumentParser, add_model_parsers, at_least, serve
 

@@ -3,7 +3,7 @@
 Like ``trio.testing.check_two_way_stream``, it runs the conformance checks
 against a server from inside any test suite, and returns typed results
 instead of printing. It runs the same engine as ``reactor-conformance run``
-(:class:`~conformance.session.Session`), checks one after the other in this
+(:class:`~conformance.run.session.Session`), checks one after the other in this
 process, without pytest's collection or xdist.
 """
 
@@ -13,14 +13,14 @@ import time
 from collections.abc import Iterable
 
 from conformance.errors import UsageError
-from conformance.plan import Front, RunPlan, target_names
-from conformance.plan import load_hosts as parse_load_hosts
-from conformance.profiles import Profile, profile_named
 from conformance.protocols import run_model
-from conformance.results import RunResults
-from conformance.selection import select_checks
-from conformance.session import Session
-from conformance.target import REFERENCE_MODELS, TargetSpec, parse_address
+from conformance.run.plan import Front, RunPlan, target_names
+from conformance.run.plan import load_hosts as parse_load_hosts
+from conformance.run.profiles import Profile, profile_named
+from conformance.run.results import RunResults
+from conformance.run.selection import select_checks
+from conformance.run.session import Session
+from conformance.targets.target import REFERENCE_MODELS, TargetSpec, parse_address
 
 __all__ = ["check_server"]
 
@@ -54,7 +54,7 @@ def check_server(
             ``{port}`` for a free port (or printing ``listening on
             HOST:PORT``), stopped at the end; a reference model name
             (``single``, ``pool``, ``multi``); or a
-            :class:`~conformance.target.TargetSpec`.
+            :class:`~conformance.targets.target.TargetSpec`.
         checks: IDs or patterns (``ECHO-RESET-*``); default: every check.
         oracle: ``echo``, ``discard`` or ``package.module:Class``.
         protocol: The protocol model the checks speak (``resp``,
@@ -69,7 +69,7 @@ def check_server(
     Returns:
         The results: ``ok()`` is true when every MUST passed (every check,
         when strict); ``failed()`` lists the failures, each with its
-        :class:`~conformance.report.FailureReport`.
+        :class:`~conformance.reports.failure.FailureReport`.
 
     Raises:
         UsageError: An unknown check, oracle, protocol, profile or load host,

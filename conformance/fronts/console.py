@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance.errors import EXIT_FAILED, EXIT_OK, EXIT_REPORTS, EXIT_UNREACHABLE
-from conformance.plugin import CHECK_PROPERTY, TARGET_PROPERTY
-from conformance.results import RunResults, Verdict, format_counts, format_table, paint
-from conformance.session import Session
+from conformance.fronts.plugin import CHECK_PROPERTY, TARGET_PROPERTY
+from conformance.run.results import RunResults, Verdict, format_counts, format_table, paint
+from conformance.run.session import Session
 
 __all__ = ["Progress", "summarise"]
 

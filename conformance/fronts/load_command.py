@@ -26,8 +26,8 @@ from conformance.errors import (
 )
 from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
 from conformance.load.hosts import HostError, HostsResult, parse_hosts, run_hosts, share_out
-from conformance.plan import TARGET_DESTS, Front, add_options
-from conformance.target import TargetSpec, start_target
+from conformance.run.plan import TARGET_DESTS, Front, add_options
+from conformance.targets.target import TargetSpec, start_target
 from reference.cli import at_least
 
 __all__ = ["add_load_parser", "load"]

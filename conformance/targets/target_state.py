@@ -2,8 +2,8 @@
 
 How this works
 --------------
-The owner of a started target (:class:`~conformance.keeper.Keeper`) records
-a :class:`TargetState` on the run's :class:`~conformance.health.Board`; every
+The owner of a started target (:class:`~conformance.targets.keeper.Keeper`) records
+a :class:`TargetState` on the run's :class:`~conformance.targets.health.Board`; every
 process reads it back. Everything here is plain data, no I/O: each record
 turns into the JSON the board's files and the reports hold
 (:meth:`TargetState.to_data`, :meth:`TargetEvent.to_data`) and back, the
@@ -27,7 +27,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeAlias
 
-from conformance.address import Address
+from conformance.targets.address import Address
 
 __all__ = [
     "MAX_RESTARTS",
@@ -240,7 +240,7 @@ class NeverStarted:
     """Nothing was ever recorded about the target."""
 
 
-#: Why a check cannot run against a target (:meth:`~conformance.health.Board.wait_ready`).
+#: Why a check cannot run against a target (:meth:`~conformance.targets.health.Board.wait_ready`).
 NotReady: TypeAlias = Unreachable | Down | NotUpAgain | NeverStarted
 
 

@@ -11,9 +11,9 @@ found by what it holds and when it started, never by its name:
 
 - every process is known by its PID *and* its start time
   (:func:`start_ticks`), and only one that started at or after the spawn
-  (:attr:`conformance.spawn.Spawned.started`) counts as the run's;
+  (:attr:`conformance.targets.spawn.Spawned.started`) counts as the run's;
 - :func:`listeners`: the holders of a socket listening on the port the run
-  handed out (its ``{port}``), found through :mod:`conformance.procfs`;
+  handed out (its ``{port}``), found through :mod:`conformance.targets.procfs`;
 - :func:`session_members`: the processes of a session the run's processes
   lead (the spawned command's own, and those its strays made with ``setsid``).
 
@@ -47,7 +47,7 @@ import signal
 import time
 from collections.abc import Iterable
 
-from conformance.procfs import listening_inodes, process_ids, socket_owners, stat_fields
+from conformance.targets.procfs import listening_inodes, process_ids, socket_owners, stat_fields
 
 __all__ = [
     "listeners",

@@ -52,7 +52,7 @@ __all__ = ["IGNORED_ENVIRONMENT", "PLUGINS", "owned_configuration", "run_pytest"
 
 #: The plugins a conformance run loads, as module names: xdist (``-n``), Hypothesis
 #: (``--hypothesis-profile``), the suite.
-PLUGINS: tuple[str, ...] = ("xdist.plugin", "_hypothesis_pytestplugin", "conformance.plugin")
+PLUGINS: tuple[str, ...] = ("xdist.plugin", "_hypothesis_pytestplugin", "conformance.fronts.plugin")
 #: Environment variables through which a user's pytest settings would reach the run.
 IGNORED_ENVIRONMENT: tuple[str, ...] = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")
 _AUTOLOAD = "PYTEST_DISABLE_PLUGIN_AUTOLOAD"

@@ -7,9 +7,9 @@ targets the suite started are children of one (the controller). They share
 what they know through a :class:`Board`, a private directory of small files:
 
 - ``NAME.state.json``, written only by the process that owns the target (by
-  :class:`~conformance.keeper.Keeper`, atomically: write, then rename): its generation (0, then
-  1 after the first restart...), its status (``up``, ``restarting``,
-  ``down``), where it listens, its PID, every exit it saw (how: "exited
+  :class:`~conformance.targets.keeper.Keeper`, atomically: write, then
+  rename): its generation (0, then 1 after the first restart...), its status
+  (``up``, ``restarting``, ``down``), where it listens, its PID, every exit it saw (how: "exited
   with signal 13 (SIGPIPE)", when, and the last lines of its stderr), and
   its notes: the server daemonized (its PID is the daemon's from then on),
   a process the run could not stop.
@@ -22,18 +22,18 @@ what they know through a :class:`Board`, a private directory of small files:
   longer served a fresh connection (:func:`conformance.checks.liveness`):
   the remaining checks are SKIPPED with "target unreachable since CHECK".
 
-A :class:`~conformance.keeper.Keeper` (one per started target, on the owning
+A :class:`~conformance.targets.keeper.Keeper` (one per started target, on the owning
 process) waits on
 the target's process in a thread; when it exits, the keeper records how,
 then restarts it (at most :data:`MAX_RESTARTS` times) unless the run says
 ``--no-restart``. A command that exits 0 while a process it started listens
 on its handed-out port has daemonized
-(:meth:`~conformance.target.RunningTarget.find_daemon`): the keeper follows
+(:meth:`~conformance.targets.target.RunningTarget.find_daemon`): the keeper follows
 that process instead, and its end is the target's exit. Before each check
 the session waits until its target is
 ``up`` (:meth:`Board.wait_ready`); after it, it looks for an exit of the
 generation it ran against (:meth:`Board.exit_during`). What the board holds
-and returns is typed data, from :mod:`conformance.target_state`.
+and returns is typed data, from :mod:`conformance.targets.target_state`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from conformance.target_state import (
+from conformance.targets.target_state import (
     MAX_RESTARTS,
     Down,
     Exit,

@@ -1,6 +1,6 @@
 """Profiles: how hard the property checks search, in one table.
 
-A :class:`Profile` is carried in the run plan (:mod:`conformance.session`)
+A :class:`Profile` is carried in the run plan (:mod:`conformance.run.session`)
 and, through each check's :class:`~conformance.checks.Setup`, reaches the
 harness the property checks run in; nothing about it is global. ``ci`` is
 derandomized and small (the property section in a few seconds), ``default``

@@ -12,14 +12,14 @@ command, it replaces ``{port}`` with a free port, or else waits for the
 command to print ``listening on HOST:PORT``; either way it then waits, under a
 deadline, until the address accepts a connection. Starting, reading the
 command's output, waiting for that line and stopping its process group are
-:mod:`conformance.spawn`'s; this module adds what only a target needs:
+:mod:`conformance.targets.spawn`'s; this module adds what only a target needs:
 
 - The descriptor limit a started server begins with (``--server-nofile``,
   :data:`SERVER_NOFILE` by default), set before it runs.
 - A server that daemonizes: the command exits 0 while a process it started
   listens on the port the run handed out. :meth:`RunningTarget.find_daemon`
   finds that process by its listening socket and its start time
-  (:mod:`conformance.strays`), and :meth:`RunningTarget.follow` makes it the
+  (:mod:`conformance.targets.strays`), and :meth:`RunningTarget.follow` makes it the
   target's process: its PID is the one the run watches, measures and stops.
   The port is the proof that the process is the run's: a command that prints
   its port is not followed (its port was not handed out by the run).
@@ -40,16 +40,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.address import Address, free_port, parse_address, probe
 from conformance.errors import TargetError, UsageError
-from conformance.spawn import (
+from conformance.targets.address import Address, free_port, parse_address, probe
+from conformance.targets.spawn import (
     SERVER_NOFILE,
     Spawned,
     server_nofile,
     server_nofile_header,
     spawn,
 )
-from conformance.strays import (
+from conformance.targets.strays import (
     listeners,
     session_members,
     sessions_of,
@@ -336,7 +336,7 @@ def start_target(
     if spec.kind is TargetKind.REFERENCE:
         argv = _reference_command(spec.value)
         # The reference package sits beside this one, installed or in a source tree.
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     else:
         command = spec.value

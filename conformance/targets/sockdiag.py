@@ -3,7 +3,7 @@
 How this works
 --------------
 :func:`listen_backlogs` finds the sockets listening at an address by their
-inodes in ``/proc/net/tcp*`` (:func:`conformance.procfs.listening_inodes`),
+inodes in ``/proc/net/tcp*`` (:func:`conformance.targets.procfs.listening_inodes`),
 then asks the kernel for the backlog of every listening TCP socket over
 netlink (one dump per address family) and keeps those inodes' backlogs. It
 is what ``ss -l`` shows as Send-Q.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from conformance.procfs import LISTEN, listening_inodes
+from conformance.targets.procfs import LISTEN, listening_inodes
 
 __all__ = ["listen_backlogs"]
 

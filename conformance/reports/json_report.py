@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from conformance.checks import Check
-from conformance.results import CheckResult, RunResults, TargetRun, Verdict, host_info
-from conformance.target_state import TargetEvent
+from conformance.run.results import CheckResult, RunResults, TargetRun, Verdict, host_info
+from conformance.targets.target_state import TargetEvent
 from conformance.version import __version__
 
 __all__ = ["FORMAT", "load_schema", "to_json", "write_json"]
@@ -34,7 +34,7 @@ FORMAT = "reactor-conformance-report/1"
 
 def load_schema() -> dict[str, Any]:
     """The JSON schema of the report (package data)."""
-    text = resources.files("conformance").joinpath("report.schema.json").read_text("utf-8")
+    text = resources.files("conformance.reports").joinpath("report.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -2,16 +2,16 @@
 
 One :class:`Keeper` per target the suite started, on the process that owns
 it: a thread waits on the target's process, and when it exits records how on
-the run's :class:`~conformance.health.Board` (with its last stderr lines),
+the run's :class:`~conformance.targets.health.Board` (with its last stderr lines),
 stops what it left behind, and starts it again, at most
-:data:`~conformance.health.MAX_RESTARTS` times, unless the run says
+:data:`~conformance.targets.health.MAX_RESTARTS` times, unless the run says
 ``--no-restart``. A command that exits 0 while a process it started listens
 on its handed-out port has daemonized: the keeper follows that process
 instead, and its end is the target's exit.
 
 The keeper's thread also starts every restarted server, and lives as long as
 the target: a server dies with the thread that started it when the suite is
-killed outright (:mod:`conformance.lifeline`).
+killed outright (:mod:`conformance.targets.lifeline`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from conformance.errors import TargetError
-from conformance.health import (
+from conformance.targets.health import (
     MAX_RESTARTS,
     STDERR_LINES,
     Board,
@@ -32,8 +32,8 @@ from conformance.health import (
     TargetStatus,
     describe_exit,
 )
-from conformance.procfs import command_line
-from conformance.target import RunningTarget
+from conformance.targets.procfs import command_line
+from conformance.targets.target import RunningTarget
 
 __all__ = ["Keeper"]
 

@@ -11,33 +11,33 @@ collect, start and add nothing.
 When the suite is named:
 
 - ``pytest_configure`` turns the options (defined once, in
-  :mod:`conformance.plan`'s option table) into a run plan, or takes the plan
-  the CLI handed in (:class:`~conformance.session.PlannedRun`), and in the
+  :mod:`conformance.run.plan`'s option table) into a run plan, or takes the plan
+  the CLI handed in (:class:`~conformance.run.session.PlannedRun`), and in the
   xdist controller (or the only process) starts a
-  :class:`~conformance.session.Session`: it starts every target once
+  :class:`~conformance.run.session.Session`: it starts every target once
   (``--target``, ``--spawn`` and ``--reference`` may each be repeated, and
   are tested side by side) and stops them at the end; a target that cannot be
   reached ends the run with exit code 3. Under xdist the workers get the plan
   and the targets from the controller (``pytest_configure_node``), so a
   spawned server is started once, and die with the controller
-  (:mod:`conformance.lifeline`). SIGINT, SIGTERM and SIGHUP stop the run
-  cleanly, even mid-check (:mod:`conformance.stopping`).
+  (:mod:`conformance.targets.lifeline`). SIGINT, SIGTERM and SIGHUP stop the run
+  cleanly, even mid-check (:mod:`conformance.run.stopping`).
 - ``pytest_collect_file`` turns the package's ``__init__.py`` into a
   :class:`CatalogueFile` whose items are the selected checks (with several
   targets, one :class:`TargetNode` per target holds them, so an item's name is
   still its check's ID: the JUnit test name). Heavy checks carry
   ``xdist_group("conformance-heavy")``: under ``--dist loadgroup`` they run on
   one worker, one after the other; a file lock per target keeps them apart
-  whatever the scheduler does (:func:`~conformance.heavy_lock.heavy_lock`).
+  whatever the scheduler does (:func:`~conformance.run.heavy_lock.heavy_lock`).
 - A failed MUST (or any failure under ``--conformance-strict``) fails its
   item with the bug report as the failure text. A failed SHOULD or MAY
   passes with a ``NON-STRICT`` status and its report in the summary. The
   report itself travels as data (a user property), never as text to parse.
 - The controller's :class:`Recorder` reads every test report as it arrives
   (``pytest_runtest_logreport``: a worker's reports arrive there with their
-  user properties) into one :class:`~conformance.results.RunResults`, and at
+  user properties) into one :class:`~conformance.run.results.RunResults`, and at
   the end writes ``--report-json`` and ``--report-html`` (one that cannot be
-  written is recorded in :attr:`~conformance.session.Session.unwritten`) and,
+  written is recorded in :attr:`~conformance.run.session.Session.unwritten`) and,
   with several targets, prints the verdicts side by side. xdist's ``loadgroup`` appends
   ``@group`` to a grouped item's node ID; the recorder takes it off the
   controller's copy of the report, so JUnit names each test by its check ID.
@@ -57,26 +57,26 @@ import pytest
 
 from conformance.checks import Check
 from conformance.errors import EXIT_UNREACHABLE, TargetError, UsageError
-from conformance.heavy_lock import heavy_lock
-from conformance.lifeline import die_with_parent
-from conformance.plan import (
+from conformance.reports.failure import FailureReport
+from conformance.reports.html_report import write_html
+from conformance.reports.json_report import write_json
+from conformance.run.heavy_lock import heavy_lock
+from conformance.run.plan import (
     Front,
     add_options,
     plan_from_options,
 )
-from conformance.report import FailureReport
-from conformance.report_html import write_html
-from conformance.report_json import write_json
-from conformance.results import (
+from conformance.run.results import (
     CheckResult,
     RunResults,
     Verdict,
     format_counts,
     format_table,
 )
-from conformance.session import PlannedRun, Session
-from conformance.stopping import install
-from conformance.target import TargetKind, server_nofile_header
+from conformance.run.session import PlannedRun, Session
+from conformance.run.stopping import install
+from conformance.targets.lifeline import die_with_parent
+from conformance.targets.target import TargetKind, server_nofile_header
 
 __all__ = [
     "CHECK_PROPERTY",
@@ -105,7 +105,8 @@ EVENT_PROPERTY = "conformance_target_event"
 CHECK_PROPERTY = "conformance_check"
 TARGET_PROPERTY = "conformance_target"
 
-_PACKAGE = Path(__file__).resolve().parent
+#: The package whose ``__init__.py`` the plugin collects as the catalogue.
+_PACKAGE = Path(__file__).resolve().parents[1]
 _SESSION = pytest.StashKey[Session]()
 _WORKER_KEY = "conformance_session"
 _CONTROLLER_KEY = "conformance_controller"

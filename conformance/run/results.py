@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.checks import Check, by_id, replay_check
-from conformance.report import FailureReport
-from conformance.target_state import TargetEvent, TargetEventKind
+from conformance.reports.failure import FailureReport
+from conformance.targets.target_state import TargetEvent, TargetEventKind
 
 __all__ = [
     "NOT_RUN",

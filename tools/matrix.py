@@ -49,9 +49,9 @@ from pathlib import Path
 
 from conformance.checks import Check, Outcome, Setup, by_id, run_check
 from conformance.errors import TargetError
-from conformance.profiles import PROFILES
 from conformance.protocols import run_model
-from conformance.target import TargetKind, TargetSpec, start_target
+from conformance.run.profiles import PROFILES
+from conformance.targets.target import TargetKind, TargetSpec, start_target
 
 __all__ = [
     "BrokenServer",

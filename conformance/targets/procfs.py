@@ -15,7 +15,7 @@ time, parent, session, start time),
 :func:`children`, ``net/tcp*`` by :func:`_tcp_sockets` (for :func:`socket_inode`,
 :func:`listening_inodes` and :func:`accepted`), ``net/netstat`` by
 :func:`listen_overflows`. The backlog of a listening socket is not in
-``/proc`` at all: :mod:`conformance.sockdiag` reads it.
+``/proc`` at all: :mod:`conformance.targets.sockdiag` reads it.
 
 A process can exit between two readings, or belong to another user; every
 reading then returns None (or an empty set of owners) rather than raising, so
@@ -59,7 +59,7 @@ Facts about ``/proc`` these rely on
   listener on ``::`` is taken to serve IPv4 as well.
 - For a listening socket, the fifth field's second half (``rx_queue``) is the
   length of its accept queue; the first half (``tx_queue``) is *not* its
-  backlog (it reads 0): :mod:`conformance.sockdiag` asks the kernel for that.
+  backlog (it reads 0): :mod:`conformance.targets.sockdiag` asks the kernel for that.
 - ``/proc/net/netstat`` holds pairs of lines, names then values, each line
   opening with its group (``TcpExt:``). ``ListenOverflows`` counts, for the
   whole network namespace since boot, each time a handshake's SYN or final

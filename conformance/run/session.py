@@ -2,10 +2,10 @@
 
 How this works
 --------------
-A :class:`Session` runs a :class:`~conformance.plan.RunPlan`. In the process
+A :class:`Session` runs a :class:`~conformance.run.plan.RunPlan`. In the process
 that owns the run (the only one, or xdist's controller) it starts each target
 once and stops it at the end (:meth:`Session.start`, :meth:`Session.stop`),
-gathers every check's result into a :class:`~conformance.results.RunResults`,
+gathers every check's result into a :class:`~conformance.run.results.RunResults`,
 and builds every replay command (:meth:`Session.replay_command`). xdist's
 workers get the plan and the running targets as plain data
 (:meth:`Session.to_worker`, :meth:`Session.for_worker`), so a spawned server
@@ -31,8 +31,8 @@ from typing import Any
 
 from conformance.checks import Check, Outcome, Setup, run_check
 from conformance.checks.base import LIVENESS_PAYLOAD
-from conformance.health import Board, Exit, TargetState, process_state
-from conformance.judge import (
+from conformance.protocols import Capability, message_for
+from conformance.run.judge import (
     UNDISTURBED,
     AlreadyUnreachable,
     During,
@@ -44,12 +44,12 @@ from conformance.judge import (
     StoppedAnswering,
     judge,
 )
-from conformance.keeper import Keeper
-from conformance.plan import RunPlan
-from conformance.procfs import accepted
-from conformance.protocols import Capability, message_for
-from conformance.results import CheckResult, RunResults, TargetRun
-from conformance.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
+from conformance.run.plan import RunPlan
+from conformance.run.results import CheckResult, RunResults, TargetRun
+from conformance.targets.health import Board, Exit, TargetState, process_state
+from conformance.targets.keeper import Keeper
+from conformance.targets.procfs import accepted
+from conformance.targets.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
 __all__ = ["LiveTarget", "PlannedRun", "Session", "Silence"]
 
@@ -234,7 +234,7 @@ class Session:
     def execute(self, name: str, check: Check) -> CheckResult:
         """Run ``check`` against the target called ``name``, watching what happens to the target.
 
-        This gathers the facts and :func:`~conformance.judge.judge` decides.
+        This gathers the facts and :func:`~conformance.run.judge.judge` decides.
         Before the check: whether the run's ``--timeout`` is spent, and
         whether the target is up (waiting for it after a restart), else why
         not. After it: whether the time ran out during a check that did not

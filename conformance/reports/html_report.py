@@ -23,8 +23,8 @@ import html
 import re
 from pathlib import Path
 
-from conformance.report import ByteDivergence, Excerpt
-from conformance.results import (
+from conformance.reports.failure import ByteDivergence, Excerpt
+from conformance.run.results import (
     CheckResult,
     RunResults,
     TargetRun,

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from conformance.address import Address
+from conformance.targets.address import Address
 
 __all__ = ["heavy_lock"]
 

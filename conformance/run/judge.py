@@ -2,7 +2,7 @@
 
 How this works
 --------------
-The session gathers the facts (:meth:`~conformance.session.Session.execute`:
+The session gathers the facts (:meth:`~conformance.run.session.Session.execute`:
 the run's clock, the board, the probe after a failed check) into a
 :data:`Fate`, and :func:`judge` decides. Nothing here touches a socket, a
 file or the clock: every case can be tested with plain values.
@@ -37,7 +37,7 @@ AlreadyUnreachable     any       SKIPPED "not measured: target unreachable since
 
 A FAIL for the target's sake keeps what the check itself saw, when it
 failed, under the target's headline
-(:meth:`~conformance.report.FailureReport.about_target`). Only the two
+(:meth:`~conformance.reports.failure.FailureReport.about_target`). Only the two
 ``Spent`` fates make a result that did not run (:attr:`CheckResult.ran`).
 A fate in the wrong column (one that needs an outcome given none, or one
 that says the check did not run given its outcome) raises.
@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from conformance.checks import Check, Outcome
-from conformance.report import FailureKind, FailureReport
-from conformance.results import NOT_RUN, CheckResult, Verdict
-from conformance.target_state import (
+from conformance.reports.failure import FailureKind, FailureReport
+from conformance.run.results import NOT_RUN, CheckResult, Verdict
+from conformance.targets.target_state import (
     MAX_RESTARTS,
     Down,
     NeverStarted,

@@ -1,4 +1,4 @@
-"""The scenario interpreter: runs a :class:`~conformance.scenario.Scenario` in a harness.
+"""The scenario interpreter: runs a :class:`~conformance.properties.scenario.Scenario` in a harness.
 
 How this works
 --------------
@@ -24,8 +24,7 @@ import trio
 
 from conformance.checks.base import liveness
 from conformance.harness import Connection, Divergence, Harness
-from conformance.protocols import Capability, fresh_keys
-from conformance.scenario import (
+from conformance.properties.scenario import (
     HalfClose,
     Pause,
     Read,
@@ -36,6 +35,7 @@ from conformance.scenario import (
     Send,
     StopReading,
 )
+from conformance.protocols import Capability, fresh_keys
 
 __all__ = ["interpret"]
 

@@ -5,8 +5,8 @@ fewer steps, smaller payloads (a large payload is drawn as a size and a seed,
 so its size shrinks directly) and fewer, larger writes (an empty chunking is
 one write).
 
-Their sizes come from a :class:`~conformance.profiles.Limits` (each profile
-of :mod:`conformance.profiles` has one).
+Their sizes come from a :class:`~conformance.run.profiles.Limits` (each profile
+of :mod:`conformance.run.profiles` has one).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from hypothesis import strategies as st
 
 from conformance.payloads import payloads, seeded
-from conformance.profiles import Limits
+from conformance.run.profiles import Limits
 
 if TYPE_CHECKING:
     from conformance.protocols import ProtocolModel
-from conformance.scenario import (
+from conformance.properties.scenario import (
     HalfClose,
     Pause,
     Read,

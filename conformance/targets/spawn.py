@@ -5,7 +5,7 @@ How this works
 :func:`spawn` starts a command (an argv list, or a string split as a shell
 would split it, never run by a shell) in a new session, so that it leads a
 process group of its own, and returns a :class:`Spawned`. Two
-:class:`~conformance.line_reader.LineReader` threads read its stdout and
+:class:`~conformance.targets.line_reader.LineReader` threads read its stdout and
 stderr line by line, so it never blocks on a full pipe, and keep the lines
 for whoever waits for one:
 :meth:`Spawned.wait_listening` waits, under a deadline, for the
@@ -19,7 +19,7 @@ the wait fails.
 SIGKILL once more for any process of the group that outlived its leader (the
 children of a forking server); then it stops, by PID, the processes of the
 command's session that left its group (``setpgid``) and started after it
-(:mod:`conformance.strays`). :meth:`Spawned.kill` is the short way for a
+(:mod:`conformance.targets.strays`). :meth:`Spawned.kill` is the short way for a
 test's teardown: SIGKILL to the group while its leader runs, nothing once the
 leader is gone, so that a test can still see a child its server left behind.
 
@@ -27,11 +27,11 @@ leader is gone, so that a test can still see a child its server left behind.
 ``RLIMIT_NOFILE`` in the child, between ``fork`` and ``exec``, so that the
 server runs under it from its first instruction. The child also gets the
 parent-death signal there
-(:mod:`conformance.lifeline`): a suite killed outright (SIGKILL) leaves no
+(:mod:`conformance.targets.lifeline`): a suite killed outright (SIGKILL) leaves no
 server behind. A process must be spawned from a thread that lives as long as
 the server should (the main thread, or a target's keeper thread).
 
-Three users share this module: the suite's targets (:mod:`conformance.target`
+Three users share this module: the suite's targets (:mod:`conformance.targets.target`
 adds ``{port}`` and waits until the address accepts), the project's own tests
 and the benchmark tools.
 
@@ -66,11 +66,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from conformance.capped_log import CappedLog
 from conformance.errors import TargetError, UsageError
-from conformance.lifeline import die_with_parent
-from conformance.line_reader import LISTENING, LineReader, parse_listening
-from conformance.strays import session_members, start_ticks, stop_processes
+from conformance.targets.capped_log import CappedLog
+from conformance.targets.lifeline import die_with_parent
+from conformance.targets.line_reader import LISTENING, LineReader, parse_listening
+from conformance.targets.strays import session_members, start_ticks, stop_processes
 
 __all__ = [
     "INHERIT",
@@ -119,7 +119,7 @@ class Spawned:
         proc: The process.
         pid: Its PID, which is also its process group's ID and its session's.
         started: Its start time in clock ticks since boot
-            (:func:`~conformance.strays.start_ticks`): whatever it starts starts
+            (:func:`~conformance.targets.strays.start_ticks`): whatever it starts starts
             then or later. None where ``/proc`` cannot tell.
         stdout: The reader of its stdout.
         stderr: The reader of its stderr.
@@ -369,7 +369,7 @@ def spawn(
         keep: How many of the last lines of each stream to keep; None keeps all.
         stderr_log: A file that its stderr is appended to: the first MiB of
             the file and the last MiB of this run's stderr
-            (:class:`~conformance.capped_log.CappedLog`).
+            (:class:`~conformance.targets.capped_log.CappedLog`).
         nofile: The soft descriptor limit (``RLIMIT_NOFILE``) it starts under,
             capped at the hard limit (:func:`soft_nofile`); None: this process's.
 

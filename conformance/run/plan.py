@@ -2,7 +2,7 @@
 
 How this works
 --------------
-Both fronts take their options from one table (:data:`~conformance.options.OPTIONS`):
+Both fronts take their options from one table (:data:`~conformance.run.options.OPTIONS`):
 the pytest plugin adds them to pytest's parser, the CLI to its ``run``
 sub-command, with the same names (the CLI also accepts the short ``--strict``
 and ``--profile``; pytest owns ``--strict``). Whatever the front, the values
@@ -10,7 +10,7 @@ become one validated :class:`RunPlan` (:func:`plan_from_options`): the
 targets, the checks, the one model that judges them (``--protocol`` and
 ``--oracle``, resolved here once), the strictness, the profile, the saved
 scenario, the report paths, and the front, which names the replay commands
-(:meth:`RunPlan.replay_prefix`). A :class:`~conformance.session.Session`
+(:meth:`RunPlan.replay_prefix`). A :class:`~conformance.run.session.Session`
 runs a plan.
 """
 
@@ -28,14 +28,14 @@ from typing import Any
 from conformance.checks import CATALOGUE, Check
 from conformance.errors import UsageError
 from conformance.harness import DEFAULT_MAX_CONNECTIONS
-from conformance.health import MAX_RESTARTS
-from conformance.options import OPTIONS, TARGET_DESTS, Front, Option, add_options, flag_name
-from conformance.profiles import DEFAULT, PROFILES, Profile
 from conformance.protocols import EchoModel, ProtocolModel, run_model
-from conformance.selection import select_checks, split_list
-from conformance.target import SERVER_NOFILE, TargetKind, TargetSpec, server_nofile
+from conformance.run.options import OPTIONS, TARGET_DESTS, Front, Option, add_options, flag_name
+from conformance.run.profiles import DEFAULT, PROFILES, Profile
+from conformance.run.selection import select_checks, split_list
+from conformance.targets.health import MAX_RESTARTS
+from conformance.targets.target import SERVER_NOFILE, TargetKind, TargetSpec, server_nofile
 
-# The option table is conformance.options'; both fronts take it from here, with the plan.
+# The option table is conformance.run.options'; both fronts take it from here, with the plan.
 __all__ = [
     "OPTIONS",
     "TARGET_DESTS",
@@ -412,13 +412,13 @@ def scenario_file(path: str | None, checks: Sequence[Check] = CATALOGUE) -> Path
 
     Raises:
         UsageError: It cannot be read, is not a scenario that can be replayed
-            (:func:`~conformance.scenario.read_saved`), or was saved from what
+            (:func:`~conformance.properties.scenario.read_saved`), or was saved from what
             is not a property check, or from one not among ``checks`` (the
             run's), so that nothing would replay it.
     """
     if path is None:
         return None
-    from conformance.scenario import read_saved
+    from conformance.properties.scenario import read_saved
 
     try:
         saved = read_saved(Path(path).read_text())

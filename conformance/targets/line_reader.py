@@ -6,7 +6,7 @@ ones (the ``listening on`` line) and the last ones (what it said before it
 exited). :class:`LineReader` reads one pipe to its end in a daemon thread,
 keeps the first :data:`HEAD` lines and the last ``keep``, lets a caller wait
 for a line that matches a pattern, and copies every line to a
-:class:`~conformance.capped_log.CappedLog` when given one. A line is read at
+:class:`~conformance.targets.capped_log.CappedLog` when given one. A line is read at
 most :data:`MAX_LINE` characters at a time, so a process that writes without
 newlines costs bounded memory. :func:`parse_listening` reads the line every
 server of this project prints once it listens (``listening on HOST:PORT``).
@@ -21,7 +21,7 @@ import threading
 import time
 from typing import IO
 
-from conformance.capped_log import CappedLog
+from conformance.targets.capped_log import CappedLog
 
 __all__ = ["HEAD", "LISTENING", "MAX_LINE", "LineReader", "parse_listening"]
 

@@ -6,7 +6,7 @@ Each :class:`Option` is one flag with the same long name in both fronts: the
 pytest plugin adds :data:`OPTIONS` to pytest's parser, the CLI to its ``run``
 sub-command (:func:`add_options`), and the CLI also accepts a short name
 where pytest owns the long one (``--strict``, ``--profile``). What the values
-mean, and how they are checked, is :mod:`conformance.plan`'s business.
+mean, and how they are checked, is :mod:`conformance.run.plan`'s business.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from conformance.checks import CATEGORIES
 from conformance.harness import DEFAULT_MAX_CONNECTIONS
-from conformance.health import MAX_RESTARTS
-from conformance.profiles import PROFILES
-from conformance.target import REFERENCE_MODELS, SERVER_NOFILE
+from conformance.run.profiles import PROFILES
+from conformance.targets.health import MAX_RESTARTS
+from conformance.targets.target import REFERENCE_MODELS, SERVER_NOFILE
 
 __all__ = ["OPTIONS", "TARGET_DESTS", "Front", "Option", "add_options", "flag_name"]
 

@@ -1,0 +1,1 @@
+"""Property checks' material: scenarios as data, their strategies, their interpreter."""

@@ -1,0 +1,1 @@
+"""Reports: the failure report as data, and the JSON and HTML documents of a run."""
