@@ -92,19 +92,13 @@ def add_load_parser(commands: Any) -> None:
         metavar="SPEC",
         help="Faults during the load: reset=P%%,half-close=P%%,slow-reader=P%%,connect-storm=N",
     )
-    load_parser.add_argument(
-        "--protocol",
-        default="echo",
-        metavar="MODEL",
-        help="Send this protocol model's requests and check every reply byte for byte: "
-        "echo, discard, resp (Redis), memcached or package.module:Model; --size is then "
-        "each value's size (default: %(default)s)",
-    )
+    # The options it shares with run, and its target, come from the option table.
+    add_options(load_parser.add_argument, Front.LOAD, only=frozenset({"protocol"}))
     load_parser.add_argument("--seed", type=int, default=1, help="Seed of payloads and faults")
     load_parser.add_argument("--json", action="store_true", help="Print the result as JSON")
     load_parser.set_defaults(command=load)
     group = load_parser.add_argument_group("target (default: the reference single-reactor server)")
-    add_options(group.add_argument, Front.CLI, only=TARGET_DESTS, repeat=False)
+    add_options(group.add_argument, Front.LOAD, only=TARGET_DESTS)
 
 
 def load(args: argparse.Namespace) -> int:

@@ -2,16 +2,16 @@
 
 How this works
 --------------
-Both fronts take their options from one table (:data:`~conformance.run.options.OPTIONS`):
+Every front takes its options from one table (:data:`~conformance.run.options.OPTIONS`):
 the pytest plugin adds them to pytest's parser, the CLI to its ``run``
 sub-command, with the same names (the CLI also accepts the short ``--strict``
-and ``--profile``; pytest owns ``--strict``). Whatever the front, the values
-become one validated :class:`RunPlan` (:func:`plan_from_options`): the
-targets, the checks, the one model that judges them (``--protocol`` and
-``--oracle``, resolved here once), the strictness, the profile, the saved
-scenario, the report paths, and the front, which names the replay commands
-(:meth:`RunPlan.replay_prefix`). A :class:`~conformance.run.session.Session`
-runs a plan.
+and ``--profile``; pytest owns ``--strict``); ``check_server`` takes some as
+keywords. Whatever the front, the values become one validated :class:`RunPlan`
+(:func:`plan_from_options`): the targets, the checks, the one model that
+judges them (``--protocol`` and ``--oracle``, resolved here once), the
+strictness, the profile, the saved scenario, the report paths, and the front,
+which names the replay commands (:meth:`RunPlan.replay_prefix`). A
+:class:`~conformance.run.session.Session` runs a plan.
 """
 
 from __future__ import annotations
@@ -29,18 +29,17 @@ from conformance.checks import CATALOGUE, Check
 from conformance.errors import UsageError
 from conformance.harness import DEFAULT_MAX_CONNECTIONS
 from conformance.protocols import EchoModel, ProtocolModel, run_model
-from conformance.run.options import OPTIONS, TARGET_DESTS, Front, Option, add_options, flag_name
-from conformance.run.profiles import DEFAULT, PROFILES, Profile
+from conformance.run.options import DEFAULT_TIMEOUT, TARGET_DESTS, Front, add_options, flag_name
+from conformance.run.profiles import DEFAULT, PROFILES, Profile, profile_named
 from conformance.run.selection import select_checks, split_list
 from conformance.targets.health import MAX_RESTARTS
 from conformance.targets.target import SERVER_NOFILE, TargetKind, TargetSpec, server_nofile
 
-# The option table is conformance.run.options'; both fronts take it from here, with the plan.
+# The option table is conformance.run.options'; the fronts take it from here, with the plan.
 __all__ = [
-    "OPTIONS",
+    "DEFAULT_TIMEOUT",
     "TARGET_DESTS",
     "Front",
-    "Option",
     "RunPlan",
     "add_options",
     "artifacts_dir",
@@ -48,6 +47,7 @@ __all__ = [
     "load_hosts",
     "max_connections",
     "plan_from_options",
+    "run_profile",
     "run_timeout",
     "scenario_file",
     "target_names",
@@ -58,10 +58,6 @@ __all__ = [
 #: Seconds one check may take beyond its own deadline: the probe of its target after
 #: a failure (at most 5 s), waiting for an exit to be recorded, the test item itself.
 CHECK_OVERHEAD = 8.0
-#: Seconds a run may take per target unless ``--timeout`` says otherwise: a server
-#: that is slow in every check is judged in minutes, and the checks not reached by
-#: then are SKIPPED (the run then exits 1: it did not measure everything).
-DEFAULT_TIMEOUT = 480.0
 #: Seconds to start one target and to stop it.
 TARGET_START_BOUND = 30.0
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:-]+")
@@ -202,7 +198,7 @@ def plan_from_options(
     """The plan of the options in ``values`` (an argparse namespace or pytest's options).
 
     Args:
-        values: Has an attribute per :data:`OPTIONS` entry.
+        values: Has an attribute per :data:`~conformance.run.options.OPTIONS` entry.
         front: What runs the plan.
         hypothesis_profile: Hypothesis' own ``--hypothesis-profile``; it picks
             the profile when it names one and ``--conformance-profile`` is not given.
@@ -220,22 +216,18 @@ def plan_from_options(
     checks = tuple(select_checks(split_list(values.checks), split_list(values.category)))
     if not checks:
         raise UsageError("no check selected")
-    protocol = "echo" if values.protocol is None else values.protocol
-    model = run_model(protocol, values.oracle)
+    model = run_model(values.protocol, values.oracle)
     check_report_path(values.report_json, "--report-json")
     check_report_path(values.report_html, "--report-html")
-    name = values.conformance_profile
-    if name is None:
-        name = hypothesis_profile if hypothesis_profile in PROFILES else DEFAULT.name
     return RunPlan(
         targets=tuple(specs),
         names=tuple(target_names(specs)),
         checks=checks,
         oracle=values.oracle,
-        protocol=protocol,
+        protocol=values.protocol,
         model=model,
         strict=bool(values.conformance_strict),
-        profile=PROFILES[name],
+        profile=run_profile(values.conformance_profile, hypothesis_profile),
         scenario=scenario_file(values.scenario, checks),
         report_json=values.report_json,
         report_html=values.report_html,
@@ -247,6 +239,23 @@ def plan_from_options(
         load_hosts=load_hosts(values.load_hosts),
         server_nofile=server_nofile(values.server_nofile),
     )
+
+
+def run_profile(value: str | Profile | None, hypothesis_profile: str | None = None) -> Profile:
+    """The profile ``--conformance-profile`` gives (a profile, or its name); when it is not
+    given, the one ``hypothesis_profile`` names, else :data:`~conformance.run.profiles.DEFAULT`.
+
+    Raises:
+        UsageError: It names no profile.
+    """
+    if isinstance(value, Profile):
+        return value
+    if value is None:
+        value = hypothesis_profile if hypothesis_profile in PROFILES else DEFAULT.name
+    try:
+        return profile_named(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_hosts(texts: Sequence[str] | None) -> tuple[str, ...]:

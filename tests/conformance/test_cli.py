@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import pytest
 
 from conformance import __version__
 from conformance.checks import CATALOGUE
+from conformance.fronts.cli import build_parser
+from conformance.run.options import OPTIONS, Front
 from conformance.run.results import use_colour
 from conformance.run.selection import select_checks
 from conformance.targets.target import free_port
@@ -243,6 +246,31 @@ def test_run_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> 
 )
 def test_load_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:
     assert_one_line_error(run_cli("load", *argv), 2, needle)
+
+
+@pytest.mark.parametrize(
+    ("command", "front", "shared"),
+    [
+        ("run", Front.CLI, {option.flag for option in OPTIONS}),
+        ("load", Front.LOAD, {"--target", "--spawn", "--reference", "--protocol"}),
+    ],
+)
+def test_flags_in_the_option_table_share_its_dest_and_default(
+    command: str, front: Front, shared: set[str]
+) -> None:
+    (commands,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = {option.flag: option for option in OPTIONS}
+    found = {
+        flag: action
+        for action in commands.choices[command]._actions
+        for flag in action.option_strings
+        if flag in rows
+    }
+    assert set(found) == shared
+    for flag, action in found.items():
+        row = rows[flag]
+        assert front in row.fronts, flag
+        assert (action.dest, action.default) == (row.dest, row.default_for(front)), flag
 
 
 @pytest.mark.parametrize("duration", ["nan", "inf", "-1", "0"])

@@ -14,6 +14,7 @@ from conformance.checks import CATALOGUE, by_id
 from conformance.errors import UsageError
 from conformance.harness import DEFAULT_MAX_CONNECTIONS, DEFAULT_STEP_TIMEOUT
 from conformance.protocols import OracleModel, RespModel, model_name
+from conformance.run.options import option_values
 from conformance.run.plan import (
     DEFAULT_TIMEOUT,
     Front,
@@ -21,6 +22,7 @@ from conformance.run.plan import (
     add_options,
     max_connections,
     plan_from_options,
+    run_profile,
 )
 from conformance.run.profiles import PROFILES
 from conformance.run.session import LiveTarget, Session
@@ -121,3 +123,23 @@ def test_the_plan_resolves_one_model_that_every_check_and_worker_gets() -> None:
     assert type(resp.model) is RespModel
     with pytest.raises(UsageError, match="--protocol resp judges replies with its own oracle"):
         plan_from_options(_options("--protocol", "resp", "--oracle", "discard"), Front.CLI)
+
+
+def test_option_values_are_a_fronts_defaults_then_what_is_given() -> None:
+    assert vars(option_values(Front.CLI)) == vars(_options())
+    assert option_values(Front.CLI).conformance_profile is None
+    assert option_values(Front.API).conformance_profile == "ci"
+    assert option_values(Front.API, oracle="discard").oracle == "discard"
+    with pytest.raises(TypeError, match="no option sets bogus"):
+        option_values(Front.CLI, bogus=1)
+    with pytest.raises(ValueError, match="keyword arguments, not flags"):
+        add_options(argparse.ArgumentParser().add_argument, Front.API)
+
+
+def test_run_profile_is_the_one_given_else_hypothesis_else_the_default() -> None:
+    assert run_profile("thorough", "ci").name == "thorough"
+    assert run_profile(PROFILES["ci"]) is PROFILES["ci"]
+    assert run_profile(None, "ci").name == "ci"
+    assert run_profile(None, "someone-elses").name == "default"
+    with pytest.raises(UsageError, match="unknown profile 'quick': choose among ci, default"):
+        run_profile("quick")
