@@ -5,24 +5,40 @@ against a server from inside any test suite, and returns typed results
 instead of printing. It runs the same engine as ``reactor-conformance run``
 (:class:`~conformance.run.session.Session`), checks one after the other in this
 process, without pytest's collection or xdist.
+
+Its keywords are options of the run, rows of the option table
+(:mod:`conformance.run.options`) that take their defaults from it: the call
+becomes the values of every option (:func:`option_values_of`), which
+:func:`~conformance.run.plan.plan_from_options` checks as it checks the CLI's.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from conformance.errors import UsageError
-from conformance.protocols import run_model
-from conformance.run.plan import Front, RunPlan, target_names
-from conformance.run.plan import load_hosts as parse_load_hosts
-from conformance.run.profiles import Profile, profile_named
+from conformance.run.options import Front, by_keyword, option_values
+from conformance.run.plan import plan_from_options
+from conformance.run.profiles import Profile
 from conformance.run.results import RunResults
-from conformance.run.selection import select_checks
 from conformance.run.session import Session
-from conformance.targets.target import REFERENCE_MODELS, TargetSpec, parse_address
+from conformance.targets.target import REFERENCE_MODELS, TargetKind, TargetSpec, parse_address
 
 __all__ = ["check_server"]
+
+#: The options of a run that are keywords of :func:`check_server`, by keyword.
+_OPTIONS = by_keyword()
+#: Their defaults: the option table's, for this front.
+_DEFAULTS = {keyword: option.default_for(Front.API) for keyword, option in _OPTIONS.items()}
+#: The option that names a target of each kind.
+_TARGET_DEST = {
+    TargetKind.ADDRESS: "target",
+    TargetKind.SPAWN: "spawn",
+    TargetKind.REFERENCE: "reference",
+}
 
 
 def _spec(target: str | TargetSpec) -> TargetSpec:
@@ -37,14 +53,39 @@ def _spec(target: str | TargetSpec) -> TargetSpec:
     return TargetSpec.from_options(target, None, None)
 
 
+def _option_value(keyword: str, value: Any) -> Any:
+    """The value a keyword of :func:`check_server` gives its option, as a front's flag would."""
+    if keyword == "checks":
+        names = [name for name in value if name.strip()]  # as --checks, comma-separated
+        return ",".join(names) if names else None
+    if keyword == "load_hosts":
+        return list(value) or None  # as --load-hosts, repeated
+    return value
+
+
+def option_values_of(target: str | TargetSpec, **keywords: Any) -> argparse.Namespace:
+    """The run's option values when :func:`check_server` is called with these arguments.
+
+    Every option ``keywords`` leaves out has its default for :attr:`Front.API
+    <conformance.run.options.Front.API>` (the option table's).
+
+    Raises:
+        UsageError: The target is malformed.
+        KeyError: A keyword is not one of :func:`check_server`'s.
+    """
+    spec = _spec(target)
+    given = {_OPTIONS[k].dest: _option_value(k, v) for k, v in keywords.items()}
+    return option_values(Front.API, **given, **{_TARGET_DEST[spec.kind]: [spec.value]})
+
+
 def check_server(
     target: str | TargetSpec,
     *,
     checks: Iterable[str] = (),
-    oracle: str = "echo",
-    protocol: str = "echo",
-    profile: str | Profile = "ci",
-    strict: bool = False,
+    oracle: str = _DEFAULTS["oracle"],
+    protocol: str = _DEFAULTS["protocol"],
+    profile: str | Profile = _DEFAULTS["profile"],
+    strict: bool = _DEFAULTS["strict"],
     load_hosts: Iterable[str] = (),
 ) -> RunResults:
     """Run conformance checks against one server and return every verdict.
@@ -76,32 +117,22 @@ def check_server(
             or a malformed target.
         TargetError: The target cannot be reached, or never listens.
     """
-    spec = _spec(target)
-    selected = tuple(select_checks(list(checks)))
-    if not selected:
-        raise UsageError("no check selected")
-    if isinstance(profile, str):
-        try:
-            profile = profile_named(profile)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    plan = RunPlan(
-        targets=(spec,),
-        names=tuple(target_names([spec])),
-        checks=selected,
+    values = option_values_of(
+        target,
+        checks=checks,
         oracle=oracle,
         protocol=protocol,
-        model=run_model(protocol, oracle),
-        strict=strict,
         profile=profile,
-        front=Front.CLI,
-        load_hosts=parse_load_hosts(list(load_hosts)),
+        strict=strict,
+        load_hosts=load_hosts,
     )
+    # Validated as a front's flags are; a failure's replay command is the CLI's.
+    plan = plan_from_options(values, Front.CLI)
     session = Session(plan)
     session.start()
     try:
         (live,) = session.targets
-        for check in selected:
+        for check in plan.checks:
             session.run(live.name, check)
     finally:
         session.stop()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
 
 import conformance
+from conformance.checks import CATALOGUE
 from conformance.errors import TargetError, UsageError
+from conformance.fronts.api import option_values_of
+from conformance.run.options import Front, by_keyword, option_values
+from conformance.run.plan import plan_from_options
 from conformance.run.results import Verdict
-from conformance.targets.target import TargetSpec, free_port
+from conformance.targets.target import SERVER_NOFILE, TargetSpec, free_port
 from tests.conformance.support import broken_spawn, serving
 
 
@@ -68,3 +73,39 @@ def test_check_server_speaks_a_protocol_model_and_skips_what_does_not_apply() ->
     assert results.protocol == "resp"
     with pytest.raises(UsageError, match="--protocol resp judges replies with its own oracle"):
         conformance.check_server(spawn, protocol="resp", oracle="discard")
+
+
+def test_check_server_keywords_are_options_with_the_option_tables_defaults() -> None:
+    parameters = inspect.signature(conformance.check_server).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+    assert set(defaults) == set(by_keyword())
+    # Called with nothing but a target, every option has the table's default for the API:
+    # a keyword whose default differs from its row's (or from the row's API default) fails.
+    given = vars(option_values_of("single", **defaults))
+    table = vars(option_values(Front.API, reference=["single"]))
+    assert {dest: given[dest] for dest in given if given[dest] != table[dest]} == {}
+
+
+def test_check_server_plans_as_it_always_did() -> None:
+    plan = plan_from_options(option_values_of("single"), Front.CLI)
+    assert plan.checks == CATALOGUE
+    assert plan.profile.name == "ci"  # derandomized, as a test suite wants
+    assert plan.timeout is None  # the caller's tests bound the run
+    assert not plan.strict
+    assert plan.oracle == plan.protocol == "echo"
+    assert plan.restart
+    assert plan.artifacts is None
+    assert plan.server_nofile == SERVER_NOFILE
+    assert (
+        plan.replay_prefix(plan.targets[0])
+        == "reactor-conformance run --reference single --profile ci"
+    )
+
+
+def test_check_server_keywords_become_the_values_of_their_options() -> None:
+    values = option_values_of("127.0.0.1:7000", checks=["ECHO-BASIC-1", " ", "ECHO-RESET-*"])
+    assert values.target == ["127.0.0.1:7000"]
+    assert values.checks == "ECHO-BASIC-1,ECHO-RESET-*"
+    assert option_values_of("single", checks=[" "]).checks is None  # a blank name selects nothing
+    assert option_values_of("single", load_hosts=["popen"]).load_hosts == ["popen"]
+    assert option_values_of("echo {port}").spawn == ["echo {port}"]
