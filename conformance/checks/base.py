@@ -240,7 +240,7 @@ class Outcome:
     def level(self) -> Level:
         """The level of what failed: the broken rule's, else the check's own."""
         if self.failure is not None and self.failure.level is not None:
-            return Level(self.failure.level)
+            return self.failure.level
         return self.check.level
 
     def fails_run(self, strict: bool) -> bool:

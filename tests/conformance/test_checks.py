@@ -7,8 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from conformance.checks import CATALOGUE, CATEGORIES, Check, Level, Setup, by_id, run_check
+from conformance.checks import (
+    CATALOGUE,
+    CATEGORIES,
+    Check,
+    Level,
+    Outcome,
+    Setup,
+    by_id,
+    run_check,
+)
 from conformance.errors import UsageError
+from conformance.reports.failure import FailureKind, FailureReport
 from conformance.run.selection import select_checks
 from conformance.targets.target import RunningTarget, TargetKind, TargetSpec
 from tests.conformance.support import broken_spawn, serving
@@ -23,6 +33,23 @@ def test_catalogue_ids_are_unique_and_well_formed() -> None:
         assert check.spec.startswith("RFC "), check.id
         assert check.category in CATEGORIES
         assert 0 < check.timeout <= 240
+
+
+def test_Outcome_level_is_the_broken_rules_else_the_checks() -> None:
+    check = by_id("ECHO-HALFCLOSE-2")
+    assert check.level is Level.MUST
+
+    def failed(level: Level | None) -> Outcome:
+        report = FailureReport(
+            check.line, FailureKind.DIVERGENCE, "byte 2 differs", "", level=level
+        )
+        return Outcome(check, report, 1.0)
+
+    assert failed(Level.SHOULD).level is Level.SHOULD
+    assert not failed(Level.SHOULD).fails_run(strict=False)
+    assert failed(None).level is Level.MUST
+    assert failed(None).fails_run(strict=False)
+    assert Outcome(check, None, 1.0).level is Level.MUST
 
 
 def test_catalogue_covers_the_required_ground() -> None:
