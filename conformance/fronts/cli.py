@@ -60,7 +60,7 @@ from conformance.run.plan import (
 from conformance.run.results import (
     use_colour,
 )
-from conformance.run.session import PlannedRun, Session
+from conformance.run.session import PlannedRun, ReportFile, ReportKind, Session
 from conformance.run.stopping import Stopped, install, requested, stop_on_signal
 from conformance.targets.target import TargetKind, server_nofile_header
 from conformance.version import __version__
@@ -310,9 +310,9 @@ def _deliver(written: Path, path: str, session: Session) -> None:
     try:
         shutil.copyfile(written, path)
     except OSError as exc:
-        session.unwritten.append(("JUnit", path, exc.strerror or str(exc)))
+        session.unwritten.append(ReportFile(ReportKind.JUNIT, path, exc.strerror or str(exc)))
     else:
-        session.written.append(("JUnit", path))
+        session.written.append(ReportFile(ReportKind.JUNIT, path))
 
 
 def _discard_stdout() -> None:

@@ -91,13 +91,14 @@ def summarise(results: RunResults, session: Session, colour: bool) -> int:
     strict = " (strict)" if results.strict else ""
     line = f"reactor-conformance: {counts} in {results.duration:.1f}s{strict}"
     print(paint(Verdict.PASS if ok else Verdict.FAIL, line, colour))
-    for kind, path in session.written:
-        print(f"reactor-conformance: {kind.upper() if kind != 'JUnit' else kind} report: {path}")
+    for report in session.written:
+        print(f"reactor-conformance: {report.kind.label} report: {report.path}")
     sys.stdout.flush()
-    for kind, path, why in session.unwritten:
-        label = kind.upper() if kind != "JUnit" else kind
+    for report in session.unwritten:
         print(
-            f"reactor-conformance: cannot write the {label} report {path}: {why}", file=sys.stderr
+            f"reactor-conformance: cannot write the {report.kind.label} report {report.path}: "
+            f"{report.why}",
+            file=sys.stderr,
         )
     for target in results.targets:
         if target.never_answered():

@@ -73,7 +73,7 @@ from conformance.run.results import (
     format_counts,
     format_table,
 )
-from conformance.run.session import PlannedRun, Session
+from conformance.run.session import PlannedRun, ReportFile, ReportKind, Session
 from conformance.run.stopping import install
 from conformance.targets.lifeline import die_with_parent
 from conformance.targets.target import TargetKind, server_nofile_header
@@ -331,17 +331,17 @@ class Recorder:
         self._events_to_junit()
         plan = self.session.plan
         for kind, path, write in (
-            ("json", plan.report_json, write_json),
-            ("html", plan.report_html, write_html),
+            (ReportKind.JSON, plan.report_json, write_json),
+            (ReportKind.HTML, plan.report_html, write_html),
         ):
             if path is None:
                 continue
             try:
                 write(self.results, path)
             except OSError as exc:
-                self.session.unwritten.append((kind, str(path), exc.strerror or str(exc)))
+                self.session.unwritten.append(ReportFile(kind, str(path), exc.strerror or str(exc)))
                 continue
-            self.written.append((kind, str(path)))
+            self.written.append(ReportFile(kind, str(path)))
 
     def _events_to_junit(self) -> None:
         """Each target event as a property of the JUnit test suite, before it is written."""
@@ -378,11 +378,12 @@ class Recorder:
             for target in run.targets:
                 counts = format_counts(target.counts(run.checks))
                 terminalreporter.write_line(f"{target.name}: {counts}")
-        for kind, path in self.written:
-            terminalreporter.write_line(f"conformance {kind} report: {path}")
-        for kind, path, why in self.session.unwritten:
+        for report in self.written:
+            terminalreporter.write_line(f"conformance {report.kind.value} report: {report.path}")
+        for report in self.session.unwritten:
             terminalreporter.write_line(
-                f"conformance {kind} report: cannot write {path}: {why}", red=True
+                f"conformance {report.kind.value} report: cannot write {report.path}: {report.why}",
+                red=True,
             )
 
 

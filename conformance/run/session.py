@@ -21,6 +21,7 @@ as text between the two fronts.
 
 from __future__ import annotations
 
+import enum
 import socket
 import tempfile
 import time
@@ -51,7 +52,35 @@ from conformance.targets.keeper import Keeper
 from conformance.targets.procfs import accepted
 from conformance.targets.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
-__all__ = ["LiveTarget", "PlannedRun", "Session", "Silence"]
+__all__ = ["LiveTarget", "PlannedRun", "ReportFile", "ReportKind", "Session", "Silence"]
+
+
+class ReportKind(enum.Enum):
+    """A report a run writes; the value is its name in the pytest plugin's lines."""
+
+    JSON = "json"
+    HTML = "html"
+    JUNIT = "JUnit"
+
+    @property
+    def label(self) -> str:
+        """Its name in the CLI's summary: JSON, HTML, JUnit."""
+        return self.value if self is ReportKind.JUNIT else self.name
+
+
+@dataclass(frozen=True)
+class ReportFile:
+    """A report the run wrote at the end, or could not write.
+
+    Attributes:
+        kind: Which report.
+        path: Where it was asked for.
+        why: Why it could not be written; None: it was.
+    """
+
+    kind: ReportKind
+    path: str
+    why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,10 +162,10 @@ class Session:
         self.plan = plan
         self.targets: list[LiveTarget] = list(targets)
         self.results: RunResults | None = None
-        #: The reports written at the end: (kind, path).
-        self.written: list[tuple[str, str]] = []
-        #: The reports that could not be written: (kind, path, why).
-        self.unwritten: list[tuple[str, str, str]] = []
+        #: The reports written at the end.
+        self.written: list[ReportFile] = []
+        #: The reports that could not be written, each with why.
+        self.unwritten: list[ReportFile] = []
         self.board = board
         self.deadline = deadline
         self.artifacts = artifacts if artifacts is not None else plan.artifacts

@@ -25,7 +25,7 @@ from conformance.run.plan import (
     run_profile,
 )
 from conformance.run.profiles import PROFILES
-from conformance.run.session import LiveTarget, Session
+from conformance.run.session import LiveTarget, ReportFile, ReportKind, Session
 from conformance.targets.target import Address, TargetSpec
 
 
@@ -143,3 +143,11 @@ def test_run_profile_is_the_one_given_else_hypothesis_else_the_default() -> None
     assert run_profile(None, "someone-elses").name == "default"
     with pytest.raises(UsageError, match="unknown profile 'quick': choose among ci, default"):
         run_profile("quick")
+
+
+def test_ReportKind_is_named_as_each_front_prints_it() -> None:
+    assert [kind.label for kind in ReportKind] == ["JSON", "HTML", "JUnit"]  # the CLI's summary
+    assert [kind.value for kind in ReportKind] == ["json", "html", "JUnit"]  # the plugin's lines
+    unwritten = ReportFile(ReportKind.JSON, "/dev/full", "No space left on device")
+    assert (unwritten.kind.label, unwritten.why) == ("JSON", "No space left on device")
+    assert ReportFile(ReportKind.HTML, "r.html").why is None
