@@ -32,7 +32,7 @@ The handler is the same as over plain TCP and never knows the difference.
 - *Writing*: ``send`` encrypts at once; the ciphertext goes out with the
   connection's partial-write logic (send what the socket takes, buffer the
   rest, write interest only while the buffer is non-empty). The water marks
-  count the *plaintext* still owed: each write's plaintext size is kept with
+  count the *plaintext* still owed: each record's plaintext size is kept with
   the stream position where its ciphertext ends, and is owed until the socket
   has taken all of it.
 - *Closing*: the close that enters ``DRAINING`` calls ``SSLObject.unwrap()``,
@@ -75,7 +75,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -99,6 +99,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a client has to complete the TLS handshake.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+#: The most plaintext one TLS record carries (RFC 8446, 5.1; RFC 5246, 6.2.1).
+_RECORD = 16 * 1024
 
 
 class _EncryptedKey(Exception):
@@ -268,7 +271,8 @@ class TlsConnection(Connection):
         self._handshake_timeout = handshake_timeout
         self._queued = 0  # ciphertext bytes ever queued: the stream position of the end of _out
         self._owed = 0  # plaintext bytes whose ciphertext the socket has not taken in full
-        # (end position of a write's ciphertext, its plaintext size), oldest first.
+        # (stream position where a record's ciphertext ends, its plaintext size),
+        # for the records of application data not yet sent whole, oldest first.
         self._segments: collections.deque[tuple[int, int]] = collections.deque()
 
     @property
@@ -439,32 +443,49 @@ class TlsConnection(Connection):
             return
         if not data:
             return
+        # One record at a time, noting where each one's ciphertext ends, so that
+        # the plaintext owed is known to a record, not to a whole reply.
+        write = self._tls.write
+        outgoing = self._outgoing
+        cuts: list[tuple[int, int]] = []
         try:
-            self._tls.write(data)
+            if len(data) <= _RECORD:
+                write(data)
+                cuts.append((outgoing.pending, len(data)))
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), _RECORD):
+                    record = view[start : start + _RECORD]
+                    write(record)
+                    cuts.append((outgoing.pending, len(record)))
         except ssl.SSLError as exc:
             self._lost(exc, reset=True)
             return
-        self._queue(self._outgoing.read(), len(data))
+        self._queue(outgoing.read(), cuts)
 
     def _flush_tls(self) -> None:
         """Queue what the TLS layer wrote by itself (handshake, alerts, tickets, close_notify)."""
         if self._outgoing.pending:
-            self._queue(self._outgoing.read(), 0)
+            self._queue(self._outgoing.read(), ())
 
-    def _queue(self, cipher: bytes, plain: int) -> None:
+    def _queue(self, cipher: bytes, cuts: Sequence[tuple[int, int]]) -> None:
         """Send ``cipher`` now, buffering what the socket does not take.
 
         Args:
             cipher: Ciphertext, in stream order.
-            plain: The plaintext bytes it carries, owed until it is all sent.
+            cuts: For each record of application data in it, where its
+                ciphertext ends in ``cipher`` and how many plaintext bytes it
+                carries: owed until the socket has taken that record whole.
         """
         out = self._out
+        start = self._queued
         self._queued += len(cipher)
+        n = 0
         if not out:
             try:
                 n = self._sock.send(cipher)
             except (BlockingIOError, InterruptedError):
-                n = 0
+                pass
             except OSError as exc:
                 self._lost(exc)
                 return
@@ -474,9 +495,12 @@ class TlsConnection(Connection):
             self._update_interest()
         else:
             out += cipher
-        if plain:
-            self._segments.append((self._queued, plain))
-            self._owed += plain
+        if cuts:
+            segments = self._segments
+            for end, plain in cuts:
+                if end > n:
+                    segments.append((start + end, plain))
+                    self._owed += plain
             if self._owed > self._high_water and not self._paused_by_buffer:
                 self._paused_by_buffer = True
                 log.debug("%r: pause reading, %d bytes buffered", self, self._owed)
