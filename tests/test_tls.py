@@ -588,6 +588,7 @@ def test_TlsServer_bounds_memory_of_a_peer_that_does_not_read(
     errors: list[BaseException] = []
     with TlsClient.connect(tls_server.address, certs.client_context(), timeout=60) as client:
         client.handshake()
+        before = tls_server.peak_rss()
         client.write(payload)
         cipher = client.outgoing.read()  # Sent raw by the thread; the TLS object stays here.
 
@@ -608,6 +609,8 @@ def test_TlsServer_bounds_memory_of_a_peer_that_does_not_read(
         assert not errors, errors
     assert_same(payload, received)
     # Had the server buffered what it was sent, its peak memory would show it.
+    grown = tls_server.peak_rss() - before
+    assert grown < 16 * MIB, f"the server's peak memory grew by {grown / MIB:.1f} MiB"
     assert tls_server.peak_rss() < 48 * MIB
 
 
@@ -724,6 +727,18 @@ def test_TlsServer_serves_every_handler_unchanged(
             client.close_write()
             assert client.recv_until_eof() == reply
             assert client.close_notify_before_eof
+
+
+def test_TlsServer_handler_that_closes_sends_its_reply_then_close_notify_then_fin(
+    certs: Certs,
+) -> None:
+    with ServerProcess(["single", "--handler", "resp", *certs.server_args()]) as server:
+        client = TlsClient.connect(server.address, certs.client_context())
+        with client:
+            client.handshake()
+            client.send(b"*1\r\n$4\r\nQUIT\r\n")  # The server closes; the client does not.
+            assert client.recv_until_eof() == b"+OK\r\n"
+            assert client.close_notify_before_eof, "the server closed without close_notify"
 
 
 def test_TlsServer_key_in_the_certificate_file_serves_too(certs: Certs, tmp_path: Path) -> None:
