@@ -280,11 +280,6 @@ class TlsConnection(Connection):
         """Plaintext bytes waiting to be sent to the peer."""
         return self._owed
 
-    @property
-    def tls_version(self) -> str | None:
-        """The protocol version agreed (``"TLSv1.3"``), None before the handshake is done."""
-        return self._tls.version()
-
     # -- life cycle -----------------------------------------------------------
 
     def start(self) -> None:
