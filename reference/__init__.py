@@ -6,6 +6,9 @@ One core (:class:`EventLoop`, :class:`Connection`, :class:`Acceptor`,
 - :class:`Reactor`: a main loop that accepts, with optional sub-reactor
   threads (*multi*, thread mode) or a worker pool (*pool*); neither is *single*.
 - :class:`ProcessReactor`: the *multi* model with sub-reactor processes.
+
+Any of them speaks TLS when given a certificate: each connection is then a
+:class:`TlsConnection` (:mod:`reference.tls`).
 """
 
 from reference.acceptor import Acceptor
@@ -17,6 +20,7 @@ from reference.multi import ProcessReactor
 from reference.reactor import LoopPool, Reactor
 from reference.resp import RespHandler
 from reference.server import ConnectionOptions, ListenError, Server, bind_listener
+from reference.tls import TlsConnection, TlsFiles, server_context
 from reference.workers import PooledHandler, Strand, WorkerPool
 
 __all__ = [
@@ -38,7 +42,10 @@ __all__ = [
     "Reactor",
     "RespHandler",
     "Strand",
+    "TlsConnection",
+    "TlsFiles",
     "WorkerPool",
     "Transport",
     "bind_listener",
+    "server_context",
 ]

@@ -7,7 +7,8 @@ Every server prints ``listening on HOST:PORT`` as its first line on stdout,
 flushed, once it accepts connections, and stops cleanly (exit 0) on SIGINT or
 SIGTERM; a second signal stops at once. A bad host, a port in use or out of
 range, flow-control marks that do not fit, a descriptor limit too small for the
-sub-reactors asked for: one line on stderr and exit code 2. A server that
+sub-reactors asked for, a TLS certificate or key that cannot be read or used:
+one line on stderr and exit code 2. A server that
 starts but can no longer serve at all (process mode, every sub-reactor keeps
 dying): one line on stderr and exit code 1.
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from reference.server import (
     bind_listener,
     format_address,
 )
+from reference.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsFiles
 
 __all__ = [
     "ArgumentParser",
@@ -82,7 +86,7 @@ class Model:
 def _build_single(
     args: argparse.Namespace, factory: HandlerFactory, options: ConnectionOptions
 ) -> Running:
-    return Reactor(args.listener, factory, options=options)
+    return Reactor(args.listener, factory, options=options, tls=args.tls_context)
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +101,9 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
 def _build_pool(
     args: argparse.Namespace, factory: HandlerFactory, options: ConnectionOptions
 ) -> Running:
-    return Reactor(args.listener, factory, options=options, workers=args.workers)
+    return Reactor(
+        args.listener, factory, options=options, workers=args.workers, tls=args.tls_context
+    )
 
 
 def _multi_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,8 +133,15 @@ def _build_multi(
             options=options,
             verbose=args.verbose,
             work=args.work,
+            tls=args.tls_files,
         )
-    return Reactor(args.listener, factory, options=options, sub_reactors=args.sub_reactors)
+    return Reactor(
+        args.listener,
+        factory,
+        options=options,
+        sub_reactors=args.sub_reactors,
+        tls=args.tls_context,
+    )
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +198,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 #: A whole number of at least 1, for argparse.
 positive_int = at_least(1)
+
+
+def positive_seconds(text: str) -> float:
+    """Parse a number of seconds above 0 for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
 
 
 def work_spec(text: str) -> Work:
@@ -244,6 +268,26 @@ def add_model_parsers(
             "(default: none)",
         )
         parser.add_argument(
+            "--tls-cert",
+            metavar="FILE",
+            help="Speak TLS on every connection, with this PEM certificate (any intermediates "
+            "after it); the private key is read from --tls-key, or from this same file when "
+            "--tls-key is not given (default: plain TCP)",
+        )
+        parser.add_argument(
+            "--tls-key",
+            metavar="FILE",
+            help="The unencrypted PEM private key of --tls-cert",
+        )
+        parser.add_argument(
+            "--tls-handshake-timeout",
+            type=positive_seconds,
+            default=DEFAULT_HANDSHAKE_TIMEOUT,
+            metavar="SECONDS",
+            help="Close a TLS client that has not completed its handshake within this many "
+            "seconds (default: %(default)s)",
+        )
+        parser.add_argument(
             "-v", "--verbose", action="store_true", help="Log debug messages to stderr"
         )
         model.add_arguments(parser)
@@ -276,7 +320,33 @@ def connection_options(args: argparse.Namespace) -> ConnectionOptions:
             f"--low-water ({low}) must be below --high-water ({high}); lower the one or "
             "raise the other"
         )
-    return ConnectionOptions(high_water=high, low_water=low)
+    return ConnectionOptions(
+        high_water=high, low_water=low, handshake_timeout=args.tls_handshake_timeout
+    )
+
+
+def load_tls(args: argparse.Namespace) -> tuple[TlsFiles, ssl.SSLContext] | None:
+    """The certificate and key that ``args`` name, and the context loaded from them.
+
+    Returns:
+        The files (what a sub-reactor process loads for itself) and the
+        context; None for plain TCP.
+
+    Raises:
+        StartError: ``--tls-key`` without ``--tls-cert``, or files that cannot
+            be read or used (the message says which and why).
+    """
+    cert: str | None = args.tls_cert
+    key: str | None = args.tls_key
+    if cert is None:
+        if key is not None:
+            raise StartError("--tls-key needs --tls-cert: give the certificate too")
+        return None
+    files = TlsFiles(cert, key)
+    try:
+        return files, files.context()
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -294,6 +364,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         options = connection_options(args)
+        tls = load_tls(args)
+        args.tls_files, args.tls_context = (None, None) if tls is None else tls
         args.listener = bind_listener(args.host, args.port)
         factory = with_work(HANDLERS[args.handler], args.work)
         running = MODELS[args.model].build(args, factory, options)

@@ -18,7 +18,10 @@ drains down to the low-water mark, reading resumes. Nothing is dropped and the
 buffer never holds more than the high-water mark plus one read.
 
 States (one enum, one table, below). ``send`` is accepted in ``CONNECTED``,
-``PEER_CLOSED`` and ``STOPPING``.
+``PEER_CLOSED`` and ``STOPPING``. A TLS connection
+(:class:`reference.tls.TlsConnection`, this class with its bytes passed
+through ``ssl.SSLObject``) starts in ``HANDSHAKING`` and reaches ``CONNECTED``
+when its handshake is done; a plain one starts in ``CONNECTED``.
 
 Closing gracefully is a *lingering close*, the same whoever asks for it (the
 handler, the core after the peer's EOF, a stopping server):
@@ -103,6 +106,7 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 class ConnState(enum.Enum):
     """Where a connection is in its life."""
 
+    HANDSHAKING = "handshaking"  # TLS only: no handler yet; the handshake reads and writes
     CONNECTED = "connected"  # reading and writing
     PEER_CLOSED = "peer-closed"  # the peer sent FIN; the handler still writes
     STOPPING = "stopping"  # the server stops: no reads; the handler finishes, then closes
@@ -114,22 +118,37 @@ class ConnState(enum.Enum):
 class ConnEvent(enum.Enum):
     """What moves a connection from one state to another."""
 
-    PEER_EOF = "peer-eof"  # recv returned b""
+    HANDSHAKE_DONE = "handshake-done"  # TLS: the handshake succeeded
+    PEER_EOF = "peer-eof"  # recv returned b"" (over TLS: the peer's close_notify, or its FIN)
     STOP = "stop"  # the server is stopping: take no more input, finish, close
     CLOSE = "close"  # the handler or the server asked for a graceful close
     FLUSHED = "flushed"  # the output buffer is empty while draining
-    EXPIRED = "expired"  # the linger deadline passed before the peer's EOF
+    EXPIRED = "expired"  # a deadline passed: the handshake's, or the linger's before the EOF
     ABORT = "abort"  # an error, a reset, or a forced stop
 
 
 # The state table. Rules:
 # - input reaches the handler only in CONNECTED; LINGERING reads only to throw
-#   away; so PEER_EOF comes only from those two (and ends LINGERING);
+#   away; HANDSHAKING reads only for the handshake; so PEER_EOF comes only from
+#   those three (and ends LINGERING and HANDSHAKING);
+# - HANDSHAKING (TLS) has no handler yet, so nothing is owed: HANDSHAKE_DONE
+#   leads to CONNECTED, and the peer's EOF, the handshake deadline (EXPIRED), a
+#   stopping server (STOP) or a failure (ABORT) end the connection at once;
+#   CLOSE, a handler's request, cannot come before there is a handler;
 # - STOP and CLOSE are requests: repeating them, or making them later in the
 #   close, changes nothing; STOP never undoes a CLOSE already under way;
-# - FLUSHED only means something while DRAINING, EXPIRED while LINGERING;
-# - ABORT ends any connection at once, and is harmless after the end.
+# - over TLS, the CLOSE that enters DRAINING queues close_notify behind every
+#   byte owed, so FLUSHED (and the FIN of LINGERING) comes after it;
+# - FLUSHED only means something while DRAINING, EXPIRED while HANDSHAKING or
+#   LINGERING;
+# - ABORT ends any connection at once (over TLS, without close_notify), and is
+#   harmless after the end.
 _TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
+    (ConnState.HANDSHAKING, ConnEvent.HANDSHAKE_DONE): ConnState.CONNECTED,
+    (ConnState.HANDSHAKING, ConnEvent.PEER_EOF): ConnState.CLOSED,
+    (ConnState.HANDSHAKING, ConnEvent.EXPIRED): ConnState.CLOSED,
+    (ConnState.HANDSHAKING, ConnEvent.STOP): ConnState.CLOSED,
+    (ConnState.HANDSHAKING, ConnEvent.ABORT): ConnState.CLOSED,
     (ConnState.CONNECTED, ConnEvent.PEER_EOF): ConnState.PEER_CLOSED,
     (ConnState.CONNECTED, ConnEvent.STOP): ConnState.STOPPING,
     (ConnState.CONNECTED, ConnEvent.CLOSE): ConnState.DRAINING,
@@ -155,6 +174,8 @@ _TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
 }
 
 _SENDING_STATES = frozenset({ConnState.CONNECTED, ConnState.PEER_CLOSED, ConnState.STOPPING})
+# States that read whatever the owner or the buffer says.
+_ALWAYS_READING = frozenset({ConnState.HANDSHAKING, ConnState.LINGERING})
 # An abort in these states cuts short what the peer is owed (or may be owed).
 _OWING_STATES = frozenset({ConnState.STOPPING, ConnState.DRAINING})
 
@@ -211,7 +232,7 @@ class Connection:
         "_read_size",
         "_read_view",
         "_linger",
-        "_linger_timer",
+        "_deadline",
         "_bytes_in",
         "_discarded",
     )
@@ -249,7 +270,8 @@ class Connection:
         self._read_size = min(read_size, len(loop.read_buffer))
         self._read_view = memoryview(loop.read_buffer)
         self._linger = linger
-        self._linger_timer: TimerHandle | None = None
+        # The timer of the state's deadline: the linger's, or (TLS) the handshake's.
+        self._deadline: TimerHandle | None = None
         self._bytes_in = 0  # read and given to the handler
         self._discarded = 0  # read while closing and thrown away
         sock.setblocking(False)
@@ -492,7 +514,7 @@ class Connection:
 
     def _update_interest(self) -> None:
         events = 0
-        if self._state is ConnState.LINGERING or (
+        if self._state in _ALWAYS_READING or (
             self._state is ConnState.CONNECTED
             and not self._paused_by_buffer
             and not self._paused_by_owner
@@ -520,7 +542,7 @@ class Connection:
         self._discard_input()  # The EOF may be there already (always, after PEER_CLOSED).
         if self._state is ConnState.LINGERING:
             self._update_interest()
-            self._linger_timer = self.loop.call_later(self._linger, self._linger_expired)
+            self._deadline = self.loop.call_later(self._linger, self._linger_expired)
 
     def _discard_input(self) -> None:
         try:
@@ -537,7 +559,7 @@ class Connection:
             self._release(None)
 
     def _linger_expired(self) -> None:
-        self._linger_timer = None
+        self._deadline = None
         if self._state is ConnState.LINGERING:
             log.debug("%r: no EOF from the peer within %.1fs, closing", self, self._linger)
             self._transition(ConnEvent.EXPIRED)
@@ -563,9 +585,9 @@ class Connection:
         if self._events:
             self.loop.unregister(self._sock)
             self._events = 0
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._sock.close()
         log.debug(
             "%r: closed; %d bytes read, %d discarded while closing",

@@ -19,7 +19,9 @@ shares one core. The process mode really uses several:
 - A sub-reactor process runs one loop with a :class:`~reference.server.Server`
   that has no listener: it adopts the sockets that arrive on its channel, with
   the connection options (high and low water...) the main process was given,
-  passed on its command line.
+  passed on its command line. Over TLS, it is given the certificate's and the
+  key's paths, and builds its own ``ssl.SSLContext`` from them (a context
+  cannot be passed to another process).
 
 Flow control, end to end: a sub-reactor near its descriptor limit stops
 reading its channel (the sockets wait in the channel, none is lost); when every
@@ -92,6 +94,7 @@ from reference.server import (
     check_descriptors,
     open_descriptors,
 )
+from reference.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsFiles
 
 __all__ = [
     "EXIT_AT_START_ENV",
@@ -177,6 +180,8 @@ class ProcessReactor:
         verbose: Let the sub-reactors log debug messages.
         work: What the handler costs per message (see
             :class:`reference.handler.Work`); the sub-reactors build the same.
+        tls: The certificate and key every connection speaks TLS with; each
+            sub-reactor loads them itself. None: plain TCP.
 
     Raises:
         StartError: The descriptor limit is too small for ``sub_reactors``
@@ -192,6 +197,7 @@ class ProcessReactor:
         options: ConnectionOptions | None = None,
         verbose: bool = False,
         work: Work = NO_WORK,
+        tls: TlsFiles | None = None,
     ) -> None:
         if sub_reactors < 1:
             raise ValueError(f"need at least 1 sub-reactor, got {sub_reactors}")
@@ -206,6 +212,7 @@ class ProcessReactor:
         self._handler = handler
         self._options = options or ConnectionOptions()
         self._work = work
+        self._tls = tls.absolute() if tls is not None else None
         self._verbose = verbose
         self._slots = [_Slot(index) for index in range(1, sub_reactors + 1)]
         self._next = 0
@@ -292,6 +299,11 @@ class ProcessReactor:
             "--work",
             str(self._work),
         ]
+        if self._tls is not None:
+            argv += ["--tls-cert", self._tls.cert]
+            if self._tls.key is not None:
+                argv += ["--tls-key", self._tls.key]
+            argv += ["--handshake-timeout", repr(opts.handshake_timeout)]
         if self._verbose:
             argv.append("-v")
         # A closed pipe as stdin, not /dev/null: where that is a regular file
@@ -558,6 +570,9 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--read-size", type=int, required=True)
     parser.add_argument("--linger", type=float, required=True)
     parser.add_argument("--work", type=Work.parse, default=NO_WORK)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--handshake-timeout", type=float, default=DEFAULT_HANDSHAKE_TIMEOUT)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -570,6 +585,13 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
         log.error("sub-%d: %s=%s: exiting at start", args.index, EXIT_AT_START_ENV, exit_at_start)
         return int(exit_at_start)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The main process stops us, in order.
+    tls = None
+    if args.tls_cert is not None:
+        try:
+            tls = TlsFiles(args.tls_cert, args.tls_key).context()
+        except ValueError as exc:
+            log.error("sub-%d: %s", args.index, exc)
+            return 1
     factory: HandlerFactory = with_work(HANDLERS[args.handler], args.work)
     loop = EventLoop(f"sub-{args.index}")
     options = ConnectionOptions(
@@ -577,9 +599,10 @@ def sub_reactor_main(argv: Sequence[str] | None = None) -> int:
         low_water=args.low_water,
         read_size=args.read_size,
         linger=args.linger,
+        handshake_timeout=args.handshake_timeout,
     )
     log.info("%s: serving %s, work %s", loop.name, args.handler, args.work)
-    server = Server(loop, factory, options=options)
+    server = Server(loop, factory, options=options, tls=tls)
     inbox = _Inbox(loop, socket.socket(fileno=args.channel_fd), server)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import threading
 
 from reference.handler import HandlerFactory
@@ -95,6 +96,8 @@ class Reactor:
         sub_reactors: Loops, each on its own thread, that own the connections
             (0: the main loop owns them).
         workers: Worker threads that run the handlers (0: the loop runs them).
+        tls: A server-side TLS context: every connection speaks TLS. None:
+            plain TCP.
 
     Raises:
         StartError: The descriptor limit is too small for ``sub_reactors`` loops.
@@ -108,6 +111,7 @@ class Reactor:
         options: ConnectionOptions | None = None,
         sub_reactors: int = 0,
         workers: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if sub_reactors:
             what = f"{sub_reactors} sub-reactor threads"
@@ -129,6 +133,7 @@ class Reactor:
             listener=listener,
             options=options,
             sub_loops=self.loop_pool.loops if self.loop_pool else (),
+            tls=tls,
         )
         self.address = self.server.address
         self._grace = DEFAULT_GRACE

@@ -22,6 +22,11 @@ whichever comes first. At the deadline a connection that still owed bytes is
 reset (the peer sees RST after what it got); one that had sent everything and
 its FIN, and only waited for the peer's EOF, is just closed.
 
+TLS: a server given an ``ssl.SSLContext`` makes every accepted socket a
+:class:`~reference.tls.TlsConnection` instead of a plain
+:class:`~reference.connection.Connection`; the choice is made once per
+connection, when it is adopted, so the plaintext path never looks at TLS.
+
 Errors a model reports to its command line: :class:`StartError` (it cannot
 start as asked: an address it cannot listen on, too few descriptors for the
 loops it was asked for; a usage error) and :class:`ServeError` (it started,
@@ -44,6 +49,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,6 +64,7 @@ from reference.connection import (
 )
 from reference.handler import HandlerFactory
 from reference.loop import EventLoop
+from reference.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsConnection
 
 __all__ = [
     "ConnectionOptions",
@@ -101,12 +108,13 @@ class ServeError(Exception):
 
 @dataclass(frozen=True)
 class ConnectionOptions:
-    """Flow-control settings given to every connection."""
+    """Flow-control settings given to every connection (and its TLS deadline, over TLS)."""
 
     high_water: int = DEFAULT_HIGH_WATER
     low_water: int = DEFAULT_LOW_WATER
     read_size: int = DEFAULT_READ_SIZE
     linger: float = DEFAULT_LINGER
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
 
 def open_descriptors() -> int:
@@ -198,6 +206,8 @@ class Server:
         sub_loops: Loops that own connections instead of the main loop, each
             run by its own thread by whoever created them. Empty: the main loop
             owns every connection (the single-reactor model).
+        tls: A server-side TLS context (see :func:`reference.tls.server_context`):
+            every connection speaks TLS. None: plain TCP.
     """
 
     def __init__(
@@ -208,8 +218,10 @@ class Server:
         listener: socket.socket | None = None,
         options: ConnectionOptions | None = None,
         sub_loops: Sequence[EventLoop] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = loop
+        self.tls = tls
         self.handler_factory = handler_factory
         self.options = options or ConnectionOptions()
         self.sub_loops = tuple(sub_loops)
@@ -226,6 +238,12 @@ class Server:
             self.options.high_water,
             self.options.low_water,
         )
+        if tls is not None:
+            log.info(
+                "%s: connections speak TLS; a client has %.1fs to complete its handshake",
+                loop.name,
+                self.options.handshake_timeout,
+            )
 
     # -- running -----------------------------------------------------------
 
@@ -286,17 +304,33 @@ class Server:
             sock.close()
             return
         opts = self.options
-        conn = Connection(
-            loop,
-            sock,
-            self.handler_factory(),
-            peer=peer,
-            on_closed=self._on_closed,
-            high_water=opts.high_water,
-            low_water=opts.low_water,
-            read_size=opts.read_size,
-            linger=opts.linger,
-        )
+        conn: Connection
+        if self.tls is None:
+            conn = Connection(
+                loop,
+                sock,
+                self.handler_factory(),
+                peer=peer,
+                on_closed=self._on_closed,
+                high_water=opts.high_water,
+                low_water=opts.low_water,
+                read_size=opts.read_size,
+                linger=opts.linger,
+            )
+        else:
+            conn = TlsConnection(
+                loop,
+                sock,
+                self.handler_factory(),
+                context=self.tls,
+                handshake_timeout=opts.handshake_timeout,
+                peer=peer,
+                on_closed=self._on_closed,
+                high_water=opts.high_water,
+                low_water=opts.low_water,
+                read_size=opts.read_size,
+                linger=opts.linger,
+            )
         self._connections[loop].add(conn)
         log.debug("%r: accepted", conn)
         conn.start()
