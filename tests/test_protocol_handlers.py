@@ -423,6 +423,10 @@ def test_MemcacheProtocol_replies_as_memcached_does(stream: bytes, replies: byte
          b"STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
         (b"set n 0 0 0\r\n\r\nincr n 1\r\n",
          b"STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
+        # white space alone: memcached reads on past the item (undefined); no digit here
+        (b"set n 0 0 2\r\n\r\n\r\nincr n 1\r\nset n 0 0 3\r\n\r\n5\r\nincr n 1\r\n",
+         b"STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+         b"STORED\r\n6\r\n"),
         (b"set n 0 0 20\r\n18446744073709551616\r\nincr n 1\r\n",
          b"STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
         (b"incr n x\r\nincr n -1\r\nincr n 18446744073709551616\r\n",
@@ -972,7 +976,12 @@ def random_memcached_requests(rng: random.Random, count: int) -> list[bytes]:
     keys = [b"a", b"b", b"k\x01", b"noreply", b"0"]
     numbers = [b"0", b"1", b"-1", b"+2", b"007", b"18446744073709551615", b"18446744073709551616"]
     numbers += [b"4294967296", b"x", b"-0", b"2592001"]
-    values = [b"", b"1", b"10", b" 5", b"abc", b"18446744073709551615", b"-1", b"12 x", b"\r\n"]
+    # No value is white space alone: incr reads a value with strtoull, which
+    # skips white space, and memcached's item has no NUL after it, so strtoull
+    # goes on past the item's \r\n into whatever its slab chunk held before,
+    # and answers with a number it finds there or not: a reply no test can own.
+    values = [b"", b"1", b"10", b" 5", b"abc", b"18446744073709551615", b"-1", b"12 x", b"\r\n5"]
+    assert not [value for value in values if value.isspace()]
     requests = []
     for _ in range(count):
         r = rng.random()
