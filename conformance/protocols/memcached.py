@@ -31,6 +31,13 @@ Facts about memcached this relies on
   then a space, a NUL or the value's end; anything else is non-numeric, and
   so is an empty value. A delta is read the same way (else ``CLIENT_ERROR
   invalid numeric delta argument``).
+- A value of white space alone (``\\r\\n``, spaces) has no number in it, but
+  memcached does not stop at its end: nothing ends the string there, so
+  ``strtoull`` skips the item's own ``\\r\\n`` too and reads on into whatever
+  the item's slab chunk held before, and ``incr`` answers a number found there
+  (``57`` for ``\\r\\n`` in the chunk of a deleted ``123456``), or
+  non-numeric, varying from run to run. The model says non-numeric, and its
+  requests and its load never store such a value (its first byte is ``x``).
 - When the new number is no longer than the value it replaces, memcached
   writes it in place and pads it with spaces to the old length: ``007``
   incremented is ``8`` and then reads back as ``8  ``; a wrap from
@@ -312,6 +319,16 @@ _COMMANDS: Mapping[bytes, tuple[int, int, _Handler]] = {
 _NON_NUMBERS = (b"abc", b"", b"-1", b"12a", b"x1")
 
 
+def _defined(value: bytes) -> bytes:
+    """``value``, or, if it is white space alone, ``x`` and the rest: incr of it is undefined."""
+    return b"x" + value[1:] if value.isspace() else value
+
+
+def _set(key: int, value: bytes, flags: int) -> Set:
+    """A set of ``value`` made :func:`_defined` (a map on ``_values`` would change the draws)."""
+    return Set(key, _defined(value), flags)
+
+
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
     from hypothesis import strategies as st
 
@@ -331,7 +348,7 @@ def _requests(max_value: int) -> st.SearchStrategy[Request]:
     keys = st.integers(0, KEYS - 1)
     return st.one_of(
         st.builds(Get, keys),
-        st.builds(Set, keys, _values(max_value), st.integers(0, 2**16)),
+        st.builds(_set, keys, _values(max_value), st.integers(0, 2**16)),
         st.builds(Delete, keys),
         st.builds(Incr, keys, st.one_of(st.integers(0, 30), st.just(_U64 - 1))),
         st.just(Version()),
@@ -364,7 +381,7 @@ class MemcachedModel(ReplyModel[Request]):
         roll = rng.random()
         request: Request
         if roll < 0.35:
-            request = Set(key, rng.randbytes(min(size, MAX_VALUE)), rng.randrange(16))
+            request = Set(key, _defined(rng.randbytes(min(size, MAX_VALUE))), rng.randrange(16))
         elif roll < 0.7:
             request = Get(key)
         elif roll < 0.8:
