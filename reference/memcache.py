@@ -45,6 +45,12 @@ Facts about memcached this relies on (1.6, checked against ``memcached`` 1.6.18)
   old one, padded with spaces to the old length when it is not longer.
 - ``incr`` refuses an empty value, and one stored in chunks (an item over
   512 KiB), as not numeric.
+- ``incr`` of a value made only of white space (``\\r\\n``, spaces) is
+  undefined: ``strtoull`` skips the white space and the item's own ``\\r\\n``
+  (nothing ends the string there) and reads on into whatever the item's slab
+  chunk held before, so memcached answers a number found there, or not numeric.
+  Which chunk an item gets varies from run to run with the server's timing. This
+  handler answers not numeric: what memcached answers when no digit follows.
 - ``<exptime>``: 0 never expires, up to 30 days is relative, more is a Unix
   time, negative has expired already.
 """

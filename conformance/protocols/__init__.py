@@ -48,10 +48,12 @@ How the rest of the suite uses one:
   ``request, owed = conn.next_request(rng, size)``: it sends ``request`` and
   checks the bytes that come back against ``owed``, byte for byte.
 
-A request/reply protocol's model only writes a :class:`ConnectionModel`
-(framing, state, the reply owed) and gets its oracle and its load from
-:class:`ReplyStreamOracle` and :class:`ModelLoad`; see
-:mod:`conformance.protocols.replies`.
+A request/reply protocol's model subclasses :class:`ReplyModel` and writes
+only what is its own: a :class:`ConnectionModel` (framing, state, the reply
+owed), one request's strategy and bytes, and the load's next request; its
+oracle (:class:`ReplyStreamOracle`) and its load (:class:`ModelLoad`) come
+with it. See :mod:`conformance.protocols.replies` and
+:mod:`conformance.protocols.reply_model`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from conformance.protocols.replies import (
     ModelLoad,
     ReplyStreamOracle,
 )
+from conformance.protocols.reply_model import ReplyModel
 from conformance.protocols.resp import RespModel
 from conformance.user_code import import_named
 
@@ -99,6 +102,7 @@ __all__ = [
     "ORACLE",
     "OracleModel",
     "ProtocolModel",
+    "ReplyModel",
     "ReplyStreamOracle",
     "RespModel",
     "load_model",

@@ -20,8 +20,9 @@ which touches a socket:
   each call of ``next_request(rng, size)`` gives the next request's bytes and
   the exact bytes a correct server owes for it.
 
-Most models are a request/reply protocol: they write only a
-:class:`~conformance.protocols.replies.ConnectionModel` and get their oracle
+Most models are a request/reply protocol: they subclass
+:class:`~conformance.protocols.reply_model.ReplyModel`, write a
+:class:`~conformance.protocols.replies.ConnectionModel`, and get their oracle
 and their load from :mod:`conformance.protocols.replies`.
 
 A model is stateless and built without arguments, so another process gets it

@@ -31,6 +31,13 @@ Facts about memcached this relies on
   then a space, a NUL or the value's end; anything else is non-numeric, and
   so is an empty value. A delta is read the same way (else ``CLIENT_ERROR
   invalid numeric delta argument``).
+- A value of white space alone (``\\r\\n``, spaces) has no number in it, but
+  memcached does not stop at its end: nothing ends the string there, so
+  ``strtoull`` skips the item's own ``\\r\\n`` too and reads on into whatever
+  the item's slab chunk held before, and ``incr`` answers a number found there
+  (``57`` for ``\\r\\n`` in the chunk of a deleted ``123456``), or
+  non-numeric, varying from run to run. The model says non-numeric, and its
+  requests and its load never store such a value (its first byte is ``x``).
 - When the new number is no longer than the value it replaces, memcached
   writes it in place and pads it with spaces to the old length: ``007``
   incremented is ``8`` and then reads back as ``8  ``; a wrap from
@@ -46,13 +53,13 @@ Facts about memcached this relies on
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from conformance.oracle import Oracle
-from conformance.protocols.base import Capability, InvalidRequest, LoadConnection, check_prefix
-from conformance.protocols.replies import Expected, ModelLoad, ReplyStreamOracle, short
+from conformance.protocols.base import Capability, InvalidRequest
+from conformance.protocols.replies import Expected, short
+from conformance.protocols.reply_model import KEYS, ReplyModel, key_bytes
 
 if TYPE_CHECKING:  # Hypothesis is imported where requests are drawn, not for the load.
     from hypothesis import strategies as st
@@ -74,11 +81,6 @@ MAX_VALUE = 1_000_000
 #: The longest key memcached takes.
 MAX_KEY = 250
 _U64 = 2**64
-
-
-def key_bytes(prefix: bytes, n: int) -> bytes:
-    """The bytes of key number ``n`` of the connection with this prefix."""
-    return b"%s:k%d" % (prefix, n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +317,16 @@ _COMMANDS: Mapping[bytes, tuple[int, int, _Handler]] = {
 
 #: Values incr finds no number in.
 _NON_NUMBERS = (b"abc", b"", b"-1", b"12a", b"x1")
-#: Keys per connection: few, so that commands meet the same keys.
-KEYS = 4
+
+
+def _defined(value: bytes) -> bytes:
+    """``value``, or, if it is white space alone, ``x`` and the rest: incr of it is undefined."""
+    return b"x" + value[1:] if value.isspace() else value
+
+
+def _set(key: int, value: bytes, flags: int) -> Set:
+    """A set of ``value`` made :func:`_defined` (a map on ``_values`` would change the draws)."""
+    return Set(key, _defined(value), flags)
 
 
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
@@ -338,74 +348,46 @@ def _requests(max_value: int) -> st.SearchStrategy[Request]:
     keys = st.integers(0, KEYS - 1)
     return st.one_of(
         st.builds(Get, keys),
-        st.builds(Set, keys, _values(max_value), st.integers(0, 2**16)),
+        st.builds(_set, keys, _values(max_value), st.integers(0, 2**16)),
         st.builds(Delete, keys),
         st.builds(Incr, keys, st.one_of(st.integers(0, 30), st.just(_U64 - 1))),
         st.just(Version()),
     )
 
 
-def _make_load_request(rng: random.Random, size: int, prefix: bytes) -> bytes:
-    """A request owed an exact reply: mostly set and get of ``size`` bytes, some incr and delete."""
-    key = rng.randrange(2)
-    roll = rng.random()
-    request: Request
-    if roll < 0.35:
-        request = Set(key, rng.randbytes(min(size, MAX_VALUE)), rng.randrange(16))
-    elif roll < 0.7:
-        request = Get(key)
-    elif roll < 0.8:
-        request = Set(key, b"%d" % rng.randrange(100))
-    elif roll < 0.9:
-        request = Incr(key, rng.randrange(10))
-    else:
-        request = Delete(key)
-    return request.encode(prefix)
-
-
-class MemcachedModel:
+class MemcachedModel(ReplyModel[Request]):
     """memcached's text protocol, as memcached 1.6 answers it; see the module docstring."""
 
     name = "memcached"
-    capabilities = frozenset({Capability.REPLIES})
     lacks: Mapping[Capability, str] = {
         Capability.HALF_CLOSE: "memcached closes the connection at the client's EOF",
         Capability.ANY_BYTES: "requests are memcached text commands",
     }
+    largest_value = MAX_VALUE
 
-    def requests(
-        self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
-    ) -> st.SearchStrategy[tuple[Request, ...]]:
-        """Commands for one connection; see :class:`conformance.protocols.base.ProtocolModel`.
+    def connection(self) -> MemcachedConnection:
+        return MemcachedConnection()
 
-        Raises:
-            ValueError: ``max_value`` is over :data:`MAX_VALUE`.
-        """
-        if max_value > MAX_VALUE:
-            raise ValueError(f"memcached values are at most {MAX_VALUE} bytes, not {max_value}")
-        from hypothesis import strategies as st
+    def request(self, max_value: int) -> st.SearchStrategy[Request]:
+        return _requests(max_value)
 
-        return st.lists(_requests(max_value), min_size=min_size, max_size=max_size).map(tuple)
+    def encode_request(self, request: Request, prefix: bytes) -> bytes:
+        """A command line (and a set's data), keys as ``{prefix}:k{n}``."""
+        return request.encode(prefix)
 
-    def encode(self, requests: Sequence[Request], *, prefix: str) -> bytes:
-        """Command lines (and data), keys as ``{prefix}:k{n}``.
-
-        Raises:
-            ValueError: ``prefix`` is not 1 to 200 printable ASCII characters without spaces.
-        """
-        raw = check_prefix(prefix, longest=200)
-        return b"".join(request.encode(raw) for request in requests)
-
-    def oracle(self) -> Oracle:
-        """A new oracle for one connection."""
-        return ReplyStreamOracle(MemcachedConnection())
-
-    def load_connection(self, prefix: str) -> LoadConnection:
-        """Requests of ``size``-byte values on two keys of ``prefix``, each owed an exact reply.
-
-        Raises:
-            ValueError: A bad prefix, as for :meth:`encode`.
-        """
-        return ModelLoad(
-            MemcachedConnection(), _make_load_request, check_prefix(prefix, longest=200)
-        )
+    def load_request(self, rng: random.Random, size: int, prefix: bytes) -> bytes:
+        """Owed an exact reply: mostly set and get of ``size`` bytes on two keys, some incr..."""
+        key = rng.randrange(2)
+        roll = rng.random()
+        request: Request
+        if roll < 0.35:
+            request = Set(key, _defined(rng.randbytes(min(size, MAX_VALUE))), rng.randrange(16))
+        elif roll < 0.7:
+            request = Get(key)
+        elif roll < 0.8:
+            request = Set(key, b"%d" % rng.randrange(100))
+        elif roll < 0.9:
+            request = Incr(key, rng.randrange(10))
+        else:
+            request = Delete(key)
+        return request.encode(prefix)

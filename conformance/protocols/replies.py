@@ -4,7 +4,7 @@ How this works
 --------------
 Most models are a request/reply protocol: requests are framed in the stream
 sent, and each request is owed one reply (or none), in order. Such a model
-only writes a :class:`ConnectionModel`, the server as seen by one connection:
+writes a :class:`ConnectionModel`, the server as seen by one connection:
 
 - ``parse_request(buf)`` frames the next request at the start of ``buf``:
   ``(request, length)`` when it is all there, else the smallest length of
@@ -26,7 +26,10 @@ start of a reply that does not fit its pattern, the first byte nobody asked
 for. :class:`ModelLoad` serves the load generator from the same
 :class:`ConnectionModel`, so the oracle and the load agree on what is owed.
 
-Writing a model (a whole one, a line protocol, is about 50 lines)::
+Writing a model (a whole one, a line protocol, is about 30 lines): its
+:class:`ConnectionModel`, and the rest in a
+:class:`~conformance.protocols.reply_model.ReplyModel`, which makes the
+oracle and the load of it::
 
     class UpperConnection:  # every line comes back in capitals
         def parse_request(self, buf):
@@ -35,16 +38,13 @@ Writing a model (a whole one, a line protocol, is about 50 lines)::
         def apply(self, line): return Expected.exact(line.upper() + b"\\r\\n")
         def describe(self, line): return repr(line[:40])
 
-    class UpperModel:
+    class UpperModel(ReplyModel[bytes]):
         name = "upper"
         capabilities = frozenset({Capability.REPLIES, Capability.HALF_CLOSE})
-        def requests(self, *, min_size=0, max_size=16, max_value=64):
-            return st.lists(lines(max_size=max_value), min_size=min_size,
-                            max_size=max_size).map(tuple)
-        def encode(self, requests, *, prefix): return b"".join(l + b"\\r\\n" for l in requests)
-        def oracle(self): return ReplyStreamOracle(UpperConnection())
-        def load_connection(self, prefix):
-            return ModelLoad(UpperConnection(), make_line, prefix.encode())
+        def connection(self): return UpperConnection()
+        def request(self, max_value): return lines(max_size=max_value)
+        def encode_request(self, line, prefix): return line + b"\\r\\n"
+        def load_request(self, rng, size, prefix): return make_line(rng, size, prefix)
 """
 
 from __future__ import annotations

@@ -38,11 +38,11 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from conformance.oracle import Oracle
-from conformance.protocols.base import Capability, InvalidRequest, LoadConnection, check_prefix
-from conformance.protocols.replies import Expected, ModelLoad, ReplyStreamOracle, short
+from conformance.protocols.base import Capability, InvalidRequest
+from conformance.protocols.replies import Expected, short
+from conformance.protocols.reply_model import KEYS, ReplyModel, key_bytes
 
 if TYPE_CHECKING:  # Hypothesis is imported where requests are drawn, not for the load.
     from hypothesis import strategies as st
@@ -62,11 +62,6 @@ class Command:
     """One request: its arguments, the command's name first."""
 
     args: tuple[bytes | Key, ...]
-
-
-def key_bytes(prefix: bytes, n: int) -> bytes:
-    """The bytes of key number ``n`` of the connection with this prefix."""
-    return b"%s:k%d" % (prefix, n)
 
 
 def encode_command(args: Sequence[bytes]) -> bytes:
@@ -261,8 +256,6 @@ def _word(arg: bytes) -> str:
 UNKNOWN_NAMES = (b"FROB", b"XYZZY", b"NOSUCHCOMMAND")
 #: Values INCR fails on: a word, a decimal, a leading zero, a sign, a space, a NUL.
 _NOT_INTEGERS = (b"abc", b"1.5", b"01", b"+1", b"-0", b" 1", b"1\0")
-#: Keys per connection: few, so that commands meet the same keys.
-KEYS = 4
 
 
 def _values(max_value: int) -> st.SearchStrategy[bytes]:
@@ -298,69 +291,45 @@ def _commands(max_value: int) -> st.SearchStrategy[Command]:
     )
 
 
-def _make_load_request(
-    rng: random.Random, size: int, prefix: bytes
-) -> tuple[tuple[bytes, ...], bytes]:
-    """A request owed an exact reply: mostly SET and GET of ``size`` bytes, some INCR, DEL..."""
-    key = key_bytes(prefix, rng.randrange(2))
-    roll = rng.random()
-    if roll < 0.3:
-        args: tuple[bytes, ...] = (b"SET", key, rng.randbytes(size))
-    elif roll < 0.6:
-        args = (b"GET", key)
-    elif roll < 0.7:
-        args = (b"SET", key, b"%d" % rng.randrange(-5, 100))
-    elif roll < 0.8:
-        args = (b"INCR", key)
-    elif roll < 0.85:
-        args = (b"DEL", key)
-    elif roll < 0.9:
-        args = (b"PING",)
-    else:
-        args = (b"ECHO", rng.randbytes(size))
-    return args, encode_command(args)
-
-
-class RespModel:
+class RespModel(ReplyModel[Command]):
     """RESP2, as Redis 7 answers it; see the module docstring."""
 
     name = "resp"
-    capabilities = frozenset({Capability.REPLIES})
     lacks: Mapping[Capability, str] = {
         Capability.HALF_CLOSE: "redis closes the connection at the client's EOF",
         Capability.ANY_BYTES: "requests are RESP arrays of bulk strings",
     }
 
-    def requests(
-        self, *, min_size: int = 0, max_size: int = 16, max_value: int = 4096
-    ) -> st.SearchStrategy[tuple[Command, ...]]:
-        """Commands for one connection; see :class:`conformance.protocols.base.ProtocolModel`."""
-        from hypothesis import strategies as st
+    def connection(self) -> RespConnection:
+        return RespConnection()
 
-        return st.lists(_commands(max_value), min_size=min_size, max_size=max_size).map(tuple)
+    def request(self, max_value: int) -> st.SearchStrategy[Command]:
+        return _commands(max_value)
 
-    def encode(self, requests: Sequence[Any], *, prefix: str) -> bytes:
-        """Arrays of bulk strings, keys as ``{prefix}:k{n}``.
-
-        Raises:
-            ValueError: ``prefix`` is not 1 to 200 printable ASCII characters without spaces.
-        """
-        raw = check_prefix(prefix, longest=200)
-        return b"".join(
-            encode_command(
-                [key_bytes(raw, arg.n) if isinstance(arg, Key) else arg for arg in command.args]
-            )
-            for command in requests
+    def encode_request(self, request: Command, prefix: bytes) -> bytes:
+        """An array of bulk strings, keys as ``{prefix}:k{n}``."""
+        return encode_command(
+            [key_bytes(prefix, arg.n) if isinstance(arg, Key) else arg for arg in request.args]
         )
 
-    def oracle(self) -> Oracle:
-        """A new oracle for one connection."""
-        return ReplyStreamOracle(RespConnection())
-
-    def load_connection(self, prefix: str) -> LoadConnection:
-        """Requests of ``size``-byte values on two keys of ``prefix``, each owed an exact reply.
-
-        Raises:
-            ValueError: A bad prefix, as for :meth:`encode`.
-        """
-        return ModelLoad(RespConnection(), _make_load_request, check_prefix(prefix, longest=200))
+    def load_request(
+        self, rng: random.Random, size: int, prefix: bytes
+    ) -> tuple[tuple[bytes, ...], bytes]:
+        """Owed an exact reply: mostly SET and GET of ``size`` bytes on two keys, some INCR..."""
+        key = key_bytes(prefix, rng.randrange(2))
+        roll = rng.random()
+        if roll < 0.3:
+            args: tuple[bytes, ...] = (b"SET", key, rng.randbytes(size))
+        elif roll < 0.6:
+            args = (b"GET", key)
+        elif roll < 0.7:
+            args = (b"SET", key, b"%d" % rng.randrange(-5, 100))
+        elif roll < 0.8:
+            args = (b"INCR", key)
+        elif roll < 0.85:
+            args = (b"DEL", key)
+        elif roll < 0.9:
+            args = (b"PING",)
+        else:
+            args = (b"ECHO", rng.randbytes(size))
+        return args, encode_command(args)

@@ -215,9 +215,9 @@ def test_cli_protocol_bad_use_is_one_line_and_exit_2(argv: list[str], line: str)
 
 
 def test_resp_load_requests_are_what_the_parser_reads_from_their_bytes() -> None:
-    from conformance.protocols.resp import RespConnection, _make_load_request
+    from conformance.protocols.resp import RespConnection, RespModel
 
     rng = random.Random(4)
     for _ in range(500):
-        request, data = _make_load_request(rng, rng.randrange(1, 300), b"p-c0")
+        request, data = RespModel().load_request(rng, rng.randrange(1, 300), b"p-c0")
         assert RespConnection().parse_request(bytearray(data)) == (request, len(data))

@@ -34,7 +34,7 @@ from conformance.protocols import (
     skip_reason,
     unique_prefix,
 )
-from conformance.protocols.memcached import MemcachedConnection, Set, strtoull
+from conformance.protocols.memcached import MemcachedConnection, Request, Set, strtoull
 from conformance.protocols.resp import Command, Key, RespConnection, encode_command
 from tests.helpers import ROOT
 
@@ -317,6 +317,29 @@ def test_MemcachedModel_oracle_frames_a_set_cut_at_every_byte() -> None:
 def test_MemcachedModel_requests_refuse_values_over_the_item_limit() -> None:
     with pytest.raises(ValueError, match="at most 1000000 bytes"):
         MemcachedModel().requests(max_value=2_000_000)
+
+
+def _stored(data: bytes) -> list[bytes]:
+    connection, buf, values = MemcachedConnection(), bytearray(data), []
+    while buf:
+        parsed = connection.parse_request(buf)
+        assert not isinstance(parsed, int)
+        request, length = parsed
+        del buf[:length]
+        values += [request.data] if request.data is not None else []
+    return values
+
+
+@settings(max_examples=200)
+@given(MemcachedModel().requests(max_size=24, max_value=64), st.integers(1, 3), st.randoms())
+def test_MemcachedModel_never_stores_a_value_of_white_space_alone(
+    requests: tuple[Request, ...], size: int, rng: random.Random
+) -> None:
+    """memcached's incr reads such a value past its end, into stale memory: undefined."""
+    load = MemcachedModel().load_connection("c0")
+    data = MemcachedModel().encode(requests, prefix="c0")
+    data += b"".join(load.next_request(rng, size)[0] for _ in range(50))
+    assert [value for value in _stored(data) if value.isspace()] == []
 
 
 # -- any split, the same verdict ----------------------------------------------------

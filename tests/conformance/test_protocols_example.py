@@ -1,4 +1,4 @@
-"""A protocol model as a user writes one: a line protocol in about 50 lines, and its tests.
+"""A protocol model as a user writes one: a line protocol in about 40 lines, and its tests.
 
 ``SAY <word>`` is answered with the word in capitals, ``COUNT`` with how many
 lines this connection has sent, both CRLF-terminated. Run it as
@@ -13,13 +13,10 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.oracle import Oracle
 from conformance.protocols import (
     Capability,
     Expected,
-    LoadConnection,
-    ModelLoad,
-    ReplyStreamOracle,
+    ReplyModel,
     load_model,
     model_name,
     skip_reason,
@@ -46,30 +43,23 @@ class ShoutConnection:
         return line[:40].decode("ascii", "backslashreplace")
 
 
-def _load_request(rng: random.Random, size: int, prefix: bytes) -> bytes:
-    return b"SAY " + bytes(rng.choices(b"abcdefxyz", k=size)) + b"\r\n"
-
-
-class ShoutModel:
+class ShoutModel(ReplyModel[bytes]):
     name = "shout"
     capabilities = frozenset({Capability.REPLIES, Capability.HALF_CLOSE})
     lacks = {Capability.ANY_BYTES: "requests are lines"}
 
-    def requests(
-        self, *, min_size: int = 0, max_size: int = 16, max_value: int = 64
-    ) -> st.SearchStrategy[tuple[bytes, ...]]:
+    def connection(self) -> ShoutConnection:
+        return ShoutConnection()
+
+    def request(self, max_value: int) -> st.SearchStrategy[bytes]:
         words = st.binary(max_size=max_value).map(lambda b: bytes(97 + c % 26 for c in b))
-        line = st.one_of(st.just(b"COUNT"), words.map(lambda w: b"SAY " + w))
-        return st.lists(line, min_size=min_size, max_size=max_size).map(tuple)
+        return st.one_of(st.just(b"COUNT"), words.map(lambda w: b"SAY " + w))
 
-    def encode(self, requests: Sequence[bytes], *, prefix: str) -> bytes:
-        return b"".join(line + b"\r\n" for line in requests)
+    def encode_request(self, line: bytes, prefix: bytes) -> bytes:
+        return line + b"\r\n"
 
-    def oracle(self) -> Oracle:
-        return ReplyStreamOracle(ShoutConnection())
-
-    def load_connection(self, prefix: str) -> LoadConnection:
-        return ModelLoad(ShoutConnection(), _load_request, prefix.encode())
+    def load_request(self, rng: random.Random, size: int, prefix: bytes) -> bytes:
+        return b"SAY " + bytes(rng.choices(b"abcdefxyz", k=size)) + b"\r\n"
 
 
 # -- its tests ---------------------------------------------------------------------------
