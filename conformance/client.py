@@ -21,6 +21,7 @@ import trio
 
 from conformance.oracle import Judgement, Oracle
 from conformance.rules import CLOSE_WITHIN, HALFCLOSE_CLOSE, HALFCLOSE_DATA
+from conformance.streams import ClientStream
 from conformance.transcript import (
     CheckFailure,
     Divergence,
@@ -66,13 +67,15 @@ class Connection:
         self,
         harness: Steps,
         name: str,
-        sock: trio.socket.SocketType,
+        stream: ClientStream,
         transcript: Transcript,
         oracle: Oracle,
     ) -> None:
         self.harness = harness
         self.name = name
-        self.sock = sock
+        self.stream = stream
+        #: The TCP socket beneath the stream (its options, names and state).
+        self.sock = stream.sock
         self.transcript = transcript
         self.oracle = oracle
         #: The progress deadlines of the steps running on this connection.
@@ -155,7 +158,7 @@ class Connection:
 
     async def _send_some(self, chunk: memoryview, step: str) -> int:
         try:
-            return await self.sock.send(chunk)
+            return await self.stream.send_some(chunk)
         except OSError as exc:
             self.transcript.end(Ending.RST)
             raise CheckFailure(
@@ -199,14 +202,17 @@ class Connection:
     async def recv_some(self, max_bytes: int = 65536) -> bytes:
         """One ``recv``; b"" on FIN or RST, which the transcript records. Not a step."""
         try:
-            data = await self.sock.recv(max_bytes)
+            data = await self.stream.receive_some(max_bytes)
         except OSError:
             self.transcript.end(Ending.RST)
             self.transcript.events.append(Event(self.harness.elapsed(), "RST"))
             return b""
         if not data:
             self.transcript.end(Ending.FIN)
-            self.transcript.events.append(Event(self.harness.elapsed(), "FIN"))
+            fin = {None: "FIN", True: "close_notify, FIN", False: "FIN without close_notify"}
+            self.transcript.events.append(
+                Event(self.harness.elapsed(), fin[self.stream.close_notify])
+            )
             return b""
         self.transcript.received += data
         self.transcript.events.append(Event(self.harness.elapsed(), "recv", len(data)))
@@ -413,7 +419,7 @@ class Connection:
     async def shutdown_write(self) -> None:
         """Half-close: send FIN, keep reading."""
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            await self.stream.send_eof()
         except OSError as exc:
             self.transcript.end(Ending.RST)
             raise CheckFailure(
@@ -422,7 +428,6 @@ class Connection:
                 transcript=self.transcript,
             ) from None
         self.transcript.events.append(Event(self.harness.elapsed(), "shutdown SHUT_WR"))
-        await trio.lowlevel.checkpoint()
 
     def reset(self) -> None:
         """Close with RST instead of FIN (``SO_LINGER`` with a zero timeout)."""
@@ -437,6 +442,6 @@ class Connection:
     def close(self) -> None:
         """Close normally (FIN)."""
         if self.sock.fileno() != -1:
-            self.sock.close()
+            self.stream.close()
             self.transcript.end(Ending.CLIENT_CLOSE)
             self.transcript.events.append(Event(self.harness.elapsed(), "close"))

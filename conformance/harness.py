@@ -50,7 +50,9 @@ import trio
 from conformance.client import STALL_AFTER, Connection
 from conformance.protocols import EchoModel, ProtocolModel, message_for, request_stream
 from conformance.run.profiles import DEFAULT, Profile
+from conformance.streams import ClientStream, PlainStream, TlsStream
 from conformance.targets.target import Address
+from conformance.tls import TlsSettings, client_context, handshake_failure
 from conformance.transcript import (
     CheckFailure,
     Divergence,
@@ -102,6 +104,8 @@ class Harness:
             check that rests on it is not measured.
         load_hosts: The execnet gateways the load checks run from
             (``--load-hosts``); empty: this process.
+        tls: Speak TLS on every connection, with these settings (``--tls``);
+            None: plain TCP.
     """
 
     def __init__(
@@ -115,8 +119,10 @@ class Harness:
         artifacts: Path | None = None,
         max_connections: int | None = None,
         load_hosts: tuple[str, ...] = (),
+        tls: TlsSettings | None = None,
     ) -> None:
         self.address = address
+        self.tls = tls
         self.model: ProtocolModel = model if model is not None else EchoModel()
         self.max_connections = max_connections
         self.load_hosts = load_hosts
@@ -254,12 +260,17 @@ class Harness:
         if record:
             self.transcripts.append(transcript)
         family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        raw = socket.socket(family, socket.SOCK_STREAM)
+        sock = trio.socket.from_stdlib_socket(raw)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(self, name, sock, transcript, self.model.oracle())
+        stream: ClientStream = PlainStream(sock)
+        if self.tls is not None:
+            hostname = self.tls.server_hostname(self.address.host)
+            stream = TlsStream(sock, raw, client_context(self.tls), hostname)
+        conn = Connection(self, name, stream, transcript, self.model.oracle())
         self.connections.append(conn)
         with self.step(f"connect {name}", conn, timeout):
             try:
@@ -273,7 +284,27 @@ class Harness:
                     transcript=transcript,
                 ) from None
         transcript.events.append(Event(self.elapsed(), "connect"))
+        if isinstance(stream, TlsStream):
+            await self._handshake(conn, stream, timeout)
         return conn
+
+    async def _handshake(self, conn: Connection, stream: TlsStream, timeout: float | None) -> None:
+        """The TLS handshake of a connection just made, as a step of its own."""
+        step = f"TLS handshake on {conn.name}"
+        with self.step(step, conn, timeout):
+            try:
+                await stream.handshake()
+            except OSError as exc:  # ssl.SSLError is an OSError too.
+                conn.transcript.end(
+                    Ending.RST if isinstance(exc, ConnectionResetError) else Ending.FIN
+                )
+                stream.close()
+                raise CheckFailure(
+                    f"the TLS handshake on {conn.name} failed: {handshake_failure(exc)}",
+                    step=step,
+                    transcript=conn.transcript,
+                ) from None
+        conn.transcript.events.append(Event(self.elapsed(), f"TLS handshake ({stream.version})"))
 
 
 def _where(conn: Connection | None) -> str:

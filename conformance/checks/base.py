@@ -44,6 +44,7 @@ from conformance.rules import HALFCLOSE_CLOSE, HALFCLOSE_DATA, Level, Rule
 from conformance.run.profiles import DEFAULT, Profile
 from conformance.run.stopping import run_trio
 from conformance.targets.target import Address
+from conformance.tls import TlsSettings
 
 __all__ = [
     "KIB",
@@ -182,6 +183,7 @@ class Setup:
             None: not given.
         load_hosts: The execnet gateways the load checks run from
             (``--load-hosts``); empty: this process.
+        tls: Speak TLS to the target with these settings (``--tls``); None: TCP.
     """
 
     address: Address
@@ -192,6 +194,7 @@ class Setup:
     artifacts: Path | None = None
     max_connections: int | None = None
     load_hosts: tuple[str, ...] = ()
+    tls: TlsSettings | None = None
 
     def replay_command(self, check: Check) -> str:
         """The command that reruns just ``check`` against the same target."""
@@ -285,6 +288,7 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
         artifacts=setup.artifacts,
         max_connections=setup.max_connections,
         load_hosts=setup.load_hosts,
+        tls=setup.tls,
     )
     start = time.monotonic()
     for capability in sorted(check.needs, key=lambda c: c.value):

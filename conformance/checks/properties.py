@@ -120,6 +120,7 @@ def _fresh(template: Harness) -> Harness:
         artifacts=template.artifacts,
         max_connections=template.max_connections,
         load_hosts=template.load_hosts,
+        tls=template.tls,
     )
 
 

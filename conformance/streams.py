@@ -1,0 +1,311 @@
+"""The byte stream under one client connection: plain TCP, or TLS over it.
+
+How this works
+--------------
+A :class:`~conformance.client.Connection` sends, reads, half-closes and
+closes through a :class:`ClientStream`; it never learns which one it has. So
+every check runs over TLS as it runs over TCP, and only the stream knows the
+difference.
+
+:class:`PlainStream` is the socket itself. :class:`TlsStream` is sans-I/O TLS
+(``ssl.SSLObject`` between two memory BIOs) over a non-blocking socket, and
+keeps the socket's semantics that checks rely on:
+
+- Sending never reads. A check that stops reading to see whether the server
+  bounds its memory must not have the stream read behind its back. Ciphertext
+  the socket does not take waits in :attr:`TlsStream.pending` (the stream's
+  own send buffer, as the kernel's is for TCP), and a send first waits until
+  the socket took what is pending: one record ahead at most, so a server that
+  stops reading stops the sender, as over TCP.
+- Reading also sends what is pending whenever the socket takes it (as the
+  kernel sends its buffer while the application reads), unless another task
+  is already waiting to write (trio allows one waiter per direction).
+- Half-close is the TLS rule: the client's ``close_notify``, then its FIN,
+  both after whatever is pending; the client still reads what the server
+  owes, then the server's ``close_notify`` (:attr:`TlsStream.close_notify`
+  says whether it came before the server's FIN).
+- Every call that can block waits on the socket's readiness
+  (``trio.lowlevel.wait_readable`` / ``wait_writable``), so a step's deadline
+  cancels it; a send returns the count it committed, never a byte less, and
+  never raises ``Cancelled`` after it committed one.
+
+Facts about OpenSSL that shape this (3.0): ``SSLObject.read`` returns one
+record's plaintext at most, so a reader calls it until ``SSLWantReadError``;
+a read can produce bytes to send (a TLS 1.3 KeyUpdate answer, an alert), so
+the outgoing BIO is emptied after every call; after the client's own
+``close_notify`` the server's arrives as ``SSLZeroReturnError``, not ``b""``;
+a FIN without ``close_notify`` is ``SSLEOFError``.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+__all__ = ["ClientStream", "PlainStream", "TlsStream"]
+
+#: The most plaintext one send commits: one TLS record.
+MAX_RECORD = 16384
+#: The most ciphertext one ``recv`` takes from the socket.
+RECV_SIZE = 65536
+
+
+class ClientStream(Protocol):
+    """What a client connection sends and reads on."""
+
+    @property
+    def sock(self) -> trio.socket.SocketType:
+        """The TCP socket beneath (its options, its names, its state)."""
+        ...
+
+    @property
+    def close_notify(self) -> bool | None:
+        """Over TLS, once the server ended: whether its ``close_notify`` came before its FIN."""
+        ...
+
+    async def send_some(self, data: memoryview) -> int:
+        """Send a prefix of ``data``; how many bytes. Raises ``OSError`` on a reset."""
+        ...
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """The next bytes; ``b""`` once the server ended its side. ``OSError`` on a reset."""
+        ...
+
+    async def send_eof(self) -> None:
+        """Half-close: the client sends no more, and keeps reading."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection (FIN; over TLS, ``close_notify`` first when it can)."""
+        ...
+
+
+class PlainStream:
+    """TCP: the socket, as it is."""
+
+    #: TCP has no ``close_notify``.
+    close_notify: bool | None = None
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+
+    @property
+    def sock(self) -> trio.socket.SocketType:
+        return self._sock
+
+    async def send_some(self, data: memoryview) -> int:
+        return await self._sock.send(data)
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        return await self._sock.recv(max_bytes)
+
+    async def send_eof(self) -> None:
+        self._sock.shutdown(socket.SHUT_WR)
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class TlsStream:
+    """TLS over a connected, non-blocking socket; :meth:`handshake` before anything else.
+
+    Args:
+        sock: The connected trio socket.
+        raw: The standard library socket ``sock`` wraps
+            (``trio.socket.from_stdlib_socket(raw)``): the stream sends and
+            receives on it without waiting, and waits on its readiness.
+        context: The client's context (:meth:`conformance.tls.TlsSettings.context`).
+        server_hostname: The name sent (SNI) and verified.
+    """
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        raw: socket.socket,
+        context: ssl.SSLContext,
+        server_hostname: str,
+    ) -> None:
+        if raw.fileno() != sock.fileno():
+            raise ValueError("raw must be the socket that sock wraps")
+        self._sock = sock
+        self._raw = raw
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_hostname=server_hostname
+        )
+        #: Ciphertext the socket has not taken yet.
+        self.pending = bytearray()
+        #: Whether the server's ``close_notify`` came before its FIN; ``None`` until it ended.
+        self.close_notify: bool | None = None
+        self._eof_queued = False  # close_notify queued: FIN once ``pending`` is sent
+        self._eof_sent = False
+        self._writing = False  # a task waits for the socket to take ``pending``
+
+    @property
+    def sock(self) -> trio.socket.SocketType:
+        return self._sock
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated protocol (``TLSv1.3``), once the handshake is done."""
+        return self._tls.version()
+
+    # -- the handshake ---------------------------------------------------
+
+    async def handshake(self) -> None:
+        """Run the handshake to its end.
+
+        Raises:
+            ssl.SSLError: The handshake failed (its alert, if any, was sent).
+            OSError: The socket failed (reset) during the handshake.
+        """
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except ssl.SSLError:
+                self._take_output()
+                self._send_now()  # The alert, if the socket takes it.
+                raise
+            await self._flush()
+            return
+
+    # -- sending ---------------------------------------------------------
+
+    async def send_some(self, data: memoryview) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._flush()
+        n = min(len(data), MAX_RECORD)
+        if n == 0:
+            return 0  # SSLObject.write(b"") would mean something else.
+        self._tls.write(data[:n])
+        self._take_output()
+        self._send_now()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return n
+
+    async def send_eof(self) -> None:
+        try:
+            self._tls.unwrap()  # Queues close_notify; the server's comes later, if at all.
+        except ssl.SSLWantReadError:
+            pass
+        self._take_output()
+        self._eof_queued = True
+        self._send_now()
+        await trio.lowlevel.checkpoint()
+
+    # -- reading ---------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        while True:
+            try:
+                data = self._tls.read(max_bytes)
+            except ssl.SSLWantReadError:
+                self._take_output()
+                self._send_now()
+                await self._fill()
+                continue
+            except ssl.SSLZeroReturnError:
+                return self._ended(close_notify=True)
+            except ssl.SSLEOFError:
+                return self._ended(close_notify=False)
+            self._take_output()  # A read can answer a KeyUpdate.
+            self._send_now()
+            if not data:
+                return self._ended(close_notify=True)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    def _ended(self, *, close_notify: bool) -> bytes:
+        if self.close_notify is None:
+            self.close_notify = close_notify
+        return b""
+
+    # -- closing ---------------------------------------------------------
+
+    def close(self) -> None:
+        if self._sock.fileno() == -1:
+            return
+        if not self._eof_queued:
+            try:
+                self._tls.unwrap()
+            except ssl.SSLError:
+                pass  # Want-read (the usual), or a connection TLS already gave up on.
+            self._take_output()
+        try:
+            self._send_now()
+        except OSError:
+            pass  # A reset connection: closing is all that is left.
+        self._sock.close()
+
+    # -- the socket beneath ----------------------------------------------
+
+    def _take_output(self) -> None:
+        self.pending += self._outgoing.read()
+
+    def _send_now(self) -> None:
+        """Send what the socket takes now, without waiting; then the FIN, if queued and due."""
+        self._take_output()
+        while self.pending:
+            try:
+                n = self._raw.send(self.pending)
+            except (BlockingIOError, InterruptedError):
+                return
+            del self.pending[:n]
+        if self._eof_queued and not self._eof_sent:
+            self._eof_sent = True
+            self._raw.shutdown(socket.SHUT_WR)
+
+    async def _flush(self) -> None:
+        """Wait until the socket took every pending byte."""
+        self._send_now()
+        while self.pending:
+            self._writing = True
+            try:
+                await trio.lowlevel.wait_writable(self._raw)
+            finally:
+                self._writing = False
+            self._send_now()
+
+    async def _fill(self) -> None:
+        """Wait for ciphertext from the server and hand it to TLS (a FIN as EOF).
+
+        Pending bytes go out meanwhile, whenever the socket takes them and no
+        other task is waiting to send them.
+        """
+        while True:
+            try:
+                data = self._raw.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                if self.pending and not self._writing:
+                    await _readable_or_writable(self._raw)
+                    self._send_now()
+                else:
+                    await trio.lowlevel.wait_readable(self._raw)
+                continue
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
+            return
+
+
+async def _readable_or_writable(sock: socket.socket) -> None:
+    """Wait until ``sock`` can be read or written, whichever comes first."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(ready: Callable[[socket.socket], Awaitable[None]]) -> None:
+            await ready(sock)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, trio.lowlevel.wait_readable)
+        nursery.start_soon(wait, trio.lowlevel.wait_writable)

@@ -1,0 +1,148 @@
+"""TLS as the client sees it: the settings a run takes, their context, why a handshake failed.
+
+How this works
+--------------
+``--tls`` and the options beside it become one :class:`TlsSettings`: plain,
+frozen data, so that it travels as it is to xdist workers, load processes and
+load hosts, each of which makes its own ``ssl.SSLContext`` from it
+(:meth:`TlsSettings.context`, once per process: a context with the system's
+trust store costs tens of milliseconds to make, a connection from a shared one
+microseconds).
+
+The connections themselves are sans-I/O: an ``ssl.SSLObject`` between two
+memory BIOs, driven by the harness (:mod:`conformance.streams`) or by the load
+generator's epoll loop. Nothing here touches a socket.
+
+:func:`handshake_failure` says why a handshake failed and which side said so:
+an OpenSSL reason with ``ALERT`` in it is an alert the server sent; any other
+reason is the client's own finding (a certificate it does not trust, a reply
+that is not TLS at all), and a connection that ended or was reset during the
+handshake is the server leaving without a word.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ssl
+from dataclasses import dataclass
+
+__all__ = ["TlsSettings", "TlsVersion", "client_context", "handshake_failure"]
+
+
+class TlsVersion(enum.Enum):
+    """A TLS version a run can pin (``--tls-version``): only that one is offered."""
+
+    TLS_1_2 = "1.2"
+    TLS_1_3 = "1.3"
+
+    @property
+    def ssl_version(self) -> ssl.TLSVersion:
+        return ssl.TLSVersion.TLSv1_2 if self is TlsVersion.TLS_1_2 else ssl.TLSVersion.TLSv1_3
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How the client speaks TLS to the target.
+
+    Attributes:
+        ca: A PEM file of the certificates to trust; ``None``: the system's store.
+        insecure: Do not verify the server's certificate nor its name.
+        server_name: The name to send (SNI) and to verify the certificate
+            against; ``None``: the target's host.
+        cert: A PEM file with the client's certificate (and its key, unless
+            ``key`` names another file), for servers that ask for one.
+        key: The client certificate's private key.
+        version: Offer only this version; ``None``: what the library allows
+            (TLS 1.2 and 1.3).
+    """
+
+    ca: str | None = None
+    insecure: bool = False
+    server_name: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    version: TlsVersion | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context for these settings.
+
+        Raises:
+            ValueError: A file cannot be read or holds no certificate or key
+                (the message names the file and the reason).
+        """
+        try:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot read the CA file {self.ca}: {_why(exc)}") from None
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert is not None:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (OSError, ssl.SSLError) as exc:
+                files = self.cert if self.key is None else f"{self.cert} and {self.key}"
+                raise ValueError(
+                    f"cannot load the client certificate {files}: {_why(exc)}"
+                ) from None
+        if self.version is not None:
+            context.minimum_version = context.maximum_version = self.version.ssl_version
+        return context
+
+    def server_hostname(self, host: str) -> str:
+        """The name the client sends and verifies for a target at ``host``."""
+        return self.server_name or host
+
+    def describe(self) -> str:
+        """One line for a run's header: what the client offers and what it trusts."""
+        version = f"TLS {self.version.value} only" if self.version else "TLS 1.2 or 1.3"
+        if self.insecure:
+            trust = "the server's certificate NOT verified (--tls-insecure)"
+        else:
+            trust = f"certificates verified against {self.ca or 'the system store'}"
+        parts = [version, trust]
+        if self.server_name:
+            parts.append(f"server name {self.server_name}")
+        if self.cert:
+            parts.append(f"client certificate {self.cert}")
+        return ", ".join(parts)
+
+
+@functools.cache
+def client_context(settings: TlsSettings) -> ssl.SSLContext:
+    """The client context for ``settings``, made once per process and shared."""
+    return settings.context()
+
+
+def handshake_failure(exc: BaseException) -> str:
+    """Why a TLS handshake failed, and which side said so, in one clause.
+
+    ``exc`` is what the handshake raised: an ``ssl.SSLError`` (or one of its
+    kinds) or an ``OSError`` from the socket beneath.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the client rejected the server's certificate ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "the server closed the connection during the handshake, without an alert"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if "ALERT" in reason:
+            alert = reason.split("ALERT_", 1)[-1].lower()
+            return f"the server sent the alert {alert} ({reason})"
+        if reason in {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"}:
+            return f"the server did not answer in TLS ({reason}: is TLS on at this port?)"
+        return f"the client refused the server's handshake ({reason})"
+    if isinstance(exc, ConnectionResetError):
+        return "the server reset the connection during the handshake"
+    if isinstance(exc, OSError):
+        return f"the connection failed during the handshake ({exc.strerror or exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
