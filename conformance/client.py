@@ -11,8 +11,6 @@ import the harness that imports it.
 from __future__ import annotations
 
 import math
-import socket
-import struct
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
@@ -27,6 +25,7 @@ from conformance.transcript import (
     Divergence,
     Ending,
     Event,
+    NotMeasurable,
     StepTimeout,
     Transcript,
 )
@@ -58,6 +57,10 @@ class Steps(Protocol):
     ) -> AbstractContextManager[trio.CancelScope]:
         """Run the body of the ``with`` as step ``name`` under a deadline."""
         ...
+
+
+#: The event of the server's end, by whether its ``close_notify`` came first (TLS).
+_FIN_EVENT = {None: "FIN", True: "close_notify, FIN", False: "FIN without close_notify"}
 
 
 class Connection:
@@ -209,10 +212,8 @@ class Connection:
             return b""
         if not data:
             self.transcript.end(Ending.FIN)
-            fin = {None: "FIN", True: "close_notify, FIN", False: "FIN without close_notify"}
-            self.transcript.events.append(
-                Event(self.harness.elapsed(), fin[self.stream.close_notify])
-            )
+            ended = _FIN_EVENT[self.stream.close_notify]
+            self.transcript.events.append(Event(self.harness.elapsed(), ended))
             return b""
         self.transcript.received += data
         self.transcript.events.append(Event(self.harness.elapsed(), "recv", len(data)))
@@ -264,11 +265,8 @@ class Connection:
                     await trio.sleep(pause)
 
     async def expect_quiet(self, seconds: float, *, step: str | None = None) -> None:
-        """Read for ``seconds`` more, after all that is owed came back: nothing else may come.
-
-        Raises:
-            Divergence: An extra byte came (the oracle judges it).
-        """
+        """Read for ``seconds`` more, when all that is owed came back: nothing else may come
+        (else :class:`Divergence`: the oracle judges the extra byte)."""
         name = step or f"nothing more comes back on {self.name} for {seconds:g}s"
         with trio.move_on_after(seconds):
             while await self.recv_some():
@@ -417,7 +415,14 @@ class Connection:
     # -- ending ------------------------------------------------------------
 
     async def shutdown_write(self) -> None:
-        """Half-close: send FIN, keep reading."""
+        """Half-close: send FIN (over TLS, ``close_notify`` first), keep reading.
+
+        Raises:
+            NotMeasurable: The stream has no half-close (TLS 1.2).
+            CheckFailure: The socket refused (the server reset the connection).
+        """
+        if self.stream.no_half_close is not None:
+            raise NotMeasurable(self.stream.no_half_close)
         try:
             await self.stream.send_eof()
         except OSError as exc:
@@ -431,11 +436,7 @@ class Connection:
 
     def reset(self) -> None:
         """Close with RST instead of FIN (``SO_LINGER`` with a zero timeout)."""
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass  # Already reset by the server; closing is all that is left.
-        self.sock.close()
+        self.stream.reset()
         self.transcript.end(Ending.CLIENT_RESET)
         self.transcript.events.append(Event(self.harness.elapsed(), "reset"))
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -67,6 +68,11 @@ class ClientStream(Protocol):
         """Over TLS, once the server ended: whether its ``close_notify`` came before its FIN."""
         ...
 
+    @property
+    def no_half_close(self) -> str | None:
+        """Why a half-close on this stream cannot be measured; None: it can."""
+        ...
+
     async def send_some(self, data: memoryview) -> int:
         """Send a prefix of ``data``; how many bytes. Raises ``OSError`` on a reset."""
         ...
@@ -83,12 +89,18 @@ class ClientStream(Protocol):
         """Close the connection (FIN; over TLS, ``close_notify`` first when it can)."""
         ...
 
+    def reset(self) -> None:
+        """Close with RST instead of FIN (over TLS, no ``close_notify`` either)."""
+        ...
+
 
 class PlainStream:
     """TCP: the socket, as it is."""
 
     #: TCP has no ``close_notify``.
     close_notify: bool | None = None
+    #: TCP has half-close (RFC 9293 §3.6).
+    no_half_close: str | None = None
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
@@ -109,6 +121,9 @@ class PlainStream:
 
     def close(self) -> None:
         self._sock.close()
+
+    def reset(self) -> None:
+        _reset(self._sock)
 
 
 class TlsStream:
@@ -146,6 +161,8 @@ class TlsStream:
         self._eof_queued = False  # close_notify queued: FIN once ``pending`` is sent
         self._eof_sent = False
         self._writing = False  # a task waits for the socket to take ``pending``
+        self._ahead = bytearray()  # plaintext decrypted before our close_notify, not read yet
+        self._ahead_end: bool | None = None  # the server's end, seen then (close_notify?)
 
     @property
     def sock(self) -> trio.socket.SocketType:
@@ -155,6 +172,15 @@ class TlsStream:
     def version(self) -> str | None:
         """The negotiated protocol (``TLSv1.3``), once the handshake is done."""
         return self._tls.version()
+
+    @property
+    def no_half_close(self) -> str | None:
+        if self.version == "TLSv1.3":
+            return None
+        return (
+            f"{self.version} has no half-close: on the client's close_notify the server "
+            "discards what it still owes (RFC 5246 §7.2.1); TLS 1.3 has one (RFC 8446 §6.1)"
+        )
 
     # -- the handshake ---------------------------------------------------
 
@@ -194,6 +220,9 @@ class TlsStream:
         return n
 
     async def send_eof(self) -> None:
+        # CPython's unwrap() calls SSL_shutdown twice, and the second reads what TLS
+        # already holds: application data there fails it. Take that data out first.
+        self._read_ahead()
         try:
             self._tls.unwrap()  # Queues close_notify; the server's comes later, if at all.
         except ssl.SSLWantReadError:
@@ -206,6 +235,13 @@ class TlsStream:
     # -- reading ---------------------------------------------------------
 
     async def receive_some(self, max_bytes: int) -> bytes:
+        if self._ahead:
+            data = bytes(self._ahead[:max_bytes])
+            del self._ahead[:max_bytes]
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        if self._ahead_end is not None:
+            return self._ended(close_notify=self._ahead_end)
         while True:
             try:
                 data = self._tls.read(max_bytes)
@@ -224,6 +260,24 @@ class TlsStream:
                 return self._ended(close_notify=True)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return data
+
+    def _read_ahead(self) -> None:
+        """Decrypt what TLS already holds into :attr:`_ahead`, without touching the socket."""
+        while self._ahead_end is None:
+            try:
+                data = self._tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                self._ahead_end = True
+                return
+            except ssl.SSLEOFError:
+                self._ahead_end = False
+                return
+            if not data:
+                self._ahead_end = True
+                return
+            self._ahead += data
 
     def _ended(self, *, close_notify: bool) -> bytes:
         if self.close_notify is None:
@@ -246,6 +300,9 @@ class TlsStream:
         except OSError:
             pass  # A reset connection: closing is all that is left.
         self._sock.close()
+
+    def reset(self) -> None:
+        _reset(self._sock)
 
     # -- the socket beneath ----------------------------------------------
 
@@ -297,6 +354,15 @@ class TlsStream:
             else:
                 self._incoming.write_eof()
             return
+
+
+def _reset(sock: trio.socket.SocketType) -> None:
+    """Close ``sock`` with RST: ``SO_LINGER`` on with a zero timeout."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # Already reset by the server; closing is all that is left.
+    sock.close()
 
 
 async def _readable_or_writable(sock: socket.socket) -> None:

@@ -25,9 +25,18 @@ from __future__ import annotations
 import enum
 import functools
 import ssl
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
-__all__ = ["TlsSettings", "TlsVersion", "client_context", "handshake_failure"]
+from conformance.errors import UsageError
+
+__all__ = [
+    "TlsSettings",
+    "TlsVersion",
+    "client_context",
+    "handshake_failure",
+    "tls_from_options",
+]
 
 
 class TlsVersion(enum.Enum):
@@ -94,6 +103,33 @@ class TlsSettings:
         """The name the client sends and verifies for a target at ``host``."""
         return self.server_name or host
 
+    def flags(self) -> list[str]:
+        """The command-line options that give these settings (for a replay command)."""
+        words = ["--tls"]
+        for flag, value in (
+            ("--tls-ca", self.ca),
+            ("--tls-server-name", self.server_name),
+            ("--tls-cert", self.cert),
+            ("--tls-key", self.key),
+            ("--tls-version", self.version.value if self.version else None),
+        ):
+            if value is not None:
+                words += [flag, value]
+        if self.insecure:
+            words.append("--tls-insecure")
+        return words
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data that :meth:`from_data` reads."""
+        data = asdict(self)
+        data["version"] = self.version.value if self.version else None
+        return data
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> TlsSettings:
+        version = data.get("version")
+        return cls(**{**data, "version": TlsVersion(version) if version else None})
+
     def describe(self) -> str:
         """One line for a run's header: what the client offers and what it trusts."""
         version = f"TLS {self.version.value} only" if self.version else "TLS 1.2 or 1.3"
@@ -109,6 +145,52 @@ class TlsSettings:
         return ", ".join(parts)
 
 
+def tls_from_options(values: Any) -> TlsSettings | None:
+    """The TLS settings ``--tls`` and the options beside it give; None: plain TCP.
+
+    Any ``--tls-*`` option implies ``--tls``. The files are read now, so that a
+    missing or malformed one ends the run before it starts.
+
+    Raises:
+        UsageError: The options contradict each other, or a file cannot be used.
+    """
+    if isinstance(values.tls, TlsSettings):  # check_server(tls=...)
+        return _usable(values.tls)
+    given = {
+        "ca": values.tls_ca,
+        "server_name": values.tls_server_name,
+        "cert": values.tls_cert,
+        "key": values.tls_key,
+        "version": values.tls_version,
+    }
+    if not values.tls and not values.tls_insecure and all(v is None for v in given.values()):
+        return None
+    for flag, value in (("--tls-ca", given["ca"]), ("--tls-server-name", given["server_name"])):
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty: give a file or a name, or leave it out")
+    if given["key"] is not None and given["cert"] is None:
+        raise UsageError("--tls-key needs --tls-cert: the key of which certificate?")
+    if values.tls_insecure and given["ca"] is not None:
+        raise UsageError("--tls-insecure verifies nothing: leave out --tls-ca, or it")
+    settings = TlsSettings(
+        ca=given["ca"],
+        insecure=bool(values.tls_insecure),
+        server_name=given["server_name"],
+        cert=given["cert"],
+        key=given["key"],
+        version=TlsVersion(given["version"]) if given["version"] is not None else None,
+    )
+    return _usable(settings)
+
+
+def _usable(settings: TlsSettings) -> TlsSettings:
+    try:
+        client_context(settings)
+    except ValueError as exc:
+        raise UsageError(f"--tls: {exc}") from None
+    return settings
+
+
 @functools.cache
 def client_context(settings: TlsSettings) -> ssl.SSLContext:
     """The client context for ``settings``, made once per process and shared."""
@@ -122,7 +204,12 @@ def handshake_failure(exc: BaseException) -> str:
     kinds) or an ``OSError`` from the socket beneath.
     """
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"the client rejected the server's certificate ({exc.verify_message})"
+        hint = (
+            ": give its CA with --tls-ca, or --tls-insecure"
+            if exc.verify_code in _UNTRUSTED
+            else ""
+        )
+        return f"the client rejected the server's certificate ({exc.verify_message}{hint})"
     if isinstance(exc, ssl.SSLEOFError):
         return "the server closed the connection during the handshake, without an alert"
     if isinstance(exc, ssl.SSLError):
@@ -130,14 +217,25 @@ def handshake_failure(exc: BaseException) -> str:
         if "ALERT" in reason:
             alert = reason.split("ALERT_", 1)[-1].lower()
             return f"the server sent the alert {alert} ({reason})"
-        if reason in {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"}:
+        if reason in _NOT_TLS:
             return f"the server did not answer in TLS ({reason}: is TLS on at this port?)"
+        if reason == "UNEXPECTED_MESSAGE":
+            return (
+                "the client refused the server's handshake (UNEXPECTED_MESSAGE: a message "
+                "out of place, or the client's own ClientHello sent back by a plain echo server)"
+            )
         return f"the client refused the server's handshake ({reason})"
     if isinstance(exc, ConnectionResetError):
         return "the server reset the connection during the handshake"
     if isinstance(exc, OSError):
         return f"the connection failed during the handshake ({exc.strerror or exc})"
     return f"{type(exc).__name__}: {exc}"
+
+
+#: X509 verify codes of a chain the client does not trust (unknown issuer, self-signed).
+_UNTRUSTED = frozenset({18, 19, 20, 21})
+#: OpenSSL's reasons when the first bytes from the server are no TLS record at all.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"})
 
 
 def _why(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "Ending",
     "Event",
     "FailureKind",
+    "NotMeasurable",
     "Stalled",
     "StepTimeout",
     "Transcript",
@@ -90,6 +91,14 @@ class Transcript:
             f"{len(self.received)} bytes, {len(self.events)} events over {last:.3f}s, "
             f"ended: {self.ending.value}"
         )
+
+
+class NotMeasurable(Exception):
+    """A step that cannot measure what it is for under this run's conditions.
+
+    The check stops and is SKIPPED with this message as its reason: never a
+    PASS, never a FAIL (for example, a half-close over TLS 1.2, which has none).
+    """
 
 
 class CheckFailure(Exception):

@@ -45,6 +45,7 @@ from conformance.run.profiles import DEFAULT, Profile
 from conformance.run.stopping import run_trio
 from conformance.targets.target import Address
 from conformance.tls import TlsSettings
+from conformance.transcript import NotMeasurable
 
 __all__ = [
     "KIB",
@@ -67,6 +68,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_E = TypeVar("_E", bound=BaseException)
 
 
 #: The texts the checks rest on, and the sizes they use (one place for all sections).
@@ -302,6 +304,9 @@ def run_check(check: Check, setup: Setup, *, timeout: float | None = None) -> Ou
         run_trio(partial(_main, check, harness, limit))
     except Exception as exc:  # An exception group from a nursery, or one failure.
         failure = first_failure(exc)
+        unmeasurable = _first(exc, NotMeasurable) if failure is None else None
+        if unmeasurable is not None:
+            return Outcome(check, None, time.monotonic() - start, unmeasured=str(unmeasurable))
         if failure is None:
             return Outcome(check, None, time.monotonic() - start, error=short_stack(exc))
     duration = time.monotonic() - start
@@ -343,11 +348,16 @@ def short_stack(exc: BaseException, frames: int = 6) -> str:
 
 def first_failure(exc: BaseException) -> CheckFailure | None:
     """The first CheckFailure in ``exc``, looking inside exception groups."""
-    if isinstance(exc, CheckFailure):
+    return _first(exc, CheckFailure)
+
+
+def _first(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first ``kind`` in ``exc``, looking inside exception groups."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = first_failure(inner)
+            found = _first(inner, kind)
             if found is not None:
                 return found
     return None

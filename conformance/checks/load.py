@@ -91,6 +91,9 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
     # A check wants the first failure, promptly: stop at the first error, and call a
     # connection stalled after the suite's usual step deadline.
     spec = dataclasses.replace(spec, stop_on_error=True, drain_timeout=5.0)
+    if h.tls is not None:
+        h.not_measured("the load generator speaks no TLS yet: the load is not measured over TLS")
+        return LoadResult(spec)
     try:
         spec = dataclasses.replace(spec, model=model_name(h.model))
     except ValueError as exc:  # Each load process makes the model again from its name.

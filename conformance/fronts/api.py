@@ -26,6 +26,7 @@ from conformance.run.profiles import Profile
 from conformance.run.results import RunResults
 from conformance.run.session import Session
 from conformance.targets.target import REFERENCE_MODELS, TargetKind, TargetSpec, parse_address
+from conformance.tls import TlsSettings
 
 __all__ = ["check_server"]
 
@@ -87,6 +88,7 @@ def check_server(
     profile: str | Profile = _DEFAULTS["profile"],
     strict: bool = _DEFAULTS["strict"],
     load_hosts: Iterable[str] = (),
+    tls: TlsSettings | None = _DEFAULTS["tls"],
 ) -> RunResults:
     """Run conformance checks against one server and return every verdict.
 
@@ -106,6 +108,8 @@ def check_server(
         strict: A failed SHOULD or MAY fails too.
         load_hosts: execnet gateways (``popen``, ``ssh=me@h2*4``) the load
             checks run from; default: this process.
+        tls: Speak TLS to the server with these settings
+            (:class:`~conformance.tls.TlsSettings`); default: plain TCP.
 
     Returns:
         The results: ``ok()`` is true when every MUST passed (every check,
@@ -125,6 +129,7 @@ def check_server(
         profile=profile,
         strict=strict,
         load_hosts=load_hosts,
+        tls=tls,
     )
     # Validated as a front's flags are; a failure's replay command is the CLI's.
     plan = plan_from_options(values, Front.CLI)

@@ -271,6 +271,8 @@ def _run_pytest(args: argparse.Namespace, session: Session) -> int:
         print(f"reactor-conformance: the checks speak the {plan.protocol} protocol model")
     if plan.load_hosts:
         print(f"reactor-conformance: the load checks run from {', '.join(plan.load_hosts)}")
+    if plan.tls is not None:
+        print(f"reactor-conformance: over TLS: {plan.tls.describe()}")
     if fewer:
         print(f"reactor-conformance: {fewer}")
     bound = plan.bound()

@@ -96,6 +96,10 @@ class _Runner:
                         )
                         self._connected()
                         await self._start_reader(nursery, conn)
+                    case HalfClose() if conn.stream.no_half_close is not None:
+                        # The scenario ends here, judged as far as it went.
+                        self.h.not_measured(conn.stream.no_half_close)
+                        break
                     case HalfClose():
                         await conn.shutdown_write()
                         half_closed = True

@@ -248,6 +248,56 @@ OPTIONS: tuple[Option, ...] = (
         settings={"action": "append", "metavar": "SPEC"},
     ),
     Option(
+        "--tls",
+        "tls",
+        "Speak TLS to every target: each check's connections and the probes of its "
+        "liveness (the other --tls-* options imply it)",
+        default=False,
+        keyword="tls",
+        # check_server takes TlsSettings, or None for plain TCP.
+        defaults={Front.API: None},
+        settings={"action": "store_true"},
+    ),
+    Option(
+        "--tls-ca",
+        "tls_ca",
+        "Verify the server's certificate against the CA certificates in FILE (PEM) "
+        "(default: the system's trust store)",
+        settings={"metavar": "FILE"},
+    ),
+    Option(
+        "--tls-insecure",
+        "tls_insecure",
+        "Do not verify the server's certificate nor its name (said in the header)",
+        default=False,
+        settings={"action": "store_true"},
+    ),
+    Option(
+        "--tls-server-name",
+        "tls_server_name",
+        "The name to send (SNI) and to verify the server's certificate against "
+        "(default: the target's host)",
+        settings={"metavar": "NAME"},
+    ),
+    Option(
+        "--tls-cert",
+        "tls_cert",
+        "Present this client certificate (PEM, with its key unless --tls-key names it)",
+        settings={"metavar": "FILE"},
+    ),
+    Option(
+        "--tls-key",
+        "tls_key",
+        "The private key of --tls-cert (PEM)",
+        settings={"metavar": "FILE"},
+    ),
+    Option(
+        "--tls-version",
+        "tls_version",
+        "Offer only this TLS version (default: 1.2 and 1.3)",
+        settings={"metavar": "1.2|1.3", "choices": ["1.2", "1.3"]},
+    ),
+    Option(
         "--no-restart",
         "no_restart",
         "A started server that exits during a check is not started again: the remaining "

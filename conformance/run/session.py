@@ -22,7 +22,6 @@ as text between the two fronts.
 from __future__ import annotations
 
 import enum
-import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.checks import Check, Outcome, Setup, run_check
-from conformance.checks.base import LIVENESS_PAYLOAD
-from conformance.protocols import Capability, message_for
+from conformance.errors import TargetError
 from conformance.run.judge import (
     UNDISTURBED,
     AlreadyUnreachable,
@@ -46,13 +44,13 @@ from conformance.run.judge import (
     judge,
 )
 from conformance.run.plan import RunPlan
+from conformance.run.probe import handshake_refused, unanswered
 from conformance.run.results import CheckResult, RunResults, TargetRun
 from conformance.targets.health import Board, Exit, TargetState, process_state
 from conformance.targets.keeper import Keeper
-from conformance.targets.procfs import accepted
 from conformance.targets.target import Address, RunningTarget, TargetKind, TargetSpec, start_target
 
-__all__ = ["LiveTarget", "PlannedRun", "ReportFile", "ReportKind", "Session", "Silence"]
+__all__ = ["LiveTarget", "PlannedRun", "ReportFile", "ReportKind", "Session"]
 
 
 class ReportKind(enum.Enum):
@@ -81,20 +79,6 @@ class ReportFile:
     kind: ReportKind
     path: str
     why: str | None = None
-
-
-@dataclass(frozen=True)
-class Silence:
-    """Why a target did not serve the probe's fresh connection.
-
-    Attributes:
-        detail: What the probe saw, in words.
-        accepts: The server accepted the connection (and sent nothing back);
-            False: refused, not accepted, or waiting in the accept queue.
-    """
-
-    detail: str
-    accepts: bool
 
 
 @dataclass(frozen=True)
@@ -202,6 +186,10 @@ class Session:
                         name, spec, running.address, running.pid, self.plan.replay_prefix(spec)
                     )
                 )
+                if self.plan.tls is not None:
+                    refused = handshake_refused(running.address, self.plan.tls)
+                    if refused is not None:
+                        raise TargetError(f"{name}: {refused}")
         except BaseException:
             self.stop()
             raise
@@ -258,6 +246,7 @@ class Session:
             artifacts=self.artifacts,
             max_connections=self.plan.max_connections,
             load_hosts=self.plan.load_hosts,
+            tls=self.plan.tls,
         )
 
     def execute(self, name: str, check: Check) -> CheckResult:
@@ -312,7 +301,7 @@ class Session:
         ended = self.board.exit_during(name, state.generation, state.pid, exiting=soon)
         silent = None
         if ended is None and outcome.failure is not None:
-            silent = self._unanswered(setup)
+            silent = unanswered(setup)
             if silent is not None:
                 # Not served: perhaps it is exiting right now.
                 ended = self.board.exit_during(
@@ -341,54 +330,6 @@ class Session:
     def _exits(self, name: str) -> tuple[Exit, ...]:
         state = self.board.state(name) if self.board is not None else None
         return state.exits if state is not None else ()
-
-    def _unanswered(self, setup: Setup) -> Silence | None:
-        """Why the target does not serve a fresh connection at all, or None when it does.
-
-        Served means: the connection is accepted and, when the model owes a
-        reply to a short message, anything at all comes back (bytes, FIN or
-        RST) within :data:`PROBE_TIMEOUT` seconds. Whether the reply is right
-        is the checks' business, not this probe's. A connection that the
-        kernel completed but that still waits in the listener's accept queue
-        (``/proc/net/tcp``) was not accepted: the server is unreachable, not
-        silent.
-        """
-        owes = Capability.REPLIES in setup.model.capabilities
-        message = message_for(setup.model, LIVENESS_PAYLOAD)
-        address = setup.address
-        began = time.monotonic()
-        try:
-            sock = socket.create_connection((address.host, address.port), timeout=PROBE_TIMEOUT)
-        except TimeoutError:
-            return Silence(
-                f"a fresh connection to {address} was not accepted within {PROBE_TIMEOUT:g}s",
-                accepts=False,
-            )
-        except OSError as exc:
-            return Silence(f"a fresh connection to {address}: {exc.strerror or exc}", False)
-        with sock:
-            if not owes:
-                return None
-            # The connect and the reply share the probe's time.
-            sock.settimeout(max(0.5, PROBE_TIMEOUT - (time.monotonic() - began)))
-            try:
-                sock.sendall(message)
-                sock.recv(1)
-            except TimeoutError:
-                if accepted(sock.getpeername()[:2], sock.getsockname()[:2]) is False:
-                    return Silence(
-                        f"a fresh connection to {address} still waits in its listen queue "
-                        f"after {PROBE_TIMEOUT:g}s: the server does not accept",
-                        accepts=False,
-                    )
-                return Silence(
-                    f"a fresh connection to {address} was accepted and got nothing back "
-                    f"within {PROBE_TIMEOUT:g}s of a {len(message)}-byte message",
-                    accepts=True,
-                )
-            except OSError:
-                pass  # A reset is an answer: something is there.
-        return None
 
     def run(self, name: str, check: Check) -> CheckResult:
         """Run ``check`` against the target called ``name`` here, and record its result.
@@ -431,8 +372,6 @@ class Session:
 EXITING_WAIT = 3.0
 #: Seconds a check that failed waits for its target's process to be seen gone, if it is ending.
 FAILED_EXIT_WAIT = 0.5
-#: Seconds the probe after a failed check waits to connect, and then for any answer.
-PROBE_TIMEOUT = 5.0
 
 
 @dataclass(eq=False)

@@ -213,6 +213,13 @@ def test_run_server_that_never_listens_exits_3_with_one_line() -> None:
         (["--junitxml", ""], "--junitxml '': give a file name"),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
         (["--strict=yes"], "ignored explicit argument 'yes'"),
+        (["--tls-ca", "/nonexistent/ca.pem"], "--tls: cannot read the CA file /nonexistent/ca.pem"),
+        (["--tls-ca", "/etc/hostname"], "--tls: cannot read the CA file /etc/hostname"),
+        (["--tls-ca", " "], "--tls-ca is empty"),
+        (["--tls-key", "/etc/hostname"], "--tls-key needs --tls-cert"),
+        (["--tls-insecure", "--tls-ca", "/etc/hostname"], "--tls-insecure verifies nothing"),
+        (["--tls-cert", "/nonexistent/me.pem"], "cannot load the client certificate"),
+        (["--tls-version", "1.1"], "invalid choice: '1.1'"),
     ],
 )
 def test_run_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:
