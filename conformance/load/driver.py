@@ -61,12 +61,12 @@ from typing import Any
 from conformance.load.client import Client, ClientEvent, ClientState, VerdictJudge
 from conformance.load.connector import CONNECT_BATCH, Connector, StopEvent
 from conformance.load.faults import TICK, inject_after_round
-from conformance.load.result import LoadResult
-from conformance.load.spec import Judging, LoadSpec, judging
+from conformance.load.result import ErrorKey, LoadResult
+from conformance.load.spec import Fault, Judging, LoadSpec, judging
 from conformance.oracle import EchoOracle, OracleError, OracleFactory, ReplyOracle, Status
 from conformance.protocols import Capability, unique_prefix
 
-__all__ = ["FAULT_SUFFIX", "Driver"]
+__all__ = ["Driver"]
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -81,9 +81,8 @@ _HALF_CLOSED = ClientState.HALF_CLOSED
 _IDLE = ClientState.IDLE
 _CLOSED = ClientState.CLOSED
 
-#: What an error's kind gets when it happened on a connection a fault struck.
-FAULT_SUFFIX = " after "
-_FAULT_OF = {_HALF_CLOSED: "half-close", _SLOW_READER: "slow-reader"}
+#: The fault a connection in this state was struck by.
+_FAULT_OF = {_HALF_CLOSED: Fault.HALF_CLOSE, _SLOW_READER: Fault.SLOW_READER}
 _REPLIED = ClientEvent.REPLIED
 
 
@@ -337,22 +336,23 @@ class Driver:
         """Count ``times`` errors of ``kind``; the run's first is kept with its details.
 
         An error on a connection a fault struck (half-closed, a slow reader;
-        ``state``, default: the client's state now) is counted as
-        ``KIND after FAULT`` (:data:`FAULT_SUFFIX`), so that a check can judge
-        the fault connections by the rules of their fault and the others by its own.
+        ``state``, default: the client's state now) is counted under that
+        fault (:class:`~conformance.load.result.ErrorKey`'s ``after``), so that
+        a check can judge the fault connections by the rules of their fault
+        and the others by its own.
         """
         if state is None and client is not None:
             state = client.state
-        fault = _FAULT_OF.get(state) if state is not None else None
-        if fault is not None:
-            kind = f"{kind}{FAULT_SUFFIX}{fault}"
-            extra["fault"] = fault
-        self.result.errors[kind] += times
+        after = _FAULT_OF.get(state) if state is not None else None
+        key = ErrorKey(kind, after)
+        if after is not None:
+            extra["fault"] = after.value
+        self.result.errors[key] += times
         if self.spec.stop_on_error:
             self.halted = True
         if self.result.first_error is None:
             self.result.first_error = {
-                "kind": kind,
+                "kind": str(key),
                 "connection": None if client is None else client.index,
                 "detail": detail,
                 **extra,
