@@ -8,8 +8,11 @@ The package is the load generator's parts, one job each:
   (:class:`LoadSpec`, :class:`Faults`, each named by a :class:`Fault`), checked once;
 - :mod:`~conformance.load.client`: one connection's state, as an enum and a
   transition table, and its byte checking, with no I/O;
-- :mod:`~conformance.load.driver`: the raw-epoll loop that drives one load
-  process's connections;
+- :mod:`~conformance.load.driver`: one load process's connections and what
+  each does on each event; :mod:`~conformance.load.sending`, what each sends
+  next and the bytes its socket refused; :mod:`~conformance.load.tally`, the
+  errors it counts and when the run must halt;
+- :mod:`~conformance.load.loop`: the raw-epoll loop that drives them;
 - :mod:`~conformance.load.faults`: resets, half-closes, slow readers and
   connect storms injected while the load runs;
 - :mod:`~conformance.load.processes`: :func:`run_load`, in this process or
