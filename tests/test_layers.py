@@ -13,7 +13,7 @@ PACKAGES = ("conformance", "reference")
 MAX_LINES = 450
 
 #: Modules still longer than that, each held to the length it has: it may only shrink.
-STILL_LONG = {"conformance/load/driver.py": 567}
+STILL_LONG: dict[str, int] = {}
 
 
 def _modules() -> dict[str, Path]:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         failed |= not result.ok
         print(
             f"| {name} | {result.connections_opened:,} | {result.round_trips:,} | "
-            f"{'yes' if not result.errors else f'NO: {dict(result.errors)}'} | "
+            f"{'yes' if not result.errors else f'NO: {result.errors_by_name()}'} | "
             f"{'yes' if result.server_alive else 'NO'} | {took:.1f} |",
             flush=True,
         )

@@ -10,8 +10,9 @@ deadline, whatever the server does (connects never wait on it); should the
 check's deadline come first, the thread is left behind with its stop event
 set (:func:`~conformance.checks.base.run_in_thread`) and ends within a tick.
 
-Errors on the connections a fault struck are counted apart (``KIND after
-FAULT``): ECHO-LOAD-3 judges the other connections by its own title, and a
+Errors on the connections a fault struck are counted apart (their
+:class:`~conformance.load.result.ErrorKey` names the fault: ``eof after
+half-close``): ECHO-LOAD-3 judges the other connections by its own title, and a
 half-closed connection by the half-close rule (:mod:`conformance.rules`):
 what it is owed must come back. Whether the server then closes it is not
 judged here (the load moves on); ECHO-HALFCLOSE-1/2/3 judge that.
@@ -55,8 +56,7 @@ from conformance.checks.base import (
     run_in_thread,
 )
 from conformance.harness import CheckFailure, Harness
-from conformance.load import Faults, LoadResult, LoadSpec, run_load
-from conformance.load.driver import FAULT_SUFFIX
+from conformance.load import Fault, Faults, LoadResult, LoadSpec, run_load
 from conformance.load.hosts import HostError, HostState, parse_hosts, run_hosts
 from conformance.oracle import OracleError
 from conformance.protocols import model_name
@@ -113,8 +113,8 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
         return result  # Not measured (recorded): nothing to judge.
     if not result.ok:
         first = result.first_error or {}
-        others = [k for k in result.errors if FAULT_SUFFIX not in k]
-        on_half_closed = [k for k in result.errors if k.endswith(f"{FAULT_SUFFIX}half-close")]
+        others = [key for key in result.errors if key.after is None]
+        on_half_closed = [key for key in result.errors if key.after is Fault.HALF_CLOSE]
         # Only half-closed fault connections went wrong: that is the half-close rule's
         # business (what is owed after the FIN must come back), not the others'.
         rule = (
@@ -134,7 +134,7 @@ async def _load(h: Harness, step: str, spec: LoadSpec, timeout: float) -> LoadRe
         alive = "" if result.server_alive else "; the server no longer answers a new connection"
         cause = _backlog_overflowed(h, spec, first, overflows)
         raise CheckFailure(
-            f"errors under load: {dict(result.errors)}; first: {first.get('kind')}{where}: "
+            f"errors under load: {result.errors_by_name()}; first: {first.get('kind')}{where}: "
             f"{detail}{extra}{alive}. {cause}Load: {summary}",
             step=step,
             rule=rule,

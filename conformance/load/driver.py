@@ -7,7 +7,15 @@ with one ``select.epoll``, and sends, receives and checks for each; the loop
 (:mod:`conformance.load.loop`) calls it on each event. Each connection is a
 :class:`~conformance.load.client.Client` whose state the driver moves through
 the client's table; faults (:mod:`conformance.load.faults`) strike between
-rounds.
+rounds. Three parts, one job each:
+
+- the driver (here): opening, replacing and dropping connections, and the
+  event handlers (readable, writable, EOF, an error);
+- its base, :class:`~conformance.load.sending.Sender`: what each connection
+  sends next (a ping-pong message, a stream's window) and the bytes its
+  socket refused, queued until it is writable;
+- its :class:`~conformance.load.tally.Tally`: the errors counted by kind and
+  fault, the first error, and whether the run must halt.
 
 Connects never wait (:mod:`conformance.load.connector`): :meth:`Driver.connect_all`
 starts them all, a batch at a time, under one deadline for the whole set, and a
@@ -19,8 +27,7 @@ A client is acted on only while it is still the driver's: a dropped one is
 
 - *ping-pong*: each connection sends one message of ``size`` bytes, waits
   until all of it came back, checks it, records the round trip's latency, and
-  sends the next. Messages differ from round to round (a sliding window over a
-  random pattern), so a stale, repeated or reordered message never passes.
+  sends the next.
 - *stream*: each connection keeps up to ``window`` bytes in flight, sending
   from a random pattern and checking what comes back.
 
@@ -31,12 +38,11 @@ the same offset of the stream, or it is told every message and every read and
 its verdict says whether the reply is wrong, still owed or complete. The
 first difference is reported with its connection and offset. With an oracle
 that owes nothing (discard), any byte back is an error, and a round ends when
-the socket has taken the whole message: the driver asks for write readiness
-only then (:meth:`Driver.await_writable`), so round trips count messages
-handed to the kernel and the server must keep reading for them to go on.
+the socket has taken the whole message (:meth:`Driver.on_writable`).
 
 A user's oracle that raises (:class:`~conformance.oracle.OracleError`) ends
-the run (:meth:`Driver.oracle_failed`): the result says so, and judges nothing.
+the run (:meth:`~conformance.load.tally.Tally.oracle_failed`): the result says
+so, and judges nothing.
 
 Facts about the OS this relies on
 ---------------------------------
@@ -56,38 +62,32 @@ import resource
 import select
 import socket
 import time
-from typing import Any
 
-from conformance.load.client import Client, ClientEvent, ClientState, VerdictJudge
+from conformance.load.client import Client, ClientEvent, ClientState, VerdictJudge, WrongBytes
 from conformance.load.connector import CONNECT_BATCH, Connector, StopEvent
 from conformance.load.faults import TICK, inject_after_round
 from conformance.load.result import LoadResult
+from conformance.load.sending import PATTERN_SHIFTS, Sender
 from conformance.load.spec import Judging, LoadSpec, judging
-from conformance.oracle import EchoOracle, OracleError, OracleFactory, ReplyOracle, Status
+from conformance.load.tally import Tally
+from conformance.oracle import EchoOracle, OracleError, OracleFactory, ReplyOracle
 from conformance.protocols import Capability, unique_prefix
 
-__all__ = ["FAULT_SUFFIX", "Driver"]
+__all__ = ["Driver"]
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
-_ERR = select.EPOLLERR | select.EPOLLHUP
 _READ_SIZE = 256 * 1024
-PATTERN_SHIFTS = 251  # distinct ping-pong messages before one repeats
 _LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}
 
 # Looked up once, not per event.
 _SLOW_READER = ClientState.SLOW_READER
 _HALF_CLOSED = ClientState.HALF_CLOSED
 _IDLE = ClientState.IDLE
-_CLOSED = ClientState.CLOSED
-
-#: What an error's kind gets when it happened on a connection a fault struck.
-FAULT_SUFFIX = " after "
-_FAULT_OF = {_HALF_CLOSED: "half-close", _SLOW_READER: "slow-reader"}
 _REPLIED = ClientEvent.REPLIED
 
 
-class Driver:
+class Driver(Sender):
     """The connections of one load process and the loop that drives them.
 
     Args:
@@ -100,12 +100,9 @@ class Driver:
     def __init__(
         self, spec: LoadSpec, first: int, count: int, stop: StopEvent | None = None
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, select.epoll(), random.Random(spec.seed * 1_000_003 + first))
         self.first = first
         self.count = count
-        self.stop = stop
-        self.rng = random.Random(spec.seed * 1_000_003 + first)
-        self.ep = select.epoll()
         self.connector = Connector(self.ep, spec.host, spec.port)
         self.clients: dict[int, Client] = {}
         self.next_index = first
@@ -114,10 +111,6 @@ class Driver:
         self.latencies: list[int] = []
         self.running = False  # the clock runs: a new connection starts sending at once
         self.started = 0.0  # when the clock started (monotonic)
-        self.draining = False
-        self.halted = False  # an error with stop_on_error, or the stop event: end the run now
-        self.stream = spec.mode == "stream"
-        self.size = spec.size
         model = spec.protocol()
         #: The protocol model whose requests the connections send; None: random bytes.
         self.model = None if Capability.ANY_BYTES in model.capabilities else model
@@ -126,7 +119,10 @@ class Driver:
         self.judging = Judging.ECHO
         if self.model is None:
             self.oracle, self.judging = judging(model)
-        self.oracle_name = model.name
+        #: Counts the errors, and says when the run must halt (``tally.halted``).
+        self.tally = Tally(
+            self.result, stop_on_error=spec.stop_on_error, stop=stop, oracle_name=model.name
+        )
         #: No faults, no round count, bytes owed known: after a round trip, just send the next.
         self.plain = (
             not spec.faults.any
@@ -156,17 +152,17 @@ class Driver:
         try:
             self._connect_all()
         except OracleError as exc:
-            self.oracle_failed(exc)
+            self.tally.oracle_failed(exc)
             self.connector.close_all()
 
     def _connect_all(self) -> None:
-        spec = self.spec
+        spec, tally = self.spec, self.tally
         _raise_fd_limit(self.count + CONNECT_BATCH + 64)  # (storm connects come on top)
         deadline = time.monotonic() + spec.connect_timeout
         pending = self.connector.pending
         left = self.count
-        while not self.halted:
-            while left and len(pending) < CONNECT_BATCH and not self.halted:
+        while not tally.halted:
+            while left and len(pending) < CONNECT_BATCH and not tally.halted:
                 left -= 1
                 self.connect(deadline)
             if not pending:
@@ -174,7 +170,7 @@ class Driver:
             now = time.monotonic()
             if now >= deadline:
                 missing = len(pending) + left
-                self.error(
+                tally.error(
                     "connect",
                     None,
                     f"{missing} of {self.count} connections not accepted within "
@@ -182,11 +178,11 @@ class Driver:
                     times=missing,
                 )
                 break
-            if self.stop_requested():
+            if tally.stop_requested():
                 break
             for fd, _ in self.ep.poll(min(TICK, deadline - now)):
                 self.on_connected(fd)
-                if self.halted:
+                if tally.halted:
                     break
         self.connector.close_all()
 
@@ -218,7 +214,7 @@ class Driver:
 
     def connect_failed(self, index: int | None, exc: OSError) -> None:
         what = "connect" if index is not None else "storm connect"
-        self.error("connect", None, f"{what} failed: {exc}")
+        self.tally.error("connect", None, f"{what} failed: {exc}")
 
     def connects_expired(self, now: float) -> None:
         """At a tick: the connects past their deadline are errors, one per kind and tick."""
@@ -227,11 +223,12 @@ class Driver:
             return
         storms = sum(1 for attempt in late if attempt.index is None)
         timeout = f"within {self.spec.connect_timeout:g}s"
+        tally = self.tally
         if len(late) > storms:
             n = len(late) - storms
-            self.error("connect", None, f"{n} new connections not accepted {timeout}", times=n)
+            tally.error("connect", None, f"{n} new connections not accepted {timeout}", times=n)
         if storms:
-            self.error(
+            tally.error(
                 "connect", None, f"{storms} storm connections not accepted {timeout}", times=storms
             )
 
@@ -265,32 +262,6 @@ class Driver:
         else:
             self.send_next(client, now_ns)
 
-    def oracle_failed(self, exc: OracleError) -> None:
-        """The oracle's own code raised: the run ends, and its result says why."""
-        if self.result.oracle_error is None:
-            self.result.oracle_error = str(exc)
-        self.halted = True
-
-    def cannot_judge(self, client: Client, how: Status) -> None:
-        """``client``'s oracle could not tell whether its reply is complete: the run ends."""
-        if self.result.unjudged is None:
-            self.result.unjudged = (
-                f"the oracle {self.oracle_name} cannot judge a reply as it comes: on "
-                f"connection {client.index} its verdict stayed PENDING after "
-                f"{client.verified} bytes came back and nothing more came, and was "
-                f"{how.value} once told the exchange was over; the load needs a verdict "
-                "that turns PASS as soon as a reply is complete, or expected_reply(data)"
-            )
-        self.halted = True
-
-    def stop_requested(self) -> bool:
-        """Whether the stop event is set; if so, the run is halted and its result ``stopped``."""
-        if self.stop is None or not self.stop.is_set():
-            return False
-        self.halted = True
-        self.result.stopped = True
-        return True
-
     def drop(self, client: Client, *, rst: bool = False) -> bool:
         """Take ``client`` out of the run and close its socket.
 
@@ -319,135 +290,7 @@ class Driver:
         if self.drop(client, rst=rst) and not self.draining:
             self.connect(time.monotonic() + self.spec.connect_timeout)
 
-    def set_events(self, client: Client, events: int) -> None:
-        if events != client.events and client.state is not _CLOSED:
-            self.ep.modify(client.fd, events)
-            client.events = events
-
-    def error(
-        self,
-        kind: str,
-        client: Client | None,
-        detail: str,
-        *,
-        times: int = 1,
-        state: ClientState | None = None,
-        **extra: Any,
-    ) -> None:
-        """Count ``times`` errors of ``kind``; the run's first is kept with its details.
-
-        An error on a connection a fault struck (half-closed, a slow reader;
-        ``state``, default: the client's state now) is counted as
-        ``KIND after FAULT`` (:data:`FAULT_SUFFIX`), so that a check can judge
-        the fault connections by the rules of their fault and the others by its own.
-        """
-        if state is None and client is not None:
-            state = client.state
-        fault = _FAULT_OF.get(state) if state is not None else None
-        if fault is not None:
-            kind = f"{kind}{FAULT_SUFFIX}{fault}"
-            extra["fault"] = fault
-        self.result.errors[kind] += times
-        if self.spec.stop_on_error:
-            self.halted = True
-        if self.result.first_error is None:
-            self.result.first_error = {
-                "kind": kind,
-                "connection": None if client is None else client.index,
-                "detail": detail,
-                **extra,
-            }
-
-    # -- sending -----------------------------------------------------------------
-
-    def send(self, client: Client, data: bytes | memoryview) -> None:
-        """Send ``data`` after whatever is still queued; queue what the socket refuses."""
-        if client.out is not None:
-            client.out = memoryview(bytes(client.out) + bytes(data))
-            return
-        try:
-            n = client.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self.io_error(client, exc)
-            return
-        if n < len(data):
-            client.out = memoryview(data)[n:]
-            self.set_events(client, client.events | _OUT)
-
-    def flush(self, client: Client) -> None:
-        out = client.out
-        assert out is not None
-        try:
-            n = client.sock.send(out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.io_error(client, exc)
-            return
-        if n == len(out):
-            client.out = None
-            if client.owes():  # Wait for the reply; with nothing owed, see on_writable.
-                self.set_events(client, client.events & ~_OUT)
-            if self.stream:
-                self.top_up(client)
-        else:
-            client.out = out[n:]
-
-    def send_next(self, client: Client, now_ns: int) -> None:
-        """Ping-pong: start the next round trip."""
-        if client.source is not None:
-            message, owed = client.source.next_request(self.rng, self.size)
-            client.expect += owed
-        else:
-            shift = client.rounds % PATTERN_SHIFTS  # a window sliding over the pattern
-            message = client.pattern[shift : shift + self.size]
-            judge = client.judge
-            if judge is not None:
-                wrong = judge.sent(message)  # Before the bytes can come back.
-                if wrong is not None:
-                    self.error(wrong.kind, client, wrong.detail, **wrong.fields)
-                    self.replace(client, rst=True)
-                    return
-            else:
-                reply = client.reply
-                client.expect += message if reply is None else reply(message)
-        client.sent_at = now_ns
-        client.measured = True
-        self.send(client, message)
-        if not client.expect and (client.judge is None or not client.judge.owes):
-            self.await_writable(client)  # Nothing owed (discard), or not any more.
-
-    def top_up(self, client: Client) -> None:
-        """Stream: send until ``window`` bytes are in flight."""
-        if self.draining:
-            return
-        plen = len(client.pattern) // 2
-        room = self.spec.window - len(client.expect)  # at most a window per call, owed or not
-        while client.source is not None and client.out is None and room > 0:
-            if client.state is _CLOSED:
-                return
-            request, owed = client.source.next_request(self.rng, min(self.size, room))
-            client.stream_pos += len(request)
-            client.expect += owed
-            room -= max(len(request), len(owed))
-            self.send(client, request)
-        while client.out is None and room > 0 and client.state is not _CLOSED:
-            start = client.stream_pos % plen
-            size = min(room, 65536)
-            chunk = client.pattern[start : start + size]
-            client.stream_pos += size
-            client.expect += chunk if client.reply is None else client.reply(chunk)
-            room -= size
-            self.send(client, chunk)
-        if not client.expect:
-            self.await_writable(client)
-
-    def await_writable(self, client: Client) -> None:
-        """Nothing owed, nothing queued: let the next write readiness move ``client`` on."""
-        if client.out is None and client.state is not _CLOSED:
-            self.set_events(client, client.events | _OUT)
+    # -- events -------------------------------------------------------------------
 
     def on_writable(self, client: Client) -> None:
         if client.out is not None:
@@ -462,8 +305,6 @@ class Driver:
             self.top_up(client)
         elif client.state is not _IDLE:
             self.round_done(client)
-
-    # -- receiving --------------------------------------------------------------
 
     def on_readable(self, client: Client) -> None:
         # Ask for no more than is owed (or a little, to catch extra bytes): a
@@ -485,8 +326,7 @@ class Driver:
             return
         wrong = client.receive(data)
         if wrong is not None:
-            self.error(wrong.kind, client, wrong.detail, **wrong.fields)
-            self.replace(client, rst=True)
+            self.wrong_bytes(client, wrong)
             return
         self.result.bytes_verified += len(data)
         if self.stream:
@@ -534,13 +374,13 @@ class Driver:
             done = verdict.passed
             owed = f"a wrong or short reply (the oracle: {verdict.reason})"
             if verdict.pending:  # Not judged: neither an error nor a pass.
-                self.cannot_judge(client, verdict.status)
+                self.tally.cannot_judge(client, verdict.status)
                 self.replace(client)
                 return
         if done:
             self.result.observed["half-close-echoed"] += 1
         else:
-            self.error(
+            self.tally.error(
                 "eof",
                 client,
                 f"server closed the connection with {owed}",
@@ -553,7 +393,11 @@ class Driver:
         if self.clients.get(client.fd) is not client:
             return  # Dropped already: this error is about the socket it closed.
         kind = "reset" if exc.errno in (errno.ECONNRESET, errno.EPIPE) else "socket"
-        self.error(kind, client, f"{exc.strerror or exc}", offset=client.verified)
+        self.tally.error(kind, client, f"{exc.strerror or exc}", offset=client.verified)
+        self.replace(client, rst=True)
+
+    def wrong_bytes(self, client: Client, wrong: WrongBytes) -> None:
+        self.tally.error(wrong.kind, client, wrong.detail, **wrong.fields)
         self.replace(client, rst=True)
 
 

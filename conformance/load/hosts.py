@@ -214,7 +214,7 @@ class HostReport:
         """A few words for the summary line: ``popen: 1200 round trips, errors 0``."""
         if self.result is None:
             return f"{self.label}: FAILED ({self.error})"
-        errors = dict(self.result.errors)
+        errors = self.result.errors_by_name()
         text = f"{self.label}: {self.result.round_trips} round trips, errors {errors or 0}"
         if self.state is HostState.FAILED:
             text += f", FAILED ({self.error})"

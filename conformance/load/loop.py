@@ -84,16 +84,16 @@ def stalled(driver: Driver, client: Client, detail: str) -> None:
     A connection judged by its oracle's verdict is told the exchange is over
     (``finish``): only a FAIL then blames the server; a PASS, or a verdict
     still PENDING, shows that the oracle could not tell that the reply was
-    complete, and the run ends unjudged (:meth:`Driver.cannot_judge`).
+    complete, and the run ends unjudged (:meth:`~conformance.load.tally.Tally.cannot_judge`).
     """
     judge = client.judge
     if judge is not None:
         verdict = judge.finish()
         if not verdict.failed:
-            driver.cannot_judge(client, verdict.status)
+            driver.tally.cannot_judge(client, verdict.status)
             return
         detail = f"{detail}; told the exchange was over, the oracle says: {verdict.reason}"
-    driver.error("stalled", client, detail, offset=client.verified)
+    driver.tally.error("stalled", client, detail, offset=client.verified)
 
 
 def progress_time(driver: Driver, client: Client) -> float:
@@ -132,12 +132,12 @@ def run(driver: Driver, on_progress: Callable[[int, int], None] | None) -> LoadR
     Returns:
         This process's result (``server_alive`` left unset).
     """
-    if driver.halted or not driver.clients:
+    if driver.tally.halted or not driver.clients:
         return finish(driver, 0)  # The connecting phase ended the run, or opened nothing.
     try:
         fast_bytes = _drive(driver, on_progress)
     except OracleError as exc:
-        driver.oracle_failed(exc)
+        driver.tally.oracle_failed(exc)
         if not driver.result.seconds:
             driver.result.seconds = time.monotonic() - driver.started
         fast_bytes = 0
@@ -161,6 +161,7 @@ def _drive(driver: Driver, on_progress: Callable[[int, int], None] | None) -> in
     poll = driver.ep.poll
     latency = driver.latencies.append
     send_next = driver.send_next
+    tally = driver.tally
     monotonic_ns = time.monotonic_ns
     fast_bytes = 0
     plain = driver.plain  # (every connection is ACTIVE while it holds)
@@ -205,7 +206,7 @@ def _drive(driver: Driver, on_progress: Callable[[int, int], None] | None) -> in
             housekeeping(driver, now)
             if on_progress is not None:
                 on_progress(driver.result.round_trips, driver.result.bytes_verified)
-            driver.stop_requested()
+            tally.stop_requested()
         if not driver.draining:
             done_counting = (
                 spec.rounds is not None
@@ -220,7 +221,7 @@ def _drive(driver: Driver, on_progress: Callable[[int, int], None] | None) -> in
                 fast_bytes = settle(driver, fast_bytes)
                 drain_end = now + spec.drain_timeout
                 driver.connector.close_all()
-        if driver.halted:
+        if tally.halted:
             if not driver.result.seconds:
                 driver.result.seconds = now - start
             break

@@ -138,7 +138,7 @@ def _process_main(
     driver.connect_all()
     pipe.send(("ready", driver.result.connections_opened))
     go_by = time.monotonic() + spec.connect_timeout * 3 + 30
-    while not driver.stop_requested():  # Stopped: run() ends at once, with the result.
+    while not driver.tally.stop_requested():  # Stopped: run() ends at once, with the result.
         if pipe.poll(SLICE):
             try:
                 pipe.recv()  # "go"

@@ -10,6 +10,15 @@ each load process to the parent, which reads it back with
 :meth:`LoadResult.from_data` and adds the parts up with :meth:`LoadResult.merged`
 (latency histograms bucket by bucket, so percentiles stay exact to 1/64).
 
+Errors are counted by an :class:`ErrorKey`: their kind (``reset``,
+``mismatch``, ``stalled``...) and, for an error on a connection a fault
+struck (a half-closed connection, a slow reader), that fault, so that a check
+can judge those connections by their fault's rules and the others by its own.
+A key reads ``reset`` or ``reset after slow-reader`` (``str(key)``: messages,
+the summary, :meth:`LoadResult.errors_by_name`); in the plain data it is never
+that text but a list, ``[kind, fault name or None, count]`` per key
+(``errors``), read back as keys.
+
 A run ended early by its stop event is ``stopped``: its figures cover what
 ran, it is not ``ok`` (nothing was shown to be right), and the summary line
 says so. So is a run whose oracle raised (``oracle_error``: a fault on the
@@ -26,10 +35,45 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from conformance.load.histogram import Histogram
-from conformance.load.spec import LoadSpec
+from conformance.load.spec import Fault, LoadSpec
 from conformance.protocols import ORACLE
 
-__all__ = ["LoadResult", "format_json"]
+__all__ = ["ErrorKey", "LoadResult", "format_json"]
+
+
+@dataclass(frozen=True)
+class ErrorKey:
+    """What a load error is counted under: its kind, and the fault its connection was under.
+
+    ``after`` is the fault that struck the connection before the error (a
+    half-close, a slow reader), or None on a connection no fault struck.
+    ``str(key)`` is the one way a key is written for people: ``reset``, or
+    ``reset after slow-reader``.
+    """
+
+    kind: str
+    after: Fault | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.after is None else f"{self.kind} after {self.after.value}"
+
+
+def _errors_to_data(errors: Counter[ErrorKey]) -> list[list[Any]]:
+    """Error counts as plain data: ``[kind, fault name or None, count]`` per key."""
+    return [
+        [key.kind, None if key.after is None else key.after.value, count]
+        for key, count in errors.items()
+    ]
+
+
+def _errors_from_data(data: list[list[Any]]) -> Counter[ErrorKey]:
+    """The error counts that :func:`_errors_to_data` wrote."""
+    return Counter(
+        {
+            ErrorKey(kind, None if after is None else Fault(after)): count
+            for kind, after, count in data
+        }
+    )
 
 
 def _spec_data(spec: LoadSpec) -> dict[str, Any]:
@@ -60,7 +104,7 @@ class LoadResult:
     round_trips: int = 0
     bytes_verified: int = 0
     latency: Histogram = field(default_factory=Histogram)
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[ErrorKey] = field(default_factory=Counter)
     first_error: dict[str, Any] | None = None
     injected: Counter[str] = field(default_factory=Counter)
     observed: Counter[str] = field(default_factory=Counter)
@@ -89,12 +133,18 @@ class LoadResult:
     def megabytes_per_second(self) -> float:
         return self.bytes_verified / self.seconds / 1e6 if self.seconds else 0.0
 
+    def errors_by_name(self) -> dict[str, int]:
+        """The error counts by their keys' names, for people: ``{"reset after slow-reader": 2}``."""
+        return {str(key): count for key, count in self.errors.items()}
+
     def to_data(self) -> dict[str, Any]:
         """The result as plain data: what ``--json`` prints and load processes send.
 
         Returns:
             A JSON-ready dict; ``latency_us`` holds the percentiles and
-            ``latency_histogram`` the whole histogram (for :meth:`from_data`).
+            ``latency_histogram`` the whole histogram (for :meth:`from_data`);
+            ``errors`` is a list of ``[kind, fault name or None, count]``,
+            one per :class:`ErrorKey`.
         """
         return {
             "target": f"{self.spec.host}:{self.spec.port}",
@@ -107,7 +157,7 @@ class LoadResult:
             "megabytes_per_second": round(self.megabytes_per_second, 3),
             "latency_us": self.latency.summary(),
             "latency_histogram": self.latency.to_dict(),
-            "errors": dict(self.errors),
+            "errors": _errors_to_data(self.errors),
             "first_error": self.first_error,
             "faults_injected": dict(self.injected),
             "faults_observed": dict(self.observed),
@@ -135,7 +185,7 @@ class LoadResult:
             round_trips=data["round_trips"],
             bytes_verified=data["bytes_verified"],
             latency=Histogram.from_dict(data["latency_histogram"]),
-            errors=Counter(data["errors"]),
+            errors=_errors_from_data(data["errors"]),
             first_error=data["first_error"],
             injected=Counter(data["faults_injected"]),
             observed=Counter(data["faults_observed"]),
@@ -185,7 +235,7 @@ class LoadResult:
             f"{data['megabytes_per_second']:.1f} MB/s verified); "
             f"latency us p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} "
             f"p99.9 {lat['p99.9']} max {lat['max']}; "
-            f"errors {sum(data['errors'].values())}"
+            f"errors {sum(count for _, _, count in data['errors'])}"
         )
         if data["faults_injected"]:
             line += f"; injected {data['faults_injected']}; observed {data['faults_observed']}"

@@ -49,7 +49,7 @@ from typing import Any, Literal
 from conformance.oracle import DiscardOracle, EchoOracle, OracleFactory, ReplyOracle, guarded
 from conformance.protocols import Capability, ProtocolModel, load_model, skip_reason
 
-__all__ = ["Faults", "Judging", "LoadError", "LoadSpec", "Mode", "judging"]
+__all__ = ["Fault", "Faults", "Judging", "LoadError", "LoadSpec", "Mode", "judging"]
 
 Mode = Literal["pingpong", "stream"]
 
@@ -58,7 +58,18 @@ MAX_SIZE = 16 << 20
 #: Largest stream window: bytes in flight per connection.
 MAX_WINDOW = 64 << 20
 
-_FAULT_NAMES = frozenset({"reset", "half_close", "slow_reader", "connect_storm"})
+
+class Fault(enum.Enum):
+    """A fault, by the name ``--faults`` gives it and the result counts it under."""
+
+    RESET = "reset"
+    HALF_CLOSE = "half-close"
+    SLOW_READER = "slow-reader"
+    CONNECT_STORM = "connect-storm"
+
+
+#: The fields of :class:`Faults`, one per fault.
+_FAULT_NAMES = frozenset(fault.value.replace("-", "_") for fault in Fault)
 
 
 class LoadError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import select
 import socket
 import subprocess
@@ -14,11 +15,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import execnet
 import pytest
 
 from conformance.checks import Setup, by_id, run_check
 from conformance.errors import UsageError
-from conformance.load import Faults, LoadResult, LoadSpec, format_json, run_load
+from conformance.load import (
+    ErrorKey,
+    Fault,
+    Faults,
+    LoadResult,
+    LoadSpec,
+    format_json,
+    run_load,
+)
 from conformance.load.client import Client, ClientEvent, ClientState, IllegalTransition
 from conformance.load.driver import Driver
 from conformance.load.histogram import Histogram
@@ -140,6 +150,35 @@ def test_LoadResult_data_is_the_json_and_reads_back_for_merging() -> None:
     assert "8 round trips in 6.50s" in merged.summary_line()
 
 
+def test_ErrorKey_reads_as_its_kind_and_the_fault_it_came_after() -> None:
+    assert str(ErrorKey("reset")) == "reset"
+    assert str(ErrorKey("reset", Fault.SLOW_READER)) == "reset after slow-reader"
+    assert str(ErrorKey("eof", Fault.HALF_CLOSE)) == "eof after half-close"
+    assert ErrorKey("eof", Fault.HALF_CLOSE) == ErrorKey("eof", Fault.HALF_CLOSE)
+    assert ErrorKey("eof") != ErrorKey("eof", Fault.HALF_CLOSE)
+
+
+def test_LoadResult_errors_travel_as_plain_lists_and_read_back_as_keys() -> None:
+    spec = LoadSpec("127.0.0.1", 9)
+    part = LoadResult(spec)
+    part.errors[ErrorKey("reset", Fault.SLOW_READER)] += 2
+    part.errors[ErrorKey("connect")] += 3
+    data = part.to_data()
+    assert data["errors"] == [["reset", "slow-reader", 2], ["connect", None, 3]]
+    # As --json and a load process (pickle) and a host (execnet) send it.
+    for wire in (
+        json.loads(format_json(part)),
+        pickle.loads(pickle.dumps(data)),
+        execnet.loads(execnet.dumps(data)),
+    ):
+        back = LoadResult.from_data(spec, wire)
+        assert back.errors == part.errors
+    merged = LoadResult.merged(spec, [part, LoadResult.from_data(spec, data)])
+    assert merged.errors == {ErrorKey("reset", Fault.SLOW_READER): 4, ErrorKey("connect"): 6}
+    assert merged.errors_by_name() == {"reset after slow-reader": 4, "connect": 6}
+    assert "errors 10" in merged.summary_line()
+
+
 def test_LoadResult_json_names_the_model_as_the_options_do() -> None:
     for model, oracle, protocol in (
         ("echo", "echo", "echo"),
@@ -223,7 +262,7 @@ def test_run_load_with_the_discard_oracle_and_faults_keeps_going(discard: Server
 def test_run_load_with_the_discard_oracle_fails_an_echo_server(single: ServerProcess) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=3, duration=0.3, model="oracle:discard"))
-    assert result.errors["extra-bytes"] >= 1, result.to_data()
+    assert result.errors[ErrorKey("extra-bytes")] >= 1, result.to_data()
     assert result.first_error is not None
     assert result.first_error["offset"] == 0
     assert result.server_alive is False  # the probe came back, where nothing is owed
@@ -279,7 +318,7 @@ def test_run_load_reports_the_first_corrupted_byte() -> None:
     finally:
         server.close()
     assert not result.ok
-    assert result.errors["mismatch"] >= 1
+    assert result.errors[ErrorKey("mismatch")] >= 1
     assert result.first_error is not None
     assert result.first_error["kind"] == "mismatch"
     assert result.first_error["offset"] == 5000
@@ -328,7 +367,7 @@ def test_errors_on_half_closed_connections_are_counted_apart_and_judged_by_their
         outcome = run_check(by_id("ECHO-LOAD-3"), Setup(Address(host, port)))
     finally:
         server.close()
-    assert set(result.errors) == {"eof after half-close"}, result.to_data()
+    assert set(result.errors) == {ErrorKey("eof", Fault.HALF_CLOSE)}, result.to_data()
     assert result.first_error is not None
     assert result.first_error["fault"] == "half-close"
     assert outcome.failure is not None
@@ -343,7 +382,7 @@ def test_run_load_reports_a_server_that_stops_answering() -> None:
         result = run_load(
             LoadSpec(host, port, connections=2, duration=0.3, drain_timeout=0.5, connect_timeout=2)
         )
-    assert result.errors["stalled"] == 2, result.to_data()
+    assert result.errors[ErrorKey("stalled")] == 2, result.to_data()
     assert result.server_alive is False
 
 
@@ -388,7 +427,7 @@ def test_run_load_ends_at_the_connect_deadline_when_the_server_never_accepts(
         result = run_load(spec)
         took = time.monotonic() - start
     assert took < 7, result.to_data()  # the connect deadline and the probe's, 2s each
-    assert result.errors == {"connect": 50}, result.to_data()
+    assert result.errors == {ErrorKey("connect"): 50}, result.to_data()
     assert result.first_error is not None
     assert result.first_error["detail"] == "50 of 50 connections not accepted within 2s"
     assert result.connections_opened == 0
@@ -407,10 +446,21 @@ def test_run_load_at_a_refused_port_ends_at_once(stop_on_error: bool, errors: in
         result = run_load(spec)
         took = time.monotonic() - start
     assert took < 2, result.to_data()
-    assert result.errors == {"connect": errors}, result.to_data()
+    assert result.errors == {ErrorKey("connect"): errors}, result.to_data()
     assert result.first_error is not None
     assert "refused" in result.first_error["detail"]
     assert result.server_alive is False
+
+
+@pytest.mark.timeout(60)
+def test_run_load_adds_up_the_errors_of_its_processes_by_key() -> None:
+    with socket.socket() as bound:  # Bound, never listening: every connect is refused.
+        bound.bind(("127.0.0.1", 0))
+        host, port = bound.getsockname()
+        result = run_load(LoadSpec(host, port, connections=50, duration=30, procs=2))
+    assert result.errors == {ErrorKey("connect"): 50}, result.to_data()
+    assert result.first_error is not None
+    assert result.first_error["kind"] == "connect"
 
 
 def _stop_while_running(spec: LoadSpec) -> tuple[LoadResult, float]:
@@ -530,8 +580,8 @@ def test_run_load_never_acts_on_a_dropped_connection(mode: Mode, faults: Faults)
         result = run_load(spec)
     finally:
         server.close()
-    # Each error is keyed "KIND" or "KIND after FAULT" (the reset may strike a slow reader).
-    kinds = {kind.split(" after ")[0] for kind in result.errors if result.errors[kind]}
+    # An error's key is its kind and the fault it came after (a reset may strike a slow reader).
+    kinds = {key.kind for key, count in result.errors.items() if count}
     assert "reset" in kinds, result.to_data()
     # A send or a poll on a socket the driver closed would be a "socket" error (EBADF).
     assert kinds <= {"reset", "eof"}, result.to_data()
@@ -551,7 +601,7 @@ def test_Driver_top_up_stops_at_a_connection_dropped_by_a_reset() -> None:
             assert ready, "the reset never arrived"
             driver.running = True
             driver.top_up(client)  # The first send fails; nothing more goes to that socket.
-            assert dict(driver.result.errors) == {"reset": 1}
+            assert driver.result.errors == {ErrorKey("reset"): 1}
             assert client.state is ClientState.CLOSED
             assert driver.clients == {}
             assert len(driver.connector.pending) == 1  # its replacement, connecting

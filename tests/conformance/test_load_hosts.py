@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import execnet
 import pytest
 
 import conformance
 from conformance.errors import UsageError
-from conformance.load import Faults, LoadSpec, remote
+from conformance.load import ErrorKey, Fault, Faults, LoadResult, LoadSpec, remote
 from conformance.load import hosts as hosts_module
 from conformance.load.hosts import (
     HostError,
@@ -97,6 +98,21 @@ def test_HostReport_advance_follows_the_table_and_an_ended_host_stays() -> None:
     assert report.ended
     assert report.to_data()["state"] == "done"
     assert report.error is None
+
+
+def test_HostReport_reads_a_hosts_errors_from_its_plain_data_and_names_them() -> None:
+    spec = LoadSpec("127.0.0.1", 1)
+    part = LoadResult(spec, round_trips=12)
+    part.errors[ErrorKey("reset", Fault.SLOW_READER)] += 2
+    report = HostReport("popen", spec)
+    report.advance(HostEvent.READY)
+    report.advance(HostEvent.GO)
+    # What the host sends over its channel, as execnet carries it.
+    hosts_module._receive(report, ("done", execnet.loads(execnet.dumps(part.to_data()))), True)
+    assert report.result is not None
+    assert report.result.errors == {ErrorKey("reset", Fault.SLOW_READER): 2}
+    assert report.summary() == "popen: 12 round trips, errors {'reset after slow-reader': 2}"
+    assert report.to_data()["errors"] == [["reset", "slow-reader", 2]]
 
 
 def test_share_out_shares_connections_by_load_processes_and_labels_repeats() -> None:

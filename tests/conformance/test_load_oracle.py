@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conformance import check_server
-from conformance.load import Faults, LoadSpec, run_load
+from conformance.load import ErrorKey, Faults, LoadSpec, run_load
 from conformance.load.spec import Judging, judging
 from conformance.oracle import DiscardOracle, EchoOracle
 from conformance.protocols import load_model
@@ -133,7 +133,7 @@ def test_run_load_under_the_upper_oracle_fails_an_echo_server_at_a_byte(
 ) -> None:
     host, port = single.address
     result = run_load(LoadSpec(host, port, connections=3, duration=0.5, model=f"oracle:{oracle}"))
-    assert result.errors["mismatch"] >= 1, result.to_data()
+    assert result.errors[ErrorKey("mismatch")] >= 1, result.to_data()
     first = result.first_error
     assert first is not None
     assert re.fullmatch(r"byte \d+ differs.*", first["detail"]), first
