@@ -49,8 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from conformance.targets import procfs  # noqa: E402
 from conformance.load import LoadSpec, run_load  # noqa: E402
+from conformance.targets import procfs  # noqa: E402
 from conformance.targets.spawn import Spawned, spawn_listening  # noqa: E402
 from reference.handler import Work  # noqa: E402
 
