@@ -4,7 +4,10 @@ The command starts (or reaches) the target, runs :func:`conformance.load.run_loa
 with the options as a :class:`~conformance.load.LoadSpec`, and prints the
 result's summary (or JSON). With ``--hosts`` the load runs from those execnet
 gateways instead (:mod:`conformance.load.hosts`): stderr names each host's
-load process once all are ready, and the result lists every host. Exit 0
+load process once all are ready, and the result lists every host. With
+``--tls`` (the run's ``--tls*`` options, from the one option table) every load
+connection speaks TLS: the header says which, and the summary (and ``--json``)
+adds the handshakes completed, per second, and their mean time. Exit 0
 when nothing went wrong, 1 otherwise (a host that failed mid-run included),
 2 on a usage error, 3 when the target or a host cannot be reached.
 """
@@ -28,11 +31,16 @@ from conformance.load import Faults, LoadError, LoadSpec, format_json, run_load
 from conformance.load.hosts import HostError, HostsResult, parse_hosts, run_hosts, share_out
 from conformance.run.plan import TARGET_DESTS, Front, add_options
 from conformance.targets.target import TargetSpec, start_target
+from conformance.tls import TlsSettings, tls_from_options
 from reference.cli import at_least
 
 __all__ = ["add_load_parser", "load"]
 
 _positive = at_least(1)
+#: The ``--tls*`` options of the option table.
+_TLS_DESTS = frozenset(
+    {"tls", "tls_ca", "tls_insecure", "tls_server_name", "tls_cert", "tls_key", "tls_version"}
+)
 
 
 def add_load_parser(commands: Any) -> None:
@@ -94,6 +102,10 @@ def add_load_parser(commands: Any) -> None:
     )
     # The options it shares with run, and its target, come from the option table.
     add_options(load_parser.add_argument, Front.LOAD, only=frozenset({"protocol"}))
+    tls_group = load_parser.add_argument_group(
+        "TLS (each load connection speaks TLS; the summary adds handshakes/s)"
+    )
+    add_options(tls_group.add_argument, Front.LOAD, only=_TLS_DESTS)
     load_parser.add_argument("--seed", type=int, default=1, help="Seed of payloads and faults")
     load_parser.add_argument("--json", action="store_true", help="Print the result as JSON")
     load_parser.set_defaults(command=load)
@@ -106,11 +118,12 @@ def load(args: argparse.Namespace) -> int:
     try:
         spec = TargetSpec.from_options(args.target, args.spawn, args.reference)
         faults = Faults.parse(args.faults)
+        tls = tls_from_options(args)
         hosts = parse_hosts(args.hosts)
         if hosts:
-            share_out(LoadSpec("127.0.0.1", 1, **_load_settings(args, faults)), hosts)
+            share_out(LoadSpec("127.0.0.1", 1, **_load_settings(args, faults, tls)), hosts)
         else:
-            LoadSpec("127.0.0.1", 1, **_load_settings(args, faults)).validate()
+            LoadSpec("127.0.0.1", 1, **_load_settings(args, faults, tls)).validate()
     except (UsageError, ValueError) as exc:
         print(f"reactor-conformance: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -131,11 +144,12 @@ def load(args: argparse.Namespace) -> int:
             )
             sys.stderr.flush()
 
-    load_spec = LoadSpec(address.host, address.port, **_load_settings(args, faults))
+    load_spec = LoadSpec(address.host, address.port, **_load_settings(args, faults, tls))
     try:
         if not args.json:
             where = f" from {len(hosts)} host{'s' if len(hosts) > 1 else ''}" if hosts else ""
-            print(f"reactor-conformance: load on {spec.describe()} at {address}{where}")
+            over = "" if tls is None else f" over TLS: {tls.describe()}"
+            print(f"reactor-conformance: load on {spec.describe()} at {address}{where}{over}")
         if hosts:
             return _report(
                 run_hosts(load_spec, hosts, progress=progress, on_ready=_say_ready), args.json
@@ -175,7 +189,9 @@ def _report(result: HostsResult, as_json: bool) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _load_settings(args: argparse.Namespace, faults: Faults) -> dict[str, Any]:
+def _load_settings(
+    args: argparse.Namespace, faults: Faults, tls: TlsSettings | None
+) -> dict[str, Any]:
     return {
         "connections": args.connections,
         "size": args.size,
@@ -187,4 +203,5 @@ def _load_settings(args: argparse.Namespace, faults: Faults) -> dict[str, Any]:
         "faults": faults,
         "seed": args.seed,
         "model": args.protocol,
+        "tls": tls,
     }

@@ -185,6 +185,7 @@ class Client:
         "reply",
         "source",
         "judge",
+        "tls",
     )
 
     def __init__(
@@ -216,6 +217,8 @@ class Client:
         self.reply = reply
         self.source = source
         self.judge = judge
+        #: Over TLS, the connection's :class:`~conformance.load.tls_driver.TlsSession`.
+        self.tls: Any = None
 
     def owes(self) -> bool:
         """Whether the server still owes this connection a reply (or part of one)."""

@@ -91,9 +91,11 @@ class Connecting:
             connect-storm connection, closed as soon as it is open.
         deadline: ``time.monotonic()`` by which it must be connected.
         address: Which of the host's addresses it went to.
+        session: Over TLS, the connection's TLS once its TCP connect is done
+            (its handshake under way; :mod:`conformance.load.tls_driver`); else None.
     """
 
-    __slots__ = ("sock", "fd", "index", "deadline", "address")
+    __slots__ = ("sock", "fd", "index", "deadline", "address", "session")
 
     def __init__(
         self, sock: socket.socket, index: int | None, deadline: float, address: int
@@ -103,6 +105,7 @@ class Connecting:
         self.index = index
         self.deadline = deadline
         self.address = address
+        self.session: Any = None
 
 
 class Connector:

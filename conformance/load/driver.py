@@ -64,7 +64,7 @@ import socket
 import time
 
 from conformance.load.client import Client, ClientEvent, ClientState, VerdictJudge, WrongBytes
-from conformance.load.connector import CONNECT_BATCH, Connector, StopEvent
+from conformance.load.connector import CONNECT_BATCH, Connecting, Connector, StopEvent
 from conformance.load.faults import TICK, inject_after_round
 from conformance.load.result import LoadResult
 from conformance.load.sending import PATTERN_SHIFTS, Sender
@@ -149,11 +149,13 @@ class Driver(Sender):
         so does the stop event, within a tick. Connects still under way then
         are abandoned.
         """
+        began = time.monotonic()
         try:
             self._connect_all()
         except OracleError as exc:
             self.tally.oracle_failed(exc)
             self.connector.close_all()
+        self.result.connect_seconds = time.monotonic() - began
 
     def _connect_all(self) -> None:
         spec, tally = self.spec, self.tally
@@ -219,8 +221,11 @@ class Driver(Sender):
     def connects_expired(self, now: float) -> None:
         """At a tick: the connects past their deadline are errors, one per kind and tick."""
         late = self.connector.expire(now)
-        if not late:
-            return
+        if late:
+            self.late_connects(late)
+
+    def late_connects(self, late: list[Connecting]) -> None:
+        """Connects taken off past their deadline: errors, one per kind."""
         storms = sum(1 for attempt in late if attempt.index is None)
         timeout = f"within {self.spec.connect_timeout:g}s"
         tally = self.tally

@@ -7,9 +7,11 @@ each round trip the driver calls :func:`inject_after_round`, which rolls once
 and may strike that connection:
 
 - *reset*: send a burst, then close with RST before reading the replies;
-- *half-close*: send the next message, ``shutdown(SHUT_WR)``, and expect the
-  whole reply; the connection is then replaced;
-- *slow reader*: send a burst and stop reading for a while, so that the server
+- *half-close*: send the next message, ``shutdown(SHUT_WR)`` (over TLS 1.3,
+  ``close_notify`` first; TLS 1.2 has no half-close, RFC 5246 §7.2.1, so
+  there the fault is skipped and counted as such in ``observed``), and
+  expect the whole reply; the connection is then replaced;
+- *slow reader*: send a burst and stop reading the socket for a while, so that the server
   must hold or pause; reading resumes at a housekeeping tick.
 
 A reset or half-closed connection is replaced by a new one. :func:`storm`,
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import random
 import select
-import socket
 import time
 from typing import Protocol
 
@@ -37,12 +38,22 @@ from conformance.load.connector import CONNECT_BATCH, Connector
 from conformance.load.result import LoadResult
 from conformance.load.spec import LoadSpec
 
-__all__ = ["FaultedDriver", "inject_after_round", "resume_slow_reader", "storm", "TICK"]
+__all__ = [
+    "HALF_CLOSE_SKIPPED",
+    "FaultedDriver",
+    "inject_after_round",
+    "resume_slow_reader",
+    "storm",
+    "TICK",
+]
 
 TICK = 0.1  # seconds between housekeeping passes (progress, stalls, faults)
 _SLOW_PAUSE = 0.2  # seconds a slow reader stops reading
 _SLOW_BURST = 256 * 1024  # bytes a slow reader sends before it stops reading
 _RESET_BURST = 65536  # bytes sent just before a reset
+#: What ``observed`` counts a half-close under that the connection could not make
+#: (TLS 1.2 has none: RFC 5246 §7.2.1); the connection goes on instead.
+HALF_CLOSE_SKIPPED = "half-close-skipped-tls-1.2"
 
 
 class FaultedDriver(Protocol):
@@ -79,6 +90,18 @@ class FaultedDriver(Protocol):
         """``client``'s socket failed with ``exc``: record the error, replace the connection."""
         ...
 
+    def send_now(self, client: Client, data: bytes) -> None:
+        """Send what the socket takes of ``data`` now; drop the rest, and errors."""
+        ...
+
+    def no_half_close(self, client: Client) -> str | None:
+        """Why ``client`` cannot half-close; None: it can."""
+        ...
+
+    def shutdown_write(self, client: Client) -> None:
+        """Half-close ``client`` (over TLS: its close_notify, then its FIN)."""
+        ...
+
 
 def inject_after_round(driver: FaultedDriver, client: Client, now_ns: int) -> bool:
     """Maybe strike ``client`` (ACTIVE, between rounds) with one fault.
@@ -112,14 +135,15 @@ def _reset(driver: FaultedDriver, client: Client) -> None:
     driver.result.injected["reset"] += 1
     size = driver.spec.size
     burst = client.pattern[:size] * max(1, _RESET_BURST // size)
-    try:
-        client.sock.send(burst)  # Replies queued at the server when the RST lands.
-    except OSError:
-        pass
+    driver.send_now(client, burst)  # Replies queued at the server when the RST lands.
     driver.replace(client, rst=True)
 
 
 def _half_close(driver: FaultedDriver, client: Client, now_ns: int) -> None:
+    if driver.no_half_close(client) is not None:  # TLS 1.2: no half-close to inject.
+        driver.result.observed[HALF_CLOSE_SKIPPED] += 1
+        driver.send_next(client, now_ns)
+        return
     driver.result.injected["half-close"] += 1
     driver.send_next(client, now_ns)
     if client.state is ClientState.CLOSED:  # The send failed: the driver dropped it.
@@ -129,7 +153,7 @@ def _half_close(driver: FaultedDriver, client: Client, now_ns: int) -> None:
         return
     client.advance(ClientEvent.HALF_CLOSE)
     try:
-        client.sock.shutdown(socket.SHUT_WR)
+        driver.shutdown_write(client)
     except OSError as exc:
         driver.io_error(client, exc)
 

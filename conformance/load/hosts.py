@@ -92,7 +92,7 @@ __all__ = [
 _RUN_GRACE = 5.0  # seconds past duration + drain + probe before a silent host is given up
 _STOP_GRACE = 3.0  # seconds hosts have to report once told to stop
 _EXIT_GRACE = 3.0  # seconds gateways have to exit before they are killed
-_PROBE = 5.0  # the liveness probe's bound (processes._PROBE_TIMEOUT)
+_PROBE = 5.0  # the liveness probe's bound (probe.PROBE_TIMEOUT)
 
 _CLOSED = ("closed",)  # the endmarker each host's channel callback gets at its close
 

@@ -6,7 +6,8 @@ How this works
 :func:`probe_alive`, that the server still answers a fresh connection
 (unless the oracle raised or could not judge: then nothing is judged).
 
-With one process the :class:`~conformance.load.driver.Driver` runs here. With
+With one process the driver runs here (a :class:`~conformance.load.driver.Driver`,
+or over TLS a :class:`~conformance.load.tls_driver.TlsDriver`: :func:`make_driver`). With
 ``procs`` > 1 each load process (``spawn``, so nothing is inherited but the
 spec) opens its share of the connections and says ``ready``; the parent then
 says ``go`` to all at once, relays their progress, and collects from each its
@@ -33,21 +34,18 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
-import random
-import select
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from conformance.load.connector import SLICE, StopEvent, wait_connected, wait_ready
-from conformance.load.driver import Driver
+from conformance.load.connector import SLICE, StopEvent
 from conformance.load.loop import run
+from conformance.load.probe import PROBE_TIMEOUT, probe_alive
 from conformance.load.result import LoadResult
-from conformance.load.spec import LoadError, LoadSpec, judging
-from conformance.oracle import EchoOracle, Oracle, OracleError
-from conformance.protocols import Capability, EchoModel, ProtocolModel, unique_prefix
+from conformance.load.spec import LoadError, LoadSpec
+from conformance.load.tls_driver import make_driver
+from conformance.oracle import OracleError
 from conformance.targets.lifeline import die_with_parent
 
 __all__ = ["probe_alive", "run_load"]
@@ -59,7 +57,6 @@ Progress = Callable[[float, int, int], None]
 #: starts; it may block (until a ``go`` from elsewhere), the run waits for it.
 Ready = Callable[[int], None]
 
-_PROBE_TIMEOUT = 5.0  # seconds, at most, for the liveness probe's connect and its reply
 _STOP_GRACE = 1.0  # seconds load processes have to report once stopped, before the kill
 _EXIT_GRACE = 5.0  # seconds load processes have to exit after their result
 
@@ -92,7 +89,7 @@ def run_load(
     """
     spec.validate()
     if spec.procs == 1:
-        driver = Driver(spec, 0, spec.connections, stop)
+        driver = make_driver(spec, 0, spec.connections, stop)
         driver.connect_all()
         if ready is not None:
             ready(driver.result.connections_opened)
@@ -111,9 +108,10 @@ def run_load(
         alive = probe_alive(
             spec.host,
             spec.port,
-            timeout=min(_PROBE_TIMEOUT, spec.connect_timeout),
+            timeout=min(PROBE_TIMEOUT, spec.connect_timeout),
             stop=stop,
             model=spec.protocol(),
+            tls=spec.tls,
         )
     except OracleError as exc:
         result.oracle_error = str(exc)
@@ -134,7 +132,7 @@ def _process_main(
     parent: int,
 ) -> None:
     die_with_parent(parent)  # A parent killed outright (SIGKILL) takes its load with it.
-    driver = Driver(spec, first, count, stop)
+    driver = make_driver(spec, first, count, stop)
     driver.connect_all()
     pipe.send(("ready", driver.result.connections_opened))
     go_by = time.monotonic() + spec.connect_timeout * 3 + 30
@@ -259,81 +257,3 @@ def _run_processes(
                 proc.kill()
                 proc.join(_EXIT_GRACE)
             pipe.close()
-
-
-def probe_alive(
-    host: str,
-    port: int,
-    *,
-    timeout: float = _PROBE_TIMEOUT,
-    stop: StopEvent | None = None,
-    model: ProtocolModel | None = None,
-) -> bool:
-    """Whether a fresh connection gets the right answer to a short probe.
-
-    Args:
-        host: The server's address.
-        port: The server's port.
-        timeout: Seconds for the whole probe: connect, send and reply.
-        stop: Looked at between two ``SLICE``-second waits; when set, the
-            probe gives up (and says False).
-        model: The load's model (default: echo). With requests of its own,
-            the probe is one of them, owed its exact reply; else a few raw
-            bytes, judged by its oracle as a load connection's are: it is told
-            the probe and every read, and its verdict says whether the reply
-            is right and complete.
-
-    Returns:
-        True when the reply came back right within ``timeout``; when nothing
-        is owed (discard), when the server answered the probe and our FIN
-        with its own FIN and no byte. A reply the oracle still calls PENDING
-        at the deadline is judged as the exchange's end: PASS then is True.
-
-    Raises:
-        OracleError: The oracle's own code raised (a user's oracle, guarded).
-    """
-    model = model if model is not None else EchoModel()
-    if Capability.ANY_BYTES not in model.capabilities:
-        probe, owed = model.load_connection(unique_prefix(0)).next_request(random.Random(0), 8)
-        judge: Oracle = EchoOracle()
-        judge.sent(owed)  # Owed exactly these bytes: judged as their echo.
-        owes = bool(owed)
-    else:
-        # Ends in CRLF, as the checks' own liveness message: a server that answers
-        # only whole lines is alive if it answers this.
-        probe = b"still alive?\0\xff\r\n"
-        judge = judging(model)[0]()
-        judge.sent(probe)
-        owes = Capability.REPLIES in model.capabilities
-    deadline = time.monotonic() + timeout
-    try:
-        with wait_connected(host, port, deadline, stop) as sock:
-            out = memoryview(probe)
-            while out:
-                if not wait_ready(sock, select.POLLOUT, deadline, stop):
-                    return False
-                try:
-                    out = out[sock.send(out) :]
-                except (BlockingIOError, InterruptedError):
-                    continue
-            verdict = judge.verdict()
-            if not owes:
-                sock.shutdown(socket.SHUT_WR)  # Nothing owed: the server's FIN answers ours.
-            while not verdict.failed and wait_ready(sock, select.POLLIN, deadline, stop):
-                try:
-                    chunk = sock.recv(4096)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                if not chunk:
-                    judge.finish()
-                    return judge.verdict().passed
-                judge.received(chunk)
-                verdict = judge.verdict()
-                if owes and verdict.passed:
-                    return True
-            if verdict.pending and not (stop is not None and stop.is_set()):
-                judge.finish()  # At the deadline: the oracle's last word on what came.
-                return judge.verdict().passed
-            return False
-    except OSError:
-        return False

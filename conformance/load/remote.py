@@ -49,6 +49,7 @@ from conformance.load.connector import SLICE
 from conformance.load.processes import run_load
 from conformance.load.spec import Faults, LoadSpec
 from conformance.protocols import ORACLE
+from conformance.tls import TlsSettings
 
 __all__ = [
     "PROGRESS_EVERY",
@@ -71,6 +72,7 @@ _SHIPPED = (
     "conformance/errors.py",
     "conformance/targets/__init__.py",
     "conformance/targets/lifeline.py",
+    "conformance/tls.py",
     "conformance/oracle.py",
     "conformance/user_code.py",
     "conformance/version.py",
@@ -127,13 +129,22 @@ def package_files() -> dict[str, str]:
 
 
 def spec_to_data(spec: LoadSpec) -> dict[str, Any]:
-    """``spec`` as plain data for a channel (its model by name)."""
-    return asdict(spec)
+    """``spec`` as plain data for a channel (its model by name, its TLS settings as data)."""
+    data = asdict(spec)
+    data["tls"] = None if spec.tls is None else spec.tls.to_data()
+    return data
 
 
 def spec_from_data(data: dict[str, Any]) -> LoadSpec:
     """The spec that :func:`spec_to_data` wrote."""
-    return LoadSpec(**{**data, "faults": Faults(**data["faults"])})
+    tls = data.get("tls")
+    return LoadSpec(
+        **{
+            **data,
+            "faults": Faults(**data["faults"]),
+            "tls": None if tls is None else TlsSettings.from_data(tls),
+        }
+    )
 
 
 def model_here(spec: LoadSpec) -> str | None:

@@ -24,6 +24,12 @@ ran, it is not ``ok`` (nothing was shown to be right), and the summary line
 says so. So is a run whose oracle raised (``oracle_error``: a fault on the
 judging side) or could not judge a reply as it came (``unjudged``): each
 ends the run at once, and is neither the server's failure nor its pass.
+
+Over TLS (``spec.tls``) a result also counts the handshakes completed
+(``handshakes``) and the seconds they took, each from its TCP connect to its
+end, added up (``handshake_seconds``); ``handshakes_per_second`` divides the
+count by the time the connections were being opened and driven
+(``connect_seconds``, the connecting phase, plus ``seconds``).
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ def _spec_data(spec: LoadSpec) -> dict[str, Any]:
     of_oracle = name.startswith(ORACLE)
     data["oracle"] = name.removeprefix(ORACLE) if of_oracle else "echo"
     data["protocol"] = "echo" if of_oracle else name
+    data["tls"] = None if spec.tls is None else spec.tls.to_data()
     return data
 
 
@@ -113,6 +120,9 @@ class LoadResult:
     stopped: bool = False
     oracle_error: str | None = None
     unjudged: str | None = None
+    connect_seconds: float = 0.0
+    handshakes: int = 0
+    handshake_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -132,6 +142,15 @@ class LoadResult:
     @property
     def megabytes_per_second(self) -> float:
         return self.bytes_verified / self.seconds / 1e6 if self.seconds else 0.0
+
+    @property
+    def handshakes_per_second(self) -> float:
+        elapsed = self.connect_seconds + self.seconds
+        return self.handshakes / elapsed if elapsed else 0.0
+
+    @property
+    def handshake_ms_mean(self) -> float:
+        return self.handshake_seconds / self.handshakes * 1e3 if self.handshakes else 0.0
 
     def errors_by_name(self) -> dict[str, int]:
         """The error counts by their keys' names, for people: ``{"reset after slow-reader": 2}``."""
@@ -166,6 +185,11 @@ class LoadResult:
             "stopped": self.stopped,
             "oracle_error": self.oracle_error,
             "unjudged": self.unjudged,
+            "connect_seconds": round(self.connect_seconds, 3),
+            "handshakes": self.handshakes,
+            "handshake_seconds": round(self.handshake_seconds, 6),
+            "handshakes_per_second": round(self.handshakes_per_second, 1),
+            "handshake_ms_mean": round(self.handshake_ms_mean, 3),
         }
 
     @classmethod
@@ -194,6 +218,9 @@ class LoadResult:
             stopped=data["stopped"],
             oracle_error=data.get("oracle_error"),
             unjudged=data.get("unjudged"),
+            connect_seconds=data.get("connect_seconds", 0.0),
+            handshakes=data.get("handshakes", 0),
+            handshake_seconds=data.get("handshake_seconds", 0.0),
         )
 
     @classmethod
@@ -223,15 +250,24 @@ class LoadResult:
             result.stopped = result.stopped or part.stopped
             result.oracle_error = result.oracle_error or part.oracle_error
             result.unjudged = result.unjudged or part.unjudged
+            result.connect_seconds = max(result.connect_seconds, part.connect_seconds)
+            result.handshakes += part.handshakes
+            result.handshake_seconds += part.handshake_seconds
         return result
 
     def summary_line(self) -> str:
         """One line for a terminal: rates, latency percentiles, errors, faults."""
         data = self.to_data()
         lat = data["latency_us"]
+        handshakes = ""
+        if self.spec.tls is not None:
+            handshakes = (
+                f", {data['handshakes']} TLS handshakes {data['handshakes_per_second']:,.0f}/s "
+                f"(mean {data['handshake_ms_mean']:.2f} ms)"
+            )
         line = (
             f"{data['round_trips']} round trips in {data['seconds']:.2f}s "
-            f"({data['round_trips_per_second']:,.0f}/s, "
+            f"({data['round_trips_per_second']:,.0f}/s{handshakes}, "
             f"{data['megabytes_per_second']:.1f} MB/s verified); "
             f"latency us p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} "
             f"p99.9 {lat['p99.9']} max {lat['max']}; "

@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import random
 import select
+import socket
 
 from conformance.load.client import Client, ClientState, WrongBytes
 from conformance.load.spec import LoadSpec
@@ -92,6 +93,25 @@ class Sender(abc.ABC):
         if n < len(data):
             client.out = memoryview(data)[n:]
             self.set_events(client, client.events | _OUT)
+
+    def send_now(self, client: Client, data: bytes) -> None:
+        """A fault's burst: send what the socket takes of ``data`` now; drop the rest and errors."""
+        try:
+            client.sock.send(data)
+        except OSError:
+            pass
+
+    def no_half_close(self, client: Client) -> str | None:
+        """Why ``client`` cannot half-close and still be owed its reply; None: it can."""
+        return None
+
+    def shutdown_write(self, client: Client) -> None:
+        """Half-close ``client``: ``shutdown(SHUT_WR)``, its FIN after what it sent.
+
+        Raises:
+            OSError: The socket failed.
+        """
+        client.sock.shutdown(socket.SHUT_WR)
 
     def flush(self, client: Client) -> None:
         """At write readiness: send more of what the socket refused before."""

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from conformance.oracle import DiscardOracle, EchoOracle, OracleFactory, ReplyOracle, guarded
 from conformance.protocols import Capability, ProtocolModel, load_model, skip_reason
+from conformance.tls import TlsSettings
 
 __all__ = ["Fault", "Faults", "Judging", "LoadError", "LoadSpec", "Mode", "judging"]
 
@@ -149,6 +150,12 @@ class LoadSpec:
     wait for what is owed once the time is up, and a stalled connection's
     silence. ``stop_on_error`` ends the run at its first error, a failed or
     late connect included.
+
+    ``tls``: each connection speaks TLS with these settings (None: plain TCP).
+    It is plain data: every load process, and every host, makes its one
+    context from it (:func:`~conformance.tls.client_context`). A connection
+    counts as connected once its handshake is done, under the same deadline
+    as its connect.
     """
 
     host: str
@@ -166,6 +173,7 @@ class LoadSpec:
     drain_timeout: float = 10.0
     stop_on_error: bool = False
     model: str = "echo"
+    tls: TlsSettings | None = None
 
     def validate(self) -> None:
         """Check every setting.
@@ -188,6 +196,8 @@ class LoadSpec:
             raise ValueError(f"procs must be between 1 and 256, got {self.procs}")
         if self.procs > self.connections:
             raise ValueError(f"procs ({self.procs}) cannot exceed connections")
+        if self.tls is not None and not isinstance(self.tls, TlsSettings):
+            raise ValueError(f"tls must be TlsSettings or None, got {self.tls!r}")
         if self.mode not in ("pingpong", "stream"):
             raise ValueError(f"mode must be pingpong or stream, got {self.mode!r}")
         model = self.protocol()

@@ -252,6 +252,7 @@ OPTIONS: tuple[Option, ...] = (
         "tls",
         "Speak TLS to every target: each check's connections and the probes of its "
         "liveness (the other --tls-* options imply it)",
+        fronts=_WITH_LOAD,
         default=False,
         keyword="tls",
         # check_server takes TlsSettings, or None for plain TCP.
@@ -263,12 +264,14 @@ OPTIONS: tuple[Option, ...] = (
         "tls_ca",
         "Verify the server's certificate against the CA certificates in FILE (PEM) "
         "(default: the system's trust store)",
+        fronts=_WITH_LOAD,
         settings={"metavar": "FILE"},
     ),
     Option(
         "--tls-insecure",
         "tls_insecure",
         "Do not verify the server's certificate nor its name (said in the header)",
+        fronts=_WITH_LOAD,
         default=False,
         settings={"action": "store_true"},
     ),
@@ -277,24 +280,28 @@ OPTIONS: tuple[Option, ...] = (
         "tls_server_name",
         "The name to send (SNI) and to verify the server's certificate against "
         "(default: the target's host)",
+        fronts=_WITH_LOAD,
         settings={"metavar": "NAME"},
     ),
     Option(
         "--tls-cert",
         "tls_cert",
         "Present this client certificate (PEM, with its key unless --tls-key names it)",
+        fronts=_WITH_LOAD,
         settings={"metavar": "FILE"},
     ),
     Option(
         "--tls-key",
         "tls_key",
         "The private key of --tls-cert (PEM)",
+        fronts=_WITH_LOAD,
         settings={"metavar": "FILE"},
     ),
     Option(
         "--tls-version",
         "tls_version",
         "Offer only this TLS version (default: 1.2 and 1.3)",
+        fronts=_WITH_LOAD,
         settings={"metavar": "1.2|1.3", "choices": ["1.2", "1.3"]},
     ),
     Option(
