@@ -28,6 +28,16 @@ without that dial (asyncio, uvloop, C) are measured under ``none`` only.
     python tools/bench.py --work none,block:1,cpu:200 --seconds 2 --runs 3 --plot bench.png
     python tools/bench.py --client python --json bench.json
 
+``--tls`` (with ``--client python`` only: the C client speaks no TLS) makes a
+CA and a server certificate with trustme in a temporary directory, starts
+every server with ``--tls-cert`` (the reference models with TLS in their
+reactor, asyncio's ``ssl`` echo server beside them) and runs the load over
+TLS; the table then adds each server's handshakes per second (over the
+connecting phase and the run together) and their mean time, each
+connection's handshake made at the start of each run.
+
+    python tools/bench.py --tls --client python --seconds 2 --runs 3 --targets single,asyncio
+
 Benchmark-only: nothing here runs in the tests.
 """
 
@@ -52,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 from conformance.load import LoadSpec, run_load  # noqa: E402
 from conformance.targets import procfs  # noqa: E402
 from conformance.targets.spawn import Spawned, spawn_listening  # noqa: E402
+from conformance.tls import TlsSettings  # noqa: E402
 from reference.handler import Work  # noqa: E402
 
 SERVER_CPU = 0
@@ -85,7 +96,8 @@ class Target:
         return statistics.median(run[key] for run in runs) if runs else 0.0
 
 
-def targets(c_dir: Path | None) -> dict[str, Target]:
+def targets(c_dir: Path | None, tls_cert: Path | None = None) -> dict[str, Target]:
+    """The servers; with ``tls_cert``, each started with ``--tls-cert`` (the C server skipped)."""
     py = sys.executable
     ref = [py, "-m", "reference"]
     asyncio_echo = str(ROOT / "fixtures" / "servers" / "asyncio_echo.py")
@@ -106,7 +118,26 @@ def targets(c_dir: Path | None) -> dict[str, Target]:
         found["uvloop"].skipped = "uvloop is not installed (pip install uvloop)"
     if c_dir is None:
         found["c"].skipped = "no C compiler"
+    if tls_cert is not None:
+        for target in found.values():
+            target.argv = [*target.argv, "--tls-cert", str(tls_cert)]
+        found["c"].skipped = "the C echo server speaks no TLS"
     return found
+
+
+def make_certs(where: Path) -> tuple[Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (trustme), as PEM files: (ca, server)."""
+    try:
+        import trustme
+    except ImportError:
+        raise SystemExit("bench.py: --tls needs trustme (pip install trustme)") from None
+    ca = trustme.CA()
+    ca_file, server_file = where / "ca.pem", where / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
+        str(server_file)
+    )
+    return ca_file, server_file
 
 
 def build_c() -> Path | None:
@@ -148,12 +179,26 @@ def server_cpu(pid: int) -> float:
 
 def python_run(host: str, port: int, seconds: float, args: argparse.Namespace) -> Run:
     """One run of the project's load generator: rate, latency, round trips."""
-    spec = LoadSpec(host, port, connections=args.connections, size=args.size, duration=seconds)
+    spec = LoadSpec(
+        host,
+        port,
+        connections=args.connections,
+        size=args.size,
+        duration=seconds,
+        tls=args.tls_settings,
+    )
     result = run_load(spec)
     if not result.ok:
         raise RuntimeError(f"load failed: {result.first_error}")
     lat = result.latency.summary()
-    return Run(result.round_trips_per_second, lat["p50"], lat["p99"], result.round_trips)
+    return Run(
+        result.round_trips_per_second,
+        lat["p50"],
+        lat["p99"],
+        result.round_trips,
+        result.handshakes_per_second,
+        result.handshake_ms_mean,
+    )
 
 
 def c_run(c_dir: Path, host: str, port: int, seconds: float, args: argparse.Namespace) -> Run:
@@ -179,6 +224,8 @@ class Run:
     p50: float
     p99: float
     round_trips: int
+    handshakes_per_second: float = 0.0
+    handshake_ms: float = 0.0
 
 
 def measure_together(
@@ -225,6 +272,8 @@ def measure_together(
                         "p50": run.p50,
                         "p99": run.p99,
                         "cpu_us": cpu / max(1, run.round_trips) * 1e6,
+                        "hs_per_s": run.handshakes_per_second,
+                        "hs_ms": run.handshake_ms,
                     }
                 )
 
@@ -233,11 +282,13 @@ def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
-def table(found: dict[str, Target], chosen: list[str], works: list[str]) -> str:
+def table(
+    found: dict[str, Target], chosen: list[str], works: list[str], *, tls: bool = False
+) -> str:
     lines = [
         "| work | server | round trips/s | p50 us | p99 us | server CPU us/trip "
-        "| vs single | vs asyncio | vs C |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs single | vs asyncio | vs C |" + (" handshakes/s | handshake ms |" if tls else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if tls else ""),
     ]
     for work in works:
         single = found["single"].median(work, "rps")
@@ -257,6 +308,12 @@ def table(found: dict[str, Target], chosen: list[str], works: list[str]) -> str:
                 f"| {target.median(work, 'p99'):,.0f} | {target.median(work, 'cpu_us'):.1f} "
                 f"| {ratio(rps, single)} "
                 f"| {ratio(rps, base_asyncio)} | {ratio(rps, base_c)} |"
+                + (
+                    f" {target.median(work, 'hs_per_s'):,.0f} "
+                    f"| {target.median(work, 'hs_ms'):.2f} |"
+                    if tls
+                    else ""
+                )
             )
     return "\n".join(lines)
 
@@ -349,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         default="c",
         help="Load from the C ping-pong client, or from the project's load generator (default: c)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="Speak TLS to every server (certificates made here with trustme); "
+        "needs --client python",
+    )
     parser.add_argument("--json", metavar="PATH", help="Also write the figures as JSON")
     parser.add_argument(
         "--plot", metavar="PNG", help="Draw bars of throughput, p99 and CPU per round trip"
@@ -360,10 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(ALL_TARGETS)}"
         )
+    if args.tls and args.client == "c":
+        parser.error("--tls needs --client python: the C ping-pong client speaks no TLS")
     c_dir = build_c()
     if args.client == "c" and c_dir is None:
         parser.error("the C client needs a C compiler (cc); install one or use --client python")
-    found = targets(c_dir)
+    tls_cert: Path | None = None
+    args.tls_settings = None
+    if args.tls:
+        ca_file, tls_cert = make_certs(Path(tempfile.mkdtemp(prefix="bench-tls-")))
+        args.tls_settings = TlsSettings(ca=str(ca_file))
+    found = targets(c_dir, tls_cert)
     if (os.cpu_count() or 1) > LOAD_CPU and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {LOAD_CPU})
     for work in args.work:
@@ -378,7 +448,12 @@ def main(argv: list[str] | None = None) -> int:
             args,
         )
     yardstick: list[float] = []
-    if args.client == "python" and c_dir is not None and found["c"].measured("none"):
+    if (
+        args.client == "python"
+        and not args.tls
+        and c_dir is not None
+        and found["c"].measured("none")
+    ):
         print("measuring the C client against the C server...", file=sys.stderr, flush=True)
         yardstick_target = Target("c", found["c"].argv)
         measure_together([yardstick_target], "none", c_dir, _c_client(args))
@@ -389,8 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.runs} x {args.seconds:g}s; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}; "
         f"{machine()}"
     )
+    if args.tls_settings is not None:
+        header += f"; over TLS: {args.tls_settings.describe()}"
     print(header + "\n")
-    print(table(found, chosen, args.work))
+    print(table(found, chosen, args.work, tls=args.tls))
     if yardstick:
         c_rps = statistics.median(yardstick)
         load_rps = found["c"].median("none", "rps")
