@@ -431,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     tls_cert: Path | None = None
     args.tls_settings = None
     if args.tls:
-        ca_file, tls_cert = make_certs(Path(tempfile.mkdtemp(prefix="bench-tls-")))
+        # Removed at exit (the object's finalizer), keys included.
+        certs_dir = tempfile.TemporaryDirectory(prefix="bench-tls-")
+        ca_file, tls_cert = make_certs(Path(certs_dir.name))
         args.tls_settings = TlsSettings(ca=str(ca_file))
     found = targets(c_dir, tls_cert)
     if (os.cpu_count() or 1) > LOAD_CPU and hasattr(os, "sched_setaffinity"):
