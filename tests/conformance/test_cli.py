@@ -259,7 +259,12 @@ def test_load_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) ->
     ("command", "front", "shared"),
     [
         ("run", Front.CLI, {option.flag for option in OPTIONS}),
-        ("load", Front.LOAD, {"--target", "--spawn", "--reference", "--protocol"}),
+        (
+            "load",
+            Front.LOAD,
+            {"--target", "--spawn", "--reference", "--protocol"}
+            | {option.flag for option in OPTIONS if option.flag.startswith("--tls")},
+        ),
     ],
 )
 def test_flags_in_the_option_table_share_its_dest_and_default(
