@@ -100,7 +100,9 @@ def test_the_pytest_plugin_runs_over_tls_on_xdist_workers(certs: Certs) -> None:
 def test_check_server_takes_tls_settings(certs: Certs) -> None:
     results = conformance.check_server(
         certs.asyncio_echo(),
-        checks=["ECHO-BASIC-1", "ECHO-HALFCLOSE-1"],
+        # Not a half-close check: asyncio's ssl transport may drop what it still owes
+        # after the client's close_notify (the README's TLS section).
+        checks=["ECHO-BASIC-1", "ECHO-SIZE-1"],
         tls=TlsSettings(ca=str(certs.ca)),
     )
     (target,) = results.targets
