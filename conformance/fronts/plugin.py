@@ -11,7 +11,7 @@ collect, start and add nothing.
 When the suite is named:
 
 - ``pytest_configure`` turns the options (defined once, in
-  :mod:`conformance.run.plan`'s option table) into a run plan, or takes the plan
+  :mod:`conformance.run.options`) into a run plan, or takes the plan
   the CLI handed in (:class:`~conformance.run.session.PlannedRun`), and in the
   xdist controller (or the only process) starts a
   :class:`~conformance.run.session.Session`: it starts every target once
