@@ -381,6 +381,7 @@ class TlsStream:
     async def _flush(self, trickle: float | None = None) -> None:
         """Wait until the socket took every pending byte (with ``trickle``: one byte per
         ``send``, that many seconds apart)."""
+        self._take_output()
         while trickle is not None and self.pending:
             await trio.lowlevel.wait_writable(self._raw)
             try:
