@@ -29,6 +29,13 @@ keeps the socket's semantics that checks rely on:
   cancels it; a send returns the count it committed, never a byte less, and
   never raises ``Cancelled`` after it committed one.
 
+The checks of the server's own TLS layer (:mod:`conformance.checks.tls`)
+use a few primitives only :class:`TlsStream` has: records written one by one
+and sent in one ``send`` (:meth:`TlsStream.send_records`), a handshake or
+records trickled one byte per TCP segment, a ClientHello cut short, bytes
+that are not TLS; a record that does not decrypt fails the step as a
+:class:`~conformance.tls.TlsRecordError`, not as a reset.
+
 Facts about OpenSSL that shape this (3.0): ``SSLObject.read`` returns one
 record's plaintext at most, so a reader calls it until ``SSLWantReadError``;
 a read can produce bytes to send (a TLS 1.3 KeyUpdate answer, an alert), so

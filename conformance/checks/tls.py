@@ -11,9 +11,11 @@ handshake or records cut into one-byte TCP segments (``trickle``), a
 ClientHello cut short, bytes that are not TLS at all, a reset mid-handshake.
 
 They run only when the run speaks TLS (``--tls``): otherwise each is
-SKIPPED with the reason ("needs --tls"), never PASS. The CPU and descriptor
-readings come from ``/proc`` as in :mod:`conformance.checks.resources`; a
-check that cannot see the server's process is SKIPPED for that part.
+SKIPPED with the reason ("needs --tls"), never PASS, and none is a *fault*
+check (whose liveness step would still run): TLS-STORM-1 checks liveness
+itself. The CPU and descriptor readings come from ``/proc`` as in
+:mod:`conformance.checks.resources`; a check that cannot see the server's
+process is SKIPPED for that part.
 
 Facts about TLS servers these rest on:
 
@@ -35,7 +37,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from conformance.checks.base import KIB, MIB, Check, CheckBody, Level
+from conformance.checks.base import KIB, MIB, Check, CheckBody, Level, liveness
 from conformance.checks.core import open_descriptors
 from conformance.checks.resources import (
     CPU_PATIENCE,
@@ -328,7 +330,10 @@ async def failed_handshake_storm(h: Harness) -> None:
             except OSError:
                 pass  # The server reset it first: that is its answer.
             finally:
-                conn.reset() if kind == 3 else conn.close()
+                if kind == 3:
+                    conn.reset()
+                else:
+                    conn.close()
                 h.connections.remove(conn)
 
     with h.step(f"{STORM} failed handshakes, 32 at a time", timeout=40.0):
@@ -349,6 +354,8 @@ async def failed_handshake_storm(h: Harness) -> None:
             f"still holds {now} after every failed handshake's connection closed",
             step="count the server's descriptors after the failed handshakes",
         )
+    # Not a fault check: its liveness step would run on a plain run too (needs_tls).
+    await liveness(h, "liveness after the failed handshakes")
 
 
 # -- writes the socket does not take at once -------------------------------------
@@ -411,7 +418,7 @@ TLS_CHECKS: tuple[Check, ...] = (
           needs_tls(idle_while_handshakes_wait), heavy=True, timeout=25.0, any_bytes=False),
     Check("TLS-STORM-1", f"{STORM} failed handshakes (not TLS, SSL 3.0 only, reset "
           "mid-handshake, cut short) leak no descriptor and leave the server serving", "tls",
-          Level.MUST, RFC8446_ERRORS, needs_tls(failed_handshake_storm), fault=True,
+          Level.MUST, RFC8446_ERRORS, needs_tls(failed_handshake_storm),
           heavy=True, timeout=60.0, any_bytes=False),
     Check("TLS-WRITE-1", "8 MiB of replies to a client reading slowly through a 4 KiB "
           "window arrive intact (ciphertext the socket did not take is sent later, the same "
