@@ -1,4 +1,4 @@
-"""The TLS checks: each passes over TLS against a reference model and asyncio's ``ssl`` echo,
+"""The TLS checks: each passes over TLS against every reference model and asyncio's ``ssl`` echo,
 is SKIPPED without ``--tls``, and the matrix starts broken TLS servers with certificates.
 
 Certificates come from trustme (made per test module, never committed); each
@@ -16,7 +16,14 @@ import pytest
 from conformance.checks import CATALOGUE, Check, Setup, by_id, run_check
 from conformance.targets.target import RunningTarget, TargetKind, TargetSpec
 from conformance.tls import TlsSettings, TlsVersion
-from tests.conformance.support import ASYNCIO_ECHO, BROKEN, run_cli, serving, spawn_command
+from tests.conformance.support import (
+    ASYNCIO_ECHO,
+    BROKEN,
+    broken_spawn,
+    run_cli,
+    serving,
+    spawn_command,
+)
 from tools.matrix import BrokenServer, Certificates, broken_servers, run_against
 
 TLS_CHECKS = [check for check in CATALOGUE if check.category == "tls"]
@@ -30,11 +37,14 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 def servers(certs: Certificates) -> dict[str, TargetSpec]:
     tls = f"--tls-cert {certs.server}"
-    return {
-        "single": TargetSpec(
-            TargetKind.SPAWN, f"{sys.executable} -m reference single --port {{port}} {tls}"
-        ),
-        "asyncio": TargetSpec(TargetKind.SPAWN, f"{spawn_command(ASYNCIO_ECHO)} {tls}"),
+    models = {
+        model: TargetSpec(
+            TargetKind.SPAWN, f"{sys.executable} -m reference {model} --port {{port}} {tls}"
+        )
+        for model in ("single", "pool", "multi")
+    }
+    return models | {
+        "asyncio": TargetSpec(TargetKind.SPAWN, f"{spawn_command(ASYNCIO_ECHO)} {tls}")
     }
 
 
@@ -52,7 +62,7 @@ def test_the_tls_category_holds_the_tls_checks_each_with_an_rfc_8446_section() -
         assert check.spec.startswith("RFC 8446 §"), check.id
 
 
-@pytest.mark.parametrize("server", ["single", "asyncio"])
+@pytest.mark.parametrize("server", ["single", "pool", "multi", "asyncio"])
 @pytest.mark.parametrize("check", TLS_CHECKS, ids=IDS)
 def test_tls_check_passes_over_tls(certs: Certificates, server: str, check: Check) -> None:
     outcome = run_against(servers(certs)[server], check, tls=certs.settings())
@@ -60,16 +70,17 @@ def test_tls_check_passes_over_tls(certs: Certificates, server: str, check: Chec
 
 
 @pytest.fixture(scope="module")
-def plain_single() -> Iterator[RunningTarget]:
-    with serving(TargetSpec.default()) as running:
+def plain_broken() -> Iterator[RunningTarget]:
+    """A plain server that any probe would fail: a TLS check must not even probe it."""
+    with serving(TargetSpec(TargetKind.SPAWN, broken_spawn("appends_to_replies"))) as running:
         yield running
 
 
 @pytest.mark.parametrize("check", TLS_CHECKS, ids=IDS)
 def test_tls_check_is_skipped_without_tls_with_the_reason(
-    check: Check, plain_single: RunningTarget
+    check: Check, plain_broken: RunningTarget
 ) -> None:
-    outcome = run_check(check, Setup(plain_single.address))
+    outcome = run_check(check, Setup(plain_broken.address))
     assert (outcome.failure, outcome.error) == (None, None), outcome.report or outcome.error
     assert outcome.unmeasured is not None
     assert outcome.unmeasured.startswith("needs --tls: "), outcome.unmeasured
