@@ -52,7 +52,7 @@ from conformance.protocols import EchoModel, ProtocolModel, message_for, request
 from conformance.run.profiles import DEFAULT, Profile
 from conformance.streams import ClientStream, PlainStream, TlsStream
 from conformance.targets.target import Address
-from conformance.tls import TlsSettings, client_context, handshake_failure
+from conformance.tls import TlsRecordError, TlsSettings, client_context, handshake_failure
 from conformance.transcript import (
     CheckFailure,
     Divergence,
@@ -206,6 +206,11 @@ class Harness:
                 else:
                     with conn.watching(progress):
                         yield scope
+        except TlsRecordError as exc:
+            if exc.step is None:  # Raised under the stream, which knows no step.
+                exc.step = name
+                exc.transcript = conn.transcript if conn is not None else None
+            raise
         except trio.TooSlowError:
             assert conn is None or not progress.cancelled_caught
             what = (
@@ -242,6 +247,7 @@ class Harness:
         nodelay: bool = True,
         record: bool = True,
         timeout: float | None = None,
+        handshake: bool = True,
     ) -> Connection:
         """Open a connection to the target.
 
@@ -251,6 +257,9 @@ class Harness:
             nodelay: Set ``TCP_NODELAY`` so every write leaves at once.
             record: Keep its transcript for the report (storms turn this off).
             timeout: Deadline of the connect step.
+            handshake: Over TLS, run the handshake as a step of its own; False:
+                leave it to the check (:meth:`handshake`, or the stream's own
+                primitives: a ClientHello cut short, bytes that are not TLS).
 
         Raises:
             CheckFailure: The target refused or reset the connection.
@@ -284,16 +293,30 @@ class Harness:
                     transcript=transcript,
                 ) from None
         transcript.events.append(Event(self.elapsed(), "connect"))
-        if isinstance(stream, TlsStream):
-            await self._handshake(conn, stream, timeout)
+        if handshake and self.tls is not None:
+            await self.handshake(conn, timeout=timeout)
         return conn
 
-    async def _handshake(self, conn: Connection, stream: TlsStream, timeout: float | None) -> None:
-        """The TLS handshake of a connection just made, as a step of its own."""
-        step = f"TLS handshake on {conn.name}"
+    async def handshake(
+        self, conn: Connection, *, trickle: float | None = None, timeout: float | None = None
+    ) -> None:
+        """The TLS handshake of a connection just made, as a step of its own.
+
+        Args:
+            conn: A connection made with ``handshake=False``, over TLS.
+            trickle: Send the client's handshake one byte per TCP segment,
+                this many seconds apart (:meth:`TlsStream.handshake`).
+            timeout: The step's deadline.
+
+        Raises:
+            CheckFailure: The handshake failed; the message says which side said so.
+        """
+        stream = conn.stream
+        assert isinstance(stream, TlsStream), "a handshake needs a TLS connection"
+        step = f"TLS handshake on {conn.name}" + (" (trickled)" if trickle else "")
         with self.step(step, conn, timeout):
             try:
-                await stream.handshake()
+                await stream.handshake(trickle=trickle)
             except OSError as exc:  # ssl.SSLError is an OSError too.
                 conn.transcript.end(
                     Ending.RST if isinstance(exc, ConnectionResetError) else Ending.FIN

@@ -29,6 +29,13 @@ keeps the socket's semantics that checks rely on:
   cancels it; a send returns the count it committed, never a byte less, and
   never raises ``Cancelled`` after it committed one.
 
+The checks of the server's own TLS layer (:mod:`conformance.checks.tls`)
+use a few primitives only :class:`TlsStream` has: records written one by one
+and sent in one ``send`` (:meth:`TlsStream.send_records`), a handshake or
+records trickled one byte per TCP segment, a ClientHello cut short, bytes
+that are not TLS; a record that does not decrypt fails the step as a
+:class:`~conformance.tls.TlsRecordError`, not as a reset.
+
 Facts about OpenSSL that shape this (3.0): ``SSLObject.read`` returns one
 record's plaintext at most, so a reader calls it until ``SSLWantReadError``;
 a read can produce bytes to send (a TLS 1.3 KeyUpdate answer, an alert), so
@@ -42,10 +49,12 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
+
+from conformance.tls import TlsRecordError
 
 __all__ = ["ClientStream", "PlainStream", "TlsStream"]
 
@@ -184,8 +193,12 @@ class TlsStream:
 
     # -- the handshake ---------------------------------------------------
 
-    async def handshake(self) -> None:
+    async def handshake(self, *, trickle: float | None = None) -> None:
         """Run the handshake to its end.
+
+        Args:
+            trickle: Send the client's handshake one byte per TCP segment (the
+                socket has ``TCP_NODELAY``), this many seconds apart; None: at once.
 
         Raises:
             ssl.SSLError: The handshake failed (its alert, if any, was sent).
@@ -195,15 +208,40 @@ class TlsStream:
             try:
                 self._tls.do_handshake()
             except ssl.SSLWantReadError:
-                await self._flush()
+                await self._flush(trickle)
                 await self._fill()
                 continue
             except ssl.SSLError:
                 self._take_output()
                 self._send_now()  # The alert, if the socket takes it.
                 raise
-            await self._flush()
+            await self._flush(trickle)
             return
+
+    async def send_client_hello(self, *, upto: int | None = None) -> int:
+        """Begin the handshake: send the ClientHello (its first ``upto`` bytes), wait for nothing.
+
+        Returns:
+            How many bytes of it were sent.
+        """
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        hello = self._outgoing.read()
+        sent = hello if upto is None else hello[:upto]
+        self.pending += sent
+        await self._flush()
+        return len(sent)
+
+    async def wait_answer(self) -> None:
+        """Wait until the server sent something (or ended), without reading it."""
+        await trio.lowlevel.wait_readable(self._raw)
+
+    async def send_plain(self, data: bytes) -> None:
+        """Send ``data`` as it is, outside TLS: what a client that does not speak TLS sends."""
+        self.pending += data
+        await self._flush()
 
     # -- sending ---------------------------------------------------------
 
@@ -218,6 +256,27 @@ class TlsStream:
         self._send_now()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return n
+
+    async def send_records(self, pieces: Sequence[bytes]) -> None:
+        """Each of ``pieces`` as a record of its own, the records sent with one ``send``.
+
+        The socket takes them in one TCP segment when they fit its window and MSS.
+        """
+        await self._flush()
+        for piece in pieces:
+            if piece:
+                self._tls.write(piece)
+        self._take_output()
+        await self._flush()
+
+    async def send_trickled(self, data: bytes, *, record: int, pause: float) -> None:
+        """``data`` in records of ``record`` bytes, their ciphertext one byte per TCP
+        segment, ``pause`` seconds apart."""
+        await self._flush()
+        for start in range(0, len(data), record):
+            self._tls.write(data[start : start + record])
+        self._take_output()
+        await self._flush(pause)
 
     async def send_eof(self) -> None:
         # CPython's unwrap() calls SSL_shutdown twice, and the second reads what TLS
@@ -254,6 +313,10 @@ class TlsStream:
                 return self._ended(close_notify=True)
             except ssl.SSLEOFError:
                 return self._ended(close_notify=False)
+            except ssl.SSLError as exc:
+                self._take_output()
+                self._send_now()  # Our alert, if the socket takes it.
+                raise TlsRecordError.of(exc) from None
             self._take_output()  # A read can answer a KeyUpdate.
             self._send_now()
             if not data:
@@ -322,8 +385,17 @@ class TlsStream:
             self._eof_sent = True
             self._raw.shutdown(socket.SHUT_WR)
 
-    async def _flush(self) -> None:
-        """Wait until the socket took every pending byte."""
+    async def _flush(self, trickle: float | None = None) -> None:
+        """Wait until the socket took every pending byte (with ``trickle``: one byte per
+        ``send``, that many seconds apart)."""
+        self._take_output()
+        while trickle is not None and self.pending:
+            await trio.lowlevel.wait_writable(self._raw)
+            try:
+                del self.pending[: self._raw.send(self.pending[:1])]
+            except (BlockingIOError, InterruptedError):
+                continue
+            await trio.sleep(trickle)
         self._send_now()
         while self.pending:
             self._writing = True

@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from conformance.errors import UsageError
+from conformance.transcript import CheckFailure
 
 __all__ = [
+    "TlsRecordError",
     "TlsSettings",
     "TlsVersion",
     "client_context",
@@ -48,6 +50,26 @@ class TlsVersion(enum.Enum):
     @property
     def ssl_version(self) -> ssl.TLSVersion:
         return ssl.TLSVersion.TLSv1_2 if self is TlsVersion.TLS_1_2 else ssl.TLSVersion.TLSv1_3
+
+
+class TlsRecordError(CheckFailure):
+    """The server's records could not be read (a bad MAC, a header that is not TLS, an alert).
+
+    A failure of the server's, not a reset: the harness's step gives it its
+    step and transcript.
+    """
+
+    @classmethod
+    def of(cls, exc: ssl.SSLError) -> TlsRecordError:
+        reason = exc.reason or type(exc).__name__
+        if "ALERT" in reason:
+            why = f"the server sent the alert {reason.split('ALERT_', 1)[-1].lower()}"
+        else:
+            why = (
+                "the server's ciphertext was cut, lost or reordered on the way "
+                "(a record that does not decrypt, or bytes that are no record)"
+            )
+        return cls(f"the TLS record layer failed: {reason} ({exc}): {why}")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ Cells (:meth:`Cell.mark`): ``**X**`` declared and caught for its reason;
 ``WRONG`` declared and caught for another reason (a declared catch that
 does not hold: it counts as missed); ``MISSED`` declared but not caught;
 ``x`` caught, not declared; ``.`` not caught, not declared.
+A broken server that speaks TLS also declares ``TLS = True`` (read the same
+way): the matrix then makes a CA and a server certificate (trustme, once per
+matrix run, in a temporary folder: :class:`Certificates`), starts the server
+with ``--tls-cert`` and runs its checks over TLS, trusting that CA.
+
 The meta test (``tests/conformance/test_broken_servers.py``) and the maintainer
 script ``tools/kill_matrix.py`` both use this module.
 """
@@ -37,10 +42,14 @@ script ``tools/kill_matrix.py`` both use this module.
 from __future__ import annotations
 
 import ast
+import atexit
+import functools
 import multiprocessing
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -52,10 +61,12 @@ from conformance.errors import TargetError
 from conformance.protocols import run_model
 from conformance.run.profiles import PROFILES
 from conformance.targets.target import TargetKind, TargetSpec, start_target
+from conformance.tls import TlsSettings
 
 __all__ = [
     "BrokenServer",
     "Cell",
+    "Certificates",
     "broken_servers",
     "catches",
     "markdown",
@@ -80,15 +91,72 @@ class BrokenServer:
     reason: str
     oracle: str = "echo"
     protocol: str = "echo"
+    tls: bool = False
 
     def explains(self, report: str) -> bool:
         """Whether ``report`` (a rendered failure report) matches ``reason``: names this bug."""
         return re.search(self.reason, report) is not None
 
-    def spec(self) -> TargetSpec:
-        """The ``--spawn`` target that runs it with this Python on a free port."""
+    def spec(self, certificates: Certificates | None = None) -> TargetSpec:
+        """The ``--spawn`` target that runs it with this Python on a free port
+        (a TLS server with ``certificates``' server certificate)."""
         command = f"{shlex.quote(sys.executable)} {shlex.quote(str(self.path))} --port {{port}}"
+        if self.tls:
+            if certificates is None:
+                raise ValueError(f"{self.name} speaks TLS: it needs certificates")
+            command += f" --tls-cert {shlex.quote(str(certificates.server))}"
         return TargetSpec(TargetKind.SPAWN, command)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A CA and a certificate for 127.0.0.1 and localhost that it signed, as PEM files.
+
+    Attributes:
+        ca: The CA's certificate: what the client trusts.
+        server: The server's key and certificate chain, in one file (``--tls-cert``).
+    """
+
+    ca: Path
+    server: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> Certificates:
+        """Make them in ``directory`` (trustme, from the test extra)."""
+        import trustme  # Only a matrix with TLS servers needs it.
+
+        authority = trustme.CA()
+        certificates = cls(directory / "ca.pem", directory / "server.pem")
+        authority.cert_pem.write_to_path(str(certificates.ca))
+        issued = authority.issue_cert("127.0.0.1", "localhost")
+        issued.private_key_and_cert_chain_pem.write_to_path(str(certificates.server))
+        return certificates
+
+    def settings(self) -> TlsSettings:
+        """The client's settings: TLS, trusting this CA."""
+        return TlsSettings(ca=str(self.ca))
+
+
+@functools.cache
+def _certificates() -> Certificates:
+    """This process's certificates, made once, in a folder removed when it exits."""
+    directory = Path(tempfile.mkdtemp(prefix="kill-matrix-tls-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return Certificates.make(directory)
+
+
+def _module_flag(path: Path, name: str) -> bool:
+    """Whether ``name = True`` is assigned at module level in ``path``, read without importing it.
+
+    Raises:
+        ValueError: ``name`` is assigned something other than True or False.
+    """
+    value = _module_value(path, name)
+    if value is None:
+        return False
+    if isinstance(value, ast.Constant) and isinstance(value.value, bool):
+        return value.value
+    raise ValueError(f"{path}: {name} must be True or False")
 
 
 def _module_value(path: Path, name: str) -> ast.expr | None:
@@ -172,6 +240,7 @@ def broken_servers(directory: Path) -> list[BrokenServer]:
             _reason(path),
             _module_string(path, "ORACLE") or "echo",
             _module_string(path, "PROTOCOL") or "echo",
+            _module_flag(path, "TLS"),
         )
         for path in sorted(directory.glob("*.py"))
         if not path.name.startswith("_")
@@ -185,9 +254,10 @@ def run_against(
     *,
     oracle: str = "echo",
     protocol: str = "echo",
+    tls: TlsSettings | None = None,
 ) -> Outcome:
     """Start ``spec`` afresh, run ``check`` against it (judged by ``oracle``, or the
-    ``protocol`` model's own oracle), stop it.
+    ``protocol`` model's own oracle; over TLS with ``tls``), stop it.
 
     Raises:
         TargetError: The server did not start listening.
@@ -198,21 +268,36 @@ def run_against(
         flag = f" --oracle {oracle}" if oracle != "echo" else ""
         if protocol != "echo":
             flag += f" --protocol {protocol}"
+        if tls is not None:
+            flag += " " + shlex.join(tls.flags())
         setup = Setup(
             running.address,
             run_model(protocol, oracle),
             replay=f"reactor-conformance run --spawn {shlex.quote(spec.value)}{flag}",
             profile=PROFILES["ci"],
+            tls=tls,
         )
         return run_check(check, setup)
 
 
-def catches(server: BrokenServer, check: Check) -> Outcome:
+def catches(
+    server: BrokenServer, check: Check, certificates: Certificates | None = None
+) -> Outcome:
     """Run ``check`` against a fresh ``server``; the check catches it when it makes a bug report.
 
-    An outcome with an error (a fault in the suite) is no catch.
+    A TLS server runs with ``certificates`` (default: this process's own,
+    made once), and the check speaks TLS to it, trusting their CA. An
+    outcome with an error (a fault in the suite) is no catch.
     """
-    return run_against(server.spec(), check, oracle=server.oracle, protocol=server.protocol)
+    if server.tls and certificates is None:
+        certificates = _certificates()
+    return run_against(
+        server.spec(certificates),
+        check,
+        oracle=server.oracle,
+        protocol=server.protocol,
+        tls=certificates.settings() if server.tls and certificates is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -254,11 +339,11 @@ class Cell:
         return "x" if self.caught else "."
 
 
-def _cell(server: BrokenServer, check_id: str) -> Cell:
+def _cell(server: BrokenServer, check_id: str, certificates: Certificates | None = None) -> Cell:
     check = by_id(check_id)
     start = time.monotonic()
     try:
-        outcome = catches(server, check)
+        outcome = catches(server, check, certificates)
     except TargetError as exc:
         return Cell(server.name, check.id, check.id in server.caught_by, False, 0.0, str(exc))
     if outcome.error is not None:
@@ -276,13 +361,25 @@ def _cell(server: BrokenServer, check_id: str) -> Cell:
 
 
 def run_matrix(servers: Sequence[BrokenServer], checks: Sequence[Check], jobs: int) -> list[Cell]:
-    """Every (server, check) cell, ``jobs`` at a time in worker processes."""
+    """Every (server, check) cell, ``jobs`` at a time in worker processes.
+
+    When a server speaks TLS, one set of certificates serves the whole run.
+    """
     pairs = [(s, c.id) for s in servers for c in checks]
-    if jobs <= 1:
-        return [_cell(s, c) for s, c in pairs]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        return list(pool.map(_cell, [s for s, _ in pairs], [c for _, c in pairs]))
+    with tempfile.TemporaryDirectory(prefix="kill-matrix-tls-") as directory:
+        certificates = Certificates.make(Path(directory)) if any(s.tls for s in servers) else None
+        if jobs <= 1:
+            return [_cell(s, c, certificates) for s, c in pairs]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            return list(
+                pool.map(
+                    _cell,
+                    [s for s, _ in pairs],
+                    [c for _, c in pairs],
+                    [certificates] * len(pairs),
+                )
+            )
 
 
 def short(check_id: str) -> str:

@@ -15,7 +15,9 @@ here from its sections, each a module of its own:
   server has descriptors (its limit read from ``/proc``, else
   ``--max-connections``);
 - :mod:`conformance.checks.load`: the load generator with every byte verified;
-- :mod:`conformance.checks.properties`: Hypothesis scenarios, shrunk on failure.
+- :mod:`conformance.checks.properties`: Hypothesis scenarios, shrunk on failure;
+- :mod:`conformance.checks.tls`: what only a TLS server can get wrong (records,
+  handshakes, close_notify), SKIPPED unless the run speaks TLS.
 
 The spec references and sizes they share are in :mod:`conformance.checks.base`.
 """
@@ -39,6 +41,7 @@ from conformance.checks.limits import LIMIT_CHECKS
 from conformance.checks.load import LOAD_CHECKS
 from conformance.checks.properties import PROPERTY_CHECKS
 from conformance.checks.resources import RESOURCE_CHECKS
+from conformance.checks.tls import TLS_CHECKS
 from conformance.errors import UsageError
 
 __all__ = [
@@ -59,7 +62,7 @@ __all__ = [
 
 #: Every check: the core scenarios, then the sections kept in modules of their own.
 CATALOGUE: tuple[Check, ...] = (
-    CORE_CHECKS + RESOURCE_CHECKS + LIMIT_CHECKS + LOAD_CHECKS + PROPERTY_CHECKS
+    CORE_CHECKS + RESOURCE_CHECKS + LIMIT_CHECKS + LOAD_CHECKS + PROPERTY_CHECKS + TLS_CHECKS
 )
 
 #: Every category, in catalogue order.

@@ -73,6 +73,17 @@ def test_every_broken_server_declares_known_checks() -> None:
         assert len(set(server.caught_by)) == len(server.caught_by), server.name
 
 
+def test_broken_tls_servers_are_read_as_tls() -> None:
+    assert {server.name for server in SERVERS if server.tls} == {
+        "tls_blocking_handshake",
+        "tls_drops_unsent_remainder",
+        "tls_leaks_failed_handshakes",
+        "tls_no_close_notify",
+        "tls_one_record_per_event",
+        "tls_spins_on_handshake",
+    }
+
+
 def test_every_check_catches_some_broken_server() -> None:
     declared = {check_id for server in SERVERS for check_id in server.caught_by}
     assert [c.id for c in CATALOGUE if c.id not in declared] == []

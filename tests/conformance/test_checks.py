@@ -28,7 +28,7 @@ def test_catalogue_ids_are_unique_and_well_formed() -> None:
     ids = [c.id for c in CATALOGUE]
     assert len(ids) == len(set(ids))
     for check in CATALOGUE:
-        assert re.fullmatch(r"(ECHO|PROP)-[A-Z]+-\d+", check.id), check.id
+        assert re.fullmatch(r"(ECHO|PROP|TLS)-[A-Z]+-\d+", check.id), check.id
         assert check.title[0].isupper() or check.title[0].isdigit(), check.id
         assert check.spec.startswith("RFC "), check.id
         assert check.category in CATEGORIES
@@ -95,6 +95,11 @@ def test_check_passes_against_the_reference_single_server(
 ) -> None:
     setup = Setup(reference_single.address)
     outcome = run_check(check, setup)
+    if check.category == "tls":  # Over TLS: tests/conformance/test_tls_checks.py.
+        assert outcome.failure is None, outcome.report
+        assert outcome.unmeasured is not None
+        assert outcome.unmeasured.startswith("needs --tls: "), outcome.unmeasured
+        return
     if check.id == "ECHO-LIMIT-1" and outcome.failure is None and outcome.unmeasured:
         # It runs under this machine's limit, which may be too high to exceed; the
         # check against servers under 1024 descriptors is in test_limits.py.
