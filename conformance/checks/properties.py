@@ -112,7 +112,8 @@ _MIN_EXAMPLES = 5
 
 
 def _fresh(template: Harness) -> Harness:
-    return Harness(
+    """A harness for one scenario; what it cannot measure is the check's (``template``'s)."""
+    fresh = Harness(
         template.address,
         template.model,
         step_timeout=template.profile.step_timeout,
@@ -122,6 +123,8 @@ def _fresh(template: Harness) -> Harness:
         load_hosts=template.load_hosts,
         tls=template.tls,
     )
+    fresh.unmeasured = template.unmeasured
+    return fresh
 
 
 def _run_example(

@@ -51,7 +51,10 @@ from conformance.harness import CheckFailure, Connection, Event, Harness
 from conformance.streams import TlsStream
 from conformance.tls import TlsRecordError
 
-__all__ = ["TLS_CHECKS"]
+__all__ = ["TLS_CHECKS", "TLS_CATEGORY"]
+
+#: The category of the checks that only TLS needs; they run with ``--tls``, and only then.
+TLS_CATEGORY = "tls"
 
 RFC8446_RECORDS = "RFC 8446 §5.1 (record layer)"
 RFC8446_HANDSHAKE = "RFC 8446 §4 (handshake protocol)"
@@ -402,30 +405,30 @@ async def close_notify_before_fin(h: Harness) -> None:
 
 TLS_CHECKS: tuple[Check, ...] = (
     Check("TLS-RECORDS-1", f"{RECORDS} TLS records of 1..20 bytes in one TCP segment all "
-          "come back (the server decrypts every record it holds, not one per event)", "tls",
+          "come back (the server decrypts every record it holds, not one per event)", TLS_CATEGORY,
           Level.MUST, RFC8446_RECORDS, needs_tls(many_records_one_segment), timeout=15.0,
           any_bytes=False),
     Check("TLS-TRICKLE-1", "A handshake and records cut into 1-byte TCP segments are served, "
-          "and other clients are served meanwhile", "tls", Level.MUST, RFC8446_RECORDS,
+          "and other clients are served meanwhile", TLS_CATEGORY, Level.MUST, RFC8446_RECORDS,
           needs_tls(trickled), timeout=30.0, any_bytes=False),
     Check("TLS-HANDSHAKE-1", f"{SILENT} clients that send no ClientHello and {HALF_HELLO} "
-          "that send half of one do not stop others being served nor new handshakes", "tls",
+          "that send half of one do not stop others being served nor new handshakes", TLS_CATEGORY,
           Level.MUST, RFC8446_HANDSHAKE, needs_tls(unfinished_handshakes_do_not_block),
           timeout=20.0, any_bytes=False),
     Check("TLS-HANDSHAKE-2", "Clients that hold a handshake unfinished do not make the "
           "server spin (watches the server's CPU in /proc; SKIPPED when its process is not "
-          "visible)", "tls", Level.SHOULD, RFC8446_HANDSHAKE,
+          "visible)", TLS_CATEGORY, Level.SHOULD, RFC8446_HANDSHAKE,
           needs_tls(idle_while_handshakes_wait), heavy=True, timeout=25.0, any_bytes=False),
     Check("TLS-STORM-1", f"{STORM} failed handshakes (not TLS, SSL 3.0 only, reset "
-          "mid-handshake, cut short) leak no descriptor and leave the server serving", "tls",
+          "mid-handshake, cut short) leak no descriptor and leave the server serving", TLS_CATEGORY,
           Level.MUST, RFC8446_ERRORS, needs_tls(failed_handshake_storm),
           heavy=True, timeout=60.0, any_bytes=False),
     Check("TLS-WRITE-1", "8 MiB of replies to a client reading slowly through a 4 KiB "
           "window arrive intact (ciphertext the socket did not take is sent later, the same "
-          "bytes)", "tls", Level.MUST, RFC8446_RECORDS,
+          "bytes)", TLS_CATEGORY, Level.MUST, RFC8446_RECORDS,
           needs_tls(large_replies_to_slow_reader), heavy=True, timeout=30.0, any_bytes=False),
     Check("TLS-CLOSE-1", "After the client's close_notify and FIN the server sends its "
-          "close_notify before its FIN (TLS 1.3; no truncation goes unseen)", "tls",
+          "close_notify before its FIN (TLS 1.3; no truncation goes unseen)", TLS_CATEGORY,
           Level.SHOULD, RFC8446_CLOSE, needs_tls(close_notify_before_fin), timeout=15.0,
           any_bytes=False),
 )  # fmt: skip

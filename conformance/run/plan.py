@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.checks import CATALOGUE, Check
+from conformance.checks.tls import TLS_CATEGORY
 from conformance.errors import UsageError
 from conformance.protocols import EchoModel, ProtocolModel, run_model
 from conformance.run.options import DEFAULT_TIMEOUT, TARGET_DESTS, Front, add_options, flag_name
@@ -226,6 +227,10 @@ def plan_from_options(
                 "or leave the option out to run every check"
             )
     checks = tuple(select_checks(split_list(values.checks), split_list(values.category)))
+    tls = tls_from_options(values)
+    if tls is None and values.checks is None and values.category is None:
+        # Not asked for by name: the TLS checks run with --tls, and only then.
+        checks = tuple(check for check in checks if check.category != TLS_CATEGORY)
     if not checks:
         raise UsageError("no check selected")
     model = run_model(values.protocol, values.oracle)
@@ -250,7 +255,7 @@ def plan_from_options(
         max_connections=max_connections(values.max_connections),
         load_hosts=load_hosts(values.load_hosts),
         server_nofile=server_nofile(values.server_nofile),
-        tls=tls_from_options(values),
+        tls=tls,
     )
 
 

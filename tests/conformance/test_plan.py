@@ -83,12 +83,12 @@ def test_Session_setup_gives_every_check_max_connections() -> None:
 
 
 def test_the_whole_catalogue_ends_within_ten_minutes_by_default() -> None:
-    plan = plan_from_options(_options(), Front.CLI)
+    plan = plan_from_options(_options("--tls", "--tls-insecure"), Front.CLI)  # TLS checks too
     assert len(plan.checks) == len(CATALOGUE)
     assert plan.timeout == DEFAULT_TIMEOUT
     assert plan.bound() < 600
     # Each check keeps its own deadline; the run's --timeout is what bounds their sum.
-    uncapped = plan_from_options(_options("--timeout", "none"), Front.CLI)
+    uncapped = plan_from_options(_options("--tls", "--timeout", "none"), Front.CLI)
     assert uncapped.timeout is None
     assert uncapped.bound() > plan.bound()
     for check in plan.checks:
@@ -151,3 +151,16 @@ def test_ReportKind_is_named_as_each_front_prints_it() -> None:
     unwritten = ReportFile(ReportKind.JSON, "/dev/full", "No space left on device")
     assert (unwritten.kind.label, unwritten.why) == ("JSON", "No space left on device")
     assert ReportFile(ReportKind.HTML, "r.html").why is None
+
+
+def test_the_tls_checks_are_selected_by_default_only_over_tls() -> None:
+    plain = plan_from_options(option_values(Front.API, reference=["single"]), Front.CLI)
+    assert not [c for c in plain.checks if c.category == "tls"]
+    over_tls = plan_from_options(
+        option_values(Front.API, reference=["single"], tls=True, tls_insecure=True), Front.CLI
+    )
+    assert [c.id for c in over_tls.checks if c.category == "tls"]
+    named = plan_from_options(
+        option_values(Front.API, reference=["single"], checks="TLS-RECORDS-1"), Front.CLI
+    )
+    assert [c.id for c in named.checks] == ["TLS-RECORDS-1"]  # SKIPPED when it runs: needs --tls
