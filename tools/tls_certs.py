@@ -13,8 +13,10 @@ only. Each server takes its key and certificate in the shape it reads:
 - ``server-chain.crt``: the leaf and its chain, without the key (memcached's
   ``ssl_chain_cert``).
 
-Every file is readable by all (0644): memcached started as root drops to
-``nobody`` before it reads the key. The CA's own key is never written.
+The files that hold the server's key (server.pem, server.key) are readable
+by their owner only (0600), the certificates by all (0644); every server here
+reads its key before it drops privileges (memcached ``-u nobody`` included).
+The CA's own key is never written.
 
 Usage: python tools/tls_certs.py DIR
 """
@@ -31,6 +33,7 @@ import trustme
 NAMES = ("127.0.0.1", "::1", "localhost")
 #: What :func:`write_certs` writes, in order.
 FILES = ("ca.pem", "server.pem", "server.crt", "server.key", "server-chain.crt")
+_PRIVATE = frozenset({"server.pem", "server.key"})
 
 
 def write_certs(where: Path) -> dict[str, Path]:
@@ -51,8 +54,8 @@ def write_certs(where: Path) -> dict[str, Path]:
     server.cert_chain_pems[0].write_to_path(str(paths["server.crt"]))
     server.private_key_pem.write_to_path(str(paths["server.key"]))
     paths["server-chain.crt"].write_bytes(b"".join(pem.bytes() for pem in server.cert_chain_pems))
-    for path in paths.values():
-        path.chmod(0o644)
+    for name, path in paths.items():
+        path.chmod(0o600 if name in _PRIVATE else 0o644)
     return paths
 
 

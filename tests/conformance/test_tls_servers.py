@@ -41,9 +41,7 @@ def _needs(program: str, package: str | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    where = tmp_path_factory.mktemp("certs")
-    where.chmod(0o755)  # memcached reads its key after it becomes nobody
-    return write_certs(where)
+    return write_certs(tmp_path_factory.mktemp("certs"))
 
 
 def _verdicts(report: Path) -> dict[str, dict[str, Any]]:
@@ -106,7 +104,14 @@ def test_tls_certs_writes_what_each_server_reads_and_a_client_trusts(tmp_path: P
         server.load_cert_chain(chain, key)
         for name in ("127.0.0.1", "localhost"):
             _handshake_in_memory(client, server, name)
-    assert {oct(p.stat().st_mode & 0o777) for p in paths.values()} == {"0o644"}
+    modes = {name: p.stat().st_mode & 0o777 for name, p in paths.items()}
+    assert modes == {
+        "ca.pem": 0o644,
+        "server.pem": 0o600,
+        "server.crt": 0o644,
+        "server.key": 0o600,
+        "server-chain.crt": 0o644,
+    }
 
 
 def _handshake_in_memory(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> None:
