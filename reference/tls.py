@@ -89,9 +89,8 @@ from reference.connection import (
     ConnEvent,
     ConnState,
 )
-from reference.handler import Handler
+from reference.handler import DiscardHandler, Handler
 from reference.loop import EventLoop
-from reference.transport import Transport
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "TlsConnection", "TlsFiles", "server_context"]
 
@@ -189,25 +188,9 @@ class TlsFiles:
         return server_context(self.cert, self.key)
 
 
-class _Unmade:
-    """The handler a connection has before its handshake is done: told nothing."""
-
-    __slots__ = ()
-
-    def connection_made(self, transport: Transport) -> None:
-        pass
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
-
-
-_UNMADE = _Unmade()
+#: The handler a connection has before its handshake is done: told nothing
+#: (a discard handler: it answers nothing, keeps nothing).
+_UNMADE = DiscardHandler()
 
 
 class TlsConnection(Connection):
