@@ -74,6 +74,8 @@ _SHIPPED = (
     "conformance/targets/lifeline.py",
     "conformance/tls.py",
     "conformance/oracle.py",
+    "conformance/rules.py",
+    "conformance/transcript.py",
     "conformance/user_code.py",
     "conformance/version.py",
     "conformance/load/*.py",
