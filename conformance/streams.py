@@ -11,41 +11,35 @@ difference.
 (``ssl.SSLObject`` between two memory BIOs) over a non-blocking socket, and
 keeps the socket's semantics that checks rely on:
 
-- Sending never reads. A check that stops reading to see whether the server
-  bounds its memory must not have the stream read behind its back. Ciphertext
-  the socket does not take waits in :attr:`TlsStream.pending` (the stream's
-  own send buffer, as the kernel's is for TCP), and a send first waits until
-  the socket took what is pending: one record ahead at most, so a server that
-  stops reading stops the sender, as over TCP.
-- Reading also sends what is pending whenever the socket takes it (as the
-  kernel sends its buffer while the application reads), unless another task
-  is already waiting to write (trio allows one waiter per direction).
-- Half-close is the TLS rule: the client's ``close_notify``, then its FIN,
-  both after whatever is pending; the client still reads what the server
-  owes, then the server's ``close_notify`` (:attr:`TlsStream.close_notify`
-  says whether it came before the server's FIN).
-- Every call that can block waits on the socket's readiness
-  (``trio.lowlevel.wait_readable`` / ``wait_writable``), so a step's deadline
-  cancels it; a send returns the count it committed, never a byte less, and
-  never raises ``Cancelled`` after it committed one.
+- Sending never reads (a check that stops reading must not have the stream
+  read behind its back). Ciphertext the socket does not take waits in
+  :attr:`TlsStream.pending`, and a send first waits until the socket took it:
+  one record ahead at most, so a server that stops reading stops the sender.
+- Reading also sends what is pending whenever the socket takes it, unless
+  another task already waits to write (trio allows one waiter per direction).
+- Half-close is the TLS rule: ``close_notify``, then FIN, after what is
+  pending; the client still reads what it is owed, then the server's
+  ``close_notify`` (:attr:`TlsStream.close_notify`: before its FIN?).
+- Whatever can block waits on the socket's readiness, so a step's deadline
+  cancels it; a send returns the count it committed, and never raises
+  ``Cancelled`` after it committed one.
 
-The checks of the server's own TLS layer (:mod:`conformance.checks.tls`)
-use a few primitives only :class:`TlsStream` has: records written one by one
-and sent in one ``send`` (:meth:`TlsStream.send_records`), a handshake or
-records trickled one byte per TCP segment, a ClientHello cut short, bytes
-that are not TLS; a record that does not decrypt fails the step as a
+The TLS checks (:mod:`conformance.checks.tls`) use primitives only
+:class:`TlsStream` has: records sent in one ``send``, a handshake or records
+trickled one byte per segment, a ClientHello cut short, bytes that are not
+TLS, a KeyUpdate; a record that does not decrypt fails the step as a
 :class:`~conformance.tls.TlsRecordError`, not as a reset.
 
-Facts about OpenSSL that shape this (3.0): ``SSLObject.read`` returns one
-record's plaintext at most, so a reader calls it until ``SSLWantReadError``;
-a read can produce bytes to send (a TLS 1.3 KeyUpdate answer, an alert), so
-the outgoing BIO is emptied after every call; after the client's own
-``close_notify`` the server's arrives as ``SSLZeroReturnError``, not ``b""``;
-a FIN without ``close_notify`` is ``SSLEOFError``.
+Facts about OpenSSL (3.0): ``SSLObject.read`` returns one record at most, so
+a reader calls it until ``SSLWantReadError``; a read can produce bytes to
+send (a KeyUpdate answer, an alert), so the outgoing BIO is emptied after
+every call; after the client's own ``close_notify`` the server's is
+``SSLZeroReturnError``; a FIN without ``close_notify`` is ``SSLEOFError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -54,14 +48,14 @@ from typing import Protocol
 
 import trio
 
+from conformance.key_update import request_key_update
 from conformance.tls import TlsRecordError
+from conformance.transcript import NotMeasurable
 
 __all__ = ["ClientStream", "PlainStream", "TlsStream"]
 
-#: The most plaintext one send commits: one TLS record.
-MAX_RECORD = 16384
-#: The most ciphertext one ``recv`` takes from the socket.
-RECV_SIZE = 65536
+MAX_RECORD = 16384  # The most plaintext one send commits: one TLS record.
+RECV_SIZE = 65536  # The most ciphertext one ``recv`` takes from the socket.
 
 
 class ClientStream(Protocol):
@@ -258,10 +252,7 @@ class TlsStream:
         return n
 
     async def send_records(self, pieces: Sequence[bytes]) -> None:
-        """Each of ``pieces`` as a record of its own, the records sent with one ``send``.
-
-        The socket takes them in one TCP segment when they fit its window and MSS.
-        """
+        """Each of ``pieces`` as a record of its own, all sent with one ``send`` (one segment)."""
         await self._flush()
         for piece in pieces:
             if piece:
@@ -277,6 +268,15 @@ class TlsStream:
             self._tls.write(data[start : start + record])
         self._take_output()
         await self._flush(pause)
+
+    async def update_keys(self) -> None:
+        """A TLS 1.3 KeyUpdate asking the server to update its keys too (else NotMeasurable)."""
+        why = request_key_update(self._tls)
+        if why is not None:
+            raise NotMeasurable(why)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self._tls.do_handshake()  # Emits the queued KeyUpdate.
+        await self._flush()
 
     async def send_eof(self) -> None:
         # CPython's unwrap() calls SSL_shutdown twice, and the second reads what TLS

@@ -42,6 +42,7 @@ from conformance.checks.load import LOAD_CHECKS
 from conformance.checks.properties import PROPERTY_CHECKS
 from conformance.checks.resources import RESOURCE_CHECKS
 from conformance.checks.tls import TLS_CHECKS
+from conformance.checks.tls_keys import KEY_CHECKS
 from conformance.errors import UsageError
 
 __all__ = [
@@ -62,7 +63,13 @@ __all__ = [
 
 #: Every check: the core scenarios, then the sections kept in modules of their own.
 CATALOGUE: tuple[Check, ...] = (
-    CORE_CHECKS + RESOURCE_CHECKS + LIMIT_CHECKS + LOAD_CHECKS + PROPERTY_CHECKS + TLS_CHECKS
+    CORE_CHECKS
+    + RESOURCE_CHECKS
+    + LIMIT_CHECKS
+    + LOAD_CHECKS
+    + PROPERTY_CHECKS
+    + TLS_CHECKS
+    + KEY_CHECKS
 )
 
 #: Every category, in catalogue order.

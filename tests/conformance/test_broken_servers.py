@@ -76,6 +76,7 @@ def test_every_broken_server_declares_known_checks() -> None:
 def test_broken_tls_servers_are_read_as_tls() -> None:
     assert {server.name for server in SERVERS if server.tls} == {
         "tls_blocking_handshake",
+        "tls_closes_on_empty_read",
         "tls_drops_unsent_remainder",
         "tls_leaks_failed_handshakes",
         "tls_no_close_notify",

@@ -57,6 +57,7 @@ def test_the_tls_category_holds_the_tls_checks_each_with_an_rfc_8446_section() -
         "TLS-STORM-1",
         "TLS-WRITE-1",
         "TLS-CLOSE-1",
+        "TLS-KEYUPDATE-1",
     ]
     for check in TLS_CHECKS:
         assert check.spec.startswith("RFC 8446 §"), check.id
