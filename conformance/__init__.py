@@ -27,8 +27,9 @@ shares:
 - ``protocols/``: the protocol models (echo, discard, RESP, memcached, a
   user's oracle), which draw requests and judge replies.
 - ``targets/``: the servers under test: addresses, spawning, their logs, their
-  lives (``keeper``, ``health``, ``target_state``), ``/proc`` (``procfs``,
-  ``sockdiag``, ``strays``), and the lifeline that ends them with the run.
+  lives (``keeper``, ``health``, ``target_state``, ``daemons``), ``/proc``
+  (``procfs``, ``sockdiag``, ``strays``), and the lifeline that ends them
+  with the run.
 - At the top, the vocabulary below all of these: ``oracle`` (the judging
   interface a user's oracle implements), ``transcript``, ``rules``,
   ``payloads``, ``errors``, ``user_code``, ``version``.

@@ -7,7 +7,7 @@ stops what it left behind, and starts it again, at most
 :data:`~conformance.targets.health.MAX_RESTARTS` times, unless the run says
 ``--no-restart``. A command that exits 0 while a process it started listens
 on its handed-out port has daemonized: the keeper follows that process
-instead, and its end is the target's exit.
+instead (:mod:`conformance.targets.daemons`), and its end is the target's exit.
 
 The keeper's thread also starts every restarted server, and lives as long as
 the target: a server dies with the thread that started it when the suite is
@@ -35,7 +35,11 @@ from conformance.targets.health import (
 from conformance.targets.procfs import command_line
 from conformance.targets.target import RunningTarget
 
-__all__ = ["Keeper"]
+__all__ = ["FIND_DAEMON_WITHIN", "Keeper"]
+
+#: Seconds to look for the daemon of a watched command that exited 0 while its
+#: port still listens (one look at /proc can miss a process forking meanwhile).
+FIND_DAEMON_WITHIN = 5.0
 
 
 class Keeper:
@@ -97,9 +101,16 @@ class Keeper:
         )
 
     def _note_daemon(self) -> None:
+        """Note the daemon followed now: this generation's note says its PID, one note each."""
         daemon = self.running.daemon
         if daemon is not None:
             detail = f"the server daemonized: PID {daemon} ({command_line(daemon) or '?'})"
+            # A hand-on (the middle of a double fork ended) replaces the note it made.
+            self._notes = [
+                n
+                for n in self._notes
+                if (n.kind, n.generation) != (TargetEventKind.DAEMONIZED, self.generation)
+            ]
             self._notes.append(
                 Note(TargetEventKind.DAEMONIZED, self.generation, detail, time.time())
             )
@@ -118,15 +129,28 @@ class Keeper:
         assert server is not None
         if running.daemon is None:
             code = server.proc.wait()
+            # The target accepted already: a daemon holds the socket by now,
+            # unless nothing listens on the port any more.
+            followed = (
+                code == 0
+                and not self._stopping
+                and running.follow_daemon(FIND_DAEMON_WITHIN, bound=True)
+            )
             with self._lock:
-                # The target accepted already: a daemon holds the socket by now.
-                daemon = None if self._stopping or code != 0 else running.find_daemon()
-                if daemon is None:
+                if self._stopping or not followed:
                     return describe_exit(code)
-                running.follow(daemon)
                 self._note_daemon()
                 self._publish(TargetStatus.UP)
-        while not running.wait_daemon(1.0):
+        while True:
+            watched = running.daemon
+            ended = running.wait_daemon(1.0)
+            if running.daemon != watched:  # Handed on: the daemon is another PID.
+                with self._lock:
+                    if not self._stopping:
+                        self._note_daemon()
+                        self._publish(TargetStatus.UP)
+            if ended:
+                break
             if self._stopping:
                 return None
         return (

@@ -75,7 +75,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -330,12 +330,15 @@ def listening_inodes(host: str, port: int) -> set[int]:
     }
 
 
-def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:
+def socket_owners(
+    inode: int | set[int], limit: int = 100_000, pids: Iterable[int] | None = None
+) -> set[int]:
     """The processes holding a descriptor on socket ``inode`` (or on any of a set of them).
 
     Args:
         inode: The socket's inode (see :func:`socket_inode`), or several.
         limit: Look at about this many descriptors at most, over all processes.
+        pids: Look only at these processes (default: every one ``/proc`` lists).
 
     Returns:
         The PIDs found, among the processes whose descriptors this user may list.
@@ -345,7 +348,7 @@ def socket_owners(inode: int | set[int], limit: int = 100_000) -> set[int]:
     if not targets:
         return owners
     seen = 0
-    for pid in process_ids():
+    for pid in process_ids() if pids is None else pids:
         try:
             fds = list((PROC / str(pid) / "fd").iterdir())
         except OSError:

@@ -81,12 +81,19 @@ def listeners(host: str, port: int, since: int) -> dict[int, int]:
     Returns:
         ``{pid: start time}``, among the processes this user may inspect.
     """
-    found: dict[int, int] = {}
-    for pid in socket_owners(listening_inodes(host, port)):
+    inodes = listening_inodes(host, port)
+    if not inodes:
+        return {}
+    # Only the processes that started since then: their descriptors, not every
+    # process's, are read (fewer to list, none cut off by socket_owners' limit).
+    young: dict[int, int] = {}
+    for pid in process_ids():
         started = start_ticks(pid)
         if started is not None and started >= since:
-            found[pid] = started
-    return found
+            young[pid] = started
+    owners = socket_owners(inodes, pids=young)
+    # Still the same process after the descriptors were read.
+    return {pid: young[pid] for pid in owners if start_ticks(pid) == young[pid]}
 
 
 def session_members(sessions: Iterable[int], since: int) -> dict[int, int]:

@@ -22,7 +22,8 @@ command's output, waiting for that line and stopping its process group are
   (:mod:`conformance.targets.strays`), and :meth:`RunningTarget.follow` makes it the
   target's process: its PID is the one the run watches, measures and stops.
   The port is the proof that the process is the run's: a command that prints
-  its port is not followed (its port was not handed out by the run).
+  its port is not followed (its port was not handed out by the run)
+  (:mod:`conformance.targets.daemons`).
 - :meth:`RunningTarget.stop` stops, after the command's group and session,
   every process that listens on the handed-out port and started after the
   command, and the sessions those processes lead: nothing the run started
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from conformance.errors import TargetError, UsageError
 from conformance.targets.address import Address, free_port, parse_address, probe
+from conformance.targets.daemons import FollowsDaemon
 from conformance.targets.spawn import (
     SERVER_NOFILE,
     Spawned,
@@ -54,7 +56,6 @@ from conformance.targets.strays import (
     session_members,
     sessions_of,
     start_ticks,
-    wait_gone,
 )
 
 __all__ = [
@@ -166,7 +167,7 @@ class TargetSpec:
         return f"reference {self.value} server"
 
 
-class RunningTarget:
+class RunningTarget(FollowsDaemon):
     """A target that accepts connections, and the process behind it if the suite started it.
 
     Attributes:
@@ -195,6 +196,7 @@ class RunningTarget:
         self.handed_out = handed_out
         self.daemon: int | None = None
         self._daemon_started = 0
+        self._followed_at = 0.0
         self.left: dict[int, int] = {}
 
     @property
@@ -205,52 +207,13 @@ class RunningTarget:
         return self.server.pid if self.server is not None else None
 
     def alive(self) -> bool:
-        """Whether the target's process (the daemon, once followed) still runs."""
-        if self.daemon is not None:
-            return start_ticks(self.daemon) == self._daemon_started
-        return self.server is not None and self.server.alive()
+        """Whether the target's process (the daemon, once followed) still runs.
 
-    def find_daemon(self, timeout: float = 0.0) -> int | None:
-        """The process the command daemonized into, if it exited 0 and one listens on its port.
-
-        It is the earliest started of the processes that listen on the port
-        the run handed out and started after the command (a daemon's workers
-        that share its socket started later).
-
-        Args:
-            timeout: Seconds to wait for one to listen (the daemon may bind
-                after its parent exited).
-
-        Returns:
-            Its PID, or None: the command runs, exited otherwise than with 0,
-            its port was not handed out, or no such process listens.
+        A followed daemon that ended at once may hand the target on (:meth:`_hand_on`).
         """
-        server = self.server
-        if server is None or not self.handed_out or server.started is None:
-            return None
-        if server.proc.poll() != 0:
-            return None
-        deadline = time.monotonic() + timeout
-        while True:
-            found = listeners(self.address.host, self.address.port, server.started)
-            found.pop(server.pid, None)
-            if found:
-                return min(found, key=lambda pid: (found[pid], pid))
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)  # Looking at /proc for a listener, under the deadline.
-
-    def follow(self, pid: int) -> None:
-        """Take ``pid`` (from :meth:`find_daemon`) as the target's process from now on."""
-        started = start_ticks(pid)
-        if started is not None:
-            self.daemon, self._daemon_started = pid, started
-
-    def wait_daemon(self, timeout: float) -> bool:
-        """Wait, at most ``timeout`` seconds, for the followed daemon to end; True once it has."""
-        if self.daemon is None:
-            return True
-        return wait_gone(self.daemon, self._daemon_started, timeout)
+        if self.daemon is not None:
+            return start_ticks(self.daemon) == self._daemon_started or self._hand_on()
+        return self.server is not None and self.server.alive()
 
     def stop(self, grace: float = 5.0) -> int | None:
         """Stop everything the suite started for this target.
@@ -375,10 +338,8 @@ def _wait_accepting(running: RunningTarget, deadline: float, start_timeout: floa
                     f"{shlex.join(server.argv)} daemonized (PID {running.daemon}), and its "
                     f"daemon exited before it accepted connections on {address}"
                 )
-            daemon = running.find_daemon(max(deadline - time.monotonic(), 0.0))
-            if daemon is None:
+            if not running.follow_daemon(max(deadline - time.monotonic(), 0.0)):
                 raise TargetError(_not_listening(running, start_timeout))
-            running.follow(daemon)
             continue
         error = probe(address, timeout=1.0)
         if error is None:

@@ -37,22 +37,28 @@ DAEMONIZES = HOSTILE / "daemonizes.py"
 ESCAPES = HOSTILE / "escapes_group.py"
 MEMCACHED = shutil.which("memcached")
 
-#: Listens on the port it is given and prints so; daemonizes (fork, setsid,
-#: fork, the command exits 0) once the file named by its second argument
-#: exists; the daemon writes its PID to the file named by the third, then
-#: echoes one read per connection.
+#: Listens on the port it is given (argv 1) and prints so; daemonizes once
+#: the file named by argv 2 exists: fork (the command exits 0), setsid, then
+#: argv 4 more forks in a row, each parent exiting once the file named by
+#: argv 5 exists ("-": at once), the classic double fork with 1. The daemon
+#: writes its PID to the file named by argv 3, then echoes one read per
+#: connection.
 DAEMONIZES_LATER = """\
 import os, socket, sys, time
-s = socket.create_server(('127.0.0.1', int(sys.argv[1])))
+port, go, pid_file, hops, release = sys.argv[1:6]
+s = socket.create_server(('127.0.0.1', int(port)))
 print('listening on 127.0.0.1:%d' % s.getsockname()[1], flush=True)
-while not os.path.exists(sys.argv[2]):
+while not os.path.exists(go):
     time.sleep(0.01)
 if os.fork():
     os._exit(0)
 os.setsid()
-if os.fork():
-    os._exit(0)
-with open(sys.argv[3], 'w') as out:
+for _ in range(int(hops)):
+    if os.fork():
+        while release != '-' and not os.path.exists(release):
+            time.sleep(0.01)
+        os._exit(0)
+with open(pid_file, 'w') as out:
     out.write('%d\\n' % os.getpid())
 while True:
     c, _ = s.accept()
@@ -134,11 +140,20 @@ def test_a_command_that_exits_0_with_nothing_listening_says_what_was_looked_for(
         start_target(spec, start_timeout=1.0)
 
 
-def _later(tmp_path: Path, port: str) -> TargetSpec:
-    """DAEMONIZES_LATER on ``port``: it daemonizes once ``tmp_path/go`` exists."""
-    code = shlex.quote(DAEMONIZES_LATER)
-    files = f"{shlex.quote(str(tmp_path / 'go'))} {shlex.quote(str(tmp_path / 'daemon.pid'))}"
-    return TargetSpec(TargetKind.SPAWN, f"{shlex.quote(sys.executable)} -c {code} {port} {files}")
+def _later(tmp_path: Path, port: str, hops: int = 1, release: bool = False) -> TargetSpec:
+    """DAEMONIZES_LATER on ``port``: it daemonizes once ``tmp_path/go`` exists.
+
+    With ``release``, each process between the command and the daemon exits
+    only once ``tmp_path/release`` exists.
+    """
+    args = [
+        str(tmp_path / "go"),
+        str(tmp_path / "daemon.pid"),
+        str(hops),
+        str(tmp_path / "release") if release else "-",
+    ]
+    command = [sys.executable, "-c", DAEMONIZES_LATER]
+    return TargetSpec(TargetKind.SPAWN, f"{shlex.join(command)} {port} {shlex.join(args)}")
 
 
 @pytest.mark.timeout(60)
@@ -163,8 +178,10 @@ def test_a_daemon_whose_port_was_not_handed_out_is_neither_followed_nor_stopped(
             assert stop_processes({daemon: started}, grace=2.0) == {}
 
 
-def _keeper(tmp_path: Path) -> tuple[Board, Keeper, RunningTarget]:
-    running = start_target(_later(tmp_path, "{port}"))
+def _keeper(
+    tmp_path: Path, hops: int = 1, release: bool = False
+) -> tuple[Board, Keeper, RunningTarget]:
+    running = start_target(_later(tmp_path, "{port}", hops, release))
     board = Board(tmp_path)
 
     def never() -> RunningTarget:
@@ -225,6 +242,91 @@ def test_the_end_of_a_followed_daemon_is_the_targets_exit(tmp_path: Path) -> Non
         assert kinds == [TargetEventKind.DAEMONIZED, TargetEventKind.EXITED]
     finally:
         keeper.stop()
+
+
+def _one_daemonized_note(board: Board, daemon: int) -> None:
+    """The board names ``daemon`` once: one note, one event, and no exit."""
+    state = _state(board)
+    assert (state.pid, state.status, state.exits) == (daemon, TargetStatus.UP, ())
+    (note,) = state.notes
+    assert note.detail.startswith(f"the server daemonized: PID {daemon} (")
+    (event,) = board.events("later")
+    assert event.kind is TargetEventKind.DAEMONIZED
+
+
+@pytest.mark.timeout(60)
+def test_the_middle_of_a_double_fork_that_lingers_hands_the_target_on_to_the_daemon(
+    tmp_path: Path,
+) -> None:
+    board, keeper, running = _keeper(tmp_path, release=True)
+    try:
+        assert running.server is not None
+        spawned = running.server.pid
+        (tmp_path / "go").touch()
+        daemon = read_pid(tmp_path / "daemon.pid")
+        wait_until(lambda: _state(board).pid != spawned, 10.0, "a PID published")
+        # The session leader holds the socket too, and started first: it is followed.
+        middle = _state(board).pid
+        assert middle is not None
+        assert middle != daemon
+        assert os.getsid(daemon) == middle
+        (tmp_path / "release").touch()
+        wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
+        _one_daemonized_note(board, daemon)
+        assert echo((running.address.host, running.address.port)) == b"ping"
+        started = start_ticks(daemon)
+        assert started is not None
+    finally:
+        keeper.stop()
+    assert wait_gone(daemon, started, 10.0), "the daemon outlived the keeper's stop"
+
+
+@pytest.mark.timeout(60)
+def test_a_followed_daemon_that_ends_later_is_the_exit_though_another_holds_its_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any end counts as late: as a daemon that dies long after it was followed
+    # while a worker it forked still holds the listening socket.
+    monkeypatch.setattr("conformance.targets.daemons.HAND_ON_WITHIN", 0.0)
+    board, keeper, running = _keeper(tmp_path, release=True)
+    try:
+        assert running.server is not None
+        spawned = running.server.pid
+        (tmp_path / "go").touch()
+        daemon = read_pid(tmp_path / "daemon.pid")
+        started = start_ticks(daemon)
+        assert started is not None
+        wait_until(lambda: _state(board).pid != spawned, 10.0, "a PID published")
+        middle = _state(board).pid
+        (tmp_path / "release").touch()
+        wait_until(lambda: _state(board).status is TargetStatus.DOWN, 10.0, "the exit recorded")
+        (ended,) = _state(board).exits
+        assert ended.how.startswith(f"exited (the daemon, PID {middle}: not a child")
+        # What it left on the port is the run's, and stopped with it.
+        assert wait_gone(daemon, started, 10.0), "the holder left on the port was not stopped"
+    finally:
+        keeper.stop()
+
+
+@pytest.mark.timeout(60)
+def test_the_keeper_follows_a_daemon_forked_through_a_chain_of_short_lived_processes(
+    tmp_path: Path,
+) -> None:
+    # Thirty processes in a row, each forking the next and exiting at once: a
+    # look at /proc often sees none of them, or one that is gone a moment later.
+    board, keeper, running = _keeper(tmp_path, hops=30)
+    try:
+        assert running.server is not None
+        (tmp_path / "go").touch()
+        daemon = read_pid(tmp_path / "daemon.pid")
+        wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
+        _one_daemonized_note(board, daemon)
+        assert echo((running.address.host, running.address.port)) == b"ping"
+        started = start_ticks(daemon)
+        assert started is not None
+    finally:
+        keeper.stop()
+    assert wait_gone(daemon, started, 10.0), "the daemon outlived the keeper's stop"
 
 
 # The CLI
