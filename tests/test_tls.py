@@ -684,6 +684,12 @@ def test_TlsServer_refuses_a_version_below_1_2_and_serves_the_next(
         old.set_ciphers("DEFAULT:@SECLEVEL=0")
         old.minimum_version = ssl.TLSVersion.TLSv1
         old.maximum_version = ssl.TLSVersion.TLSv1_1
+        try:  # Whether this OpenSSL still writes a ClientHello for TLS 1.0/1.1 at all.
+            old.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO()).do_handshake()
+        except ssl.SSLWantReadError:
+            pass  # It wrote one and waits for the server's answer.
+        except ssl.SSLError as exc:
+            pytest.skip(f"this OpenSSL cannot offer TLS 1.0 or 1.1: {exc}")
         client = TlsClient.connect(server.address, old)
         with client, pytest.raises((ssl.SSLError, AssertionError, ConnectionResetError)):
             client.handshake()

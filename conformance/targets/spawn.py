@@ -18,8 +18,9 @@ the wait fails.
 :meth:`Spawned.stop` sends SIGTERM to the group, waits, then SIGKILL, and
 SIGKILL once more for any process of the group that outlived its leader (the
 children of a forking server); then it stops, by PID, the processes of the
-command's session that left its group (``setpgid``) and started after it
-(:mod:`conformance.targets.strays`). :meth:`Spawned.kill` is the short way for a
+command's session that left its group (``setpgid``) and started after it,
+looking again until two looks find none (:func:`conformance.targets.strays.stop_found`:
+a server stopped while it forks). :meth:`Spawned.kill` is the short way for a
 test's teardown: SIGKILL to the group while its leader runs, nothing once the
 leader is gone, so that a test can still see a child its server left behind.
 
@@ -70,7 +71,7 @@ from conformance.errors import TargetError, UsageError
 from conformance.targets.capped_log import CappedLog
 from conformance.targets.lifeline import die_with_parent
 from conformance.targets.line_reader import LISTENING, LineReader, parse_listening
-from conformance.targets.strays import session_members, start_ticks, stop_processes
+from conformance.targets.strays import session_members, start_ticks, stop_found
 
 __all__ = [
     "INHERIT",
@@ -210,7 +211,12 @@ class Spawned:
         tail = " | ".join(self.stderr.lines()[-_QUOTED:])
         return f"{shlex.join(self.argv)} {what}" + (f"; stderr: {tail}" if tail else "")
 
-    def stop(self, grace: float = 5.0, strays: Callable[[], dict[int, int]] | None = None) -> int:
+    def stop(
+        self,
+        grace: float = 5.0,
+        strays: Callable[[], dict[int, int]] | None = None,
+        held: Callable[[], bool] | None = None,
+    ) -> int:
         """Stop the group: SIGTERM, ``grace`` seconds, SIGKILL; then SIGKILL to any survivor.
 
         Then the processes of its session that left the group (and started
@@ -222,6 +228,8 @@ class Spawned:
             grace: Seconds to wait after each signal.
             strays: Finds more processes to stop by PID (``{pid: start time}``),
                 once the group is gone.
+            held: Whether something those processes held is held still (then
+                it looks for them again; :func:`~conformance.targets.strays.stop_found`).
 
         Returns:
             The leader's exit code (negative: the signal that ended it).
@@ -240,9 +248,13 @@ class Spawned:
         # any that outlived their leader.
         _signal_group(self.pid, signal.SIGKILL)
         if self.started is not None:
-            found = session_members([self.pid], self.started)
-            found |= strays() if strays is not None else {}
-            self.left |= stop_processes(found, grace)
+            started = self.started
+
+            def find() -> dict[int, int]:
+                found = session_members([self.pid], started)
+                return found | strays() if strays is not None else found
+
+            self.left |= stop_found(find, grace, held)
         self._join_readers(grace)
         return self.proc.returncode
 

@@ -45,7 +45,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from conformance.targets.procfs import listening_inodes, process_ids, socket_owners, stat_fields
 
@@ -54,12 +54,16 @@ __all__ = [
     "session_members",
     "sessions_of",
     "start_ticks",
+    "stop_found",
     "stop_processes",
     "wait_gone",
 ]
 
 #: Seconds between two looks at ``/proc`` where no pidfd can be waited on.
 _POLL = 0.02
+
+#: Seconds :func:`stop_found` goes on looking for processes to stop, at most.
+STOP_SEARCH = 5.0
 
 
 def start_ticks(pid: int) -> int | None:
@@ -212,6 +216,46 @@ def stop_processes(processes: dict[int, int], grace: float = 5.0) -> dict[int, i
     finally:
         for handle in handles:
             handle.close()
+
+
+def stop_found(
+    find: Callable[[], dict[int, int]],
+    grace: float = 5.0,
+    held: Callable[[], bool] | None = None,
+) -> dict[int, int]:
+    """Stop what ``find`` finds (:func:`stop_processes`), and look again.
+
+    One look at ``/proc`` misses a process that forks while it is read (a
+    server stopped while it daemonizes: each process of a fork chain exits
+    as soon as it has forked the next), and one not found forks on. So it
+    looks until two looks in a row find none and, with ``held``, until
+    ``held()`` says nothing holds what the processes held (the port the run
+    handed out): within :data:`STOP_SEARCH` seconds.
+
+    Args:
+        find: Finds processes to stop, ``{pid: start time}``.
+        grace: Seconds to wait after each signal.
+        held: Whether what the processes to stop hold is held still.
+
+    Returns:
+        Those that still run after SIGKILL.
+    """
+    left: dict[int, int] = {}
+    deadline = time.monotonic() + STOP_SEARCH
+    empty = 0
+    while True:
+        found = {pid: started for pid, started in find().items() if pid not in left}
+        if found:
+            empty = 0
+            left |= stop_processes(found, grace)
+        else:
+            empty += 1
+            if empty >= 2 and (held is None or not held()):
+                return left
+        if time.monotonic() >= deadline:
+            return left
+        if not found:
+            time.sleep(_POLL)  # Looking at /proc again, under the deadline.
 
 
 def wait_gone(pid: int, started: int, timeout: float) -> bool:

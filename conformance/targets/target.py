@@ -44,6 +44,7 @@ from pathlib import Path
 from conformance.errors import TargetError, UsageError
 from conformance.targets.address import Address, free_port, parse_address, probe
 from conformance.targets.daemons import FollowsDaemon
+from conformance.targets.procfs import listening_inodes
 from conformance.targets.spawn import (
     SERVER_NOFILE,
     Spawned,
@@ -230,9 +231,13 @@ class RunningTarget(FollowsDaemon):
         server = self.server
         if server is None:
             return None
-        code = server.stop(grace, self._strays)
+        code = server.stop(grace, self._strays, self._port_held if self.handed_out else None)
         self.left |= server.left
         return code
+
+    def _port_held(self) -> bool:
+        """Whether a socket still listens on the target's port (someone holds it)."""
+        return bool(listening_inodes(self.address.host, self.address.port))
 
     def _strays(self) -> dict[int, int]:
         """The followed daemon, the handed-out port's listeners, and their sessions' processes."""

@@ -329,6 +329,31 @@ def test_the_keeper_follows_a_daemon_forked_through_a_chain_of_short_lived_proce
     assert wait_gone(daemon, started, 10.0), "the daemon outlived the keeper's stop"
 
 
+@pytest.mark.timeout(60)
+def test_a_target_stopped_while_its_server_forks_on_leaves_nothing_behind(
+    tmp_path: Path, since: int
+) -> None:
+    # Stopped once the command has exited 0, while a thousand processes in a
+    # row fork the next and exit: most looks at /proc see none of them.
+    running = start_target(_later(tmp_path, "{port}", hops=1000))
+    host, port = running.address.host, running.address.port
+    try:
+        assert running.server is not None
+        (tmp_path / "go").touch()
+        assert running.server.proc.wait(10.0) == 0
+        running.stop(grace=2.0)
+        assert running.left == {}
+        wait_until(
+            lambda: not listeners(host, port, since),
+            5.0,
+            f"no process started by the test listening on {port}",
+        )
+    finally:
+        running.stop(grace=2.0)
+        # What a failed stop left: the test's own processes, ended by PID.
+        assert stop_processes(listeners(host, port, since), grace=2.0) == {}
+
+
 # The CLI
 
 
