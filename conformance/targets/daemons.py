@@ -12,11 +12,12 @@ Facts this relies on:
   listed, whose parent exits before its descriptors are read, is seen by
   neither. :meth:`FollowsDaemon.find_daemon` looks again until its deadline.
 - The earliest started holder of the port may be the middle of a double fork
-  (the session leader, which exits as soon as it has forked the daemon). A
-  followed process that ends within :data:`HAND_ON_WITHIN` seconds of being
-  followed, while a process started after it holds the port, hands the
-  target on to that one; a daemon that dies later while its workers still
-  hold the socket has exited.
+  (the session leader, which exits as soon as it has forked the daemon): a
+  holder that leads its session is given :data:`SETTLE` seconds to end
+  before it is followed. One that ends later, within :data:`HAND_ON_WITHIN`
+  seconds of being followed, while a process started after it holds the
+  port, hands the target on to that one; a daemon that dies later while its
+  workers still hold the socket has exited.
 """
 
 from __future__ import annotations
@@ -26,14 +27,19 @@ import time
 from conformance.targets.address import Address
 from conformance.targets.procfs import listening_inodes
 from conformance.targets.spawn import Spawned
-from conformance.targets.strays import listeners, start_ticks, wait_gone
+from conformance.targets.strays import listeners, sessions_of, start_ticks, wait_gone
 
-__all__ = ["HAND_ON_WITHIN", "FollowsDaemon"]
+__all__ = ["HAND_ON_WITHIN", "SETTLE", "FollowsDaemon"]
 
 #: Seconds after it was followed within which a daemon that ends hands the
 #: target on to a later holder of its port (the middle of a double fork exits
 #: as soon as it has forked; on a loaded machine that can take a while).
 HAND_ON_WITHIN = 5.0
+
+#: Seconds a holder of the port that leads its session is given to end before
+#: it is followed: the middle of a double fork leads the session it made and
+#: exits once it has forked; a daemon made by daemon(3) leads its own and stays.
+SETTLE = 0.5
 
 
 class FollowsDaemon:
@@ -78,15 +84,23 @@ class FollowsDaemon:
     def _follow_first(
         self, since: int, exclude: tuple[int, ...], timeout: float, bound: bool
     ) -> bool:
-        """Follow the earliest started of :meth:`_holders` that still runs; whether one is."""
+        """Follow the earliest started of :meth:`_holders` that still runs; whether one is.
+
+        One that leads its session may be the middle of a double fork: it is
+        given :data:`SETTLE` seconds to end before it is taken.
+        """
         deadline = time.monotonic() + timeout
         while True:
             left = max(deadline - time.monotonic(), 0.0)
             holders = self._holders(since, exclude, left, bound)
             # One that ended since it was seen is not followed: the next one, or look again.
             if any(self.follow(pid) for pid in holders):
-                return True
-            if not holders or time.monotonic() >= deadline:
+                pid, started = self.daemon, self._daemon_started
+                assert pid is not None
+                if sessions_of([pid]) != {pid} or not wait_gone(pid, started, SETTLE):
+                    return True
+                exclude = (*exclude, pid)  # It forked and ended: look again.
+            elif not holders or time.monotonic() >= deadline:
                 return False
 
     def _command_exited_0(self) -> Spawned | None:

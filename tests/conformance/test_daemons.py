@@ -113,14 +113,20 @@ def since() -> int:
 
 
 @pytest.mark.timeout(60)
-def test_start_target_follows_a_server_that_daemonizes_and_stops_its_daemon() -> None:
-    running = start_target(TargetSpec(TargetKind.SPAWN, spawn_command(DAEMONIZES)))
+def test_start_target_follows_a_server_that_daemonizes_and_stops_its_daemon(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    spawn = f"{spawn_command(DAEMONIZES)} --pid-file {shlex.quote(str(pid_file))}"
+    running = start_target(TargetSpec(TargetKind.SPAWN, spawn))
     try:
         assert running.server is not None
         wait_until(lambda: running.server is not None and not running.server.alive(), 10.0, "exit")
-        daemon = running.daemon or running.find_daemon(10.0)
-        assert daemon is not None, "the daemon was not found by its port"
-        running.follow(daemon)
+        found = running.daemon is not None or running.follow_daemon(10.0)
+        assert found, "the daemon was not found by its port"
+        daemon = read_pid(pid_file)
+        # The middle of the double fork may have been taken first, and handed the target on.
+        wait_until(lambda: running.alive() and running.daemon == daemon, 10.0, "the daemon")
         assert running.pid == daemon != running.server.pid
         assert running.server.proc.returncode == 0
         assert os.getsid(daemon) not in (running.server.pid, os.getsid(0))
@@ -204,10 +210,9 @@ def test_the_keeper_follows_a_server_that_daemonizes_while_it_is_watched(tmp_pat
         spawned = running.server.pid
         assert _state(board).pid == spawned
         (tmp_path / "go").touch()
-        wait_until(lambda: _state(board).pid != spawned, 10.0, "the daemon's PID published")
+        daemon = read_pid(tmp_path / "daemon.pid")
+        wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
         state = _state(board)
-        daemon = state.pid
-        assert daemon is not None
         assert (state.status, state.exits) == (TargetStatus.UP, ())
         (note,) = state.notes
         assert (note.kind, note.generation) == (TargetEventKind.DAEMONIZED, 0)
@@ -229,11 +234,9 @@ def test_the_end_of_a_followed_daemon_is_the_targets_exit(tmp_path: Path) -> Non
     board, keeper, running = _keeper(tmp_path)
     try:
         assert running.server is not None
-        spawned = running.server.pid
         (tmp_path / "go").touch()
-        wait_until(lambda: _state(board).pid != spawned, 10.0, "the daemon's PID published")
-        daemon = _state(board).pid
-        assert daemon is not None
+        daemon = read_pid(tmp_path / "daemon.pid")
+        wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
         os.kill(daemon, signal.SIGTERM)  # Started by this test's target; ended by its PID.
         wait_until(lambda: _state(board).status is TargetStatus.DOWN, 10.0, "the exit recorded")
         (ended,) = _state(board).exits
