@@ -202,6 +202,21 @@ def _state(board: Board) -> TargetState:
     return state
 
 
+def _published(board: Board, running: RunningTarget, daemon: int) -> int:
+    """Wait until the board names ``daemon``, once, and it serves; return its start time."""
+    wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
+    state = _state(board)
+    assert (state.pid, state.status, state.exits) == (daemon, TargetStatus.UP, ())
+    (note,) = state.notes
+    assert note.detail.startswith(f"the server daemonized: PID {daemon} (")
+    (event,) = board.events("later")
+    assert event.kind is TargetEventKind.DAEMONIZED
+    assert echo((running.address.host, running.address.port)) == b"ping"
+    started = start_ticks(daemon)
+    assert started is not None
+    return started
+
+
 @pytest.mark.timeout(60)
 def test_the_keeper_follows_a_server_that_daemonizes_while_it_is_watched(tmp_path: Path) -> None:
     board, keeper, running = _keeper(tmp_path)
@@ -211,19 +226,13 @@ def test_the_keeper_follows_a_server_that_daemonizes_while_it_is_watched(tmp_pat
         assert _state(board).pid == spawned
         (tmp_path / "go").touch()
         daemon = read_pid(tmp_path / "daemon.pid")
-        wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
-        state = _state(board)
-        assert (state.status, state.exits) == (TargetStatus.UP, ())
-        (note,) = state.notes
-        assert (note.kind, note.generation) == (TargetEventKind.DAEMONIZED, 0)
-        assert note.detail.startswith(f"the server daemonized: PID {daemon} (")
+        started = _published(board, running, daemon)
+        (note,) = _state(board).notes
+        assert note.generation == 0
         (event,) = board.events("later")
         assert event.line().startswith(f"the server daemonized: PID {daemon} (")
         # A check that ran against the command's PID sees no exit: the target lives on.
         assert board.exit_during("later", 0, spawned, wait=1.0) is None
-        assert echo((running.address.host, running.address.port)) == b"ping"
-        started = start_ticks(daemon)
-        assert started is not None
     finally:
         keeper.stop()
     assert wait_gone(daemon, started, 10.0), "the daemon outlived the keeper's stop"
@@ -247,16 +256,6 @@ def test_the_end_of_a_followed_daemon_is_the_targets_exit(tmp_path: Path) -> Non
         keeper.stop()
 
 
-def _one_daemonized_note(board: Board, daemon: int) -> None:
-    """The board names ``daemon`` once: one note, one event, and no exit."""
-    state = _state(board)
-    assert (state.pid, state.status, state.exits) == (daemon, TargetStatus.UP, ())
-    (note,) = state.notes
-    assert note.detail.startswith(f"the server daemonized: PID {daemon} (")
-    (event,) = board.events("later")
-    assert event.kind is TargetEventKind.DAEMONIZED
-
-
 @pytest.mark.timeout(60)
 def test_the_middle_of_a_double_fork_that_lingers_hands_the_target_on_to_the_daemon(
     tmp_path: Path,
@@ -274,11 +273,7 @@ def test_the_middle_of_a_double_fork_that_lingers_hands_the_target_on_to_the_dae
         assert middle != daemon
         assert os.getsid(daemon) == middle
         (tmp_path / "release").touch()
-        wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
-        _one_daemonized_note(board, daemon)
-        assert echo((running.address.host, running.address.port)) == b"ping"
-        started = start_ticks(daemon)
-        assert started is not None
+        started = _published(board, running, daemon)
     finally:
         keeper.stop()
     assert wait_gone(daemon, started, 10.0), "the daemon outlived the keeper's stop"
@@ -322,11 +317,7 @@ def test_the_keeper_follows_a_daemon_forked_through_a_chain_of_short_lived_proce
         assert running.server is not None
         (tmp_path / "go").touch()
         daemon = read_pid(tmp_path / "daemon.pid")
-        wait_until(lambda: _state(board).pid == daemon, 10.0, "the daemon's PID published")
-        _one_daemonized_note(board, daemon)
-        assert echo((running.address.host, running.address.port)) == b"ping"
-        started = start_ticks(daemon)
-        assert started is not None
+        started = _published(board, running, daemon)
     finally:
         keeper.stop()
     assert wait_gone(daemon, started, 10.0), "the daemon outlived the keeper's stop"
