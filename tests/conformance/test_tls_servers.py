@@ -186,9 +186,13 @@ def test_stunnel_loses_replies_owed_after_a_half_close_and_passes_the_rest(
     checks = "ECHO-BASIC-1,ECHO-SIZE-2,ECHO-HALFCLOSE-*,ECHO-RESET-2,PROP-HALFCLOSE-1"
     result, verdicts = _run_tls(tmp_path, certs, _stunnel(certs, tmp_path / "stunnel"), checks)
     assert result.returncode == 1, result.stdout + result.stderr
-    failed = {"ECHO-HALFCLOSE-1", "ECHO-HALFCLOSE-3"}
+    # The loss depends on when stunnel sees POLLHUP: one of the two may pass a run.
+    lossy = {"ECHO-HALFCLOSE-1", "ECHO-HALFCLOSE-3"}
+    failed = {check_id for check_id, entry in verdicts.items() if entry["verdict"] == "FAIL"}
+    assert failed, verdicts
+    assert failed <= lossy, verdicts
     for check_id, entry in verdicts.items():
-        assert entry["verdict"] == ("FAIL" if check_id in failed else "PASS"), (check_id, entry)
+        assert entry["verdict"] in (("FAIL", "PASS") if check_id in lossy else ("PASS",)), entry
     for check_id in failed:
         details = verdicts[check_id]["details"]
         assert "bytes never echoed" in details, details
