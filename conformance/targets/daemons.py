@@ -10,7 +10,7 @@ Facts this relies on:
 
 - One look at ``/proc`` is not atomic: a process forked while the PIDs are
   listed, whose parent exits before its descriptors are read, is seen by
-  neither. :meth:`FollowsDaemon.find_daemon` looks again until its deadline.
+  neither. :meth:`FollowsDaemon.follow_daemon` looks again until its deadline.
 - The earliest started holder of the port may be the middle of a double fork
   (the session leader, which exits as soon as it has forked the daemon): a
   holder that leads its session is given :data:`SETTLE` seconds to end
@@ -109,31 +109,8 @@ class FollowsDaemon:
             return None
         return server if server.proc.poll() == 0 else None
 
-    def find_daemon(self, timeout: float = 0.0, *, bound: bool = False) -> int | None:
-        """The process the command daemonized into, if it exited 0 and one listens on its port.
-
-        It is the earliest started of the processes that listen on the port
-        the run handed out and started after the command (a daemon's workers
-        that share its socket started later).
-
-        Args:
-            timeout: Seconds to wait for one to listen (the daemon may bind
-                after its parent exited; one look at ``/proc`` can miss it).
-            bound: The target accepted on the port already: once nothing
-                listens on it at all, the search ends at once.
-
-        Returns:
-            Its PID, or None: the command runs, exited otherwise than with 0,
-            its port was not handed out, or no such process listens.
-        """
-        server = self._command_exited_0()
-        if server is None or server.started is None:
-            return None
-        holders = self._holders(server.started, (server.pid,), timeout, bound)
-        return holders[0] if holders else None
-
     def follow(self, pid: int) -> bool:
-        """Take ``pid`` (from :meth:`find_daemon`) as the target's process from now on.
+        """Take ``pid`` as the target's process from now on.
 
         Returns:
             Whether it is followed (False: it has ended already).
@@ -146,11 +123,22 @@ class FollowsDaemon:
         return True
 
     def follow_daemon(self, timeout: float = 0.0, *, bound: bool = False) -> bool:
-        """Find the daemon (:meth:`find_daemon`, same arguments) and follow it.
+        """Find the process the command daemonized into, and follow it.
+
+        It is the earliest started of the processes that listen on the port
+        the run handed out and started after the command (a daemon's workers
+        that share its socket started later), once the command exited 0.
+
+        Args:
+            timeout: Seconds to wait for one to listen (the daemon may bind
+                after its parent exited; one look at ``/proc`` can miss it).
+            bound: The target accepted on the port already: once nothing
+                listens on it at all, the search ends at once.
 
         Returns:
-            Whether one is followed (one found that ended before it was
-            followed makes it look again, until ``timeout``).
+            Whether one is followed: not while the command runs or when it
+            exited otherwise than with 0, its port was not handed out, or no
+            such process listens.
         """
         server = self._command_exited_0()
         if server is None or server.started is None:

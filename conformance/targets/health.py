@@ -28,7 +28,7 @@ the target's process in a thread; when it exits, the keeper records how,
 then restarts it (at most :data:`MAX_RESTARTS` times) unless the run says
 ``--no-restart``. A command that exits 0 while a process it started listens
 on its handed-out port has daemonized
-(:meth:`~conformance.targets.target.RunningTarget.find_daemon`): the keeper follows
+(:meth:`~conformance.targets.target.RunningTarget.follow_daemon`): the keeper follows
 that process instead, and its end is the target's exit. Before each check
 the session waits until its target is
 ``up`` (:meth:`Board.wait_ready`); after it, it looks for an exit of the

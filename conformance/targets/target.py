@@ -17,13 +17,13 @@ command's output, waiting for that line and stopping its process group are
 - The descriptor limit a started server begins with (``--server-nofile``,
   :data:`SERVER_NOFILE` by default), set before it runs.
 - A server that daemonizes: the command exits 0 while a process it started
-  listens on the port the run handed out. :meth:`RunningTarget.find_daemon`
+  listens on the port the run handed out. :meth:`RunningTarget.follow_daemon`
   finds that process by its listening socket and its start time
-  (:mod:`conformance.targets.strays`), and :meth:`RunningTarget.follow` makes it the
-  target's process: its PID is the one the run watches, measures and stops.
-  The port is the proof that the process is the run's: a command that prints
-  its port is not followed (its port was not handed out by the run)
-  (:mod:`conformance.targets.daemons`).
+  (:mod:`conformance.targets.strays`) and makes it the target's process: its
+  PID is the one the run watches, measures and stops
+  (:mod:`conformance.targets.daemons`). The port is the proof that the
+  process is the run's: a command that prints its port is not followed (its
+  port was not handed out by the run).
 - :meth:`RunningTarget.stop` stops, after the command's group and session,
   every process that listens on the handed-out port and started after the
   command, and the sessions those processes lead: nothing the run started

@@ -173,7 +173,8 @@ def test_a_daemon_whose_port_was_not_handed_out_is_neither_followed_nor_stopped(
         (tmp_path / "go").touch()
         daemon = read_pid(tmp_path / "daemon.pid")
         assert running.server.proc.wait(10.0) == 0
-        assert running.find_daemon() is None
+        assert not running.follow_daemon()
+        assert running.daemon is None
         running.stop(grace=2.0)
         assert start_ticks(daemon) is not None, "the suite stopped a process not proven its own"
     finally:
@@ -256,22 +257,31 @@ def test_the_end_of_a_followed_daemon_is_the_targets_exit(tmp_path: Path) -> Non
         keeper.stop()
 
 
+def _middle_followed(tmp_path: Path, board: Board, running: RunningTarget) -> tuple[int, int]:
+    """Make the server daemonize (its middle process lingers); return (daemon, middle).
+
+    The middle of the double fork leads the session, holds the socket too and
+    started first: it is the one followed while it lingers.
+    """
+    assert running.server is not None
+    spawned = running.server.pid
+    (tmp_path / "go").touch()
+    daemon = read_pid(tmp_path / "daemon.pid")
+    wait_until(lambda: _state(board).pid != spawned, 10.0, "a PID published")
+    middle = _state(board).pid
+    assert middle is not None
+    assert middle != daemon
+    assert os.getsid(daemon) == middle
+    return daemon, middle
+
+
 @pytest.mark.timeout(60)
 def test_the_middle_of_a_double_fork_that_lingers_hands_the_target_on_to_the_daemon(
     tmp_path: Path,
 ) -> None:
     board, keeper, running = _keeper(tmp_path, release=True)
     try:
-        assert running.server is not None
-        spawned = running.server.pid
-        (tmp_path / "go").touch()
-        daemon = read_pid(tmp_path / "daemon.pid")
-        wait_until(lambda: _state(board).pid != spawned, 10.0, "a PID published")
-        # The session leader holds the socket too, and started first: it is followed.
-        middle = _state(board).pid
-        assert middle is not None
-        assert middle != daemon
-        assert os.getsid(daemon) == middle
+        daemon, middle = _middle_followed(tmp_path, board, running)
         (tmp_path / "release").touch()
         started = _published(board, running, daemon)
     finally:
@@ -288,14 +298,9 @@ def test_a_followed_daemon_that_ends_later_is_the_exit_though_another_holds_its_
     monkeypatch.setattr("conformance.targets.daemons.HAND_ON_WITHIN", 0.0)
     board, keeper, running = _keeper(tmp_path, release=True)
     try:
-        assert running.server is not None
-        spawned = running.server.pid
-        (tmp_path / "go").touch()
-        daemon = read_pid(tmp_path / "daemon.pid")
+        daemon, middle = _middle_followed(tmp_path, board, running)
         started = start_ticks(daemon)
         assert started is not None
-        wait_until(lambda: _state(board).pid != spawned, 10.0, "a PID published")
-        middle = _state(board).pid
         (tmp_path / "release").touch()
         wait_until(lambda: _state(board).status is TargetStatus.DOWN, 10.0, "the exit recorded")
         (ended,) = _state(board).exits
