@@ -125,8 +125,10 @@ class ServerProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+            last = "\n".join(self.stderr[-30:])  # Its log (-v) says which step it was in.
             raise AssertionError(
-                f"server did not exit within {timeout}s of {signal.Signals(signum).name}"
+                f"server did not exit within {timeout}s of {signal.Signals(signum).name}; "
+                f"stderr:\n{last}"
             ) from None
 
     def kill(self) -> None:
